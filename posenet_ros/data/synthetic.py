@@ -1,0 +1,529 @@
+"""A synthetic indoor scene, ray-cast in numpy, with exact depth, intrinsics and camera poses.
+
+No dataset can be downloaded in CI, so the package renders its own. The world frame is metric with z
+up and the floor at z = 0. Two rooms share a partition wall with a doorway: room A (x < 7 m) is the
+mapped area that training and test sequences move through; room B (x > 7 m) is only entered by the
+"outside" sequences, which start in room A and leave the mapped area through the door (for the
+loop-closure work). Surfaces are textured with photographs bundled with scikit-image and with
+procedural patterns, tiled with mirroring and modulated by a smooth world-space field so no two places
+look alike; shading is Lambertian from point lights (view independent, no shadows), so a surface looks
+the same from every viewpoint.
+
+Cameras follow the OpenCV convention (x right, y down, z forward); poses are `world_from_cam` 4x4
+(camera to world) and depth is the z coordinate in the camera frame in metres. Rendering one 640x480
+frame takes a few hundred milliseconds on one core (`posenet-ros synth` prints the measured time).
+
+Sequences of a scene (split names as the layout writers use them):
+- `train`: loops around room A at several radii, heights and viewing directions;
+- `test`: loops between the training ones, at other heights and yaw offsets (same places, other
+  viewpoints);
+- `outside`: from room A through the door into room B (`in_map` is False once past the partition);
+- one sequence per photometric variation (`lighting`, `blur`, `occlusion`): the first test sequence's
+  poses rendered with that change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from posenet_ros.atomic_io import atomic_write_json
+from posenet_ros.config import config_to_dict
+from posenet_ros.data.frames import Intrinsics, RenderedFrame, SequenceToWrite
+
+logger = logging.getLogger(__name__)
+
+Variation = Literal["lighting", "blur", "occlusion"]
+VARIATIONS: tuple[str, ...] = ("lighting", "blur", "occlusion")
+
+ROOM_MIN = np.array([0.0, 0.0, 0.0])
+ROOM_MAX = np.array([12.0, 6.0, 3.0])
+PARTITION_X = 7.0  # the partition wall's centre plane; room A (mapped) is x < PARTITION_X
+_PARTITION_HALF_THICKNESS = 0.1
+_DOOR_Y = (2.4, 3.6)
+_DOOR_HEIGHT = 2.2
+_ROOM_A_CENTRE = np.array([3.5, 3.0])
+_ROOM_B_CENTRE = np.array([9.5, 3.0])
+_LOOP_RADII = np.array([2.0, 1.6])  # largest loop half-axes in room A (x, y), metres
+_TILE = 512  # texture tile side in texels
+_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
+           "hubble_deep_field", "immunohistochemistry", "moon", "rocket", "clock", "cell", "retina")
+
+
+@dataclass
+class SceneConfig:
+    """What `posenet-ros synth` renders. Every random choice derives from `seed`."""
+
+    seed: int = 0
+    width: int = 640
+    height: int = 480
+    hfov_deg: float = 57.4  # 7-Scenes' Kinect: fx = 585 px at 640 px width
+    frames_per_sequence: int = 120
+    train_sequences: int = 3
+    test_sequences: int = 1
+    outside_sequences: int = 1
+    variations: list[str] = field(default_factory=lambda: list(VARIATIONS))
+
+    def __post_init__(self) -> None:
+        if self.width < 8 or self.height < 8:
+            raise ValueError(f"image size {self.width}x{self.height} is too small (8x8 at least)")
+        if not 10.0 <= self.hfov_deg <= 150.0:
+            raise ValueError(f"hfov_deg={self.hfov_deg} is outside 10..150 degrees")
+        if self.frames_per_sequence < 2:
+            raise ValueError("frames_per_sequence must be at least 2")
+        if self.train_sequences < 1 or self.test_sequences < 0 or self.outside_sequences < 0:
+            raise ValueError("a scene needs at least one training sequence and non-negative counts")
+        unknown = sorted(set(self.variations) - set(VARIATIONS))
+        if unknown:
+            raise ValueError(f"unknown variation(s) {unknown}; choose from {list(VARIATIONS)}")
+        if self.variations and self.test_sequences < 1:
+            raise ValueError("photometric variations re-render a test sequence: test_sequences >= 1")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A solid box: centre (3,), half extents (3,) along its own axes, yaw about world z (rad)."""
+
+    centre: np.ndarray
+    half_size: np.ndarray
+    yaw: float
+    material: int
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Point lights (positions (L, 3), metres; RGB intensities (L, 3)) and an RGB ambient term."""
+
+    positions: np.ndarray
+    intensities: np.ndarray
+    ambient: np.ndarray
+
+
+@dataclass
+class SequencePlan:
+    """A sequence to render: its split name, camera poses, per-frame in-map flags, variation."""
+
+    split: str
+    world_from_cam: list[np.ndarray]
+    in_map: list[bool]
+    variation: str | None = None
+
+
+def camera_pose(position: np.ndarray, yaw: float, pitch: float, roll: float = 0.0) -> np.ndarray:
+    """world_from_cam (4x4) of an OpenCV camera at `position` looking along yaw (about +z from +x)
+    and pitch (positive up), rolled about its optical axis (radians)."""
+    forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    c, s = math.cos(roll), math.sin(roll)
+    right, down = c * right + s * down, -s * right + c * down
+    world_from_cam = np.eye(4)
+    world_from_cam[:3, 0], world_from_cam[:3, 1], world_from_cam[:3, 2] = right, down, forward
+    world_from_cam[:3, 3] = position
+    return world_from_cam
+
+
+def in_mapped_area(position: np.ndarray) -> bool:
+    """Whether a camera position (metres) lies in room A, the area training sequences cover."""
+    return bool(position[0] < PARTITION_X)
+
+
+class SyntheticScene:
+    """The two-room scene of a SceneConfig: geometry, materials, lights and sequence plans."""
+
+    def __init__(self, config: SceneConfig) -> None:
+        self.config = config
+        rng = np.random.default_rng(config.seed)
+        fx = 0.5 * config.width / math.tan(math.radians(config.hfov_deg) / 2.0)
+        self.intrinsics = Intrinsics(config.width, config.height, fx, fx,
+                                     (config.width - 1) / 2.0, (config.height - 1) / 2.0)
+        self.atlas, self.texels_per_metre = _make_atlas(rng)
+        n_materials = len(self.texels_per_metre)
+        order = rng.permutation(n_materials)
+        # Room surfaces: material per (face, room); faces are -x, +x, -y, +y, floor, ceiling.
+        self.room_materials = order[:12].reshape(6, 2)
+        self.boxes = _make_boxes(rng, order[12:])
+        self.occluder_material = int(order[-1])
+        self.lighting = Lighting(
+            positions=np.array([[3.5, 3.0, 2.8], [9.5, 3.0, 2.8], [1.0, 1.0, 2.5]]),
+            intensities=np.array([[0.9, 0.88, 0.85], [0.8, 0.85, 0.9], [0.35, 0.35, 0.3]]),
+            ambient=np.array([0.35, 0.35, 0.37]),
+        )
+        waves = rng.normal(size=(3, 3))
+        self._field_dirs = waves / np.linalg.norm(waves, axis=1, keepdims=True) * rng.uniform(0.8, 1.6, (3, 1))
+        self._field_phases = rng.uniform(0, 2 * math.pi, 3)
+        self._pixel_rays_N3 = _pixel_rays(self.intrinsics)
+        self.sequences = _plan_sequences(config, rng)
+
+    def render(self, world_from_cam: np.ndarray, variation: str | None = None,
+               frame_seed: int = 0) -> RenderedFrame:
+        """Render RGB (uint8 HxWx3) and depth (float32 HxW, metres) seen from `world_from_cam`.
+
+        `variation` applies one photometric change ('lighting', 'blur', 'occlusion'); its random
+        parameters derive from the scene seed and `frame_seed`.
+        """
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, 7919, frame_seed])
+        rotation = world_from_cam[:3, :3].astype(np.float32)
+        origin = world_from_cam[:3, 3].astype(np.float32)
+        dirs_N3 = self._pixel_rays_N3 @ rotation.T
+        boxes = list(self.boxes)
+        if variation == "occlusion":
+            boxes.append(_occluder_box(world_from_cam, rng, self.occluder_material))
+        t_N, normal_N3, material_N, uv_N2 = _trace(origin, dirs_N3, self.room_materials, boxes)
+        points_N3 = origin + t_N[:, None] * dirs_N3
+        lighting = _changed_lighting(self.lighting, rng) if variation == "lighting" else self.lighting
+        albedo_N3 = self._albedo(material_N, uv_N2, points_N3)
+        shade_N3 = _shade(points_N3, normal_N3, lighting)
+        rgb = np.clip(albedo_N3 * shade_N3 * 255.0, 0, 255).astype(np.uint8)
+        rgb_HW3 = rgb.reshape(cfg.height, cfg.width, 3)
+        if variation == "blur":
+            rgb_HW3 = _motion_blur(rgb_HW3, rng)
+        depth_HW = t_N.reshape(cfg.height, cfg.width).astype(np.float32)
+        return RenderedFrame(rgb_HW3=rgb_HW3, depth_HW=depth_HW, world_from_cam=world_from_cam.copy())
+
+    def frames(self, plan: SequencePlan, plan_index: int, timings: list[float] | None = None
+               ) -> Iterator[RenderedFrame]:
+        """Render a sequence plan frame by frame (a generator), appending seconds per frame to
+        `timings` when given."""
+        for i, pose in enumerate(plan.world_from_cam):
+            start = time.perf_counter()
+            frame = self.render(pose, plan.variation, frame_seed=plan_index * 100_003 + i)
+            if timings is not None:
+                timings.append(time.perf_counter() - start)
+            yield frame
+
+    def sequences_to_write(self, timings: list[float] | None = None) -> list[SequenceToWrite]:
+        """The scene's sequences as the layout writers take them (frames rendered lazily)."""
+        return [SequenceToWrite(split=p.split, frames=self.frames(p, i, timings))
+                for i, p in enumerate(self.sequences)]
+
+    def _albedo(self, material_N: np.ndarray, uv_N2: np.ndarray, points_N3: np.ndarray) -> np.ndarray:
+        texels = uv_N2 * self.texels_per_metre[material_N][:, None]
+        period = 2 * _TILE
+        mirrored = np.mod(texels, period)
+        mirrored = np.where(mirrored >= _TILE, period - 1 - mirrored, mirrored)
+        shape = (-1, self.config.width)  # OpenCV maps must be under 32767 pixels a side
+        map_x = mirrored[:, 0].astype(np.float32).reshape(shape)
+        map_y = (mirrored[:, 1] + material_N * _TILE).astype(np.float32).reshape(shape)
+        sampled = cv2.remap(self.atlas, map_x, map_y, cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT).reshape(-1, 3)
+        field_N = np.sin(points_N3 @ self._field_dirs.T.astype(np.float32) + self._field_phases).mean(axis=1)
+        return sampled.astype(np.float32) / 255.0 * (0.8 + 0.2 * field_N)[:, None]
+
+
+def _pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
+    """Camera-frame ray directions (N, 3) with z = 1, one per pixel in row-major order."""
+    u, v = np.meshgrid(np.arange(intrinsics.width, dtype=np.float32),
+                       np.arange(intrinsics.height, dtype=np.float32))
+    x = (u - intrinsics.cx) / intrinsics.fx
+    y = (v - intrinsics.cy) / intrinsics.fy
+    return np.stack([x, y, np.ones_like(x)], axis=-1).reshape(-1, 3)
+
+
+def _trace(origin: np.ndarray, dirs_N3: np.ndarray, room_materials: np.ndarray, boxes: list[Box]):
+    """Nearest hit along each ray: distance t (in units of the ray, = camera depth), surface normal
+    (world), material index and surface coordinates (metres) for texturing.
+
+    Works on rows of a (3, N) copy of the rays: per-axis operations on contiguous arrays are several
+    times faster in numpy than reductions over the short last axis of an (N, 3) array.
+    """
+    dirs_3N = np.ascontiguousarray(dirs_N3.T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_3N = 1.0 / dirs_3N
+    # Inside the room: the exit distance on each axis; the nearest one is the wall that is hit.
+    t_axes_3N = np.where(dirs_3N > 0, (ROOM_MAX[:, None] - origin[:, None]) * inv_3N,
+                         (ROOM_MIN[:, None] - origin[:, None]) * inv_3N).astype(np.float32)
+    t_axes_3N[~np.isfinite(t_axes_3N)] = np.inf
+    axis_N = np.argmin(t_axes_3N, axis=0)
+    t_N = np.min(t_axes_3N, axis=0)
+    rows = np.arange(len(axis_N))
+    positive = dirs_3N[axis_N, rows] > 0
+    face_N = 2 * axis_N + positive  # 0: -x, 1: +x, 2: -y, 3: +y, 4: floor, 5: ceiling
+    normal_N3 = np.zeros(dirs_N3.shape, np.float32)
+    normal_N3[rows, axis_N] = np.where(positive, -1.0, 1.0)
+    points_3N = origin[:, None] + t_N * dirs_3N
+    room_N = (points_3N[0] >= PARTITION_X).astype(np.int64)
+    material_N = room_materials[face_N, room_N]
+    uv_N2 = _face_coordinates(points_3N, axis_N) + (face_N * 1.37)[:, None]
+    for index, box in enumerate(boxes):
+        _trace_box(origin, dirs_3N, box, index, t_N, normal_N3, material_N, uv_N2)
+    return t_N, normal_N3, material_N, uv_N2
+
+
+def _face_coordinates(points_3N: np.ndarray, axis_N: np.ndarray) -> np.ndarray:
+    """In-plane coordinates (N, 2), metres, of points on faces whose normal is along `axis_N`."""
+    x, y, z = points_3N
+    u = np.where(axis_N == 0, y, x)
+    v = np.where(axis_N == 2, y, z)
+    return np.stack([u, v], axis=1).astype(np.float32)
+
+
+def _trace_box(origin, dirs_3N, box: Box, index: int, t_N, normal_N3, material_N, uv_N2) -> None:
+    """Update the nearest-hit arrays in place where rays hit `box` before anything else."""
+    c, s = math.cos(box.yaw), math.sin(box.yaw)
+    box_from_world = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    o = box_from_world @ (origin - box.centre).astype(np.float32)
+    d_3N = (c * dirs_3N[0] + s * dirs_3N[1], -s * dirs_3N[0] + c * dirs_3N[1], dirs_3N[2])
+    t_near = np.full_like(t_N, -np.inf)
+    t_far = np.full_like(t_N, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for axis in range(3):
+            inv = 1.0 / d_3N[axis]
+            t1 = (-box.half_size[axis] - o[axis]) * inv
+            t2 = (box.half_size[axis] - o[axis]) * inv
+            np.fmax(t_near, np.fmin(t1, t2), out=t_near)
+            np.fmin(t_far, np.fmax(t1, t2), out=t_far)
+    hit = (t_near <= t_far) & (t_near > 1e-4) & (t_near < t_N)
+    idx = np.nonzero(hit)[0]
+    if len(idx) == 0:
+        return
+    t_hit = t_near[idx]
+    d_hit_3K = np.stack([d[idx] for d in d_3N])
+    local_points_3K = o[:, None] + t_hit * d_hit_3K
+    # The entry face is the one whose slab the point lies on (largest |coordinate| / half size).
+    axis = np.argmax(np.abs(local_points_3K) / box.half_size[:, None].astype(np.float32), axis=0)
+    local_normal = np.zeros((len(idx), 3), dtype=np.float32)
+    local_normal[np.arange(len(idx)), axis] = -np.sign(d_hit_3K[axis, np.arange(len(idx))])
+    t_N[idx] = t_hit
+    normal_N3[idx] = local_normal @ box_from_world  # rotate back to world
+    material_N[idx] = box.material
+    uv_N2[idx] = _face_coordinates(local_points_3K, axis) + (index * 0.71 + axis * 0.53)[:, None]
+
+
+def _shade(points_N3: np.ndarray, normal_N3: np.ndarray, lighting: Lighting) -> np.ndarray:
+    """Lambertian shading (N, 3): ambient plus point lights with soft distance fall-off."""
+    shade = np.broadcast_to(lighting.ambient.astype(np.float32), points_N3.shape).copy()
+    for position, intensity in zip(lighting.positions, lighting.intensities):
+        to_light = position.astype(np.float32) - points_N3
+        distance = np.linalg.norm(to_light, axis=1)
+        cosine = np.clip(np.einsum("ij,ij->i", to_light, normal_N3) / distance, 0.0, 1.0)
+        shade += (cosine / (1.0 + 0.04 * distance**2))[:, None] * intensity.astype(np.float32)
+    return shade
+
+
+def _changed_lighting(base: Lighting, rng: np.random.Generator) -> Lighting:
+    """A different time of day: dimmer ambient, moved and tinted lights."""
+    tint = np.array([1.15, 0.95, 0.7]) if rng.random() < 0.5 else np.array([0.75, 0.85, 1.2])
+    return Lighting(
+        positions=base.positions + rng.uniform(-1.5, 1.5, base.positions.shape) * [1, 1, 0],
+        intensities=base.intensities * tint * rng.uniform(0.6, 1.3),
+        ambient=base.ambient * tint * 0.55,
+    )
+
+
+def _motion_blur(rgb_HW3: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Linear motion blur over about 3% of the image width in a random direction."""
+    length = max(3, round(0.03 * rgb_HW3.shape[1]) | 1)
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0
+    rotation = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
+    kernel = cv2.warpAffine(kernel, rotation, (length, length))
+    return cv2.filter2D(rgb_HW3, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+
+
+def _occluder_box(world_from_cam: np.ndarray, rng: np.random.Generator, material: int) -> Box:
+    """An object held in front of the camera covering roughly a third of the view."""
+    side = rng.choice([-1.0, 1.0])
+    in_cam = np.array([side * rng.uniform(0.12, 0.2), rng.uniform(-0.05, 0.1), rng.uniform(0.55, 0.7)])
+    centre = world_from_cam[:3, :3] @ in_cam + world_from_cam[:3, 3]
+    forward = world_from_cam[:3, 2]
+    return Box(centre=centre, half_size=np.array([0.12, 0.12, 0.22]),
+               yaw=math.atan2(forward[1], forward[0]), material=material)
+
+
+def _make_boxes(rng: np.random.Generator, materials: np.ndarray) -> list[Box]:
+    """The partition wall with its doorway, then furniture along the walls of both rooms."""
+    wall_x = PARTITION_X
+    t = _PARTITION_HALF_THICKNESS
+    y0, y1 = _DOOR_Y
+    top = ROOM_MAX[2]
+    m = [int(v) for v in materials]
+    boxes = [
+        Box(np.array([wall_x, y0 / 2, top / 2]), np.array([t, y0 / 2, top / 2]), 0.0, m[0]),
+        Box(np.array([wall_x, (y1 + ROOM_MAX[1]) / 2, top / 2]),
+            np.array([t, (ROOM_MAX[1] - y1) / 2, top / 2]), 0.0, m[1]),
+        Box(np.array([wall_x, (y0 + y1) / 2, (_DOOR_HEIGHT + top) / 2]),
+            np.array([t, (y1 - y0) / 2, (top - _DOOR_HEIGHT) / 2]), 0.0, m[2]),
+    ]
+    # Furniture slots clear of every camera path (loops in room A fill x 1.3..5.7, y 1.2..4.8;
+    # the outside path runs along y = 3 and loops around room B's centre within 1.3 m).
+    slots = [(0.75, 0.75), (0.75, 5.25), (6.1, 0.75), (6.1, 5.25), (3.5, 0.55), (3.5, 5.45),
+             (0.55, 3.0), (7.9, 0.8), (11.2, 0.8), (11.2, 5.2), (7.9, 5.2), (11.45, 3.0)]
+    for i, (x, y) in enumerate(slots):
+        half_xy = rng.uniform(0.2, 0.35, 2)
+        height = rng.uniform(0.4, 1.8)
+        boxes.append(Box(np.array([x, y, height / 2]), np.array([*half_xy, height / 2]),
+                         float(rng.uniform(-0.4, 0.4)), m[3 + i % (len(m) - 4)]))
+    return boxes
+
+
+def _make_atlas(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Texture tiles stacked vertically (uint8 (M*TILE, TILE, 3)) and texels per metre (M,)."""
+    import skimage.data
+
+    tiles = []
+    for name in _PHOTOS:
+        image = np.asarray(getattr(skimage.data, name)())
+        if image.dtype != np.uint8:
+            image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        image = image[..., :3].astype(np.float32)
+        if np.allclose(image[..., 0], image[..., 1]):
+            image *= rng.uniform(0.55, 1.0, 3)  # tint grey photographs
+        side = min(image.shape[:2])
+        y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        tiles.append(cv2.resize(image[y0:y0 + side, x0:x0 + side], (_TILE, _TILE),
+                                interpolation=cv2.INTER_AREA))
+    for _ in range(9):
+        tiles.append(_procedural_tile(rng))
+    atlas = np.clip(np.concatenate(tiles, axis=0), 0, 255).astype(np.uint8)
+    metres_per_tile = rng.uniform(1.2, 2.4, len(tiles))
+    return atlas, (_TILE / metres_per_tile).astype(np.float32)
+
+
+def _procedural_tile(rng: np.random.Generator) -> np.ndarray:
+    """A random procedural texture (float32 (TILE, TILE, 3), 0..255): multi-octave value noise,
+    stripes or a noisy checkerboard, in two random colours."""
+    noise = np.zeros((_TILE, _TILE), np.float32)
+    for octave in range(2, 7):
+        cells = 2**octave
+        grid = rng.random((cells, cells)).astype(np.float32)
+        noise += cv2.resize(grid, (_TILE, _TILE), interpolation=cv2.INTER_CUBIC) / 1.6 ** octave
+    noise = (noise - noise.min()) / (np.ptp(noise) + 1e-6)
+    kind = rng.integers(3)
+    coords = np.arange(_TILE, dtype=np.float32) / _TILE
+    if kind == 1:
+        period = rng.integers(4, 12)
+        pattern = 0.5 + 0.5 * np.sin(2 * math.pi * period * coords)[None, :] * np.ones((_TILE, 1))
+        noise = 0.6 * pattern + 0.4 * noise
+    elif kind == 2:
+        cells = rng.integers(3, 9)
+        check = ((np.floor(coords * cells)[:, None] + np.floor(coords * cells)[None, :]) % 2)
+        noise = 0.6 * check + 0.4 * noise
+    colour_a, colour_b = rng.uniform(20, 235, (2, 3))
+    return (colour_a + noise[..., None] * (colour_b - colour_a)).astype(np.float32)
+
+
+def _plan_sequences(config: SceneConfig, rng: np.random.Generator) -> list[SequencePlan]:
+    n = config.frames_per_sequence
+    plans = []
+    train_scales = np.linspace(0.45, 1.0, config.train_sequences) if config.train_sequences > 1 else [0.75]
+    for k, scale in enumerate(train_scales):
+        plans.append(_loop_plan("train", n, rng, scale=scale, height=1.35 + 0.15 * (k % 3 - 1),
+                                yaw_offset=math.radians(25.0) * (k % 3 - 1)))
+    for k in range(config.test_sequences):
+        scale = 0.55 + 0.4 * (k + 0.5) / max(config.test_sequences, 1)
+        plans.append(_loop_plan("test", n, rng, scale=scale, height=1.5 - 0.1 * (k % 2),
+                                yaw_offset=math.radians(12.0 + 7.0 * k)))
+    for _ in range(config.outside_sequences):
+        plans.append(_outside_plan(n, rng))
+    first_test = next((p for p in plans if p.split == "test"), None)
+    for variation in config.variations:
+        plans.append(SequencePlan(split=variation, world_from_cam=first_test.world_from_cam,
+                                  in_map=first_test.in_map, variation=variation))
+    return plans
+
+
+def _smooth_wiggle(rng: np.random.Generator, phases: np.ndarray, amplitude: float) -> np.ndarray:
+    """A smooth periodic perturbation at `phases` (radians): three sinusoids of integer frequency."""
+    freqs = rng.integers(1, 5, 3)
+    shifts = rng.uniform(0, 2 * math.pi, 3)
+    weights = rng.uniform(0.5, 1.0, 3)
+    wiggle = sum(w * np.sin(f * phases + s) for f, s, w in zip(freqs, shifts, weights))
+    return amplitude * wiggle / weights.sum()
+
+
+def _loop_plan(split: str, n: int, rng: np.random.Generator, scale: float, height: float,
+               yaw_offset: float) -> SequencePlan:
+    """A closed loop around room A's centre; the camera looks outwards, sweeping left and right."""
+    phases = np.linspace(0.0, 2 * math.pi, n, endpoint=False) + rng.uniform(0, 2 * math.pi)
+    radii = _LOOP_RADII * scale
+    x = _ROOM_A_CENTRE[0] + (radii[0] + _smooth_wiggle(rng, phases, 0.12)) * np.cos(phases)
+    y = _ROOM_A_CENTRE[1] + (radii[1] + _smooth_wiggle(rng, phases, 0.12)) * np.sin(phases)
+    z = height + _smooth_wiggle(rng, phases, 0.1)
+    yaw = phases + yaw_offset + _smooth_wiggle(rng, phases, 0.6)
+    pitch = math.radians(-12.0) + _smooth_wiggle(rng, phases, math.radians(8.0))
+    roll = _smooth_wiggle(rng, phases, math.radians(3.0))
+    poses = [camera_pose(np.array([x[i], y[i], z[i]]), yaw[i], pitch[i], roll[i]) for i in range(n)]
+    return SequencePlan(split=split, world_from_cam=poses, in_map=[in_mapped_area(p[:3, 3]) for p in poses])
+
+
+def _outside_plan(n: int, rng: np.random.Generator) -> SequencePlan:
+    """From room A through the doorway into room B and around it, looking roughly ahead."""
+    waypoints = np.array([[2.4, 3.0], [4.5, 3.0], [6.2, 3.0], [7.8, 3.0], [9.5, 1.9], [10.6, 3.0],
+                          [9.5, 4.1], [8.4, 3.0], [9.5, 2.0]])
+    segment = np.linalg.norm(np.diff(waypoints, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(segment)])
+    s = np.linspace(0.0, arc[-1], n)
+    xy = np.stack([np.interp(s, arc, waypoints[:, 0]), np.interp(s, arc, waypoints[:, 1])], axis=1)
+    kernel = np.hanning(max(3, n // 10))
+    padded = np.pad(xy, ((len(kernel), len(kernel)), (0, 0)), mode="edge")
+    smooth = np.stack([np.convolve(padded[:, i], kernel / kernel.sum(), mode="same") for i in range(2)], 1)
+    xy = smooth[len(kernel):-len(kernel)]
+    heading = np.unwrap(np.arctan2(*np.gradient(xy, axis=0)[:, ::-1].T))
+    phases = np.linspace(0.0, 2 * math.pi, n)
+    z = 1.45 + _smooth_wiggle(rng, phases, 0.08)
+    yaw = heading + _smooth_wiggle(rng, phases, 0.35)
+    pitch = math.radians(-10.0) + _smooth_wiggle(rng, phases, math.radians(6.0))
+    poses = [camera_pose(np.array([xy[i, 0], xy[i, 1], z[i]]), yaw[i], pitch[i]) for i in range(n)]
+    return SequencePlan(split="outside", world_from_cam=poses,
+                        in_map=[in_mapped_area(p[:3, 3]) for p in poses])
+
+
+def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambridge"], out: Path,
+                          progress: bool = True) -> dict:
+    """Render the scene of `config` into `out` in a dataset layout, with `synthetic.json` beside it.
+
+    `synthetic.json` records the resolved config, intrinsics, each sequence's split and per-frame
+    `in_map` flags, and the measured render time. Returns that summary. `out` must not exist or be
+    empty, so frames of an earlier, larger scene are never mixed in.
+    """
+    from posenet_ros.data.cambridge import write_cambridge
+    from posenet_ros.data.seven_scenes import write_seven_scenes
+
+    writers = {"7scenes": write_seven_scenes, "cambridge": write_cambridge}
+    if layout not in writers:
+        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(writers)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
+    scene = SyntheticScene(config)
+    timings: list[float] = []
+    total = sum(len(p.world_from_cam) for p in scene.sequences)
+    with tqdm(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
+        sequences = scene.sequences_to_write(timings)
+        for sequence in sequences:
+            sequence.frames = _counted(sequence.frames, bar)
+        folders = writers[layout](out, sequences, scene.intrinsics)
+    summary = {
+        "layout": layout,
+        "config": config_to_dict(config),
+        "intrinsics": scene.intrinsics.to_dict(),
+        "mapped_area": {"description": "room A: camera x below partition_x (metres)",
+                        "partition_x": PARTITION_X},
+        "sequences": [{"folder": str(Path(folder).relative_to(out)), "split": plan.split,
+                       "variation": plan.variation, "frames": len(plan.world_from_cam),
+                       "in_map": plan.in_map} for folder, plan in zip(folders, scene.sequences)],
+        "frames": total,
+        "render_seconds_per_frame": float(np.mean(timings)) if timings else None,
+    }
+    atomic_write_json(out / "synthetic.json", summary)
+    return summary
+
+
+def _counted(frames: Iterator[RenderedFrame], bar: tqdm) -> Iterator[RenderedFrame]:
+    for frame in frames:
+        yield frame
+        bar.update()

@@ -54,13 +54,13 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_bad_files_are_named(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing\.yaml"):
         load_config(Outer, tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_config(Outer, bad)
     listed = tmp_path / "list.yaml"
     listed.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping"):
         load_config(Outer, listed)

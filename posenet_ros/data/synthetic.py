@@ -160,7 +160,8 @@ class SyntheticScene:
             ambient=np.array([0.35, 0.35, 0.37]),
         )
         waves = rng.normal(size=(3, 3))
-        self._field_dirs = waves / np.linalg.norm(waves, axis=1, keepdims=True) * rng.uniform(0.8, 1.6, (3, 1))
+        waves *= rng.uniform(0.8, 1.6, (3, 1)) / np.linalg.norm(waves, axis=1, keepdims=True)
+        self._field_dirs = waves
         self._field_phases = rng.uniform(0, 2 * math.pi, 3)
         self._pixel_rays_N3 = _pixel_rays(self.intrinsics)
         self.sequences = _plan_sequences(config, rng)
@@ -304,7 +305,7 @@ def _trace_box(origin, dirs_3N, box: Box, index: int, t_N, normal_N3, material_N
 def _shade(points_N3: np.ndarray, normal_N3: np.ndarray, lighting: Lighting) -> np.ndarray:
     """Lambertian shading (N, 3): ambient plus point lights with soft distance fall-off."""
     shade = np.broadcast_to(lighting.ambient.astype(np.float32), points_N3.shape).copy()
-    for position, intensity in zip(lighting.positions, lighting.intensities):
+    for position, intensity in zip(lighting.positions, lighting.intensities, strict=True):
         to_light = position.astype(np.float32) - points_N3
         distance = np.linalg.norm(to_light, axis=1)
         cosine = np.clip(np.einsum("ij,ij->i", to_light, normal_N3) / distance, 0.0, 1.0)
@@ -441,7 +442,7 @@ def _smooth_wiggle(rng: np.random.Generator, phases: np.ndarray, amplitude: floa
     freqs = rng.integers(1, 5, 3)
     shifts = rng.uniform(0, 2 * math.pi, 3)
     weights = rng.uniform(0.5, 1.0, 3)
-    wiggle = sum(w * np.sin(f * phases + s) for f, s, w in zip(freqs, shifts, weights))
+    wiggle = sum(w * np.sin(f * phases + s) for f, s, w in zip(freqs, shifts, weights, strict=True))
     return amplitude * wiggle / weights.sum()
 
 
@@ -515,7 +516,7 @@ def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambr
                         "partition_x": PARTITION_X},
         "sequences": [{"folder": str(Path(folder).relative_to(out)), "split": plan.split,
                        "variation": plan.variation, "frames": len(plan.world_from_cam),
-                       "in_map": plan.in_map} for folder, plan in zip(folders, scene.sequences)],
+                       "in_map": plan.in_map} for folder, plan in zip(folders, scene.sequences, strict=True)],
         "frames": total,
         "render_seconds_per_frame": float(np.mean(timings)) if timings else None,
     }

@@ -1,0 +1,281 @@
+"""Torch dataset over FrameRecords: read, resize, crop and colour-jitter frames, keep K consistent.
+
+Each item is a dict of tensors (T = `FrameTransform.window`; with T = 1 the T axis is dropped):
+
+    image           float32 (3, H, W) or (T, 3, H, W), RGB in [0, 1]
+    depth           float32 (1, H, W) or (T, 1, H, W), metres, 0 = invalid (only if records have depth)
+    world_from_cam  float32 (4, 4) or (T, 4, 4), camera-to-world, metres
+    pose            float32 (7,) or (T, 7): camera position xyz (metres) + quaternion wxyz of the
+                    world_from_cam rotation, unit norm, w >= 0
+    K               float32 (3, 3) or (T, 3, 3), intrinsics of the returned image (after resize
+                    and crop; only if the records have intrinsics)
+    sequence        str
+    frame_index     int, or int64 (T,) for windows
+
+Geometry of the image operations (pixel centres at integer coordinates): the resize maps pixel
+centre x to (x + 0.5) * s - 0.5 (cv2.resize and `Intrinsics.resized` agree on this), the crop
+subtracts its top-left corner; depth is resized with exact nearest neighbour so invalid zeros never
+blend with valid depth. Randomness (crop position, jitter) comes from
+`np.random.default_rng([seed, epoch, index])`, so an item depends only on (seed, epoch, index),
+never on DataLoader workers; call `set_epoch` at the start of each epoch. All frames of a window
+share one crop and one jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from posenet_ros.data.frames import DatasetError, FrameRecord, Intrinsics
+from posenet_ros.geometry import matrix_to_quat
+
+logger = logging.getLogger(__name__)
+
+_LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass
+class FrameTransform:
+    """How frames are prepared for a network.
+
+    resize: length in pixels of the shorter image side after resizing (aspect kept; PoseNet uses
+        256); None keeps the size.
+    crop: square side, or (height, width), in pixels after resizing; None = no crop.
+    random_crop: True for training (uniform random position); False = centre crop.
+    brightness, contrast, saturation: jitter amounts a; each factor is uniform in [max(0, 1-a), 1+a]
+        (0 = off). hue: shift uniform in [-hue, hue] turns (<= 0.5), a rotation about the grey axis.
+    window: T consecutive frames (in frame-index order) of one sequence per item; 1 = single frames.
+    window_stride: step in frames between the members of a window.
+    """
+
+    resize: int | None = 256
+    crop: int | tuple[int, int] | None = None
+    random_crop: bool = False
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    window: int = 1
+    window_stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize is not None and self.resize < 1:
+            raise ValueError(f"resize must be >= 1 or None, got {self.resize}")
+        if isinstance(self.crop, Sequence):
+            self.crop = (int(self.crop[0]), int(self.crop[1]))  # YAML gives lists
+        size = self.crop_size()
+        if size is not None and min(size) < 1:
+            raise ValueError(f"crop must be positive, got {self.crop}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if self.window < 1 or self.window_stride < 1:
+            raise ValueError(f"window and window_stride must be >= 1, got {self.window}, "
+                             f"{self.window_stride}")
+
+    def crop_size(self) -> tuple[int, int] | None:
+        """(height, width) of the crop, or None."""
+        if self.crop is None:
+            return None
+        if isinstance(self.crop, int):
+            return self.crop, self.crop
+        return int(self.crop[0]), int(self.crop[1])
+
+
+def resized_size(width: int, height: int, shorter_side: int | None) -> tuple[int, int]:
+    """(width, height) after scaling so the shorter side is `shorter_side` px (rounded); None keeps it."""
+    if shorter_side is None:
+        return width, height
+    scale = shorter_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def pose_vector(world_from_cam: np.ndarray) -> np.ndarray:
+    """(4, 4) world_from_cam -> (7,) float64: position xyz + unit quaternion wxyz with w >= 0."""
+    return np.concatenate([world_from_cam[:3, 3], matrix_to_quat(world_from_cam[:3, :3])])
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read a colour image as uint8 RGB (H, W, 3); DatasetError naming the file if it cannot be read."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"{path}: cannot read image (missing, truncated or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_depth_mm(path: Path) -> np.ndarray:
+    """Read a uint16 millimetre depth PNG as float32 metres (H, W); 0 and 65535 become 0 (invalid)."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise DatasetError(f"{path}: cannot read depth image (missing, truncated or not an image)")
+    if raw.dtype != np.uint16 or raw.ndim != 2:
+        raise DatasetError(f"{path}: depth must be a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
+    valid = (raw != 0) & (raw != 65535)
+    return np.where(valid, raw.astype(np.float32) / 1000.0, np.float32(0.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Jitter:
+    brightness: float
+    contrast: float
+    saturation: float
+    hue_turns: float
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """Jitter float32 RGB (H, W, 3) in [0, 1]: brightness, contrast, saturation, hue, in that order."""
+        out = rgb
+        if self.brightness != 1.0:
+            out = np.clip(out * self.brightness, 0.0, 1.0)
+        if self.contrast != 1.0:
+            mean = float((out @ _LUMA_RGB).mean())
+            out = np.clip((out - mean) * self.contrast + mean, 0.0, 1.0)
+        if self.saturation != 1.0:
+            grey = (out @ _LUMA_RGB)[..., None]
+            out = np.clip((out - grey) * self.saturation + grey, 0.0, 1.0)
+        if self.hue_turns != 0.0:
+            angle = 2.0 * math.pi * self.hue_turns
+            axis = np.full(3, 1.0 / math.sqrt(3.0))
+            cross = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+            rotation = (math.cos(angle) * np.eye(3) + math.sin(angle) * cross
+                        + (1.0 - math.cos(angle)) * np.outer(axis, axis))
+            out = np.clip(out @ rotation.T.astype(np.float32), 0.0, 1.0)
+        return out.astype(np.float32, copy=False)
+
+
+class PoseDataset(Dataset):
+    """Frames (or windows of T frames) with their poses, prepared by a FrameTransform.
+
+    `records` typically come from `load_frames`. Windows are built per sequence from the records
+    sorted by frame index and never cross sequences; with T = 1 items follow the order of `records`.
+    """
+
+    def __init__(self, records: Sequence[FrameRecord], transform: FrameTransform | None = None, *,
+                 seed: int = 0) -> None:
+        self.records = list(records)
+        if not self.records:
+            raise ValueError("PoseDataset needs at least one frame record")
+        self.transform = transform if transform is not None else FrameTransform()
+        self.seed = int(seed)
+        self.epoch = 0
+        with_depth = [record.depth_path is not None for record in self.records]
+        if any(with_depth) and not all(with_depth):
+            raise ValueError("some records have depth and some do not; use one kind per dataset")
+        self.has_depth = all(with_depth)
+        with_intrinsics = [record.intrinsics is not None for record in self.records]
+        if any(with_intrinsics) and not all(with_intrinsics):
+            raise ValueError("some records have intrinsics and some do not; use one kind per dataset")
+        self.windows = self._make_windows()
+        if not self.windows:
+            span = (self.transform.window - 1) * self.transform.window_stride + 1
+            raise ValueError(f"no sequence has the {span} frames a window of {self.transform.window} "
+                             f"with stride {self.transform.window_stride} needs")
+
+    def _make_windows(self) -> list[list[int]]:
+        """Record indices of each item."""
+        length, stride = self.transform.window, self.transform.window_stride
+        if length == 1:
+            return [[i] for i in range(len(self.records))]
+        by_sequence: dict[str, list[int]] = {}
+        for i, record in enumerate(self.records):
+            by_sequence.setdefault(record.sequence, []).append(i)
+        span = (length - 1) * stride + 1
+        windows = []
+        for members in by_sequence.values():
+            members.sort(key=lambda i: self.records[i].frame_index)
+            for start in range(len(members) - span + 1):
+                windows.append(members[start:start + span:stride])
+        return windows
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random crops and jitter of this epoch (call before iterating)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def _jitter(self, rng: np.random.Generator) -> _Jitter:
+        t = self.transform
+        factors = [max(0.0, 1.0 + rng.uniform(-a, a)) if a > 0 else 1.0
+                   for a in (t.brightness, t.contrast, t.saturation)]
+        hue = rng.uniform(-t.hue, t.hue) if t.hue > 0 else 0.0
+        return _Jitter(factors[0], factors[1], factors[2], hue)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.windows):
+            raise IndexError(f"index {index} out of range for {len(self.windows)} items")
+        t = self.transform
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        records = [self.records[i] for i in self.windows[index]]
+        rgbs = [read_rgb(record.image_path) for record in records]
+        height, width = rgbs[0].shape[:2]
+        for record, rgb in zip(records, rgbs, strict=True):
+            if rgb.shape[:2] != (height, width):
+                raise DatasetError(f"{record.image_path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from "
+                                   f"the window's first frame {width}x{height}")
+            if record.intrinsics is not None and (record.intrinsics.width, record.intrinsics.height) != (
+                    width, height):
+                raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are "
+                                   f"for {record.intrinsics.width}x{record.intrinsics.height}")
+
+        new_width, new_height = resized_size(width, height, t.resize)
+        crop = t.crop_size() or (new_height, new_width)
+        if crop[0] > new_height or crop[1] > new_width:
+            raise ValueError(f"crop {crop[1]}x{crop[0]} is larger than the resized image "
+                             f"{new_width}x{new_height}")
+        if t.random_crop:
+            y0 = int(rng.integers(0, new_height - crop[0] + 1))
+            x0 = int(rng.integers(0, new_width - crop[1] + 1))
+        else:
+            y0, x0 = (new_height - crop[0]) // 2, (new_width - crop[1]) // 2
+        jitter = self._jitter(rng)
+
+        def geometric(image: np.ndarray, interpolation: int) -> np.ndarray:
+            if (new_width, new_height) != (width, height):
+                image = cv2.resize(image, (new_width, new_height), interpolation=interpolation)
+            return image[y0:y0 + crop[0], x0:x0 + crop[1]]
+
+        shrink = new_width < width
+        images, depths, matrices, poses, ks = [], [], [], [], []
+        for record, rgb in zip(records, rgbs, strict=True):
+            rgb = geometric(rgb, cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            images.append(jitter.apply(rgb.astype(np.float32) / 255.0).transpose(2, 0, 1))
+            if self.has_depth:
+                depth = read_depth_mm(record.depth_path)
+                if depth.shape != (height, width):
+                    raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
+                                       f"its colour image {width}x{height}")
+                depths.append(geometric(depth, cv2.INTER_NEAREST_EXACT)[None])
+            matrices.append(record.world_from_cam)
+            poses.append(pose_vector(record.world_from_cam))
+            if record.intrinsics is not None:
+                intrinsics: Intrinsics = record.intrinsics.resized(new_width, new_height)
+                ks.append(intrinsics.cropped(x0, y0, crop[1], crop[0]).matrix())
+
+        def stack(arrays: list[np.ndarray]) -> torch.Tensor:
+            array = arrays[0] if t.window == 1 else np.stack(arrays)
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+        item: dict[str, Any] = {
+            "image": stack(images),
+            "world_from_cam": stack(matrices),
+            "pose": stack(poses),
+            "sequence": records[0].sequence,
+            "frame_index": (records[0].frame_index if t.window == 1 else
+                            torch.tensor([record.frame_index for record in records], dtype=torch.int64)),
+        }
+        if self.has_depth:
+            item["depth"] = stack(depths)
+        if ks:
+            item["K"] = stack(ks)
+        return item

@@ -1,0 +1,160 @@
+"""Records shared by every dataset layout: pinhole intrinsics, one frame on disk, rendered frames.
+
+Conventions: `world_from_cam` is the 4x4 camera-to-world transform (metres); the camera frame is
+OpenCV's (x right, y down, z forward). Depth is the z coordinate in the camera frame, in metres.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or holds invalid values; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels for an image of `width` x `height` (pixel centres at integers)."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def matrix(self) -> np.ndarray:
+        """The 3x3 calibration matrix K (float64)."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def resized(self, width: int, height: int) -> Intrinsics:
+        """Intrinsics of the same camera after resizing the whole image to `width` x `height`."""
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(
+            width=width,
+            height=height,
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=(self.cx + 0.5) * sx - 0.5,
+            cy=(self.cy + 0.5) * sy - 0.5,
+        )
+
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> Intrinsics:
+        """Intrinsics after cropping the window with top-left pixel (x0, y0) and the given size."""
+        return Intrinsics(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0)
+
+    def to_dict(self) -> dict:
+        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
+                "cx": self.cx, "cy": self.cy}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Intrinsics:
+        return cls(int(values["width"]), int(values["height"]), float(values["fx"]),
+                   float(values["fy"]), float(values["cx"]), float(values["cy"]))
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame of a dataset on disk; images are read lazily by the torch dataset."""
+
+    image_path: Path
+    depth_path: Path | None
+    world_from_cam: np.ndarray  # (4, 4) float64, metres
+    intrinsics: Intrinsics | None
+    sequence: str
+    frame_index: int
+
+
+@dataclass
+class RenderedFrame:
+    """A frame held in memory: what the synthetic renderer produces and the layout writers take."""
+
+    rgb_HW3: np.ndarray  # uint8
+    depth_HW: np.ndarray  # float32 metres, 0 where invalid
+    world_from_cam: np.ndarray  # (4, 4) float64
+
+
+@dataclass
+class SequenceToWrite:
+    """A sequence for a layout writer: its split name ('train', 'test', 'outside', ...) and frames.
+
+    `frames` may be a generator, so a writer streams frames to disk as they are rendered.
+    """
+
+    split: str
+    frames: Iterable[RenderedFrame] = field(default_factory=list)
+
+
+# --- helpers shared by the layout readers and writers -------------------------------------------
+
+CAMERA_JSON = "camera.json"
+"""Optional file in a dataset root holding `Intrinsics.to_dict()` for every frame of the dataset."""
+
+
+def read_camera_json(root: Path) -> Intrinsics | None:
+    """The intrinsics in `<root>/camera.json`, or None when there is no such file."""
+    path = Path(root) / CAMERA_JSON
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        intrinsics = Intrinsics.from_dict(values)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a valid camera file ({exc}); expected keys "
+                           "width height fx fy cx cy") from exc
+    numbers = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
+    if intrinsics.width <= 0 or intrinsics.height <= 0 or not np.all(np.isfinite(numbers)):
+        raise DatasetError(f"{path}: invalid intrinsics {intrinsics}")
+    return intrinsics
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why the image file at `path` cannot be read (missing, truncated, corrupt), or None if it is fine.
+
+    Uses PIL's `verify()`, which walks the file's chunks and checksums without decoding the pixels.
+    """
+    if not path.is_file():
+        return f"{path}: no such file (FileNotFoundError)"
+    try:
+        with PIL.Image.open(path) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
+        return f"{path}: unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+class BadFrames:
+    """Collects problems with single frames while a layout is read.
+
+    With `skip=False` the first problem raises a DatasetError; with `skip=True` problems are recorded
+    and `finish` logs one warning with their count and the first few reasons.
+    """
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.reasons: list[str] = []
+
+    def reject(self, reason: str) -> None:
+        """Report a bad frame; raises DatasetError(reason) unless skipping."""
+        if not self.skip:
+            raise DatasetError(reason)
+        self.reasons.append(reason)
+
+    def finish(self, records: list[FrameRecord], source: Path, logger: logging.Logger) -> list[FrameRecord]:
+        """Warn about skipped frames; an empty result is an error naming `source` (the split file)."""
+        if self.reasons:
+            shown = "; ".join(self.reasons[:3])
+            more = f" (and {len(self.reasons) - 3} more)" if len(self.reasons) > 3 else ""
+            logger.warning("%s: skipped %d bad frame(s): %s%s", source, len(self.reasons), shown, more)
+        if not records:
+            skipped = f" after skipping {len(self.reasons)} bad frame(s)" if self.reasons else ""
+            raise DatasetError(f"{source}: the split has no frames{skipped}")
+        return records

@@ -55,6 +55,7 @@ from posenet_ros.data.frames import (
     SequenceToWrite,
     image_file_problem,
     read_camera_json,
+    read_text_file,
 )
 from posenet_ros.geometry import matrix_to_quat, quat_to_matrix
 
@@ -160,12 +161,7 @@ def load_cambridge(
     if intrinsics is None:
         intrinsics = read_camera_json(root)
     split_path = root / split_file_name(split)
-    try:
-        lines = split_path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{split_path}: no such split file (FileNotFoundError)") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{split_path}: cannot read split file ({exc})") from exc
+    lines = read_text_file(split_path, "split file").splitlines()
     for line_number, line in enumerate(lines[: len(HEADER_LINES)], start=1):
         if _is_data_line(line):
             raise DatasetError(f"{split_path}:{line_number}: frame line inside the 3 header lines; "

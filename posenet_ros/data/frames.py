@@ -99,6 +99,16 @@ CAMERA_JSON = "camera.json"
 """Optional file in a dataset root holding `Intrinsics.to_dict()` for every frame of the dataset."""
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a dataset file; DatasetError naming the file (and `what` it is) otherwise."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: no such {what} (FileNotFoundError)") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read {what} ({exc})") from exc
+
+
 def read_camera_json(root: Path) -> Intrinsics | None:
     """The intrinsics in `<root>/camera.json`, or None when there is no such file."""
     path = Path(root) / CAMERA_JSON

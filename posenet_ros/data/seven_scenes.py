@@ -49,6 +49,7 @@ from posenet_ros.data.frames import (
     SequenceToWrite,
     image_file_problem,
     read_camera_json,
+    read_text_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,7 @@ def read_pose_file(path: Path) -> np.ndarray:
 
     Raises DatasetError naming the file (and line) when it is missing or does not hold a rigid transform.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: no such pose file (FileNotFoundError)") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read pose file ({exc})") from exc
+    text = read_text_file(path, "pose file")
     rows = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -127,12 +123,7 @@ def read_pose_file(path: Path) -> np.ndarray:
 
 def read_split_file(path: Path) -> list[str]:
     """Sequence folder names listed in a split file: 'sequence1' -> 'seq-01'. Blank lines are ignored."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: no such split file (FileNotFoundError)") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read split file ({exc})") from exc
+    text = read_text_file(path, "split file")
     folders = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -22,7 +22,8 @@ test: lint
 	$(BIN)/python -m pytest -q test
 
 demo: $(BIN)/.installed
-	$(BIN)/posenet-ros synth --layout 7scenes $(DEMO_DIR)/synthetic_7scenes
+	rm -rf $(DEMO_DIR)/synthetic_7scenes
+	$(BIN)/posenet-ros synth --layout 7scenes $(DEMO_DIR)/synthetic_7scenes frames_per_sequence=40
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -62,9 +62,11 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return merged
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of `cls`, updated from the YAML file at `path` (if given), then from `overrides`."""
-    values: dict[str, Any] = config_to_dict(cls())
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: dict[str, Any] | None = None) -> T:
+    """`base` (default: the defaults of `cls`), updated from the YAML file at `path` (if given), then
+    from `overrides`."""
+    values: dict[str, Any] = base if base is not None else config_to_dict(cls())
     if path is not None:
         values = _deep_merge(values, read_yaml(path))
     return config_from_dict(cls, apply_overrides(values, overrides))

@@ -1,0 +1,99 @@
+"""Model checkpoints: one safetensors file that rebuilds its model with nothing else.
+
+The file holds the weights and buffers (including the scene normalisation `position_mean` and
+`position_scale`), the training camera poses (`map_poses_N7`: position xyz + quaternion wxyz of
+`world_from_cam`, the mapped area) and, in its metadata, the resolved training configuration as JSON.
+A `config.json` is written beside it for people. Files are written atomically and read without
+unpickling anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json
+from posenet_ros.config import ConfigError, config_from_dict
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "posenet_ros.checkpoint.v1"
+MODEL_FILE = "model.safetensors"
+_MAP_POSES_KEY = "map_poses_N7"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, of another format or of another architecture."""
+
+
+@dataclass
+class LoadedModel:
+    model: PoseNet  # on the requested device, eval() mode, dropout off
+    config: dict[str, Any]  # the resolved training configuration
+    map_poses_N7: np.ndarray  # training camera poses (float64)
+    metadata: dict[str, str]
+    path: Path
+
+
+def save_checkpoint(path: str | Path, model: PoseNet, config: dict[str, Any], map_poses_N7: np.ndarray,
+                    extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write `model` (weights and buffers), `config` and the map poses to `path` atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors[_MAP_POSES_KEY] = torch.as_tensor(np.asarray(map_poses_N7, dtype=np.float64))
+    metadata = {"format": FORMAT, "config": json.dumps(config), **(extra_metadata or {})}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_json(path.with_name("config.json"), config)
+    return path
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a training output folder holding `model.safetensors`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model stored at `path` (a file or a training folder) on `device`."""
+    path = resolve_checkpoint_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a posenet_ros checkpoint (format {metadata.get('format')!r}, "
+                              f"expected {FORMAT!r})")
+    try:
+        config = json.loads(metadata["config"])
+        model_config = config_from_dict(ModelConfig, config["model"], prefix="model.")
+    except (KeyError, json.JSONDecodeError, ConfigError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the stored configuration is invalid ({exc})") from exc
+    map_poses = tensors.pop(_MAP_POSES_KEY, torch.zeros(0, 7, dtype=torch.float64)).numpy()
+    model = PoseNet(model_config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture ({model_config.backbone}, head "
+            f"{model_config.head}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong_shape[:5]}")
+    model.load_state_dict(tensors)
+    model.to(device).eval().set_dropout_mode("off")
+    return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path)

@@ -1,0 +1,368 @@
+"""PoseNet training: configuration, the loop, checkpoints every epoch, exact resume, DDP.
+
+`train(config, data_root, out)` trains on one dataset folder (7-Scenes or Cambridge layout, real or
+synthetic) and writes into `out`:
+
+- `model.safetensors` + `config.json`: the latest model (see checkpoint.py; `load_model(out)`);
+- `train_state.safetensors`: weights, optimizer, scheduler and loss parameters of the last completed
+  epoch, for `resume=True`;
+- `metrics.csv` / `metrics.json`: one row per epoch (losses, ŝx, ŝq, learning rate, validation
+  medians, throughput).
+
+Every file is written atomically at the end of each epoch. Randomness is a function of
+(seed, epoch) only (the shuffling order, crops and jitter, dropout masks, sampled reprojection points),
+so a run interrupted after any epoch and resumed ends with the same weights as an uninterrupted run.
+
+Several processes (`torchrun --nproc_per_node N posenet-ros train ...`) train with
+DistributedDataParallel over one code path: gloo on CPU, NCCL on CUDA; rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from posenet_ros.checkpoint import MODEL_FILE, CheckpointError, save_checkpoint
+from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
+from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
+from posenet_ros.data.loading import load_frames
+from posenet_ros.device import resolve_device
+from posenet_ros.losses import LossConfig, PoseLoss, sample_depth_points
+from posenet_ros.models.backbones import load_pretrained
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.safetensors"
+MAX_MAP_POSES = 5000
+
+
+@dataclass
+class DataConfig:
+    train_split: str = "train"
+    val_split: str = "test"  # validated after every epoch; "" disables validation
+    resize: int = 256  # shorter image side (PoseNet: 256)
+    crop: int = 224  # square crop: random for training, centre for validation and evaluation
+    brightness: float = 0.0  # colour jitter amounts (0 = off)
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    skip_bad: bool = False  # skip (and count) bad frames instead of stopping
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    reprojection_after_epochs: int | None = None  # the seed's schedule: `loss.kind` first, then reprojection
+    pretrained: str | None = None  # backbone weights (.safetensors, torchvision key names)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.reprojection_after_epochs is not None and self.reprojection_after_epochs < 0:
+            raise ValueError("reprojection_after_epochs must be >= 0")
+
+    def loss_kind(self, epoch: int) -> str:
+        """The loss used in `epoch` (0-based)."""
+        if self.reprojection_after_epochs is not None and epoch >= self.reprojection_after_epochs:
+            return "reprojection"
+        return self.loss.kind
+
+
+class _TrainStep(nn.Module):
+    """Model and loss in one module, so DDP averages the gradients of ŝx and ŝq too."""
+
+    def __init__(self, model: PoseNet, loss: PoseLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
+        output = self.model(batch["image"])
+        position_true, quat_true = batch["pose"][:, :3], batch["pose"][:, 3:]
+        reprojection = None
+        if kind == "reprojection":
+            if "depth" not in batch or "K" not in batch:
+                raise ValueError("the reprojection loss needs depth images and intrinsics in the dataset")
+            points_cam, valid = sample_depth_points(batch["depth"], batch["K"], points)
+            reprojection = {"world_from_cam_true_B44": batch["world_from_cam"],
+                            "position_pred_B3": output.position_B3, "points_cam_BN3": points_cam,
+                            "valid_BN": valid, "K_B33": batch["K"]}
+        loss, terms = self.loss(output.position_norm_B3, output.quat_B4,
+                                self.model.normalise_position(position_true), quat_true, kind,
+                                reprojection_inputs=reprojection)
+        # ŝx and ŝq take part in every step (with zero weight when unused), as DDP requires.
+        return loss + 0.0 * (self.loss.s_x + self.loss.s_q), terms
+
+
+def _distributed_context() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _transform(config: TrainConfig, training: bool) -> FrameTransform:
+    data = config.data
+    if not training:
+        return FrameTransform(resize=data.resize, crop=data.crop, random_crop=False)
+    return FrameTransform(resize=data.resize, crop=data.crop, random_crop=True, brightness=data.brightness,
+                          contrast=data.contrast, saturation=data.saturation, hue=data.hue)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def position_statistics(positions_N3: np.ndarray) -> tuple[np.ndarray, float]:
+    """Scene normalisation: the mean position and one isotropic scale (RMS deviation per axis, m)."""
+    mean = positions_N3.mean(axis=0)
+    scale = float(np.sqrt(np.mean((positions_N3 - mean) ** 2)))
+    return mean, max(scale, 1e-3)
+
+
+def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
+          stop_after_epoch: int | None = None, progress: bool = True) -> Path:
+    """Train on the dataset at `data_root`, writing into `out`; returns the model checkpoint path.
+
+    `stop_after_epoch` ends this run once that many epochs are done (for time-limited jobs); a later
+    `resume=True` run continues exactly where it stopped.
+    """
+    out = Path(out)
+    rank, world, local_rank = _distributed_context()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        last_epoch = min(config.epochs, stop_after_epoch or config.epochs)
+        return _train(config, Path(data_root), out, resume, last_epoch, progress and rank == 0, device, rank,
+                      world)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int, progress: bool,
+           device: torch.device, rank: int, world: int) -> Path:
+    train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad)
+    val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad)
+                   if config.data.val_split else [])
+    map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
+    torch.manual_seed(config.seed)
+    model = PoseNet(config.model)
+    mean, scale = position_statistics(map_poses[:, :3])
+    model.set_position_statistics(torch.from_numpy(mean), scale)
+    if config.pretrained:
+        ignored = load_pretrained(model.backbone, config.pretrained)
+        logger.info("loaded pretrained backbone %s (ignored %d classifier keys)", config.pretrained,
+                    len(ignored))
+    step_module = _TrainStep(model, PoseLoss(config.loss)).to(device)
+    no_decay = [step_module.loss.s_x, step_module.loss.s_q]
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.parameters()), "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ], lr=config.lr)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                 if config.lr_schedule == "cosine" else None)
+    start_epoch, history = 0, []
+    if resume:
+        start_epoch, history = _load_state(out / STATE_FILE, config, step_module, optimizer, scheduler)
+        logger.info("resuming %s after epoch %d", out, start_epoch)
+    elif rank == 0 and (out / STATE_FILE).exists():
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it "
+                              "or choose a new output folder")
+    trainer = DistributedDataParallel(step_module) if world > 1 else step_module
+
+    dataset = PoseDataset(train_records, _transform(config, training=True), seed=config.seed)
+    sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
+    per_process_batch = max(1, config.batch_size // world)
+    steps_per_epoch = math.ceil(len(dataset) / (per_process_batch * world))
+    bar = tqdm(total=max(0, last_epoch - start_epoch) * steps_per_epoch, desc="train", unit="batch",
+               disable=not progress)
+    use_amp = config.amp and device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+    for epoch in range(start_epoch, last_epoch):
+        kind = config.loss_kind(epoch)
+        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        dataset.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
+                            generator=generator, num_workers=config.data.workers, drop_last=False)
+        model.train()
+        model.set_dropout_mode("train")
+        sums: dict[str, float] = {}
+        images, start = 0, time.perf_counter()
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
+            with autocast:
+                loss, terms = trainer(batch, kind, config.loss.reprojection_points)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            count = len(batch["image"])
+            images += count
+            for key, value in {"loss": float(loss.detach()), **terms}.items():
+                sums[key] = sums.get(key, 0.0) + value * count
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}", refresh=False)
+        seconds = time.perf_counter() - start
+        if scheduler is not None:
+            scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss_kind": kind,
+                               **{k: v / max(images, 1) for k, v in sums.items()},
+                               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                               "images_per_s": images * world / seconds if seconds > 0 else None}
+        if rank == 0:
+            if val_records:
+                row.update(_validate(model, val_records, config, device))
+                bar.set_postfix(epoch=epoch + 1, val_pos=f"{row['val_median_position_m']:.3f}m",
+                                val_rot=f"{row['val_median_orientation_deg']:.2f}deg")
+            history.append(row)
+            _save(out, config, data_root, epoch + 1, step_module, optimizer, scheduler, map_poses, history)
+        if world > 1:
+            dist.barrier()
+    bar.close()
+    return out / MODEL_FILE
+
+
+def _validate(model: PoseNet, records: list, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    from posenet_ros.evaluation import pose_metrics, predict
+
+    predictions = predict(model, records, _transform(config, training=False), device=device,
+                          batch_size=config.batch_size)
+    metrics = pose_metrics(predictions.position_error_N, predictions.orientation_error_N)
+    return {"val_median_position_m": metrics["median_position_error_m"],
+            "val_median_orientation_deg": metrics["median_orientation_error_deg"]}
+
+
+def _save(out: Path, config: TrainConfig, data_root: Path, epochs_done: int, step_module: _TrainStep,
+          optimizer: torch.optim.Optimizer, scheduler, map_poses: np.ndarray, history: list[dict]) -> None:
+    """Write the model, the resumable state and the metrics of the completed epoch (atomically)."""
+    config_dict = config_to_dict(config)
+    if len(map_poses) > MAX_MAP_POSES:
+        map_poses = map_poses[np.linspace(0, len(map_poses) - 1, MAX_MAP_POSES).round().astype(int)]
+    tensors = {f"step.{k}": v.detach().cpu().contiguous() for k, v in step_module.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    plain_state: dict[str, dict[str, Any]] = {}
+    for index, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state.setdefault(str(index), {})[name] = value
+    metadata = {
+        "config": json.dumps(config_dict),
+        "epochs_done": str(epochs_done),
+        "data_root": str(data_root),
+        "optimizer_param_groups": json.dumps(optimizer_state["param_groups"]),
+        "optimizer_plain_state": json.dumps(plain_state),
+        "scheduler": json.dumps(scheduler.state_dict() if scheduler is not None else None),
+        "history": json.dumps(history),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    # The state first: a crash between the two writes leaves a model that is not newer than the state.
+    atomic_write_bytes(out / STATE_FILE, save(tensors, metadata=metadata))
+    save_checkpoint(out / MODEL_FILE, step_module.model, config_dict, map_poses,
+                    {"epochs_done": str(epochs_done)})
+    atomic_write_json(out / "metrics.json", history)
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    lines = [",".join(columns)] + [",".join(_csv_value(row.get(c)) for c in columns) for row in history]
+    atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def read_train_state_metadata(path: Path) -> dict[str, str]:
+    """Metadata of a `train_state.safetensors` (config JSON, epochs done, data root, ...)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no training state to resume: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable training state ({exc})") from exc
+
+
+def _load_state(path: Path, config: TrainConfig, step_module: _TrainStep, optimizer: torch.optim.Optimizer,
+                scheduler) -> tuple[int, list[dict]]:
+    metadata = read_train_state_metadata(path)
+    try:
+        tensors = load_file(str(path))
+        stored = config_from_dict(TrainConfig, json.loads(metadata["config"]))
+    except (SafetensorError, OSError, KeyError, ValueError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: corrupt training state ({exc})") from exc
+    differences = _config_differences(config_to_dict(stored), config_to_dict(config))
+    differences = [d for d in differences if d not in ("epochs", "device", "data.workers")]
+    if differences:
+        raise ConfigError(f"the configuration differs from the run being resumed in {_few(differences)}; "
+                          "only epochs, device and data.workers may change on --resume")
+    step_state = {k.removeprefix("step."): v for k, v in tensors.items() if k.startswith("step.")}
+    try:
+        step_module.load_state_dict(step_state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model ({exc})") from exc
+    optimizer_state: dict[str, Any] = {"state": {},
+                                       "param_groups": json.loads(metadata["optimizer_param_groups"])}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value
+    for index, values in json.loads(metadata["optimizer_plain_state"]).items():
+        optimizer_state["state"].setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler_state = json.loads(metadata["scheduler"])
+    if scheduler is not None and scheduler_state is not None:
+        scheduler_state["T_max"] = scheduler.T_max  # more epochs may have been asked for
+        scheduler.load_state_dict(scheduler_state)
+    return int(metadata["epochs_done"]), json.loads(metadata["history"])
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            keys += _config_differences(a[key], b[key], prefix + key + ".")
+        elif a.get(key) != b.get(key):
+            keys.append(prefix + key)
+    return keys

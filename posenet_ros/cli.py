@@ -2,6 +2,8 @@
 
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
     posenet-ros train --data D --out O [--config YAML] [--resume] [key=value ...]
+    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5]
+    posenet-ros saliency --model M --data D --out O [--frames 0 10]
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold(text: str) -> tuple[float, float]:
+    metres, _, degrees = text.partition(",")
+    try:
+        return float(metres), float(degrees)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METRES,DEGREES such as 2,5; got {text!r}") from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from posenet_ros.evaluation import DEFAULT_THRESHOLDS, evaluate, format_table
+
+    thresholds = list(dict.fromkeys([*DEFAULT_THRESHOLDS, *args.threshold]))
+    metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
+                       batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    print(format_table(metrics))
+    print(f"metrics, per-frame predictions and plots written to {args.out}")
+    return 0
+
+
+def _saliency(args: argparse.Namespace) -> int:
+    from posenet_ros.evaluation import write_saliency
+
+    paths = write_saliency(args.model, args.data, split=args.split, frames=args.frames, out=args.out,
+                           device=args.device)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posenet-ros", description="Learned camera relocalization "
                                      "(PoseNet family, Kendall et al.) for ROS 2.")
@@ -90,6 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
     train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on dataset folders",
+                                   description="Median position and orientation errors, threshold "
+                                   "accuracies, per-frame CSV and plots, per scene and overall.")
+    evaluate.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
+    evaluate.add_argument("--data", type=Path, nargs="+", required=True,
+                          help="dataset folder(s), one per scene")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--threshold", type=_threshold, action="append", default=[],
+                          metavar="METRES,DEGREES",
+                          help="extra accuracy threshold (5cm/5° is always reported)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=_eval)
+
+    saliency = commands.add_parser("saliency", help="saliency overlays: where the pose comes from",
+                                   description="Gradient of the pose with respect to the input pixels.")
+    saliency.add_argument("--model", type=Path, required=True)
+    saliency.add_argument("--data", type=Path, required=True)
+    saliency.add_argument("--out", type=Path, required=True)
+    saliency.add_argument("--split", default="test")
+    saliency.add_argument("--frames", type=int, nargs="+", help="frame positions in the split (default: 4)")
+    saliency.add_argument("--device", default="auto")
+    saliency.set_defaults(func=_saliency)
     return parser
 
 

@@ -59,7 +59,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "test"  # validated after every epoch; "" disables validation
     resize: int = 256  # shorter image side (PoseNet: 256)
-    crop: int = 224  # square crop: random for training, centre for validation and evaluation
+    crop: int | None = 224  # square crop: random for training, centre for evaluation; None: whole image
     brightness: float = 0.0  # colour jitter amounts (0 = off)
     contrast: float = 0.0
     saturation: float = 0.0

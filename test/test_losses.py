@@ -5,7 +5,13 @@ import math
 import torch
 
 from posenet_ros.geometry import pose_from_position_quat_torch, quat_exp_torch
-from posenet_ros.losses import LossConfig, PoseLoss, quaternion_distance, reprojection_loss, sample_depth_points
+from posenet_ros.losses import (
+    LossConfig,
+    PoseLoss,
+    quaternion_distance,
+    reprojection_loss,
+    sample_depth_points,
+)
 
 Q_ID = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
 

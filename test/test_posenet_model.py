@@ -65,16 +65,17 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="truncated.safetensors: not a readable"):
+    with pytest.raises(CheckpointError, match=r"truncated\.safetensors: not a readable"):
         load_model(truncated)
     pickle = tmp_path / "model.pth"
     torch.save(model.state_dict(), pickle)
-    with pytest.raises(CheckpointError, match="model.pth: not a readable"):
+    with pytest.raises(CheckpointError, match=r"model\.pth: not a readable"):
         load_model(pickle)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_model(tmp_path / "missing.safetensors")
     # Weights of one architecture with the configuration of another.
     other = tmp_path / "other.safetensors"
-    save_checkpoint(other, model, {"model": config_to_dict(ModelConfig(backbone="resnet18"))}, np.zeros((1, 7)))
+    resnet_config = {"model": config_to_dict(ModelConfig(backbone="resnet18"))}
+    save_checkpoint(other, model, resnet_config, np.zeros((1, 7)))
     with pytest.raises(CheckpointError, match="do not fit the stored architecture"):
         load_model(other)

@@ -1,0 +1,620 @@
+"""Evaluation of a trained PoseNet: predictions, error metrics, reports, plots and saliency maps.
+
+Conventions (the package's, see DESIGN.md): positions are camera positions in the world frame in
+metres (the translation of `world_from_cam`); orientations are unit quaternions (w, x, y, z) of the
+`world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean distances
+in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
+
+Metric names (`pose_metrics`, `metrics.json`):
+
+    frames                          number of frames
+    median_position_error_m         median position error (metres)
+    median_orientation_error_deg    median orientation error (degrees)
+    mean_position_error_m           mean position error (metres)
+    mean_orientation_error_deg      mean orientation error (degrees)
+    within_<M>m_<D>deg              share of frames (0..1) with position error <= M metres AND
+                                    orientation error <= D degrees; M and D written with Python's
+                                    `:g` format: (0.05, 5.0) -> "within_0.05m_5deg" (`threshold_key`)
+
+Files written by `evaluate` into its output folder:
+
+    metrics.json      {"model", "split", "device", "transform", "thresholds": [[M, D], ...],
+                       "scenes": {name: {"data_root", metrics..., "mean_pose_baseline": {metrics...}}},
+                       "overall": {metrics..., "mean_pose_baseline": {...}}}
+                      (the baseline entries only when the checkpoint holds training poses)
+    predictions.csv   one row per frame, columns `PREDICTION_COLUMNS`
+    error_cdf.png     cumulative distributions of the position and orientation errors per scene
+    top_view.png      x-y top view: training cameras (grey), test ground truth and predictions
+
+Plots are drawn with `matplotlib.figure.Figure` (no pyplot, so the caller's backend is untouched)
+and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from posenet_ros.checkpoint import load_model
+from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
+from posenet_ros.data.frames import FrameRecord
+from posenet_ros.data.loading import load_frames
+from posenet_ros.device import resolve_device
+from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_error
+from posenet_ros.models.posenet import PoseNet
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_CROP",
+    "DEFAULT_RESIZE",
+    "DEFAULT_THRESHOLDS",
+    "PREDICTION_COLUMNS",
+    "Predictions",
+    "eval_transform",
+    "evaluate",
+    "format_table",
+    "mean_pose_baseline",
+    "mean_quaternion",
+    "pose_errors",
+    "pose_metrics",
+    "predict",
+    "saliency_maps",
+    "threshold_key",
+    "threshold_label",
+    "write_saliency",
+]
+
+DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.05, 5.0),)
+DEFAULT_RESIZE = 256  # PoseNet's test-time preparation when a checkpoint names none
+DEFAULT_CROP = 224
+
+PREDICTION_COLUMNS = (
+    "scene", "sequence", "frame_index",
+    "x_true", "y_true", "z_true", "qw_true", "qx_true", "qy_true", "qz_true",
+    "x_pred", "y_pred", "z_pred", "qw_pred", "qx_pred", "qy_pred", "qz_pred",
+    "position_error_m", "orientation_error_deg",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions and errors
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """Per-frame predictions of one dataset split, in the order of its records (N frames).
+
+    Positions in metres (world frame), quaternions unit (w, x, y, z) with w >= 0 of world_from_cam,
+    all float64. position_error_N in metres, orientation_error_N in degrees.
+    """
+
+    position_pred_N3: np.ndarray
+    quat_pred_N4: np.ndarray
+    position_true_N3: np.ndarray
+    quat_true_N4: np.ndarray
+    sequence: list[str]
+    frame_index: np.ndarray  # (N,) int64
+    position_error_N: np.ndarray
+    orientation_error_N: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+
+def pose_errors(position_pred_N3: ArrayLike, quat_pred_N4: ArrayLike, position_true_N3: ArrayLike,
+                quat_true_N4: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(position_error_N in metres, orientation_error_N in degrees) between predicted and true poses.
+
+    Quaternions are (w, x, y, z) and need not be normalised; q and -q give an error of 0.
+    Arguments broadcast (a single (3,) / (4,) prediction against N true poses works).
+    """
+    return (np.asarray(translation_error(position_pred_N3, position_true_N3), dtype=np.float64),
+            np.asarray(angular_error_deg(quat_pred_N4, quat_true_N4), dtype=np.float64))
+
+
+def _set_eval(model: PoseNet) -> tuple[bool, str]:
+    """Put `model` in eval mode with dropout off; return the state to restore."""
+    state = (model.training, model.dropout_mode)
+    model.eval()
+    model.set_dropout_mode("off")
+    return state
+
+
+def _restore(model: PoseNet, state: tuple[bool, str]) -> None:
+    model.train(state[0])
+    model.set_dropout_mode(state[1])  # type: ignore[arg-type]
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
+            device: str | torch.device | None = None, batch_size: int = 32,
+            progress: bool = False, description: str = "predict") -> Predictions:
+    """Run `model` deterministically over `records` in their order and compare with the true poses.
+
+    The model runs in eval mode with dropout off under `torch.inference_mode`; its previous
+    train/eval and dropout modes are restored afterwards. Frames are prepared by `transform` (use a
+    centre crop and no jitter for evaluation; `transform.window` must be 1) and loaded in order by a
+    DataLoader (no shuffling, no worker processes). `device`: where the model already is ("auto",
+    "cpu", "cuda:0", ...; None = the model's device); a different device is a ValueError. True poses
+    come from the records in float64. `progress` shows a tqdm bar labelled `description`.
+    """
+    if transform.window != 1:
+        raise ValueError(f"predict works on single frames: transform.window must be 1, "
+                         f"got {transform.window}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model_device = _model_device(model)
+    target = model_device if device is None else resolve_device(device)
+    if target != model_device and not (target.type == model_device.type == "cuda" and target.index is None):
+        raise ValueError(f"the model is on {model_device} but device {target} was requested; move the "
+                         "model first (model.to(device))")
+    records = list(records)
+    dataset = PoseDataset(records, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    positions, quats = [], []
+    state = _set_eval(model)
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
+                output = model(batch["image"].to(model_device, non_blocking=True))
+                positions.append(output.position_B3.detach().to("cpu", torch.float64).numpy())
+                quats.append(output.quat_B4.detach().to("cpu", torch.float64).numpy())
+    finally:
+        _restore(model, state)
+    position_pred = np.concatenate(positions, axis=0)
+    quat_pred = np.concatenate(quats, axis=0)
+    if len(position_pred) != len(records):
+        raise RuntimeError(f"got {len(position_pred)} predictions for {len(records)} frames")
+    poses_true = np.stack([pose_vector(record.world_from_cam) for record in records]).astype(np.float64)
+    position_error, orientation_error = pose_errors(position_pred, quat_pred, poses_true[:, :3],
+                                                    poses_true[:, 3:])
+    return Predictions(
+        position_pred_N3=position_pred,
+        quat_pred_N4=quat_pred,
+        position_true_N3=poses_true[:, :3].copy(),
+        quat_true_N4=poses_true[:, 3:].copy(),
+        sequence=[record.sequence for record in records],
+        frame_index=np.array([record.frame_index for record in records], dtype=np.int64),
+        position_error_N=position_error,
+        orientation_error_N=orientation_error,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics and the mean-pose baseline
+# --------------------------------------------------------------------------------------------------
+
+
+def threshold_key(metres: float, degrees: float) -> str:
+    """The metrics key of a (metres, degrees) threshold pair: (0.05, 5.0) -> 'within_0.05m_5deg'."""
+    return f"within_{float(metres):g}m_{float(degrees):g}deg"
+
+
+def threshold_label(metres: float, degrees: float) -> str:
+    """The table header of a threshold pair: (0.05, 5.0) -> '5cm/5°', (0.5, 10) -> '50cm/10°'."""
+    distance = f"{metres * 100:g}cm" if metres < 1.0 else f"{metres:g}m"
+    return f"{distance}/{degrees:g}°"
+
+
+def _check_thresholds(thresholds: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    checked = []
+    for pair in thresholds:
+        if len(pair) != 2:
+            raise ValueError(f"a threshold is a (metres, degrees) pair, got {pair!r}")
+        metres, degrees = float(pair[0]), float(pair[1])
+        if not (math.isfinite(metres) and math.isfinite(degrees) and metres >= 0 and degrees >= 0):
+            raise ValueError(f"threshold ({metres}, {degrees}) must be finite and non-negative")
+        checked.append((metres, degrees))
+    return checked
+
+
+def pose_metrics(position_error_N: ArrayLike, orientation_error_N: ArrayLike,
+                 thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS) -> dict[str, float | int]:
+    """Summary of per-frame errors (metres, degrees) as a flat dict of Python numbers.
+
+    Keys: `frames`, `median_position_error_m`, `median_orientation_error_deg`,
+    `mean_position_error_m`, `mean_orientation_error_deg` and, for each (metres, degrees) pair of
+    `thresholds`, `threshold_key(metres, degrees)` (e.g. 'within_0.05m_5deg'): the share in [0, 1]
+    of frames with position error <= metres and orientation error <= degrees (bounds included).
+    NaN errors make the median and mean NaN and count as outside every threshold.
+    Empty or mismatched inputs are a ValueError.
+    """
+    position = np.asarray(position_error_N, dtype=np.float64)
+    orientation = np.asarray(orientation_error_N, dtype=np.float64)
+    if position.ndim != 1 or orientation.ndim != 1 or position.shape != orientation.shape:
+        raise ValueError(f"errors must be two 1-D arrays of equal length, got shapes {position.shape} "
+                         f"and {orientation.shape}")
+    if position.size == 0:
+        raise ValueError("no frames to compute metrics of (empty error arrays)")
+    metrics: dict[str, float | int] = {
+        "frames": int(position.size),
+        "median_position_error_m": float(np.median(position)),
+        "median_orientation_error_deg": float(np.median(orientation)),
+        "mean_position_error_m": float(np.mean(position)),
+        "mean_orientation_error_deg": float(np.mean(orientation)),
+    }
+    for metres, degrees in _check_thresholds(thresholds):
+        within = (position <= metres) & (orientation <= degrees)
+        metrics[threshold_key(metres, degrees)] = float(np.mean(within))
+    return metrics
+
+
+def mean_quaternion(quats_N4: ArrayLike) -> np.ndarray:
+    """Average orientation of unit quaternions (w, x, y, z) as a canonical quaternion (4,), w >= 0.
+
+    Markley et al.'s eigenvector method: the eigenvector of the largest eigenvalue of sum q q^T,
+    which ignores the signs of the inputs (q and -q count the same).
+    """
+    q = quat_normalize(np.asarray(quats_N4, dtype=np.float64).reshape(-1, 4))
+    if len(q) == 0:
+        raise ValueError("mean_quaternion needs at least one quaternion")
+    _, vectors = np.linalg.eigh(q.T @ q)
+    return quat_normalize(vectors[:, -1])
+
+
+def mean_pose_baseline(train_positions_N3: ArrayLike, train_quats_N4: ArrayLike, positions_true_M3: ArrayLike,
+                       quats_true_M4: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Errors of the trivial localiser that answers the mean training pose for every frame.
+
+    Predicts the mean training position (metres) and the mean training orientation
+    (`mean_quaternion`) for each of the M test frames; returns (position_error_M in metres,
+    orientation_error_M in degrees). A network that has learnt anything beats this.
+    """
+    train_positions = np.asarray(train_positions_N3, dtype=np.float64).reshape(-1, 3)
+    if len(train_positions) == 0:
+        raise ValueError("mean_pose_baseline needs at least one training pose")
+    mean_position = train_positions.mean(axis=0)
+    mean_quat = mean_quaternion(train_quats_N4)
+    positions_true = np.asarray(positions_true_M3, dtype=np.float64).reshape(-1, 3)
+    quats_true = np.asarray(quats_true_M4, dtype=np.float64).reshape(-1, 4)
+    if len(positions_true) != len(quats_true):
+        raise ValueError(f"{len(positions_true)} true positions but {len(quats_true)} true quaternions")
+    return pose_errors(mean_position[None], mean_quat[None], positions_true, quats_true)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate(): checkpoint + datasets -> metrics.json, predictions.csv, plots
+# --------------------------------------------------------------------------------------------------
+
+
+def eval_transform(config: dict[str, Any]) -> FrameTransform:
+    """The test-time FrameTransform of a checkpoint's config: its `data.resize` (shorter side, px)
+    and `data.crop` (square side or [height, width], px) with a centre crop and no jitter; a missing
+    key falls back to PoseNet's 256 / 224."""
+    data = config.get("data") or {}
+    resize = data["resize"] if "resize" in data else DEFAULT_RESIZE
+    crop = data["crop"] if "crop" in data else DEFAULT_CROP
+    return FrameTransform(resize=resize, crop=crop, random_crop=False)
+
+
+def _scene_names(roots: Sequence[Path]) -> list[str]:
+    """One name per data root: its folder name, made unique with '-2', '-3', ... where needed."""
+    names: list[str] = []
+    for root in roots:
+        base = root.resolve().name or str(root)
+        name, count = base, 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names.append(name)
+    return names
+
+
+def _csv_float(value: float) -> str:
+    return repr(float(value))  # shortest text that reads back as the same float64
+
+
+def _predictions_csv(scenes: dict[str, Predictions]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for scene, p in scenes.items():
+        for i in range(len(p)):
+            writer.writerow([
+                scene, p.sequence[i], int(p.frame_index[i]),
+                *map(_csv_float, p.position_true_N3[i]), *map(_csv_float, p.quat_true_N4[i]),
+                *map(_csv_float, p.position_pred_N3[i]), *map(_csv_float, p.quat_pred_N4[i]),
+                _csv_float(p.position_error_N[i]), _csv_float(p.orientation_error_N[i]),
+            ])
+    return buffer.getvalue()
+
+
+def _figure_png(fig: Any, dpi: int = 120) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _plot_error_cdf(scenes: dict[str, Predictions], thresholds: Sequence[tuple[float, float]]) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_position, ax_orientation = fig.subplots(1, 2)
+    for index, (scene, p) in enumerate(scenes.items()):
+        colour = f"C{index % 10}"
+        for ax, errors in ((ax_position, p.position_error_N), (ax_orientation, p.orientation_error_N)):
+            values = np.sort(errors[np.isfinite(errors)])
+            if values.size == 0:
+                continue
+            share = np.arange(1, values.size + 1) / errors.size
+            ax.step(np.concatenate([[0.0], values]), np.concatenate([[0.0], share]), where="post",
+                    color=colour, label=f"{scene} (N={errors.size})")
+    for metres, degrees in thresholds:
+        ax_position.axvline(metres, color="0.5", linestyle=":", linewidth=1)
+        ax_orientation.axvline(degrees, color="0.5", linestyle=":", linewidth=1)
+    ax_position.set_xlabel("position error (m)")
+    ax_orientation.set_xlabel("orientation error (°)")
+    for ax in (ax_position, ax_orientation):
+        ax.set_ylabel("share of frames")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlim(left=0.0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+    ax_position.set_title("Position error CDF")
+    ax_orientation.set_title("Orientation error CDF")
+    return _figure_png(fig)
+
+
+def _plot_top_view(scenes: dict[str, Predictions], map_poses_N7: np.ndarray) -> bytes:
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 7), layout="constrained")
+    ax = fig.subplots()
+    if len(map_poses_N7):
+        ax.scatter(map_poses_N7[:, 0], map_poses_N7[:, 1], s=4, color="0.7", label="training cameras",
+                   zorder=1)
+    for index, (scene, p) in enumerate(scenes.items()):
+        colour = f"C{index % 10}"
+        segments = np.stack([p.position_true_N3[:, :2], p.position_pred_N3[:, :2]], axis=1)
+        ax.add_collection(LineCollection(segments, colors=colour, linewidths=0.5, alpha=0.5, zorder=2))
+        ax.scatter(p.position_true_N3[:, 0], p.position_true_N3[:, 1], s=8, color=colour, marker="o",
+                   label=f"{scene} ground truth", zorder=3)
+        ax.scatter(p.position_pred_N3[:, 0], p.position_pred_N3[:, 1], s=14, color=colour, marker="x",
+                   linewidths=0.8, label=f"{scene} prediction", zorder=4)
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.autoscale_view()
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title("Top view (x-y): ground truth, predictions and training cameras")
+    return _figure_png(fig)
+
+
+def _with_baseline(metrics: dict[str, Any], predictions: Predictions, map_poses_N7: np.ndarray,
+                   thresholds: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    if len(map_poses_N7):
+        errors = mean_pose_baseline(map_poses_N7[:, :3], map_poses_N7[:, 3:], predictions.position_true_N3,
+                                    predictions.quat_true_N4)
+        metrics["mean_pose_baseline"] = pose_metrics(*errors, thresholds)
+    return metrics
+
+
+def _concatenate(predictions: Sequence[Predictions]) -> Predictions:
+    return Predictions(
+        position_pred_N3=np.concatenate([p.position_pred_N3 for p in predictions]),
+        quat_pred_N4=np.concatenate([p.quat_pred_N4 for p in predictions]),
+        position_true_N3=np.concatenate([p.position_true_N3 for p in predictions]),
+        quat_true_N4=np.concatenate([p.quat_true_N4 for p in predictions]),
+        sequence=[s for p in predictions for s in p.sequence],
+        frame_index=np.concatenate([p.frame_index for p in predictions]),
+        position_error_N=np.concatenate([p.position_error_N for p in predictions]),
+        orientation_error_N=np.concatenate([p.orientation_error_N for p in predictions]),
+    )
+
+
+def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split: str = "test",
+             out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
+             batch_size: int = 32, device: str | torch.device = "auto",
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate the checkpoint at `model_path` on `split` of each dataset folder in `data_roots`.
+
+    Each data root is one scene, named by its folder name (made unique with '-2', ... if two roots
+    share a name). Frames are prepared with `eval_transform(checkpoint config)`. Writes
+    metrics.json, predictions.csv, error_cdf.png and top_view.png into `out` (see the module
+    docstring) and returns the metrics dict that metrics.json holds: per scene, overall (all frames
+    of all scenes together) and the mean-pose baseline of the checkpoint's training poses.
+    """
+    roots = [Path(root) for root in data_roots]
+    if not roots:
+        raise ValueError("evaluate needs at least one data root")
+    checked_thresholds = _check_thresholds(thresholds)
+    out = Path(out)
+    resolved_device = resolve_device(device)
+    loaded = load_model(model_path, resolved_device)
+    transform = eval_transform(loaded.config)
+    map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
+    logger.info("evaluating %s on %d scene(s), split %r, device %s, resize %s, crop %s", loaded.path,
+                len(roots), split, resolved_device, transform.resize, transform.crop)
+
+    scenes: dict[str, Predictions] = {}
+    scene_metrics: dict[str, dict[str, Any]] = {}
+    for name, root in zip(_scene_names(roots), roots, strict=True):
+        records = load_frames(root, split)
+        if not records:
+            raise ValueError(f"{root}: the {split!r} split has no frames")
+        predictions = predict(loaded.model, records, transform, device=resolved_device,
+                              batch_size=batch_size, progress=progress, description=f"evaluate {name}")
+        scenes[name] = predictions
+        metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
+                                                          predictions.orientation_error_N,
+                                                          checked_thresholds)}
+        scene_metrics[name] = _with_baseline(metrics, predictions, map_poses, checked_thresholds)
+        logger.info("%s: %d frames, median %.3f m, %.2f°", name, len(predictions),
+                    metrics["median_position_error_m"], metrics["median_orientation_error_deg"])
+
+    everything = _concatenate(list(scenes.values()))
+    overall = _with_baseline(pose_metrics(everything.position_error_N, everything.orientation_error_N,
+                                          checked_thresholds), everything, map_poses, checked_thresholds)
+    result: dict[str, Any] = {
+        "model": str(loaded.path),
+        "split": split,
+        "device": str(resolved_device),
+        "transform": {"resize": transform.resize, "crop": transform.crop, "centre_crop": True},
+        "thresholds": [[metres, degrees] for metres, degrees in checked_thresholds],
+        "scenes": scene_metrics,
+        "overall": overall,
+    }
+    atomic_write_json(out / "metrics.json", result)
+    atomic_write_text(out / "predictions.csv", _predictions_csv(scenes))
+    atomic_write_bytes(out / "error_cdf.png", _plot_error_cdf(scenes, checked_thresholds))
+    atomic_write_bytes(out / "top_view.png", _plot_top_view(scenes, map_poses))
+    logger.info("wrote metrics.json, predictions.csv, error_cdf.png and top_view.png to %s", out)
+    return result
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A text table of `evaluate`'s metrics: one row per scene and an 'Overall' row.
+
+    Columns: Scene | Frames | Median position (m) | Median orientation (°) | one column per
+    threshold pair (share of frames within both bounds, in percent), e.g.
+
+        Scene   | Frames | Median position | Median orientation | 5cm/5°
+        chess   |   2000 |         0.320 m |              8.12° |  12.5%
+    """
+    thresholds = [(float(m), float(d)) for m, d in metrics.get("thresholds", [])]
+    header = ["Scene", "Frames", "Median position", "Median orientation",
+              *(threshold_label(m, d) for m, d in thresholds)]
+
+    def row(name: str, values: dict[str, Any]) -> list[str]:
+        cells = [name, str(values["frames"]), f"{values['median_position_error_m']:.3f} m",
+                 f"{values['median_orientation_error_deg']:.2f}°"]
+        for m, d in thresholds:
+            share = values.get(threshold_key(m, d))
+            cells.append("-" if share is None else f"{100.0 * share:.1f}%")
+        return cells
+
+    rows = [row(name, values) for name, values in metrics.get("scenes", {}).items()]
+    rows.append(row("Overall", metrics["overall"]))
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        parts = [cells[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
+                                               zip(cells[1:], widths[1:], strict=True)]
+        return " | ".join(parts).rstrip()
+
+    separator = "-+-".join("-" * width for width in widths)
+    return "\n".join([render(header), separator, *(render(r) for r in rows[:-1]), separator,
+                      render(rows[-1])])
+
+
+# --------------------------------------------------------------------------------------------------
+# Saliency
+# --------------------------------------------------------------------------------------------------
+
+
+def saliency_maps(model: PoseNet, images_B3HW: torch.Tensor) -> torch.Tensor:
+    """Gradient saliency (Simonyan et al.) of the pose output with respect to the input pixels.
+
+    For each image, the gradient of the SUM of the seven pose outputs, the 3 normalised position
+    outputs (`position_norm_B3`, scene-scale free) plus the 4 quaternion components, with respect to
+    the input pixels (images in [0, 1]); the map is the largest absolute gradient over the three
+    colour channels: a float tensor (B, H, W) >= 0 on the images' device. The model runs in eval
+    mode (batch norm uses its running statistics, so images do not interact and one backward pass
+    serves the whole batch) with dropout off; its modes are restored afterwards. Parameter
+    gradients (`.grad`) are left untouched.
+    """
+    if images_B3HW.ndim != 4 or images_B3HW.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images_B3HW.shape)}")
+    state = _set_eval(model)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images_B3HW.detach().clone().requires_grad_(True)
+            output = model(images)
+            score = output.position_norm_B3.sum() + output.quat_B4.sum()
+            (gradient,) = torch.autograd.grad(score, images)
+    finally:
+        _restore(model, state)
+    return gradient.abs().amax(dim=1).detach()
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "frame"
+
+
+def _plot_saliency(image_3HW: np.ndarray, saliency_HW: np.ndarray, title: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    rgb = np.clip(image_3HW.transpose(1, 2, 0), 0.0, 1.0)
+    top = float(np.percentile(saliency_HW, 99.5))
+    shown = np.clip(saliency_HW / top, 0.0, 1.0) if top > 0 else np.zeros_like(saliency_HW)
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    ax_image, ax_map, ax_overlay = fig.subplots(1, 3)
+    ax_image.imshow(rgb)
+    ax_image.set_title("image")
+    mappable = ax_map.imshow(shown, cmap="inferno", vmin=0.0, vmax=1.0)
+    ax_map.set_title("saliency |d pose / d pixel|")
+    fig.colorbar(mappable, ax=ax_map, fraction=0.046, pad=0.02, label="relative to 99.5th percentile")
+    ax_overlay.imshow(rgb)
+    ax_overlay.imshow(shown, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6)
+    ax_overlay.set_title("overlay")
+    for ax in (ax_image, ax_map, ax_overlay):
+        ax.set_axis_off()
+    fig.suptitle(title)
+    return _figure_png(fig)
+
+
+def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str = "test",
+                   frames: Sequence[int] | None = None, out: str | Path,
+                   device: str | torch.device = "auto") -> list[Path]:
+    """Write a saliency figure (image | saliency map | overlay) per chosen frame of a dataset split.
+
+    `frames` are positions (0-based) in the split's frame list, in its order; default: 4 evenly
+    spaced frames (all if fewer). A position outside 0..N-1 is a ValueError naming the valid range.
+    Images are prepared with the checkpoint's `eval_transform`. Files are
+    `out/saliency_<sequence>_<frame_index>.png`; returns their paths in the order of `frames`
+    (repeated positions are written once).
+    """
+    out = Path(out)
+    resolved_device = resolve_device(device)
+    loaded = load_model(model_path, resolved_device)
+    records = load_frames(data_root, split)
+    count = len(records)
+    if count == 0:
+        raise ValueError(f"{data_root}: the {split!r} split has no frames")
+    if frames is None:
+        spaced = np.linspace(0, count - 1, min(4, count)).round().astype(np.int64)
+        positions = sorted({int(x) for x in spaced})
+    else:
+        positions = list(dict.fromkeys(int(f) for f in frames))
+        bad = [f for f in positions if not 0 <= f < count]
+        if bad:
+            raise ValueError(f"frame position(s) {bad} out of range: the {split!r} split of {data_root} has "
+                             f"{count} frames, valid positions are 0..{count - 1}")
+    dataset = PoseDataset(records, eval_transform(loaded.config))
+    written = []
+    for position in positions:
+        item = dataset[position]
+        image = item["image"]
+        saliency = saliency_maps(loaded.model, image[None].to(resolved_device))[0].cpu().numpy()
+        record = records[position]
+        title = f"{record.sequence} frame {record.frame_index} (position {position} of {count})"
+        path = out / f"saliency_{_safe_name(record.sequence)}_{record.frame_index}.png"
+        atomic_write_bytes(path, _plot_saliency(image.numpy(), saliency, title))
+        written.append(path)
+    logger.info("wrote %d saliency figure(s) to %s", len(written), out)
+    return written

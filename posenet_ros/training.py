@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -206,7 +205,11 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     dataset = PoseDataset(train_records, _transform(config, training=True), seed=config.seed)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
     per_process_batch = max(1, config.batch_size // world)
-    steps_per_epoch = math.ceil(len(dataset) / (per_process_batch * world))
+    # Whole batches only: batch normalisation cannot train on a batch of one.
+    steps_per_epoch = len(dataset) // (per_process_batch * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(dataset)} frames, fewer than one batch of "
+                         f"{per_process_batch * world}; lower batch_size")
     bar = tqdm(total=max(0, last_epoch - start_epoch) * steps_per_epoch, desc="train", unit="batch",
                disable=not progress)
     use_amp = config.amp and device.type == "cuda"
@@ -219,7 +222,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
-                            generator=generator, num_workers=config.data.workers, drop_last=False)
+                            generator=generator, num_workers=config.data.workers, drop_last=True)
         model.train()
         model.set_dropout_mode("train")
         sums: dict[str, float] = {}
@@ -237,7 +240,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
             for key, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[key] = sums.get(key, 0.0) + value * count
             bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}", refresh=False)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}", refresh=False)
         seconds = time.perf_counter() - start
         if scheduler is not None:
             scheduler.step()

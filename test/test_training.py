@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from posenet_ros.checkpoint import load_model
 from posenet_ros.cli import main
+from posenet_ros.data.dataset import FrameTransform
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation import mean_pose_baseline, predict
-from posenet_ros.data.dataset import FrameTransform
 
 # 64x48 images, five training loops and one test loop through the mapped room.
 SCENE = ["width=64", "height=48", "frames_per_sequence=48", "train_sequences=5", "outside_sequences=0",
@@ -76,8 +76,8 @@ def test_learned_weighting_then_reprojection(scene, tmp_path):
     run = tmp_path / "run"
     extra = 6
     # One run with the seed's schedule, stopped after the learned-weighting epochs to keep that model.
-    train(scene, run, "loss.kind=learned", f"epochs={EPOCHS + extra}", f"reprojection_after_epochs={EPOCHS}",
-          "lr_schedule=constant", "--stop-after-epoch", str(EPOCHS))
+    train(scene, run, "loss.kind=learned", f"epochs={EPOCHS + extra}",
+          f"reprojection_after_epochs={EPOCHS}", "lr_schedule=constant", "--stop-after-epoch", str(EPOCHS))
     error, baseline, rotation = test_errors(run, scene)
     print(f"learned weighting: median {error:.3f} m, {rotation:.1f} deg; baseline {baseline:.3f} m")
     assert error * 5 < baseline
@@ -146,7 +146,8 @@ def test_torchvision_format_backbone_loads_through_pretrained(tiny_scene, tmp_pa
 def test_bad_inputs_give_clear_errors(tiny_scene, tmp_path, capsys):
     assert main(["train", "--quiet", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "nowhere: no such dataset folder" in capsys.readouterr().err
-    assert main(["train", "--quiet", "--data", str(tiny_scene), "--out", str(tmp_path / "o"), "lr_rate=1"]) == 2
+    assert main(["train", "--quiet", "--data", str(tiny_scene), "--out", str(tmp_path / "o"),
+                 "lr_rate=1"]) == 2
     assert "unknown config key(s): lr_rate" in capsys.readouterr().err
     config = tmp_path / "train.yaml"
     config.write_text("model:\n  backbone: resnet19\n")
@@ -163,6 +164,7 @@ def test_bad_inputs_give_clear_errors(tiny_scene, tmp_path, capsys):
                  str(tmp_path / "e")]) == 2
     assert "corrupt.safetensors: not a readable" in capsys.readouterr().err
     # Resuming with a changed architecture is refused instead of silently mixing runs.
-    assert main(["train", "--quiet", "--out", str(tmp_path / "run"), "--resume", "model.backbone=resnet34"]) == 2
+    assert main(["train", "--quiet", "--out", str(tmp_path / "run"), "--resume",
+                 "model.backbone=resnet34"]) == 2
     assert "differs from the run being resumed in model.backbone" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "run")

@@ -96,8 +96,9 @@ def test_learned_weighting_then_reprojection(scene, tmp_path):
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_scene, tmp_path):
+    # Random crops and colour jitter must replay exactly too.
     common = ["epochs=3", "batch_size=4", "model.backbone=mobilenet_v2", "lr_schedule=cosine",
-              "data.resize=24", "data.crop=16", "data.brightness=0.2"]  # random crops and jitter must replay too
+              "data.resize=24", "data.crop=16", "data.brightness=0.2"]
     train(tiny_scene, tmp_path / "straight", *common)
     train(tiny_scene, tmp_path / "resumed", *common, "--stop-after-epoch", "1")
     assert len(json.loads((tmp_path / "resumed" / "metrics.json").read_text())) == 1

@@ -39,6 +39,7 @@ class LossConfig:
     norm: Literal["l1", "l2"] = "l2"  # norm of the position and quaternion differences
     init_s_x: float = 0.0  # learned weighting: initial ŝx (log variance of the position term)
     init_s_q: float = -3.0  # learned weighting: initial ŝq
+    weights_lr: float = 0.01  # learning rate of ŝx, ŝq: they must track the loss terms within a short run
     reprojection_points: int = 256  # points sampled from each image's depth
     reprojection_robust: Literal["l1", "huber", "l2"] = "huber"  # the robust norm γ, on pixels
     reprojection_huber_px: float = 5.0  # huber: quadratic below, linear above (pixels)

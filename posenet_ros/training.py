@@ -189,7 +189,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     no_decay = [step_module.loss.s_x, step_module.loss.s_q]
     optimizer = torch.optim.AdamW([
         {"params": list(model.parameters()), "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr": config.loss.weights_lr},
     ], lr=config.lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.lr_schedule == "cosine" else None)

@@ -64,3 +64,24 @@ def test_bad_files_are_named(tmp_path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping"):
         load_config(Outer, listed)
+
+
+@pytest.mark.parametrize(("file", "module", "name"), [
+    ("config/train.yaml", "posenet_ros.training", "TrainConfig"),
+    ("config/synthetic_scene.yaml", "posenet_ros.data.synthetic", "SceneConfig"),
+])
+def test_shipped_yaml_files_hold_exactly_the_defaults(file, module, name):
+    import importlib
+    from pathlib import Path
+
+    cls = getattr(importlib.import_module(module), name)
+    path = Path(__file__).resolve().parents[1] / file
+    assert config_to_dict(load_config(cls, path)) == config_to_dict(cls())
+    # Every key is written out, so the file documents the whole configuration.
+    from posenet_ros.config import read_yaml
+
+    def keys(values, prefix=""):
+        return {prefix + k for k, v in values.items() if not isinstance(v, dict)} | {
+            key for k, v in values.items() if isinstance(v, dict) for key in keys(v, prefix + k + ".")}
+
+    assert keys(read_yaml(path)) == keys(config_to_dict(cls()))

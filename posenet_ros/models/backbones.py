@@ -30,7 +30,9 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+# resnet_tiny (one BasicBlock per stage, 16 to 128 channels, no torchvision counterpart) is for tests
+# and small experiments on CPU.
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "resnet_tiny")
 
 # Keys of a torchvision classification state dict that a backbone does not have.
 IGNORED_KEY_PREFIXES = ("fc.", "classifier.")
@@ -154,18 +156,19 @@ class ResNetBackbone(Backbone):
     """
 
     def __init__(
-        self, block: type[BasicBlock | Bottleneck], layers: list[int], inner_dropout_p: float = 0.0
+        self, block: type[BasicBlock | Bottleneck], layers: list[int], inner_dropout_p: float = 0.0,
+        width: int = 64,
     ) -> None:
-        super().__init__(512 * block.expansion, inner_dropout_p)
-        self.inplanes = 64
+        super().__init__(8 * width * block.expansion, inner_dropout_p)
+        self.inplanes = width
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -323,6 +326,8 @@ def build_backbone(name: str, inner_dropout_p: float = 0.0) -> Backbone:
         return ResNetBackbone(Bottleneck, [3, 4, 6, 3], inner_dropout_p)
     if name == "mobilenet_v2":
         return MobileNetV2Backbone(inner_dropout_p)
+    if name == "resnet_tiny":
+        return ResNetBackbone(BasicBlock, [1, 1, 1, 1], inner_dropout_p, width=16)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 

@@ -58,7 +58,8 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "test"  # validated after every epoch; "" disables validation
     resize: int = 256  # shorter image side (PoseNet: 256)
-    crop: int | None = 224  # square crop: random for training, centre for evaluation; None: whole image
+    crop: int | tuple[int, int] | None = 224  # side or (height, width): random for training, centre for
+    # evaluation; None: the whole resized image
     brightness: float = 0.0  # colour jitter amounts (0 = off)
     contrast: float = 0.0
     saturation: float = 0.0
@@ -216,6 +217,10 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
     for epoch in range(start_epoch, last_epoch):
         kind = config.loss_kind(epoch)
+        if epoch > 0 and kind != config.loss_kind(epoch - 1):
+            # A new loss has another gradient scale: Adam's moments of the old one would make the
+            # first steps far larger than the learning rate, so they start afresh.
+            optimizer.state.clear()
         torch.manual_seed(_epoch_seed(config.seed, epoch))
         dataset.set_epoch(epoch)
         generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))

@@ -17,12 +17,13 @@ from posenet_ros.models.backbones import (
     set_explicit_dropout,
 )
 
-OUT_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "mobilenet_v2": 1280}
+OUT_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "mobilenet_v2": 1280, "resnet_tiny": 128}
 
 # torchvision totals minus the classifier (fc / classifier.1):
 # resnet18 11,689,512 - 513,000; resnet34 21,797,672 - 513,000; resnet50 25,557,032 - 2,049,000;
 # mobilenet_v2 3,504,872 - 1,281,000.
 PARAMETER_COUNTS = {
+    "resnet_tiny": 309_456,  # ours, no torchvision counterpart: one BasicBlock per stage, widths 16..128
     "resnet18": 11_176_512,
     "resnet34": 21_284_672,
     "resnet50": 23_508_032,
@@ -107,7 +108,7 @@ def test_parameter_counts_match_torchvision_without_classifier(name: str) -> Non
 
 
 def test_names_listed() -> None:
-    assert BACKBONES == ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+    assert BACKBONES == ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "resnet_tiny")
 
 
 def test_unknown_name_lists_choices() -> None:

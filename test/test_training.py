@@ -31,6 +31,8 @@ SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=96", "trai
 TRAIN = ["device=cpu", "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=48",
          "data.crop=[44,60]", "batch_size=16", "lr=1e-3"]
 EPOCHS = 60
+# The tiny scene's runs check mechanics, not accuracy: 32x24 images, whole images, batches of 4.
+TINY = ["data.resize=24", "data.crop=null", "batch_size=4"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def test_two_ddp_processes_train_and_write_one_checkpoint(tiny_scene, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "posenet_ros.cli", "train", "--quiet", "--data", str(tiny_scene), "--out",
-               str(tmp_path / "ddp"), *TRAIN, "epochs=2", "data.resize=24", "batch_size=4"]
+               str(tmp_path / "ddp"), *TRAIN, *TINY, "epochs=2"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.safetensors")) == ["model.safetensors",
@@ -140,7 +142,7 @@ def test_torchvision_format_backbone_loads_through_pretrained(tiny_scene, tmp_pa
     weights = {k: v for k, v in backbone.state_dict().items()}
     weights["fc.weight"], weights["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     save_file(weights, str(tmp_path / "resnet18_imagenet.safetensors"))
-    train(tiny_scene, tmp_path / "run", "epochs=1", "batch_size=4", "lr=1e-12", "data.resize=24",
+    train(tiny_scene, tmp_path / "run", *TINY, "model.backbone=resnet18", "epochs=1", "lr=1e-12",
           "data.val_split=''",
           "--pretrained", str(tmp_path / "resnet18_imagenet.safetensors"))
     trained = load_file(str(tmp_path / "run" / "model.safetensors"))
@@ -162,7 +164,7 @@ def test_bad_inputs_give_clear_errors(tiny_scene, tmp_path, capsys):
     assert main(["train", "--quiet", "--out", str(tmp_path / "o"), "--resume"]) == 2
     assert "no training state to resume" in capsys.readouterr().err
     # A corrupt checkpoint and a checkpoint of another architecture, given to eval.
-    train(tiny_scene, tmp_path / "run", "epochs=1", "batch_size=4", "data.resize=24", "data.val_split=''")
+    train(tiny_scene, tmp_path / "run", *TINY, "epochs=1", "data.val_split=''")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes((tmp_path / "run" / "model.safetensors").read_bytes()[:-100])
     assert main(["eval", "--quiet", "--model", str(corrupt), "--data", str(tiny_scene), "--out",
@@ -176,7 +178,7 @@ def test_bad_inputs_give_clear_errors(tiny_scene, tmp_path, capsys):
 
 
 def test_eval_and_saliency_commands(tiny_scene, tmp_path, capsys):
-    train(tiny_scene, tmp_path / "run", "epochs=1", "batch_size=4", "data.resize=24", "data.val_split=''")
+    train(tiny_scene, tmp_path / "run", *TINY, "epochs=1", "data.val_split=''")
     capsys.readouterr()
     assert main(["eval", "--quiet", "--model", str(tmp_path / "run"), "--data", str(tiny_scene),
                  "--out", str(tmp_path / "eval"), "--threshold", "2,10"]) == 0

@@ -129,10 +129,9 @@ def _distributed_context() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _transform(config: TrainConfig, training: bool) -> FrameTransform:
+def _train_transform(config: TrainConfig) -> FrameTransform:
+    """Random crops and colour jitter; evaluation uses `evaluation.eval_transform` (centre crop)."""
     data = config.data
-    if not training:
-        return FrameTransform(resize=data.resize, crop=data.crop, random_crop=False)
     return FrameTransform(resize=data.resize, crop=data.crop, random_crop=True, brightness=data.brightness,
                           contrast=data.contrast, saturation=data.saturation, hue=data.hue)
 
@@ -203,7 +202,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
                               "or choose a new output folder")
     trainer = DistributedDataParallel(step_module) if world > 1 else step_module
 
-    dataset = PoseDataset(train_records, _transform(config, training=True), seed=config.seed)
+    dataset = PoseDataset(train_records, _train_transform(config), seed=config.seed)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
     per_process_batch = max(1, config.batch_size // world)
     # Whole batches only: batch normalisation cannot train on a batch of one.
@@ -267,9 +266,9 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
 
 
 def _validate(model: PoseNet, records: list, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    from posenet_ros.evaluation import pose_metrics, predict
+    from posenet_ros.evaluation import eval_transform, pose_metrics, predict
 
-    predictions = predict(model, records, _transform(config, training=False), device=device,
+    predictions = predict(model, records, eval_transform(config_to_dict(config)), device=device,
                           batch_size=config.batch_size)
     metrics = pose_metrics(predictions.position_error_N, predictions.orientation_error_N)
     return {"val_median_position_m": metrics["median_position_error_m"],

@@ -42,7 +42,6 @@ from posenet_ros.data.frames import Intrinsics, RenderedFrame, SequenceToWrite
 
 logger = logging.getLogger(__name__)
 
-Variation = Literal["lighting", "blur", "occlusion"]
 VARIATIONS: tuple[str, ...] = ("lighting", "blur", "occlusion")
 
 ROOM_MIN = np.array([0.0, 0.0, 0.0])

@@ -33,6 +33,7 @@ setup(
         "pillow>=9.0",
         "safetensors>=0.4",
         "matplotlib>=3.5",
+        "scipy>=1.9",
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     zip_safe=True,

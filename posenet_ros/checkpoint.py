@@ -2,7 +2,9 @@
 
 The file holds the weights and buffers (including the scene normalisation `position_mean` and
 `position_scale`), the training camera poses (`map_poses_N7`: position xyz + quaternion wxyz of
-`world_from_cam`, the mapped area) and, in its metadata, the resolved training configuration as JSON.
+`world_from_cam`, the mapped area) and, in its metadata, the resolved training configuration as JSON
+and, once `posenet-ros calibrate` has run, the uncertainty settings (`uncertainty`: Monte-Carlo
+sampling and covariance scales) and the loop-closure thresholds (`loop_closure`), both JSON.
 A `config.json` is written beside it for people. Files are written atomically and read without
 unpickling anything.
 """
@@ -21,8 +23,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json
-from posenet_ros.config import ConfigError, config_from_dict
+from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
+from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.uncertainty import UncertaintyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,12 @@ class LoadedModel:
     map_poses_N7: np.ndarray  # training camera poses (float64)
     metadata: dict[str, str]
     path: Path
+    uncertainty: UncertaintyConfig  # defaults (uncalibrated) until `posenet-ros calibrate` runs
+    loop_closure: LoopClosureConfig
+
+    @property
+    def calibrated(self) -> bool:
+        return "uncertainty" in self.metadata
 
 
 def save_checkpoint(path: str | Path, model: PoseNet, config: dict[str, Any], map_poses_N7: np.ndarray,
@@ -83,6 +93,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         model_config = config_from_dict(ModelConfig, config["model"], prefix="model.")
     except (KeyError, json.JSONDecodeError, ConfigError, ValueError) as exc:
         raise CheckpointError(f"{path}: the stored configuration is invalid ({exc})") from exc
+    try:
+        uncertainty = config_from_dict(UncertaintyConfig, json.loads(metadata.get("uncertainty", "{}")),
+                                       prefix="uncertainty.")
+        loop_closure = config_from_dict(LoopClosureConfig, json.loads(metadata.get("loop_closure", "{}")),
+                                        prefix="loop_closure.")
+    except (json.JSONDecodeError, ConfigError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the stored calibration is invalid ({exc})") from exc
     map_poses = tensors.pop(_MAP_POSES_KEY, torch.zeros(0, 7, dtype=torch.float64)).numpy()
     model = PoseNet(model_config)
     expected = model.state_dict()
@@ -96,4 +113,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             f"wrong shape {wrong_shape[:5]}")
     model.load_state_dict(tensors)
     model.to(device).eval().set_dropout_mode("off")
-    return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path)
+    return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path,
+                       uncertainty=uncertainty, loop_closure=loop_closure)
+
+
+def store_calibration(path: str | Path, uncertainty: UncertaintyConfig, loop_closure: LoopClosureConfig,
+                      report: dict[str, Any] | None = None) -> Path:
+    """Rewrite the checkpoint at `path` (atomically) with these uncertainty settings and loop-closure
+    thresholds in its metadata; `report` (the calibration's figures) is stored beside them."""
+    path = resolve_checkpoint_path(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a posenet_ros checkpoint")
+    tensors = load_file(str(path))
+    metadata["uncertainty"] = json.dumps(config_to_dict(uncertainty))
+    metadata["loop_closure"] = json.dumps(config_to_dict(loop_closure))
+    metadata["calibration_report"] = json.dumps(report or {})
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return path

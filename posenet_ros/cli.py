@@ -2,7 +2,8 @@
 
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
     posenet-ros train --data D --out O [--config YAML] [--resume] [key=value ...]
-    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5]
+    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N]
+    posenet-ros calibrate --model M --data D [--split val]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
 """
 
@@ -72,13 +73,38 @@ def _threshold(text: str) -> tuple[float, float]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from posenet_ros.evaluation import DEFAULT_THRESHOLDS, evaluate, format_table
+    from posenet_ros.evaluation import DEFAULT_THRESHOLDS, evaluate, format_table, format_uncertainty
 
     thresholds = list(dict.fromkeys([*DEFAULT_THRESHOLDS, *args.threshold]))
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
-                       batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+                       batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
+                       unknown_splits=args.unknown_splits, progress=not args.quiet)
     print(format_table(metrics))
+    if "uncertainty" in metrics["overall"]:
+        print(format_uncertainty(metrics))
     print(f"metrics, per-frame predictions and plots written to {args.out}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from posenet_ros.calibration import calibrate_checkpoint
+
+    report = calibrate_checkpoint(args.model, args.data, split=args.split, mc_samples=args.mc_samples,
+                                  mc_mode=args.mc_mode, enter_percentile=args.enter_percentile,
+                                  leave_percentile=args.leave_percentile, min_frames=args.min_frames,
+                                  device=args.device, progress=not args.quiet)
+    print(f"calibrated on {report['frames']} frames of {report['split']!r} with "
+          f"{report['mc_samples']} MC samples ({report['mc_mode']}): covariance scales position "
+          f"{report['position_scale']:.3g}, rotation {report['rotation_scale']:.3g}")
+    for stage in ("before", "after"):
+        values = report[stage]
+        print(f"  {stage:<6} mean NEES position {values['position']['mean_nees']:.2f} (3), rotation "
+              f"{values['rotation']['mean_nees']:.2f} (3), pose {values['pose']['mean_nees']:.2f} (6)")
+    loop = report["loop_closure"]
+    print(f"  loop closure: known after {loop['min_frames']} frames with score <= "
+          f"{loop['enter_score']:.3f}, unknown after {loop['min_frames']} frames with score > "
+          f"{loop['leave_score']:.3f}")
+    print(f"stored in {args.model}")
     return 0
 
 
@@ -133,10 +159,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=_threshold, action="append", default=[],
                           metavar="METRES,DEGREES",
                           help="extra accuracy threshold (5cm/5° is always reported)")
+    evaluate.add_argument("--mc-samples", type=int,
+                          help="Monte-Carlo dropout samples (default: the checkpoint's; 0: deterministic)")
+    evaluate.add_argument("--unknown-splits", type=lambda text: [x for x in text.split(",") if x],
+                          help="comma-separated splits of unknown places for the loop-closure metrics "
+                          "(default: outside, occlusion and blur where present)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_eval)
+
+    calibrate = commands.add_parser("calibrate", help="fit the covariance and loop-closure thresholds",
+                                    description="Fit the covariance scales (mean NEES = dimension) and "
+                                    "the loop-closure thresholds on a held-out split of mapped places, and "
+                                    "store them in the checkpoint.")
+    calibrate.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
+    calibrate.add_argument("--data", type=Path, required=True, help="dataset folder")
+    calibrate.add_argument("--split", default="val", help="held-out frames of mapped places (default: val)")
+    calibrate.add_argument("--mc-samples", type=int,
+                           help="Monte-Carlo samples (default: the checkpoint's, 32)")
+    calibrate.add_argument("--mc-mode", choices=["head", "full"],
+                           help="sample the head only or the whole network")
+    calibrate.add_argument("--enter-percentile", type=float, default=90.0,
+                           help="known place below this percentile of the split's scores")
+    calibrate.add_argument("--leave-percentile", type=float, default=99.0,
+                           help="unknown place above this percentile")
+    calibrate.add_argument("--min-frames", type=int, default=3, help="consecutive frames to switch the flag")
+    calibrate.add_argument("--device", default="auto")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(func=_calibrate)
 
     saliency = commands.add_parser("saliency", help="saliency overlays: where the pose comes from",
                                    description="Gradient of the pose with respect to the input pixels.")

@@ -26,6 +26,14 @@ Files written by `evaluate` into its output folder:
     error_cdf.png     cumulative distributions of the position and orientation errors per scene
     top_view.png      x-y top view: training cameras (grey), test ground truth and predictions
 
+With Monte-Carlo sampling (`mc_samples` > 0, by default the checkpoint's setting), predictions are
+MC-dropout means and metrics.json also holds, per scene and overall, "uncertainty"
+(`calibration.uncertainty_metrics`: NEES, σ-region coverage next to the Gaussian values, Spearman
+correlation of predicted σ and error) and, where frames of unknown places exist
+(`unknown_splits`), "loop_closure" (ROC AUC of the score, precision and recall of the known_place
+flag with the checkpoint's thresholds and hysteresis); predictions.csv gains σ columns and
+uncertainty_vs_error.png plots predicted σ against error.
+
 Plots are drawn with `matplotlib.figure.Figure` (no pyplot, so the caller's backend is untouched)
 and every file is written atomically.
 """
@@ -33,7 +41,9 @@ and every file is written atomically.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import logging
 import math
 import re
@@ -49,13 +59,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from posenet_ros.checkpoint import load_model
+from posenet_ros.calibration import pose_error_vectors, uncertainty_metrics
+from posenet_ros.checkpoint import LoadedModel, load_model
 from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
-from posenet_ros.data.frames import FrameRecord
+from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
 from posenet_ros.device import resolve_device
 from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_error
+from posenet_ros.loop_closure import LoopClosureConfig, roc_auc, run_detector
 from posenet_ros.models.posenet import PoseNet
+from posenet_ros.uncertainty import UncertaintyConfig, estimate
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +125,12 @@ class Predictions:
     frame_index: np.ndarray  # (N,) int64
     position_error_N: np.ndarray
     orientation_error_N: np.ndarray
+    # With uncertainty (see uncertainty.py): the calibrated covariance, its uncalibrated epistemic and
+    # aleatoric parts (N, 6, 6) and the loop-closure score (N,); None for deterministic predictions.
+    covariance_N66: np.ndarray | None = None
+    epistemic_N66: np.ndarray | None = None
+    aleatoric_N66: np.ndarray | None = None
+    score_N: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -151,8 +170,13 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
             device: str | torch.device | None = None, batch_size: int = 32,
-            progress: bool = False, description: str = "predict") -> Predictions:
-    """Run `model` deterministically over `records` in their order and compare with the true poses.
+            progress: bool = False, description: str = "predict",
+            uncertainty: UncertaintyConfig | None = None) -> Predictions:
+    """Run `model` over `records` in their order and compare with the true poses.
+
+    Deterministic by default; with `uncertainty` the poses are Monte-Carlo dropout means with
+    covariances and loop-closure scores (`uncertainty.estimate`, the dropout masks of a batch seeded
+    by the index of its first frame, so results are reproducible).
 
     The model runs in eval mode with dropout off under `torch.inference_mode`; its previous
     train/eval and dropout modes are restored afterwards. Frames are prepared by `transform` (use a
@@ -174,18 +198,28 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
     records = list(records)
     dataset = PoseDataset(records, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    positions, quats = [], []
+    parts: dict[str, list[np.ndarray]] = {}
     state = _set_eval(model)
     try:
         with torch.inference_mode():
+            first = 0
             for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
-                output = model(batch["image"].to(model_device, non_blocking=True))
-                positions.append(output.position_B3.detach().to("cpu", torch.float64).numpy())
-                quats.append(output.quat_B4.detach().to("cpu", torch.float64).numpy())
+                images = batch["image"].to(model_device, non_blocking=True)
+                if uncertainty is None:
+                    output = model(images)
+                    values = {"position": output.position_B3, "quat": output.quat_B4}
+                else:
+                    dist = estimate(model, images, uncertainty, seed=first)
+                    values = {"position": dist.position_B3, "quat": dist.quat_B4,
+                              "covariance": dist.covariance_B66, "epistemic": dist.epistemic_B66,
+                              "aleatoric": dist.aleatoric_B66, "score": dist.score_B}
+                for key, value in values.items():
+                    parts.setdefault(key, []).append(value.detach().to("cpu", torch.float64).numpy())
+                first += len(images)
     finally:
         _restore(model, state)
-    position_pred = np.concatenate(positions, axis=0)
-    quat_pred = np.concatenate(quats, axis=0)
+    joined = {key: np.concatenate(value, axis=0) for key, value in parts.items()}
+    position_pred, quat_pred = joined["position"], joined["quat"]
     if len(position_pred) != len(records):
         raise RuntimeError(f"got {len(position_pred)} predictions for {len(records)} frames")
     poses_true = np.stack([pose_vector(record.world_from_cam) for record in records]).astype(np.float64)
@@ -200,6 +234,10 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         frame_index=np.array([record.frame_index for record in records], dtype=np.int64),
         position_error_N=position_error,
         orientation_error_N=orientation_error,
+        covariance_N66=joined.get("covariance"),
+        epistemic_N66=joined.get("epistemic"),
+        aleatoric_N66=joined.get("aleatoric"),
+        score_N=joined.get("score"),
     )
 
 
@@ -327,17 +365,30 @@ def _csv_float(value: float) -> str:
     return repr(float(value))  # shortest text that reads back as the same float64
 
 
+UNCERTAINTY_COLUMNS = ("sigma_position_m", "sigma_rotation_deg", "loop_closure_score")
+
+
+def sigmas(covariance_N66: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(σ position in metres, σ rotation in degrees): √trace of each 3x3 block."""
+    position = np.sqrt(np.trace(covariance_N66[:, :3, :3], axis1=1, axis2=2))
+    rotation = np.degrees(np.sqrt(np.trace(covariance_N66[:, 3:, 3:], axis1=1, axis2=2)))
+    return position, rotation
+
+
 def _predictions_csv(scenes: dict[str, Predictions]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(PREDICTION_COLUMNS)
+    with_uncertainty = all(p.covariance_N66 is not None for p in scenes.values())
+    writer.writerow([*PREDICTION_COLUMNS, *(UNCERTAINTY_COLUMNS if with_uncertainty else ())])
     for scene, p in scenes.items():
+        extra = np.stack([*sigmas(p.covariance_N66), p.score_N], 1) if with_uncertainty else None
         for i in range(len(p)):
             writer.writerow([
                 scene, p.sequence[i], int(p.frame_index[i]),
                 *map(_csv_float, p.position_true_N3[i]), *map(_csv_float, p.quat_true_N4[i]),
                 *map(_csv_float, p.position_pred_N3[i]), *map(_csv_float, p.quat_pred_N4[i]),
                 _csv_float(p.position_error_N[i]), _csv_float(p.orientation_error_N[i]),
+                *(map(_csv_float, extra[i]) if extra is not None else ()),
             ])
     return buffer.getvalue()
 
@@ -415,29 +466,107 @@ def _with_baseline(metrics: dict[str, Any], predictions: Predictions, map_poses_
 
 
 def _concatenate(predictions: Sequence[Predictions]) -> Predictions:
-    return Predictions(
-        position_pred_N3=np.concatenate([p.position_pred_N3 for p in predictions]),
-        quat_pred_N4=np.concatenate([p.quat_pred_N4 for p in predictions]),
-        position_true_N3=np.concatenate([p.position_true_N3 for p in predictions]),
-        quat_true_N4=np.concatenate([p.quat_true_N4 for p in predictions]),
-        sequence=[s for p in predictions for s in p.sequence],
-        frame_index=np.concatenate([p.frame_index for p in predictions]),
-        position_error_N=np.concatenate([p.position_error_N for p in predictions]),
-        orientation_error_N=np.concatenate([p.orientation_error_N for p in predictions]),
-    )
+    """One Predictions of all frames, in order (optional fields kept when every part has them)."""
+    values: dict[str, Any] = {"sequence": [s for p in predictions for s in p.sequence]}
+    for field in dataclasses.fields(Predictions):
+        if field.name != "sequence":
+            parts = [getattr(p, field.name) for p in predictions]
+            values[field.name] = None if any(x is None for x in parts) else np.concatenate(parts)
+    return Predictions(**values)
+
+
+DEFAULT_UNKNOWN_SPLITS = ("outside", "occlusion", "blur")  # the synthetic scene's unknown places
+
+
+def prediction_errors_N6(predictions: Predictions) -> np.ndarray:
+    """Per-frame error vectors (metres, radians) in the covariance's convention (calibration.py)."""
+    return pose_error_vectors(predictions.position_pred_N3, predictions.quat_pred_N4,
+                              predictions.position_true_N3, predictions.quat_true_N4)
+
+
+def unknown_place_records(root: Path, splits: Sequence[str] | None) -> list[FrameRecord]:
+    """Frames of places the model should not know: every frame of `splits` (None: those of
+    `DEFAULT_UNKNOWN_SPLITS` the dataset has). A synthetic scene's `synthetic.json` marks which
+    frames of undegraded sequences are still in the mapped area; those are left out."""
+    records: list[FrameRecord] = []
+    for split in DEFAULT_UNKNOWN_SPLITS if splits is None else splits:
+        try:
+            records += load_frames(root, split)
+        except DatasetError:
+            if splits is not None:
+                raise
+    description = root / "synthetic.json"
+    if records and description.is_file():
+        in_map = {}
+        for sequence in json.loads(description.read_text()).get("sequences", []):
+            if sequence.get("variation") is None:
+                in_map[Path(sequence["folder"]).name] = sequence.get("in_map", [])
+        records = [r for r in records if not (r.sequence in in_map and r.frame_index < len(in_map[r.sequence])
+                                              and in_map[r.sequence][r.frame_index])]
+    return records
+
+
+def loop_closure_metrics(known: Predictions, unknown: Predictions,
+                         config: LoopClosureConfig) -> dict[str, Any]:
+    """ROC AUC of the score (unknown places should score higher), and precision / recall of the
+    hysteresis flag for "known place" on the known frames against the unknown ones."""
+    flags_known = run_detector(config, known.score_N, known.sequence)
+    flags_unknown = run_detector(config, unknown.score_N, unknown.sequence)
+    true_positive = int(flags_known.sum())
+    false_positive = int(flags_unknown.sum())
+    return {"roc_auc": roc_auc(known.score_N, unknown.score_N),
+            "precision": true_positive / max(true_positive + false_positive, 1),
+            "recall": true_positive / max(len(known), 1),
+            "known_frames": len(known), "unknown_frames": len(unknown),
+            "enter_score": config.enter_score, "leave_score": config.leave_score,
+            "min_frames": config.min_frames}
+
+
+def _plot_uncertainty(scenes: dict[str, Predictions], unknown: Predictions | None) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 3)
+    for name, p in scenes.items():
+        sigma_position, sigma_rotation = sigmas(p.covariance_N66)
+        axes[0].scatter(sigma_position, p.position_error_N, s=6, alpha=0.6, label=name)
+        axes[1].scatter(sigma_rotation, p.orientation_error_N, s=6, alpha=0.6, label=name)
+    for ax, unit in ((axes[0], "m"), (axes[1], "deg")):
+        limit = max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([0, limit], [0, limit], color="grey", lw=0.8, ls="--", label="error = σ")
+        ax.set_xlabel(f"predicted σ ({unit})")
+        ax.set_ylabel(f"error ({unit})")
+        ax.legend(fontsize=7)
+    axes[0].set_title("position")
+    axes[1].set_title("orientation")
+    known_scores = np.concatenate([p.score_N for p in scenes.values()])
+    bins = 30
+    axes[2].hist(known_scores[np.isfinite(known_scores)], bins=bins, alpha=0.6, label="evaluated split")
+    if unknown is not None:
+        finite = unknown.score_N[np.isfinite(unknown.score_N)]
+        axes[2].hist(finite, bins=bins, alpha=0.6, label="unknown places")
+    axes[2].set_xlabel("loop-closure score (log epistemic spread)")
+    axes[2].set_title("known vs unknown places")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return _figure_png(fig)
 
 
 def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split: str = "test",
              out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
-             batch_size: int = 32, device: str | torch.device = "auto",
-             progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 32, device: str | torch.device = "auto", mc_samples: int | None = None,
+             unknown_splits: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint at `model_path` on `split` of each dataset folder in `data_roots`.
 
     Each data root is one scene, named by its folder name (made unique with '-2', ... if two roots
     share a name). Frames are prepared with `eval_transform(checkpoint config)`. Writes
-    metrics.json, predictions.csv, error_cdf.png and top_view.png into `out` (see the module
-    docstring) and returns the metrics dict that metrics.json holds: per scene, overall (all frames
-    of all scenes together) and the mean-pose baseline of the checkpoint's training poses.
+    metrics.json, predictions.csv, error_cdf.png and top_view.png (and uncertainty_vs_error.png with
+    Monte-Carlo sampling) into `out` (see the module docstring) and returns the metrics dict that
+    metrics.json holds: per scene, overall (all frames of all scenes together) and the mean-pose
+    baseline of the checkpoint's training poses. `mc_samples`: None = the checkpoint's setting,
+    0 = deterministic. `unknown_splits`: splits of unknown places for the loop-closure metrics
+    (None: those of `DEFAULT_UNKNOWN_SPLITS` present; frames marked in-map by a synthetic scene are
+    left out).
     """
     roots = [Path(root) for root in data_roots]
     if not roots:
@@ -447,35 +576,50 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     resolved_device = resolve_device(device)
     loaded = load_model(model_path, resolved_device)
     transform = eval_transform(loaded.config)
+    uncertainty = _uncertainty_setting(loaded, mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
-    logger.info("evaluating %s on %d scene(s), split %r, device %s, resize %s, crop %s", loaded.path,
-                len(roots), split, resolved_device, transform.resize, transform.crop)
+    logger.info("evaluating %s on %d scene(s), split %r, device %s, resize %s, crop %s, MC samples %d",
+                loaded.path, len(roots), split, resolved_device, transform.resize, transform.crop,
+                0 if uncertainty is None else uncertainty.mc_samples)
+
+    def run(records: list[FrameRecord], description: str) -> Predictions:
+        return predict(loaded.model, records, transform, device=resolved_device, batch_size=batch_size,
+                       progress=progress, description=description, uncertainty=uncertainty)
 
     scenes: dict[str, Predictions] = {}
     scene_metrics: dict[str, dict[str, Any]] = {}
+    unknown_parts: list[Predictions] = []
     for name, root in zip(_scene_names(roots), roots, strict=True):
         records = load_frames(root, split)
         if not records:
             raise ValueError(f"{root}: the {split!r} split has no frames")
-        predictions = predict(loaded.model, records, transform, device=resolved_device,
-                              batch_size=batch_size, progress=progress, description=f"evaluate {name}")
+        predictions = run(records, f"evaluate {name}")
         scenes[name] = predictions
         metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
                                                           predictions.orientation_error_N,
                                                           checked_thresholds)}
+        unknown_records = unknown_place_records(root, unknown_splits) if uncertainty is not None else []
+        unknown = run(unknown_records, f"unknown places {name}") if unknown_records else None
+        if unknown is not None:
+            unknown_parts.append(unknown)
+        metrics.update(_uncertainty_sections(predictions, unknown, loaded.loop_closure))
         scene_metrics[name] = _with_baseline(metrics, predictions, map_poses, checked_thresholds)
         logger.info("%s: %d frames, median %.3f m, %.2f°", name, len(predictions),
                     metrics["median_position_error_m"], metrics["median_orientation_error_deg"])
 
     everything = _concatenate(list(scenes.values()))
+    all_unknown = _concatenate(unknown_parts) if unknown_parts else None
     overall = _with_baseline(pose_metrics(everything.position_error_N, everything.orientation_error_N,
                                           checked_thresholds), everything, map_poses, checked_thresholds)
+    overall.update(_uncertainty_sections(everything, all_unknown, loaded.loop_closure))
     result: dict[str, Any] = {
         "model": str(loaded.path),
         "split": split,
         "device": str(resolved_device),
         "transform": {"resize": transform.resize, "crop": transform.crop, "centre_crop": True},
         "thresholds": [[metres, degrees] for metres, degrees in checked_thresholds],
+        "mc_samples": 0 if uncertainty is None else uncertainty.mc_samples,
+        "calibrated": loaded.calibrated,
         "scenes": scene_metrics,
         "overall": overall,
     }
@@ -483,8 +627,28 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     atomic_write_text(out / "predictions.csv", _predictions_csv(scenes))
     atomic_write_bytes(out / "error_cdf.png", _plot_error_cdf(scenes, checked_thresholds))
     atomic_write_bytes(out / "top_view.png", _plot_top_view(scenes, map_poses))
-    logger.info("wrote metrics.json, predictions.csv, error_cdf.png and top_view.png to %s", out)
+    if uncertainty is not None:
+        atomic_write_bytes(out / "uncertainty_vs_error.png", _plot_uncertainty(scenes, all_unknown))
+    logger.info("wrote metrics.json, predictions.csv and plots to %s", out)
     return result
+
+
+def _uncertainty_setting(loaded: LoadedModel, mc_samples: int | None) -> UncertaintyConfig | None:
+    """The checkpoint's uncertainty settings with `mc_samples` overridden; None = deterministic."""
+    setting = loaded.uncertainty if mc_samples is None else dataclasses.replace(loaded.uncertainty,
+                                                                                 mc_samples=mc_samples)
+    return setting if setting.mc_samples > 0 else None
+
+
+def _uncertainty_sections(predictions: Predictions, unknown: Predictions | None,
+                          loop_closure: LoopClosureConfig) -> dict[str, Any]:
+    if predictions.covariance_N66 is None:
+        return {}
+    sections: dict[str, Any] = {"uncertainty": uncertainty_metrics(prediction_errors_N6(predictions),
+                                                                   predictions.covariance_N66)}
+    if unknown is not None and len(unknown):
+        sections["loop_closure"] = loop_closure_metrics(predictions, unknown, loop_closure)
+    return sections
 
 
 def format_table(metrics: dict[str, Any]) -> str:
@@ -520,6 +684,25 @@ def format_table(metrics: dict[str, Any]) -> str:
     separator = "-+-".join("-" * width for width in widths)
     return "\n".join([render(header), separator, *(render(r) for r in rows[:-1]), separator,
                       render(rows[-1])])
+
+
+def format_uncertainty(metrics: dict[str, Any]) -> str:
+    """Lines summarising `evaluate`'s overall uncertainty and loop-closure metrics."""
+    overall = metrics["overall"]
+    lines = [f"Uncertainty ({metrics['mc_samples']} MC samples, "
+             f"{'calibrated' if metrics.get('calibrated') else 'not calibrated'}):"]
+    for block, values in overall["uncertainty"].items():
+        coverage_text = ", ".join(f"{k}σ {100 * values[f'within_{k}sigma']:.0f}% "
+                                  f"({100 * values[f'expected_{k}sigma']:.0f}%)" for k in (1, 2, 3))
+        rho = values.get("spearman_sigma_error")
+        lines.append(f"  {block:<8} mean NEES {values['mean_nees']:.2f} ({values['dimension']}); inside "
+                     f"{coverage_text}" + ("" if rho is None else f"; Spearman σ-error {rho:.2f}"))
+    loop = overall.get("loop_closure")
+    if loop:
+        lines.append(f"  loop closure: ROC AUC {loop['roc_auc']:.3f}, precision {loop['precision']:.3f}, "
+                     f"recall {loop['recall']:.3f} ({loop['known_frames']} known, "
+                     f"{loop['unknown_frames']} unknown-place frames)")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,14 @@ orientation term is min(||q - q̂||, ||q + q̂||) with q̂ normalised.
                  true and with the predicted pose (points from depth, or any point set seen by the
                  image). Alone from scratch it did not converge in the paper: train with `learned`
                  first (`TrainConfig.reprojection_after_epochs`).
+- `aleatoric`:   the heteroscedastic Gaussian negative log-likelihood (Kendall & Gal 2017) of the
+                 normalised position error and of the rotation error (the rotation vector δ with
+                 q̂ = exp(δ) q, radians about the world axes), with the log-variances the model predicts
+                 (`model.aleatoric`): Σ_k ½ e_k² exp(-s_k) + ½ s_k, isotropic (one s for the position,
+                 one for the rotation) or per axis.
+
+A model with aleatoric outputs trained with another kind learns its log-variances with the same
+likelihood on the detached errors, so they are calibrated to the pose head without changing it.
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ from posenet_ros.geometry import (
     pose_from_position_quat_torch,
     pose_invert_torch,
     project_points_torch,
+    quat_conjugate_torch,
+    quat_log_torch,
+    quat_multiply_torch,
     transform_points_torch,
 )
 
-LossKind = Literal["linear", "learned", "reprojection"]
+LossKind = Literal["linear", "learned", "reprojection", "aleatoric"]
 
 
 @dataclass
@@ -74,13 +85,14 @@ class PoseLoss(nn.Module):
 
     def forward(self, position_norm_pred_B3: torch.Tensor, quat_pred_B4: torch.Tensor,
                 position_norm_true_B3: torch.Tensor, quat_true_B4: torch.Tensor,
-                kind: LossKind | None = None, *, reprojection_inputs: dict | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                kind: LossKind | None = None, *, reprojection_inputs: dict | None = None,
+                log_var_BK: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """`kind` overrides the configured kind (the training schedule switches to reprojection).
 
         `reprojection_inputs` (needed for `reprojection`): `world_from_cam_true_B44`,
         `position_pred_B3` (metres), `points_cam_BN3` (scene points in the true camera frame, metres),
-        `valid_BN` (bool), `K_B33`.
+        `valid_BN` (bool), `K_B33`. `log_var_BK`: the model's aleatoric log-variances (K = 2 or 6),
+        needed for `aleatoric`.
         """
         kind = kind or self.config.kind
         cfg = self.config
@@ -97,9 +109,46 @@ class PoseLoss(nn.Module):
                 raise ValueError("the reprojection loss needs scene points (depth or a point set)")
             loss = reprojection_loss(quat_pred_B4=quat_pred_B4, config=cfg, **reprojection_inputs)
             terms["l_reproj_px"] = float(loss.detach())
+        elif kind == "aleatoric":
+            if log_var_BK is None:
+                raise ValueError("loss.kind 'aleatoric' needs a model with aleatoric outputs "
+                                 "(model.aleatoric: isotropic or per_axis)")
+            loss = aleatoric_nll(position_norm_pred_B3, quat_pred_B4, position_norm_true_B3, quat_true_B4,
+                                 log_var_BK)
         else:
-            raise ValueError(f"unknown loss kind {kind!r}; choose linear, learned or reprojection")
+            raise ValueError(f"unknown loss kind {kind!r}; choose linear, learned, reprojection or aleatoric")
+        if log_var_BK is not None:
+            if kind != "aleatoric":
+                loss = loss + aleatoric_nll(position_norm_pred_B3.detach(), quat_pred_B4.detach(),
+                                            position_norm_true_B3, quat_true_B4, log_var_BK)
+            terms["log_var_position"] = float(log_var_BK[:, : log_var_BK.shape[1] // 2].detach().mean())
+            terms["log_var_rotation"] = float(log_var_BK[:, log_var_BK.shape[1] // 2:].detach().mean())
         return loss, terms
+
+
+def rotation_error_vector(quat_pred_B4: torch.Tensor, quat_true_B4: torch.Tensor) -> torch.Tensor:
+    """δ_B3 (radians, world axes) with q̂ = exp(δ) q: log(q̂ q⁻¹), the shortest rotation."""
+    relative = quat_multiply_torch(quat_pred_B4, quat_conjugate_torch(quat_true_B4))
+    return quat_log_torch(torch.where(relative[..., :1] < 0, -relative, relative))
+
+
+def aleatoric_nll(position_norm_pred_B3: torch.Tensor, quat_pred_B4: torch.Tensor,
+                  position_norm_true_B3: torch.Tensor, quat_true_B4: torch.Tensor,
+                  log_var_BK: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of Σ_k ½ e_k² exp(-s_k) + ½ s_k (Gaussian NLL up to a constant).
+
+    e = (normalised position error (3), rotation error vector (3, radians)); s = log_var_BK with
+    K = 6 (per axis) or K = 2 (isotropic: s_position for the three position axes, s_rotation for
+    the three rotation axes). Log-variances are clamped to [-20, 20] to keep exp finite.
+    """
+    errors_B6 = torch.cat([position_norm_pred_B3 - position_norm_true_B3,
+                           rotation_error_vector(quat_pred_B4, quat_true_B4)], dim=-1)
+    log_var = log_var_BK.clamp(-20.0, 20.0)
+    if log_var.shape[-1] == 2:
+        log_var = log_var.repeat_interleave(3, dim=-1)
+    elif log_var.shape[-1] != 6:
+        raise ValueError(f"log_var_BK must have 2 or 6 columns, got {log_var.shape[-1]}")
+    return (0.5 * errors_B6.pow(2) * torch.exp(-log_var) + 0.5 * log_var).sum(-1).mean()
 
 
 def reprojection_loss(world_from_cam_true_B44: torch.Tensor, position_pred_B3: torch.Tensor,

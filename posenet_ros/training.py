@@ -89,6 +89,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if self.reprojection_after_epochs is not None and self.reprojection_after_epochs < 0:
             raise ValueError("reprojection_after_epochs must be >= 0")
+        if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
+            raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
 
     def loss_kind(self, epoch: int) -> str:
         """The loss used in `epoch` (0-based)."""
@@ -118,7 +120,7 @@ class _TrainStep(nn.Module):
                             "valid_BN": valid, "K_B33": batch["K"]}
         loss, terms = self.loss(output.position_norm_B3, output.quat_B4,
                                 self.model.normalise_position(position_true), quat_true, kind,
-                                reprojection_inputs=reprojection)
+                                reprojection_inputs=reprojection, log_var_BK=output.log_var_BK)
         # ŝx and ŝq take part in every step (with zero weight when unused), as DDP requires.
         return loss + 0.0 * (self.loss.s_x + self.loss.s_q), terms
 
@@ -228,6 +230,12 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
         loader = DataLoader(dataset, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
                             generator=generator, num_workers=config.data.workers, drop_last=True)
         model.train()
+        if kind == "reprojection":
+            # Fine-tuning: batch norm keeps the pretrained statistics (eval mode), so the model's
+            # normalisation no longer drifts with the last batches' random crops.
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         model.set_dropout_mode("train")
         sums: dict[str, float] = {}
         images, start = 0, time.perf_counter()

@@ -74,8 +74,9 @@ def test_linear_sum_loss_beats_the_mean_pose_five_times(scene, tmp_path):
 
 def test_learned_weighting_then_reprojection(scene, tmp_path):
     run = tmp_path / "run"
-    extra = 6
-    # One run with the seed's schedule, stopped after the learned-weighting epochs to keep that model.
+    extra = 20
+    # One run with the seed's schedule (cosine learning rate over all epochs), stopped after the
+    # learned-weighting epochs to keep that model.
     train(scene, run, "loss.kind=learned", f"epochs={EPOCHS + extra}",
           f"reprojection_after_epochs={EPOCHS}", "--stop-after-epoch", str(EPOCHS))
     error, baseline, rotation = held_out_errors(run, scene)
@@ -91,14 +92,11 @@ def test_learned_weighting_then_reprojection(scene, tmp_path):
     assert [row["loss_kind"] for row in history[EPOCHS:]] == ["reprojection"] * extra
     reprojection_px = [row["l_reproj_px"] for row in history[EPOCHS:]]
     assert all(0 < px < 100 for px in reprojection_px)
+    assert np.mean(reprojection_px[-5:]) < np.mean(reprojection_px[:5])  # the fine-tuning fits it
     error_after, _, rotation_after = held_out_errors(run, scene)
     print(f"after reprojection: median {error_after:.3f} m, {rotation_after:.1f} deg; "
           f"reprojection loss {reprojection_px[0]:.2f} -> {reprojection_px[-1]:.2f} px")
-    # On this 64x48 scene the reprojection loss trades a little position for orientation (see the
-    # PoseNet issue's notes); it must keep the model well above the baseline and close to the
-    # pretrained one.
-    assert error_after * 5 < baseline
-    assert error_after <= 1.2 * error and rotation_after <= 1.2 * rotation
+    assert error_after <= error and rotation_after <= rotation
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_scene, tmp_path):

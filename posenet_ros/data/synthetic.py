@@ -18,6 +18,8 @@ Sequences of a scene (split names as the layout writers use them):
 - `test`: loops between the training ones, at other heights and yaw offsets (same places, other
   viewpoints);
 - `outside`: from room A through the door into room B (`in_map` is False once past the partition);
+- `val`: more loops between the training ones (like `test`), held out for calibrating the
+  uncertainty (`posenet-ros calibrate --split val`);
 - one sequence per photometric variation (`lighting`, `blur`, `occlusion`): the first test sequence's
   poses rendered with that change.
 """
@@ -70,6 +72,7 @@ class SceneConfig:
     train_sequences: int = 3
     test_sequences: int = 1
     outside_sequences: int = 1
+    val_sequences: int = 1
     variations: list[str] = field(default_factory=lambda: list(VARIATIONS))
 
     def __post_init__(self) -> None:
@@ -79,7 +82,8 @@ class SceneConfig:
             raise ValueError(f"hfov_deg={self.hfov_deg} is outside 10..150 degrees")
         if self.frames_per_sequence < 2:
             raise ValueError("frames_per_sequence must be at least 2")
-        if self.train_sequences < 1 or self.test_sequences < 0 or self.outside_sequences < 0:
+        if self.train_sequences < 1 or min(self.test_sequences, self.outside_sequences,
+                                           self.val_sequences) < 0:
             raise ValueError("a scene needs at least one training sequence and non-negative counts")
         unknown = sorted(set(self.variations) - set(VARIATIONS))
         if unknown:
@@ -429,6 +433,10 @@ def _plan_sequences(config: SceneConfig, rng: np.random.Generator) -> list[Seque
                                 yaw_offset=math.radians(12.0 + 7.0 * k)))
     for _ in range(config.outside_sequences):
         plans.append(_outside_plan(n, rng))
+    for k in range(config.val_sequences):  # drawn after the others: adding them changes no other sequence
+        scale = 0.5 + 0.45 * (k + 0.25) / max(config.val_sequences, 1)
+        plans.append(_loop_plan("val", n, rng, scale=scale, height=1.45 + 0.1 * (k % 2),
+                                yaw_offset=math.radians(-8.0 - 7.0 * k)))
     first_test = next((p for p in plans if p.split == "test"), None)
     for variation in config.variations:
         plans.append(SequencePlan(split=variation, world_from_cam=first_test.world_from_cam,

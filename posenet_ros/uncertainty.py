@@ -1,0 +1,216 @@
+"""Pose uncertainty: Monte-Carlo dropout samples -> a mean pose and a calibrated 6x6 covariance.
+
+Epistemic uncertainty comes from Monte-Carlo dropout (Bayesian PoseNet, Kendall & Cipolla ICRA 2016):
+N stochastic forward passes, done as one batched pass. In the default `head` mode the backbone runs
+once per frame and only the layers after the head dropout are sampled, over N copies of the pooled
+features; `full` mode samples the whole network (the model needs `backbone_dropout` > 0), also as one
+batch of N copies of each image. Aleatoric uncertainty is the model's predicted log-variances
+(Kendall & Gal 2017), averaged over the samples.
+
+Conventions of the 6x6 covariance (those of geometry_msgs/PoseWithCovariance): rows and columns are
+(x, y, z, rot X, rot Y, rot Z); positions in metres in the world (map) frame; rotations in radians as
+a rotation vector δ about the fixed world axes, perturbing the mean orientation on the left:
+world_from_cam = exp(δ) · mean. Total covariance = (epistemic + aleatoric), then scaled per block by
+the calibration (position block by `position_scale`, rotation block by `rotation_scale`, the cross
+terms by the geometric mean of both, which keeps it positive semi-definite).
+
+The loop-closure score of a frame is the log of its epistemic spread,
+log(trace(Σ_pos) / s² + trace(Σ_rot)), with s the model's scene position scale (metres): low in
+places the network has seen, high elsewhere (see `loop_closure.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from posenet_ros.geometry import quat_conjugate_torch, quat_log_torch, quat_multiply_torch
+from posenet_ros.models.posenet import PoseNet
+
+McMode = Literal["head", "full"]
+
+
+@dataclass
+class UncertaintyConfig:
+    """How a checkpoint's uncertainty is computed and scaled (stored in the checkpoint)."""
+
+    mc_samples: int = 32  # Monte-Carlo dropout samples per frame; 0 = deterministic, no epistemic term
+    mc_mode: McMode = "head"  # head: backbone once, head sampled; full: the whole network sampled
+    position_scale: float = 1.0  # calibration: multiplies the position block of the covariance
+    rotation_scale: float = 1.0  # calibration: multiplies the rotation block
+    seed: int = 0  # base seed of the dropout masks (per frame: seed + frame seed)
+
+    def __post_init__(self) -> None:
+        if self.mc_samples < 0 or self.mc_samples == 1:
+            raise ValueError("mc_samples must be 0 (deterministic) or at least 2")
+        if self.mc_mode not in ("head", "full"):
+            raise ValueError(f"mc_mode must be 'head' or 'full', got {self.mc_mode!r}")
+        if not (self.position_scale > 0 and self.rotation_scale > 0):
+            raise ValueError("calibration scales must be positive")
+
+
+@dataclass
+class PoseSamples:
+    """Monte-Carlo samples for B frames: position_BN3 (metres, world), quat_BN4 (unit, w >= 0,
+    world_from_cam), log_var_BNK (the model's aleatoric log-variances, or None)."""
+
+    position_BN3: torch.Tensor
+    quat_BN4: torch.Tensor
+    log_var_BNK: torch.Tensor | None
+
+
+@dataclass
+class PoseDistribution:
+    """Per-frame pose estimates with uncertainty (B frames, float64, on the model's device).
+
+    position_B3 (metres) and quat_B4 (unit, w >= 0) of world_from_cam; covariance_B66 the calibrated
+    total; epistemic_B66 and aleatoric_B66 the uncalibrated parts; score_B the loop-closure score.
+    """
+
+    position_B3: torch.Tensor
+    quat_B4: torch.Tensor
+    covariance_B66: torch.Tensor
+    epistemic_B66: torch.Tensor
+    aleatoric_B66: torch.Tensor
+    score_B: torch.Tensor
+
+
+def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mode: McMode = "head",
+                 seed: int = 0) -> PoseSamples:
+    """`samples` Monte-Carlo dropout passes over `images_B3HW` (RGB in [0, 1]) as one batched forward.
+
+    The dropout masks depend only on `seed` (the global RNG state is saved and restored), so equal
+    seeds give equal samples. The model's dropout mode is restored afterwards. Call under
+    `torch.inference_mode()` for speed.
+    """
+    if samples < 2:
+        raise ValueError(f"Monte-Carlo dropout needs at least 2 samples, got {samples}")
+    if mode == "full" and model.config.backbone_dropout <= 0:
+        raise ValueError("mc_mode 'full' samples the backbone's dropout, but this model has "
+                         "backbone_dropout = 0; use mc_mode 'head' or train with model.backbone_dropout > 0")
+    batch = images_B3HW.shape[0]
+    previous_mode = model.dropout_mode
+    devices = [images_B3HW.device] if images_B3HW.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            if mode == "head":
+                model.set_dropout_mode("off")
+                features = model.forward_features(images_B3HW)
+                model.set_dropout_mode("mc")
+                output = model.forward_head(features.repeat_interleave(samples, dim=0))
+            else:
+                model.set_dropout_mode("mc")
+                output = model(images_B3HW.repeat_interleave(samples, dim=0))
+    finally:
+        model.set_dropout_mode(previous_mode)
+    log_var = output.log_var_BK
+    return PoseSamples(
+        position_BN3=output.position_B3.reshape(batch, samples, 3),
+        quat_BN4=output.quat_B4.reshape(batch, samples, 4),
+        log_var_BNK=None if log_var is None else log_var.reshape(batch, samples, -1),
+    )
+
+
+def average_quaternions(quat_BN4: torch.Tensor) -> torch.Tensor:
+    """Mean rotation of N unit quaternions per row, quat_B4 with w >= 0 (Markley et al. 2007).
+
+    The eigenvector of the largest eigenvalue of Σ q qᵀ: the rotation minimising the summed squared
+    chordal distance; q and -q contribute the same, so no hemisphere alignment is needed.
+    """
+    moments_B44 = quat_BN4.transpose(-1, -2) @ quat_BN4
+    _, vectors = torch.linalg.eigh(moments_B44)
+    mean = vectors[..., :, -1]
+    return torch.where(mean[..., :1] < 0, -mean, mean)
+
+
+def rotation_deviations(quat_BN4: torch.Tensor, mean_B4: torch.Tensor) -> torch.Tensor:
+    """δ_BN3 (radians, fixed world axes) with q_i = exp(δ_i) · mean: log(q_i · mean⁻¹)."""
+    relative = quat_multiply_torch(quat_BN4, quat_conjugate_torch(mean_B4)[:, None, :])
+    return quat_log_torch(torch.where(relative[..., :1] < 0, -relative, relative))
+
+
+def aleatoric_covariance(log_var_BNK: torch.Tensor | None, position_scale_m: float, batch: int,
+                         dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Diagonal aleatoric covariance (B, 6, 6): the mean over samples of exp(log-variance).
+
+    The model predicts log-variances of normalised positions (metres / `position_scale_m`) and of
+    rotation vectors (radians); K = 2 (isotropic: position, rotation) or 6 (x, y, z, rx, ry, rz).
+    """
+    if log_var_BNK is None:
+        return torch.zeros(batch, 6, 6, dtype=dtype, device=device)
+    variance = log_var_BNK.to(dtype).clamp(-30.0, 30.0).exp().mean(dim=1)
+    if variance.shape[-1] == 2:
+        variance = variance.repeat_interleave(3, dim=-1)
+    scale = torch.tensor([position_scale_m**2] * 3 + [1.0] * 3, dtype=dtype, device=device)
+    return torch.diag_embed(variance * scale)
+
+
+def calibrated(covariance_B66: torch.Tensor, position_scale: float, rotation_scale: float) -> torch.Tensor:
+    """Scale the position block by `position_scale`, the rotation block by `rotation_scale` and the
+    cross terms by their geometric mean (D Σ D with D = diag(√sp I, √sr I): stays PSD)."""
+    root = torch.tensor([math.sqrt(position_scale)] * 3 + [math.sqrt(rotation_scale)] * 3,
+                        dtype=covariance_B66.dtype, device=covariance_B66.device)
+    return covariance_B66 * root[:, None] * root[None, :]
+
+
+def summarise(samples: PoseSamples, position_scale_m: float, config: UncertaintyConfig) -> PoseDistribution:
+    """Mean pose, covariances and loop-closure score of Monte-Carlo samples (N >= 2), in float64.
+
+    `position_scale_m`: the model's scene position scale (`model.position_scale`, metres).
+    """
+    position = samples.position_BN3.to(torch.float64)
+    quat = samples.quat_BN4.to(torch.float64)
+    batch, count = position.shape[:2]
+    mean_position = position.mean(dim=1)
+    mean_quat = average_quaternions(quat)
+    deviations_BN6 = torch.cat([position - mean_position[:, None], rotation_deviations(quat, mean_quat)], -1)
+    epistemic = deviations_BN6.transpose(1, 2) @ deviations_BN6 / (count - 1)
+    aleatoric = aleatoric_covariance(samples.log_var_BNK, position_scale_m, batch, torch.float64,
+                                     position.device)
+    covariance = calibrated(epistemic + aleatoric, config.position_scale, config.rotation_scale)
+    return PoseDistribution(position_B3=mean_position, quat_B4=mean_quat, covariance_B66=covariance,
+                            epistemic_B66=epistemic, aleatoric_B66=aleatoric,
+                            score_B=loop_closure_score(epistemic, position_scale_m))
+
+
+def loop_closure_score(epistemic_B66: torch.Tensor, position_scale_m: float) -> torch.Tensor:
+    """log(trace(Σ_pos) / s² + trace(Σ_rot)): the epistemic spread in scene-normalised units."""
+    diagonal = torch.diagonal(epistemic_B66, dim1=-2, dim2=-1)
+    spread = diagonal[:, :3].sum(-1) / position_scale_m**2 + diagonal[:, 3:].sum(-1)
+    return torch.log(spread.clamp_min(1e-300))
+
+
+def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
+                               config: UncertaintyConfig) -> PoseDistribution:
+    """One forward pass with dropout off: the pose, the aleatoric covariance only, score = -inf
+    (no epistemic information; `mc_samples` = 0)."""
+    previous_mode = model.dropout_mode
+    try:
+        output = model.set_dropout_mode("off")(images_B3HW)
+    finally:
+        model.set_dropout_mode(previous_mode)
+    batch = images_B3HW.shape[0]
+    position = output.position_B3.to(torch.float64)
+    log_var = None if output.log_var_BK is None else output.log_var_BK[:, None]
+    aleatoric = aleatoric_covariance(log_var, float(model.position_scale), batch, torch.float64,
+                                     position.device)
+    zeros = torch.zeros_like(aleatoric)
+    return PoseDistribution(
+        position_B3=position, quat_B4=output.quat_B4.to(torch.float64),
+        covariance_B66=calibrated(aleatoric, config.position_scale, config.rotation_scale),
+        epistemic_B66=zeros, aleatoric_B66=aleatoric,
+        score_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device))
+
+
+def estimate(model: PoseNet, images_B3HW: torch.Tensor, config: UncertaintyConfig,
+             seed: int = 0) -> PoseDistribution:
+    """Pose and uncertainty of each image: MC dropout with `config.mc_samples` (or deterministic)."""
+    if config.mc_samples == 0:
+        return deterministic_distribution(model, images_B3HW, config)
+    samples = sample_poses(model, images_B3HW, config.mc_samples, mode=config.mc_mode,
+                           seed=config.seed + seed)
+    return summarise(samples, float(model.position_scale), config)

@@ -34,8 +34,10 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.5",
         "scipy>=1.9",
+        "rosbags>=0.10",
+        "cyclonedds>=0.10.5",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.5", "rosbags-image>=0.9"]},
     zip_safe=True,
     entry_points={
         "console_scripts": [

@@ -101,19 +101,21 @@ def uncertainty_metrics(errors_N6: ArrayLike, covariance_N66: ArrayLike) -> dict
 
 
 def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split: str = "val",
+                         train_split: str = "train",
                          mc_samples: int | None = None, mc_mode: str | None = None,
                          enter_percentile: float = 90.0, leave_percentile: float = 99.0,
                          min_frames: int = 3, batch_size: int = 32, device: str = "auto",
                          progress: bool = True) -> dict[str, Any]:
     """Fit the covariance scales and loop-closure thresholds on `split` of `data_root` (frames of
-    mapped places not used for training) and store them in the checkpoint at `model_path`.
+    mapped places not used for training) and store them in the checkpoint at `model_path`, with
+    the feature memory of the loop-closure score refitted on `train_split` (the training frames).
 
     Returns the report stored with them: the fitted values and the uncertainty metrics of the split
     before and after calibration.
     """
     from posenet_ros.checkpoint import load_model, store_calibration
     from posenet_ros.data.loading import load_frames
-    from posenet_ros.evaluation import eval_transform, predict, prediction_errors_N6
+    from posenet_ros.evaluation import eval_transform, fit_feature_memory, predict, prediction_errors_N6
     from posenet_ros.loop_closure import LoopClosureConfig, calibrate_thresholds
     from posenet_ros.uncertainty import UncertaintyConfig, calibrated
 
@@ -124,6 +126,8 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                                 seed=stored.seed)
     if setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
         raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
+    fit_feature_memory(loaded.model, load_frames(data_root, train_split), eval_transform(loaded.config),
+                       batch_size=batch_size, progress=progress)
     records = load_frames(data_root, split)
     if len(records) < 10:
         raise ValueError(f"{data_root}: the {split!r} split has {len(records)} frames; calibration "
@@ -144,5 +148,6 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
         "after": uncertainty_metrics(errors, calibrated(torch.from_numpy(predictions.covariance_N66),
                                                         position_scale, rotation_scale).numpy()),
     }
-    store_calibration(loaded.path, fitted, loop_closure, report)
+    store_calibration(loaded.path, fitted, loop_closure, report,
+                      {"feature_covariance": loaded.model.feature_covariance})
     return report

@@ -118,15 +118,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 
 
 def store_calibration(path: str | Path, uncertainty: UncertaintyConfig, loop_closure: LoopClosureConfig,
-                      report: dict[str, Any] | None = None) -> Path:
+                      report: dict[str, Any] | None = None,
+                      tensors_update: dict[str, torch.Tensor] | None = None) -> Path:
     """Rewrite the checkpoint at `path` (atomically) with these uncertainty settings and loop-closure
-    thresholds in its metadata; `report` (the calibration's figures) is stored beside them."""
+    thresholds in its metadata; `report` (the calibration's figures) is stored beside them and
+    `tensors_update` replaces stored tensors of the same names and shapes (e.g. the feature memory)."""
     path = resolve_checkpoint_path(path)
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a posenet_ros checkpoint")
     tensors = load_file(str(path))
+    for key, value in (tensors_update or {}).items():
+        if key not in tensors or tensors[key].shape != value.shape:
+            raise CheckpointError(f"{path}: cannot replace tensor {key!r} of another shape or name")
+        tensors[key] = value.detach().to("cpu", tensors[key].dtype).contiguous()
     metadata["uncertainty"] = json.dumps(config_to_dict(uncertainty))
     metadata["loop_closure"] = json.dumps(config_to_dict(loop_closure))
     metadata["calibration_report"] = json.dumps(report or {})

@@ -68,7 +68,7 @@ from posenet_ros.device import resolve_device
 from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_error
 from posenet_ros.loop_closure import LoopClosureConfig, roc_auc, run_detector
 from posenet_ros.models.posenet import PoseNet
-from posenet_ros.uncertainty import UncertaintyConfig, estimate
+from posenet_ros.uncertainty import UncertaintyConfig, estimate, fit_feature_covariance
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +76,27 @@ __all__ = [
     "DEFAULT_CROP",
     "DEFAULT_RESIZE",
     "DEFAULT_THRESHOLDS",
+    "DEFAULT_UNKNOWN_SPLITS",
     "PREDICTION_COLUMNS",
+    "UNCERTAINTY_COLUMNS",
     "Predictions",
     "eval_transform",
     "evaluate",
+    "fit_feature_memory",
     "format_table",
+    "format_uncertainty",
+    "loop_closure_metrics",
     "mean_pose_baseline",
     "mean_quaternion",
     "pose_errors",
     "pose_metrics",
     "predict",
+    "prediction_errors_N6",
     "saliency_maps",
+    "sigmas",
     "threshold_key",
     "threshold_label",
+    "unknown_place_records",
     "write_saliency",
 ]
 
@@ -131,6 +139,7 @@ class Predictions:
     epistemic_N66: np.ndarray | None = None
     aleatoric_N66: np.ndarray | None = None
     score_N: np.ndarray | None = None
+    mc_spread_N: np.ndarray | None = None  # log Monte-Carlo spread (diagnostic; see uncertainty.py)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -212,7 +221,8 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
                     dist = estimate(model, images, uncertainty, seed=first)
                     values = {"position": dist.position_B3, "quat": dist.quat_B4,
                               "covariance": dist.covariance_B66, "epistemic": dist.epistemic_B66,
-                              "aleatoric": dist.aleatoric_B66, "score": dist.score_B}
+                              "aleatoric": dist.aleatoric_B66, "score": dist.score_B,
+                              "mc_spread": dist.mc_spread_B}
                 for key, value in values.items():
                     parts.setdefault(key, []).append(value.detach().to("cpu", torch.float64).numpy())
                 first += len(images)
@@ -238,7 +248,28 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         epistemic_N66=joined.get("epistemic"),
         aleatoric_N66=joined.get("aleatoric"),
         score_N=joined.get("score"),
+        mc_spread_N=joined.get("mc_spread"),
     )
+
+
+def fit_feature_memory(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
+                       batch_size: int = 32, ridge: float = 1e-3, progress: bool = False) -> None:
+    """Fit `model.feature_covariance` on the features of `records` (the training frames, prepared
+    with the test-time `transform`, dropout off): the memory the loop-closure score compares with."""
+    dataset = PoseDataset(list(records), transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    device = _model_device(model)
+    parts = []
+    state = _set_eval(model)
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc="feature memory", unit="batch", disable=not progress, leave=False):
+                parts.append(model.forward_features(batch["image"].to(device)).float())
+    finally:
+        _restore(model, state)
+    covariance = fit_feature_covariance(torch.cat(parts), ridge)
+    with torch.no_grad():
+        model.feature_covariance.copy_(covariance)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,45 +515,59 @@ def prediction_errors_N6(predictions: Predictions) -> np.ndarray:
                               predictions.position_true_N3, predictions.quat_true_N4)
 
 
-def unknown_place_records(root: Path, splits: Sequence[str] | None) -> list[FrameRecord]:
-    """Frames of places the model should not know: every frame of `splits` (None: those of
-    `DEFAULT_UNKNOWN_SPLITS` the dataset has). A synthetic scene's `synthetic.json` marks which
+def unknown_place_records(root: Path, splits: Sequence[str] | None) -> dict[str, list[FrameRecord]]:
+    """Frames of places the model should not know, per split: every frame of `splits` (None: those
+    of `DEFAULT_UNKNOWN_SPLITS` the dataset has). A synthetic scene's `synthetic.json` marks which
     frames of undegraded sequences are still in the mapped area; those are left out."""
-    records: list[FrameRecord] = []
-    for split in DEFAULT_UNKNOWN_SPLITS if splits is None else splits:
-        try:
-            records += load_frames(root, split)
-        except DatasetError:
-            if splits is not None:
-                raise
+    in_map: dict[str, list[bool]] = {}
     description = root / "synthetic.json"
-    if records and description.is_file():
-        in_map = {}
+    if description.is_file():
         for sequence in json.loads(description.read_text()).get("sequences", []):
             if sequence.get("variation") is None:
                 in_map[Path(sequence["folder"]).name] = sequence.get("in_map", [])
-        records = [r for r in records if not (r.sequence in in_map and r.frame_index < len(in_map[r.sequence])
-                                              and in_map[r.sequence][r.frame_index])]
-    return records
+
+    def known(record: FrameRecord) -> bool:
+        flags = in_map.get(record.sequence, [])
+        return record.frame_index < len(flags) and bool(flags[record.frame_index])
+
+    result = {}
+    for split in DEFAULT_UNKNOWN_SPLITS if splits is None else splits:
+        try:
+            records = load_frames(root, split)
+        except DatasetError:
+            if splits is not None:
+                raise
+            continue
+        records = [record for record in records if not known(record)]
+        if records:
+            result[split] = records
+    return result
 
 
-def loop_closure_metrics(known: Predictions, unknown: Predictions,
+def loop_closure_metrics(known: Predictions, unknown: dict[str, Predictions],
                          config: LoopClosureConfig) -> dict[str, Any]:
-    """ROC AUC of the score (unknown places should score higher), and precision / recall of the
-    hysteresis flag for "known place" on the known frames against the unknown ones."""
+    """How the loop-closure score tells the `known` frames from each split of `unknown` ones: ROC
+    AUC of the score (unknown places should score higher; also of the Monte-Carlo spread alone, for
+    comparison), overall and per split, and precision / recall of the hysteresis flag."""
+    everything = _concatenate(list(unknown.values()))
     flags_known = run_detector(config, known.score_N, known.sequence)
-    flags_unknown = run_detector(config, unknown.score_N, unknown.sequence)
+    flags_unknown = run_detector(config, everything.score_N, everything.sequence)
     true_positive = int(flags_known.sum())
     false_positive = int(flags_unknown.sum())
-    return {"roc_auc": roc_auc(known.score_N, unknown.score_N),
+    return {"roc_auc": roc_auc(known.score_N, everything.score_N),
+            "roc_auc_mc_spread": roc_auc(known.mc_spread_N, everything.mc_spread_N),
+            "roc_auc_by_split": {split: roc_auc(known.score_N, p.score_N) for split, p in unknown.items()},
+            "roc_auc_mc_spread_by_split": {split: roc_auc(known.mc_spread_N, p.mc_spread_N)
+                                           for split, p in unknown.items()},
             "precision": true_positive / max(true_positive + false_positive, 1),
             "recall": true_positive / max(len(known), 1),
-            "known_frames": len(known), "unknown_frames": len(unknown),
+            "known_frames": len(known), "unknown_frames": len(everything),
+            "unknown_frames_by_split": {split: len(p) for split, p in unknown.items()},
             "enter_score": config.enter_score, "leave_score": config.leave_score,
             "min_frames": config.min_frames}
 
 
-def _plot_uncertainty(scenes: dict[str, Predictions], unknown: Predictions | None) -> bytes:
+def _plot_uncertainty(scenes: dict[str, Predictions], unknown: dict[str, Predictions]) -> bytes:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4))
@@ -541,11 +586,10 @@ def _plot_uncertainty(scenes: dict[str, Predictions], unknown: Predictions | Non
     axes[1].set_title("orientation")
     known_scores = np.concatenate([p.score_N for p in scenes.values()])
     bins = 30
-    axes[2].hist(known_scores[np.isfinite(known_scores)], bins=bins, alpha=0.6, label="evaluated split")
-    if unknown is not None:
-        finite = unknown.score_N[np.isfinite(unknown.score_N)]
-        axes[2].hist(finite, bins=bins, alpha=0.6, label="unknown places")
-    axes[2].set_xlabel("loop-closure score (log epistemic spread)")
+    axes[2].hist(known_scores[np.isfinite(known_scores)], bins=bins, alpha=0.5, label="evaluated split")
+    for split, part in unknown.items():
+        axes[2].hist(part.score_N[np.isfinite(part.score_N)], bins=bins, alpha=0.5, label=split)
+    axes[2].set_xlabel("loop-closure score (log feature-space epistemic variance)")
     axes[2].set_title("known vs unknown places")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
@@ -588,7 +632,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
 
     scenes: dict[str, Predictions] = {}
     scene_metrics: dict[str, dict[str, Any]] = {}
-    unknown_parts: list[Predictions] = []
+    unknown_parts: dict[str, list[Predictions]] = {}
     for name, root in zip(_scene_names(roots), roots, strict=True):
         records = load_frames(root, split)
         if not records:
@@ -598,17 +642,17 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
                                                           predictions.orientation_error_N,
                                                           checked_thresholds)}
-        unknown_records = unknown_place_records(root, unknown_splits) if uncertainty is not None else []
-        unknown = run(unknown_records, f"unknown places {name}") if unknown_records else None
-        if unknown is not None:
-            unknown_parts.append(unknown)
+        unknown_records = unknown_place_records(root, unknown_splits) if uncertainty is not None else {}
+        unknown = {split: run(records, f"{split} {name}") for split, records in unknown_records.items()}
+        for split, part in unknown.items():
+            unknown_parts.setdefault(split, []).append(part)
         metrics.update(_uncertainty_sections(predictions, unknown, loaded.loop_closure))
         scene_metrics[name] = _with_baseline(metrics, predictions, map_poses, checked_thresholds)
         logger.info("%s: %d frames, median %.3f m, %.2f°", name, len(predictions),
                     metrics["median_position_error_m"], metrics["median_orientation_error_deg"])
 
     everything = _concatenate(list(scenes.values()))
-    all_unknown = _concatenate(unknown_parts) if unknown_parts else None
+    all_unknown = {split: _concatenate(parts) for split, parts in unknown_parts.items()}
     overall = _with_baseline(pose_metrics(everything.position_error_N, everything.orientation_error_N,
                                           checked_thresholds), everything, map_poses, checked_thresholds)
     overall.update(_uncertainty_sections(everything, all_unknown, loaded.loop_closure))
@@ -640,13 +684,13 @@ def _uncertainty_setting(loaded: LoadedModel, mc_samples: int | None) -> Uncerta
     return setting if setting.mc_samples > 0 else None
 
 
-def _uncertainty_sections(predictions: Predictions, unknown: Predictions | None,
+def _uncertainty_sections(predictions: Predictions, unknown: dict[str, Predictions],
                           loop_closure: LoopClosureConfig) -> dict[str, Any]:
     if predictions.covariance_N66 is None:
         return {}
     sections: dict[str, Any] = {"uncertainty": uncertainty_metrics(prediction_errors_N6(predictions),
                                                                    predictions.covariance_N66)}
-    if unknown is not None and len(unknown):
+    if unknown:
         sections["loop_closure"] = loop_closure_metrics(predictions, unknown, loop_closure)
     return sections
 
@@ -699,9 +743,11 @@ def format_uncertainty(metrics: dict[str, Any]) -> str:
                      f"{coverage_text}" + ("" if rho is None else f"; Spearman σ-error {rho:.2f}"))
     loop = overall.get("loop_closure")
     if loop:
-        lines.append(f"  loop closure: ROC AUC {loop['roc_auc']:.3f}, precision {loop['precision']:.3f}, "
-                     f"recall {loop['recall']:.3f} ({loop['known_frames']} known, "
-                     f"{loop['unknown_frames']} unknown-place frames)")
+        by_split = ", ".join(f"{split} {auc:.3f}" for split, auc in loop["roc_auc_by_split"].items())
+        lines.append(f"  loop closure: ROC AUC {loop['roc_auc']:.3f} ({by_split}; MC-dropout spread alone "
+                     f"{loop['roc_auc_mc_spread']:.3f}), precision {loop['precision']:.3f}, recall "
+                     f"{loop['recall']:.3f} ({loop['known_frames']} known, {loop['unknown_frames']} "
+                     "unknown-place frames)")
     return "\n".join(lines)
 
 

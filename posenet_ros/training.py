@@ -261,6 +261,11 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                "images_per_s": images * world / seconds if seconds > 0 else None}
         if rank == 0:
+            if epoch + 1 == config.epochs:  # the loop-closure score's memory of the training frames
+                from posenet_ros.evaluation import eval_transform, fit_feature_memory
+
+                fit_feature_memory(model, train_records, eval_transform(config_to_dict(config)),
+                                   batch_size=config.batch_size)
             if val_records:
                 row.update(_validate(model, val_records, config, device))
                 bar.set_postfix(epoch=epoch + 1, val_pos=f"{row['val_median_position_m']:.3f}m",

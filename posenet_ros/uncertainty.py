@@ -14,9 +14,13 @@ world_from_cam = exp(δ) · mean. Total covariance = (epistemic + aleatoric), th
 the calibration (position block by `position_scale`, rotation block by `rotation_scale`, the cross
 terms by the geometric mean of both, which keeps it positive semi-definite).
 
-The loop-closure score of a frame is the log of its epistemic spread,
-log(trace(Σ_pos) / s² + trace(Σ_rot)), with s the model's scene position scale (metres): low in
-places the network has seen, high elsewhere (see `loop_closure.py`).
+The loop-closure score of a frame is the log of the last layer's epistemic variance,
+log(φᵀ C φ), with φ the frame's features (the regressors' input) and C = (ΦᵀΦ + λI)⁻¹ the posterior
+covariance of a Bayesian linear model fitted on the training frames' features Φ
+(`fit_feature_covariance`, stored in the model): low where the network has seen similar images, high
+in unseen places and under heavy occlusion. On the synthetic scene the Monte-Carlo dropout spread
+does not separate unseen places from mapped ones (ROC AUC about 0.5, see the uncertainty issue's
+notes), so it is kept only as a diagnostic (`mc_spread_B`); the feature-space variance does.
 """
 
 from __future__ import annotations
@@ -55,11 +59,12 @@ class UncertaintyConfig:
 @dataclass
 class PoseSamples:
     """Monte-Carlo samples for B frames: position_BN3 (metres, world), quat_BN4 (unit, w >= 0,
-    world_from_cam), log_var_BNK (the model's aleatoric log-variances, or None)."""
+    world_from_cam), log_var_BNK (the model's aleatoric log-variances, or None), features_BF."""
 
     position_BN3: torch.Tensor
     quat_BN4: torch.Tensor
     log_var_BNK: torch.Tensor | None
+    features_BF: torch.Tensor | None = None  # deterministic features (dropout off), for the score
 
 
 @dataclass
@@ -67,7 +72,9 @@ class PoseDistribution:
     """Per-frame pose estimates with uncertainty (B frames, float64, on the model's device).
 
     position_B3 (metres) and quat_B4 (unit, w >= 0) of world_from_cam; covariance_B66 the calibrated
-    total; epistemic_B66 and aleatoric_B66 the uncalibrated parts; score_B the loop-closure score.
+    total; epistemic_B66 and aleatoric_B66 the uncalibrated parts; score_B the loop-closure score
+    (NaN when the model has no fitted feature covariance); mc_spread_B the log Monte-Carlo spread
+    log(trace(Σ_pos) / s² + trace(Σ_rot)) (s: the scene position scale; -inf without sampling).
     """
 
     position_B3: torch.Tensor
@@ -76,6 +83,7 @@ class PoseDistribution:
     epistemic_B66: torch.Tensor
     aleatoric_B66: torch.Tensor
     score_B: torch.Tensor
+    mc_spread_B: torch.Tensor
 
 
 def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mode: McMode = "head",
@@ -97,13 +105,12 @@ def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mod
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
+            model.set_dropout_mode("off")
+            features = model.forward_features(images_B3HW)
+            model.set_dropout_mode("mc")
             if mode == "head":
-                model.set_dropout_mode("off")
-                features = model.forward_features(images_B3HW)
-                model.set_dropout_mode("mc")
                 output = model.forward_head(features.repeat_interleave(samples, dim=0))
             else:
-                model.set_dropout_mode("mc")
                 output = model(images_B3HW.repeat_interleave(samples, dim=0))
     finally:
         model.set_dropout_mode(previous_mode)
@@ -112,6 +119,7 @@ def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mod
         position_BN3=output.position_B3.reshape(batch, samples, 3),
         quat_BN4=output.quat_B4.reshape(batch, samples, 4),
         log_var_BNK=None if log_var is None else log_var.reshape(batch, samples, -1),
+        features_BF=features,
     )
 
 
@@ -157,10 +165,12 @@ def calibrated(covariance_B66: torch.Tensor, position_scale: float, rotation_sca
     return covariance_B66 * root[:, None] * root[None, :]
 
 
-def summarise(samples: PoseSamples, position_scale_m: float, config: UncertaintyConfig) -> PoseDistribution:
+def summarise(samples: PoseSamples, position_scale_m: float, config: UncertaintyConfig,
+              feature_covariance_FF: torch.Tensor | None = None) -> PoseDistribution:
     """Mean pose, covariances and loop-closure score of Monte-Carlo samples (N >= 2), in float64.
 
-    `position_scale_m`: the model's scene position scale (`model.position_scale`, metres).
+    `position_scale_m`: the model's scene position scale (`model.position_scale`, metres);
+    `feature_covariance_FF`: the model's `feature_covariance` (None: score NaN).
     """
     position = samples.position_BN3.to(torch.float64)
     quat = samples.quat_BN4.to(torch.float64)
@@ -174,23 +184,49 @@ def summarise(samples: PoseSamples, position_scale_m: float, config: Uncertainty
     covariance = calibrated(epistemic + aleatoric, config.position_scale, config.rotation_scale)
     return PoseDistribution(position_B3=mean_position, quat_B4=mean_quat, covariance_B66=covariance,
                             epistemic_B66=epistemic, aleatoric_B66=aleatoric,
-                            score_B=loop_closure_score(epistemic, position_scale_m))
+                            score_B=loop_closure_score(samples.features_BF, feature_covariance_FF, batch),
+                            mc_spread_B=mc_spread(epistemic, position_scale_m))
 
 
-def loop_closure_score(epistemic_B66: torch.Tensor, position_scale_m: float) -> torch.Tensor:
-    """log(trace(Σ_pos) / s² + trace(Σ_rot)): the epistemic spread in scene-normalised units."""
+def mc_spread(epistemic_B66: torch.Tensor, position_scale_m: float) -> torch.Tensor:
+    """log(trace(Σ_pos) / s² + trace(Σ_rot)): the Monte-Carlo spread in scene-normalised units."""
     diagonal = torch.diagonal(epistemic_B66, dim1=-2, dim2=-1)
     spread = diagonal[:, :3].sum(-1) / position_scale_m**2 + diagonal[:, 3:].sum(-1)
-    return torch.log(spread.clamp_min(1e-300))
+    return torch.log(spread.clamp_min(0.0))
+
+
+def loop_closure_score(features_BF: torch.Tensor | None, feature_covariance_FF: torch.Tensor | None,
+                       batch: int) -> torch.Tensor:
+    """log(φᵀ C φ) per frame (float64); NaN when C is missing or not fitted (all zeros)."""
+    if features_BF is None or feature_covariance_FF is None or not bool(feature_covariance_FF.any()):
+        device = features_BF.device if features_BF is not None else None
+        return torch.full((batch,), math.nan, dtype=torch.float64, device=device)
+    phi = features_BF.to(torch.float64)
+    variance = ((phi @ feature_covariance_FF.to(torch.float64)) * phi).sum(-1)
+    return torch.log(variance.clamp_min(1e-300))
+
+
+def fit_feature_covariance(features_NF: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """C = (ΦᵀΦ + λI)⁻¹ (float32, F x F) of the training frames' features Φ (N, F), with
+    λ = `ridge` x trace(ΦᵀΦ) / F, so the prior is relative to the features' scale."""
+    phi = features_NF.to(torch.float64)
+    gram = phi.T @ phi
+    dim = gram.shape[0]
+    lam = ridge * float(torch.trace(gram)) / dim
+    if not lam > 0:
+        raise ValueError("cannot fit the feature covariance: the training features are all zero")
+    eye = torch.eye(dim, dtype=torch.float64, device=gram.device)
+    return torch.linalg.inv(gram + lam * eye).to(torch.float32)
 
 
 def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
                                config: UncertaintyConfig) -> PoseDistribution:
-    """One forward pass with dropout off: the pose, the aleatoric covariance only, score = -inf
-    (no epistemic information; `mc_samples` = 0)."""
+    """One forward pass with dropout off (`mc_samples` = 0): the pose, the aleatoric covariance only
+    (no Monte-Carlo epistemic term) and the loop-closure score."""
     previous_mode = model.dropout_mode
     try:
-        output = model.set_dropout_mode("off")(images_B3HW)
+        features = model.set_dropout_mode("off").forward_features(images_B3HW)
+        output = model.forward_head(features)
     finally:
         model.set_dropout_mode(previous_mode)
     batch = images_B3HW.shape[0]
@@ -203,7 +239,8 @@ def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
         position_B3=position, quat_B4=output.quat_B4.to(torch.float64),
         covariance_B66=calibrated(aleatoric, config.position_scale, config.rotation_scale),
         epistemic_B66=zeros, aleatoric_B66=aleatoric,
-        score_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device))
+        score_B=loop_closure_score(features, model.feature_covariance, batch),
+        mc_spread_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device))
 
 
 def estimate(model: PoseNet, images_B3HW: torch.Tensor, config: UncertaintyConfig,
@@ -213,4 +250,4 @@ def estimate(model: PoseNet, images_B3HW: torch.Tensor, config: UncertaintyConfi
         return deterministic_distribution(model, images_B3HW, config)
     samples = sample_poses(model, images_B3HW, config.mc_samples, mode=config.mc_mode,
                            seed=config.seed + seed)
-    return summarise(samples, float(model.position_scale), config)
+    return summarise(samples, float(model.position_scale), config, model.feature_covariance)

@@ -23,6 +23,7 @@ from posenet_ros.data.dataset import FrameTransform, PoseDataset
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation import (
     PREDICTION_COLUMNS,
+    UNCERTAINTY_COLUMNS,
     eval_transform,
     evaluate,
     format_table,
@@ -234,7 +235,11 @@ def test_evaluate_writes_consistent_files(checkpoint: Path, scene_root: Path, se
 
     with (out / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == PREDICTION_COLUMNS
+    # Monte-Carlo sampling is on by default (the checkpoint's 32 samples): σ columns follow.
+    assert tuple(rows[0]) == PREDICTION_COLUMNS + UNCERTAINTY_COLUMNS
+    assert stored["mc_samples"] == 32 and not stored["calibrated"]
+    assert stored["overall"]["uncertainty"]["position"]["dimension"] == 3
+    assert all(float(r["sigma_position_m"]) > 0 for r in rows)
     assert len(rows) == 14
     groups = {"office": [r for r in rows if r["scene"] == "office"],
               "kitchen": [r for r in rows if r["scene"] == "kitchen"], "overall": rows}

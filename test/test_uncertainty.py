@@ -11,7 +11,6 @@ import torch
 from posenet_ros.calibration import coverage, fit_scales, nees, pose_error_vectors, spearman
 from posenet_ros.checkpoint import CheckpointError, load_model, save_checkpoint, store_calibration
 from posenet_ros.geometry import quat_exp, quat_multiply
-from posenet_ros.losses import LossConfig, PoseLoss, aleatoric_nll
 from posenet_ros.loop_closure import (
     LoopClosureConfig,
     LoopClosureDetector,
@@ -19,6 +18,7 @@ from posenet_ros.loop_closure import (
     roc_auc,
     run_detector,
 )
+from posenet_ros.losses import LossConfig, PoseLoss, aleatoric_nll
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.uncertainty import (
     PoseSamples,

@@ -101,6 +101,57 @@ def resized_size(width: int, height: int, shorter_side: int | None) -> tuple[int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+@dataclass(frozen=True)
+class CropBox:
+    """Where a frame of `width` x `height` px goes: resized to `new_width` x `new_height`, then the
+    crop of `crop_width` x `crop_height` at (`x0`, `y0`) is kept."""
+
+    width: int
+    height: int
+    new_width: int
+    new_height: int
+    crop_width: int
+    crop_height: int
+    x0: int
+    y0: int
+
+    def _apply(self, image: np.ndarray, interpolation: int) -> np.ndarray:
+        if image.shape[:2] != (self.height, self.width):
+            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} px, expected "
+                             f"{self.width}x{self.height}")
+        if (self.new_width, self.new_height) != (self.width, self.height):
+            image = cv2.resize(image, (self.new_width, self.new_height), interpolation=interpolation)
+        return image[self.y0:self.y0 + self.crop_height, self.x0:self.x0 + self.crop_width]
+
+    def apply_rgb(self, rgb_HW3: np.ndarray) -> np.ndarray:
+        """uint8 RGB (H, W, 3) -> float32 RGB in [0, 1] (h, w, 3): area resampling when shrinking."""
+        interpolation = cv2.INTER_AREA if self.new_width < self.width else cv2.INTER_LINEAR
+        return self._apply(rgb_HW3, interpolation).astype(np.float32) / 255.0
+
+    def apply_depth(self, depth_HW: np.ndarray) -> np.ndarray:
+        """float32 metres (H, W) -> (h, w): exact nearest neighbour, so invalid zeros never blend."""
+        return self._apply(depth_HW, cv2.INTER_NEAREST_EXACT)
+
+
+def crop_box(width: int, height: int, transform: FrameTransform,
+             rng: np.random.Generator | None = None) -> CropBox:
+    """The resize and crop `transform` applies to a `width` x `height` frame (random position with
+    `transform.random_crop`, drawn from `rng`; centred otherwise)."""
+    new_width, new_height = resized_size(width, height, transform.resize)
+    crop = transform.crop_size() or (new_height, new_width)
+    if crop[0] > new_height or crop[1] > new_width:
+        raise ValueError(f"crop {crop[1]}x{crop[0]} is larger than the resized image "
+                         f"{new_width}x{new_height}")
+    if transform.random_crop:
+        if rng is None:
+            raise ValueError("a random crop needs a random generator")
+        y0 = int(rng.integers(0, new_height - crop[0] + 1))
+        x0 = int(rng.integers(0, new_width - crop[1] + 1))
+    else:
+        y0, x0 = (new_height - crop[0]) // 2, (new_width - crop[1]) // 2
+    return CropBox(width, height, new_width, new_height, crop[1], crop[0], x0, y0)
+
+
 def pose_vector(world_from_cam: np.ndarray) -> np.ndarray:
     """(4, 4) world_from_cam -> (7,) float64: position xyz + unit quaternion wxyz with w >= 0."""
     return np.concatenate([world_from_cam[:3, 3], matrix_to_quat(world_from_cam[:3, :3])])
@@ -228,39 +279,22 @@ class PoseDataset(Dataset):
                 raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are "
                                    f"for {record.intrinsics.width}x{record.intrinsics.height}")
 
-        new_width, new_height = resized_size(width, height, t.resize)
-        crop = t.crop_size() or (new_height, new_width)
-        if crop[0] > new_height or crop[1] > new_width:
-            raise ValueError(f"crop {crop[1]}x{crop[0]} is larger than the resized image "
-                             f"{new_width}x{new_height}")
-        if t.random_crop:
-            y0 = int(rng.integers(0, new_height - crop[0] + 1))
-            x0 = int(rng.integers(0, new_width - crop[1] + 1))
-        else:
-            y0, x0 = (new_height - crop[0]) // 2, (new_width - crop[1]) // 2
+        box = crop_box(width, height, t, rng)
         jitter = self._jitter(rng)
-
-        def geometric(image: np.ndarray, interpolation: int) -> np.ndarray:
-            if (new_width, new_height) != (width, height):
-                image = cv2.resize(image, (new_width, new_height), interpolation=interpolation)
-            return image[y0:y0 + crop[0], x0:x0 + crop[1]]
-
-        shrink = new_width < width
         images, depths, matrices, poses, ks = [], [], [], [], []
         for record, rgb in zip(records, rgbs, strict=True):
-            rgb = geometric(rgb, cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-            images.append(jitter.apply(rgb.astype(np.float32) / 255.0).transpose(2, 0, 1))
+            images.append(jitter.apply(box.apply_rgb(rgb)).transpose(2, 0, 1))
             if self.has_depth:
                 depth = read_depth_mm(record.depth_path)
                 if depth.shape != (height, width):
                     raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
                                        f"its colour image {width}x{height}")
-                depths.append(geometric(depth, cv2.INTER_NEAREST_EXACT)[None])
+                depths.append(box.apply_depth(depth)[None])
             matrices.append(record.world_from_cam)
             poses.append(pose_vector(record.world_from_cam))
             if record.intrinsics is not None:
-                intrinsics: Intrinsics = record.intrinsics.resized(new_width, new_height)
-                ks.append(intrinsics.cropped(x0, y0, crop[1], crop[0]).matrix())
+                intrinsics: Intrinsics = record.intrinsics.resized(box.new_width, box.new_height)
+                ks.append(intrinsics.cropped(box.x0, box.y0, box.crop_width, box.crop_height).matrix())
 
         def stack(arrays: list[np.ndarray]) -> torch.Tensor:
             array = arrays[0] if t.window == 1 else np.stack(arrays)

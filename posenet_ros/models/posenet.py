@@ -12,6 +12,10 @@ orientation (4, normalised) [+ aleatoric log-variances].
   (on while training) or "mc" (on for Monte-Carlo sampling). `backbone_dropout` > 0 adds dropout after
   every backbone stage (full-network MC dropout, as in Bayesian PoseNet); otherwise only the head
   is stochastic and `forward_features` / `forward_head` let the backbone run once per frame.
+- `feature_covariance` (buffer, F x F with F the regressors' input width) is the posterior
+  covariance of a Bayesian linear model on the training frames' features, (ΦᵀΦ + λI)⁻¹, fitted after
+  training (`uncertainty.fit_feature_covariance`); φᵀ C φ is the last layer's epistemic variance of a
+  frame with features φ, large for places unlike any training frame (the loop-closure score).
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class PoseNet(nn.Module):
         self.spatial_lstm = (SpatialLSTM(config.feature_dim, config.lstm_hidden)
                              if config.head == "spatial_lstm" else None)
         head_dim = self.spatial_lstm.out_dim if self.spatial_lstm is not None else config.feature_dim
+        self.head_dim = head_dim
         self.dropout = ExplicitDropout(config.dropout)
         self.fc_position = nn.Linear(head_dim, 3)
         self.fc_quat = nn.Linear(head_dim, 4)
@@ -106,6 +111,7 @@ class PoseNet(nn.Module):
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("position_mean", torch.zeros(3))
         self.register_buffer("position_scale", torch.ones(()))
+        self.register_buffer("feature_covariance", torch.zeros(head_dim, head_dim))
         self._dropout_mode: DropoutMode = "off"
 
     @property
@@ -131,14 +137,15 @@ class PoseNet(nn.Module):
         return (position_B3 - self.position_mean) / self.position_scale
 
     def forward_features(self, images_B3HW: torch.Tensor) -> torch.Tensor:
-        """The deterministic part when only the head is sampled: images -> features (B, feature_dim)."""
+        """Everything before the head dropout: images -> features (B, head_dim), the input of the
+        regressors (after the spatial LSTM when there is one)."""
         x = (images_B3HW - self.image_mean) / self.image_std
-        return torch.relu(self.fc(self.pool(self.backbone(x)).flatten(1)))
+        x = torch.relu(self.fc(self.pool(self.backbone(x)).flatten(1)))
+        return self.spatial_lstm(x) if self.spatial_lstm is not None else x
 
     def forward_head(self, features_BF: torch.Tensor) -> PoseOutput:
-        """Features (B, feature_dim) -> poses; holds the head dropout."""
-        x = self.spatial_lstm(features_BF) if self.spatial_lstm is not None else features_BF
-        x = self.dropout(x)
+        """Features (B, head_dim) -> poses; holds the head dropout (sampled in MC mode)."""
+        x = self.dropout(features_BF)
         position_norm = self.fc_position(x)
         return PoseOutput(
             position_B3=self.position_mean + self.position_scale * position_norm,

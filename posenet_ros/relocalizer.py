@@ -1,0 +1,140 @@
+"""Relocalizer: a checkpoint turned into "image in, pose with uncertainty out". No ROS in here.
+
+    relocalizer = Relocalizer("run/model.safetensors", device="auto")
+    estimate = relocalizer.process(rgb_HW3, stamp_ns=stamp)   # -> PoseEstimate
+
+Each frame is prepared exactly as `posenet-ros eval` prepares dataset frames (the checkpoint's
+resize and centre crop), then runs through `uncertainty.estimate` (Monte-Carlo dropout with the
+checkpoint's calibrated settings; its dropout masks are seeded by the frame's stamp, so the same frame
+gives the same estimate in every runtime), and the loop-closure detector with hysteresis.
+The ROS node, the DDS runtime and bag replay all call `process`; nothing else decides anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from posenet_ros.checkpoint import load_model
+from posenet_ros.data.dataset import crop_box
+from posenet_ros.device import resolve_device
+from posenet_ros.evaluation import eval_transform
+from posenet_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
+from posenet_ros.uncertainty import estimate
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "bf16"]
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class PoseEstimate:
+    """The relocalized camera pose of one frame.
+
+    position_3 (metres) and quat_wxyz_4 (unit, w >= 0) of `world_from_cam` in the map frame;
+    covariance_66 over (x, y, z, rot X, rot Y, rot Z) (metres², radians², rotations about the fixed
+    map axes; see uncertainty.py), calibrated; epistemic_66 and aleatoric_66 its uncalibrated parts;
+    `uncertainty_m` = √trace of the position block (metres); `known_place` the loop-closure flag and
+    `score` its raw score (log epistemic spread; -inf without Monte-Carlo sampling); `timings_ms`
+    per stage (preprocess, forward: network and sampling, summary: loop closure and copies).
+    """
+
+    stamp_ns: int
+    position_3: np.ndarray
+    quat_wxyz_4: np.ndarray
+    covariance_66: np.ndarray
+    epistemic_66: np.ndarray
+    aleatoric_66: np.ndarray
+    uncertainty_m: float
+    known_place: bool
+    score: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Relocalizer:
+    """Loads a checkpoint once and estimates the pose of each frame given to `process`.
+
+    device: "auto" | "cpu" | "cuda" | "cuda:N". precision: "fp32", or "fp16" / "bf16" autocast on
+    CUDA. mc_samples: None = the checkpoint's (calibrated) setting, 0 = deterministic.
+    loop_closure: overrides the checkpoint's thresholds.
+    """
+
+    def __init__(self, model_path: str | Path, *, device: str = "auto", precision: Precision = "fp32",
+                 mc_samples: int | None = None, loop_closure: LoopClosureConfig | None = None) -> None:
+        self.device = resolve_device(device)
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        if precision != "fp32" and self.device.type != "cuda":
+            raise ValueError(f"precision {precision} needs a CUDA device; this one is {self.device}")
+        self.precision = precision
+        loaded = load_model(model_path, self.device)
+        self.model = loaded.model
+        self.model_path = loaded.path
+        self.map_poses_N7 = loaded.map_poses_N7
+        self.calibrated = loaded.calibrated
+        self.uncertainty = (loaded.uncertainty if mc_samples is None
+                            else dataclasses.replace(loaded.uncertainty, mc_samples=mc_samples))
+        self.loop_closure = loop_closure or loaded.loop_closure
+        self.transform = eval_transform(loaded.config)
+        self._detector = LoopClosureDetector(self.loop_closure)
+        if not self.calibrated:
+            logger.warning("%s has no uncertainty calibration (run `posenet-ros calibrate`): covariances "
+                           "are unscaled and every finite loop-closure score counts as a known place",
+                           self.model_path)
+
+    @property
+    def needs_depth(self) -> bool:
+        """Whether the model needs a depth image with every frame."""
+        return False
+
+    def reset(self) -> None:
+        """Forget the stream's history (loop-closure hysteresis), e.g. after a gap or on request."""
+        self._detector.reset()
+
+    def prepare(self, rgb_HW3: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (H, W, 3) -> float32 (1, 3, h, w) in [0, 1] on the device, as evaluation does."""
+        rgb = np.asarray(rgb_HW3)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an RGB image as uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+            raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small")
+        box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
+        image = np.ascontiguousarray(box.apply_rgb(rgb).transpose(2, 0, 1))
+        return torch.from_numpy(image)[None].to(self.device, non_blocking=True)
+
+    def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
+                stamp_ns: int = 0) -> PoseEstimate:
+        """Estimate the pose of one frame (`depth_HW` in metres is accepted and unused by RGB models).
+
+        Raises ValueError for an image that is not uint8 (H, W, 3) or is too small.
+        """
+        start = time.perf_counter()
+        images = self.prepare(rgb_HW3)
+        prepared = time.perf_counter()
+        autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
+                                  enabled=self.precision != "fp32")
+        with torch.inference_mode(), autocast:
+            result = estimate(self.model, images, self.uncertainty, seed=stamp_ns % (2**31))
+            position = result.position_B3[0].cpu().numpy()  # the one host synchronisation
+        forwarded = time.perf_counter()
+        score = float(result.score_B[0])
+        known = self._detector.update(score)
+        covariance = result.covariance_B66[0].cpu().numpy()
+        estimate_ = PoseEstimate(
+            stamp_ns=int(stamp_ns), position_3=position, quat_wxyz_4=result.quat_B4[0].cpu().numpy(),
+            covariance_66=covariance, epistemic_66=result.epistemic_B66[0].cpu().numpy(),
+            aleatoric_66=result.aleatoric_B66[0].cpu().numpy(),
+            uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))),
+            known_place=known, score=score)
+        done = time.perf_counter()
+        estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
+                                "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
+        return estimate_

@@ -1,0 +1,468 @@
+"""Tests of the Cyclone DDS types (byte-identical to rosbags' CDR) and transport (real processes).
+
+Every DDS test runs on the loopback interface only (``loopback_config()``) on a domain id derived
+from the pid, and waits on events with generous timeouts rather than sleeping fixed times.
+
+Run as a script (``python test/test_dds_transport.py --echo-child DOMAIN``), this file is the child
+process of the round-trip test: it subscribes to ``/camera/image_raw`` and answers each image with
+its mean pixel value (std_msgs/Float64 on ``/echo/mean``) and a PoseWithCovarianceStamped carrying
+the image's header (``/echo/pose``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cyclonedds.core import Policy
+
+from posenet_ros.ros.dds import (
+    QOS_PROFILES,
+    DdsNode,
+    dds_topic_name,
+    loopback_config,
+    qos_profile,
+    resolve_topic_name,
+    ros_domain_id,
+)
+from posenet_ros.ros.dds_types import (
+    dds_type,
+    dds_type_name,
+    deserialize,
+    from_dds,
+    has_fast_path,
+    serialize,
+    to_dds,
+    typestore,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 20.0
+
+MESSAGE_TYPES = [
+    "sensor_msgs/msg/Image",
+    "sensor_msgs/msg/CompressedImage",
+    "sensor_msgs/msg/CameraInfo",
+    "geometry_msgs/msg/PoseWithCovarianceStamped",
+    "geometry_msgs/msg/PoseStamped",
+    "geometry_msgs/msg/PoseArray",
+    "geometry_msgs/msg/TransformStamped",
+    "tf2_msgs/msg/TFMessage",
+    "std_msgs/msg/Bool",
+    "std_msgs/msg/Float64",
+    "diagnostic_msgs/msg/DiagnosticArray",
+    "nav_msgs/msg/Odometry",
+]
+
+_INT_RANGES = {
+    "byte": (0, 127),  # rosbags packs scalar ``byte`` as signed, IDL octet is unsigned: agree on 0..127
+    "char": (0, 255),
+    "int8": (-(2**7), 2**7 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint8": (0, 2**8 - 1),
+    "uint16": (0, 2**16 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+_NUMPY_DTYPES = {
+    "bool": np.bool_,
+    "byte": np.uint8,
+    "char": np.uint8,
+    "float32": np.float32,
+    "float64": np.float64,
+    **{name: getattr(np, name) for name in _INT_RANGES if name not in ("byte", "char")},
+}
+
+
+def _test_domain_id() -> int:
+    """A domain id (16..215) derived from the pid, so that parallel test runs do not meet."""
+    return 16 + os.getpid() % 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Values for both representations, generated from rosbags' field definitions
+
+
+def _base_value(base: str, bound: int, rnd: random.Random, empty: bool) -> Any:
+    if base == "string":
+        length = 0 if empty else rnd.randint(0, 9)  # odd and even lengths: alignment padding
+        if bound:
+            length = min(length, bound)
+        return "".join(rnd.choice(string.ascii_letters) for _ in range(length))
+    if base == "bool":
+        return rnd.random() < 0.5
+    if base == "float32":
+        return rnd.randint(-4000, 4000) / 8.0  # exactly representable in float32
+    if base == "float64":
+        return rnd.uniform(-1e3, 1e3)
+    low, high = _INT_RANGES[base]
+    return rnd.randint(low, high)
+
+
+def _value_pair(desc: tuple[Any, Any], rnd: random.Random, empty: bool) -> tuple[Any, Any]:
+    """(rosbags value, DDS value) with the same content for one field description."""
+    node, arg = desc
+    kind = node.name
+    if kind == "BASE":
+        value = _base_value(arg[0], arg[1], rnd, empty)
+        return value, value
+    if kind == "NAME":
+        return _message_pair(arg, rnd, empty)
+    sub_desc, size = arg
+    if kind == "ARRAY":
+        length = size
+    else:
+        length = 0 if empty else rnd.randint(0, 3)
+        if size:
+            length = min(length, size)
+    pairs = [_value_pair(sub_desc, rnd, empty) for _ in range(length)]
+    rosbags_values = [p[0] for p in pairs]
+    dds_values = [p[1] for p in pairs]
+    sub_kind, sub_arg = sub_desc
+    if sub_kind.name == "BASE" and sub_arg[0] != "string":
+        # rosbags holds numeric arrays and sequences as numpy arrays
+        return np.array(rosbags_values, dtype=_NUMPY_DTYPES[sub_arg[0]]), dds_values
+    return rosbags_values, dds_values
+
+
+def _message_pair(name: str, rnd: random.Random, empty: bool = False) -> tuple[Any, Any]:
+    """A rosbags message object and a DDS sample of type ``name``, built independently."""
+    _, fields = typestore().fielddefs[name]
+    rosbags_kwargs, dds_kwargs = {}, {}
+    for field_name, desc in fields:
+        rosbags_kwargs[field_name], dds_kwargs[field_name] = _value_pair(desc, rnd, empty)
+    return typestore().types[name](**rosbags_kwargs), dds_type(name)(**dds_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) CDR bytes identical to rosbags
+
+
+def test_dds_type_names_follow_ros2_conventions() -> None:
+    assert dds_type_name("sensor_msgs/msg/Image") == "sensor_msgs::msg::dds_::Image_"
+    image_type = dds_type("sensor_msgs/msg/Image")
+    assert image_type is dds_type("sensor_msgs/msg/Image")  # cached
+    assert image_type.__idl__.idl_transformed_typename == "sensor_msgs::msg::dds_::Image_"
+    header_type = dds_type("std_msgs/msg/Header")
+    assert header_type.__idl__.idl_transformed_typename == "std_msgs::msg::dds_::Header_"
+    time_type = dds_type("builtin_interfaces/msg/Time")
+    assert time_type.__idl__.idl_transformed_typename == "builtin_interfaces::msg::dds_::Time_"
+    assert image_type.__annotations__["header"] is header_type
+    assert dds_type("diagnostic_msgs/msg/DiagnosticStatus").ERROR == 2  # constants kept
+    sample = dds_type("geometry_msgs/msg/PoseWithCovarianceStamped")()  # every field has a default
+    assert sample.header.stamp.sec == 0 and len(sample.pose.covariance) == 36
+
+
+def test_cdr_bytes_equal_rosbags_for_every_used_type() -> None:
+    for name in MESSAGE_TYPES:
+        for seed in range(6):
+            rosbags_msg, sample = _message_pair(name, random.Random(f"{name}-{seed}"), empty=seed == 0)
+            expected = bytes(typestore().serialize_cdr(rosbags_msg, name))
+            assert expected[:4] == b"\x00\x01\x00\x00"  # XCDR1 little endian, as ROS 2
+            data = serialize(sample)
+            assert data == expected, f"{name} seed {seed}"
+            # and back: decoding either side's bytes gives the same content
+            assert serialize(deserialize(expected, name)) == expected
+            assert bytes(typestore().serialize_cdr(from_dds(sample), name)) == expected
+            assert serialize(to_dds(rosbags_msg)) == expected
+
+
+def test_cdr_bytes_equal_rosbags_for_whole_typestore() -> None:
+    """The generator is generic: every message of the ROS 2 Humble store encodes identically."""
+    for name in sorted(typestore().fielddefs):
+        rosbags_msg, sample = _message_pair(name, random.Random(name))
+        assert serialize(sample) == bytes(typestore().serialize_cdr(rosbags_msg, name)), name
+
+
+def test_nested_sequences_roundtrip_with_content() -> None:
+    _, sample = _message_pair("tf2_msgs/msg/TFMessage", random.Random(3))
+    sample.transforms = sample.transforms or [dds_type("geometry_msgs/msg/TransformStamped")()]
+    sample.transforms[0].child_frame_id = "camera_optical"
+    decoded = deserialize(serialize(sample), "tf2_msgs/msg/TFMessage")
+    assert decoded == sample
+    assert decoded.transforms[0].child_frame_id == "camera_optical"
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) fast path for large byte sequences
+
+
+def _image(height: int, width: int, seed: int, stamp_sec: int = 0) -> Any:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = dds_type("sensor_msgs/msg/Image")(
+        height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width, data=pixels
+    )
+    image.header.stamp.sec = stamp_sec
+    image.header.stamp.nanosec = 1000 * seed + 7
+    image.header.frame_id = "cam"
+    return image
+
+
+def test_fast_path_bytes_equal_generic_path() -> None:
+    assert has_fast_path("sensor_msgs/msg/Image") and has_fast_path("sensor_msgs/msg/CompressedImage")
+    assert not has_fast_path("geometry_msgs/msg/PoseStamped")
+    image_type = dds_type("sensor_msgs/msg/Image")
+    image = _image(48, 64, seed=1)
+    pixels = np.asarray(image.data)
+    generic = image_type(
+        header=image.header, height=48, width=64, encoding="rgb8", step=192, data=pixels.reshape(-1).tolist()
+    )
+    generic_bytes = image_type.__idl__.serialize(generic, use_version_2=False)  # sequence[uint8] path
+    for data in (
+        pixels,
+        pixels.tobytes(),
+        bytearray(pixels.tobytes()),
+        memoryview(pixels.tobytes()),
+        pixels.reshape(-1).tolist(),
+    ):
+        image.data = data
+        assert serialize(image) == generic_bytes
+    decoded = image_type.deserialize(generic_bytes)
+    assert isinstance(decoded.data, bytes)
+    np.testing.assert_array_equal(np.frombuffer(decoded.data, np.uint8), pixels.reshape(-1))
+    assert decoded.header == image.header
+    generic_decoded = image_type.__idl__.deserialize(generic_bytes)
+    assert bytes(generic_decoded.data) == decoded.data
+
+    compressed_type = dds_type("sensor_msgs/msg/CompressedImage")
+    compressed = compressed_type(format="jpeg", data=b"\xff\xd8 not really a jpeg \xff\xd9")
+    generic_compressed = compressed_type(format="jpeg", data=list(compressed.data))
+    assert serialize(compressed) == compressed_type.__idl__.serialize(generic_compressed, use_version_2=False)
+    assert isinstance(compressed_type.deserialize(serialize(compressed)).data, bytes)
+
+
+def test_fast_path_timing_640x480_rgb8() -> None:
+    """Prints (does not assert) serialise + deserialise times of a 640x480 rgb8 Image."""
+    image_type = dds_type("sensor_msgs/msg/Image")
+    image = _image(480, 640, seed=2)
+    serialize(image)  # warm up (cyclonedds builds its machines on first use)
+
+    def median_ms(fn: Any, repeat: int) -> float:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1e3 * float(np.median(times))
+
+    data = serialize(image)
+    fast_ser = median_ms(lambda: serialize(image), 10)
+    fast_de = median_ms(lambda: image_type.deserialize(data), 10)
+    generic = image_type(
+        header=image.header,
+        height=480,
+        width=640,
+        encoding="rgb8",
+        step=1920,
+        data=np.asarray(image.data).reshape(-1).tolist(),
+    )
+    generic_ser = median_ms(lambda: image_type.__idl__.serialize(generic, use_version_2=False), 1)
+    generic_de = median_ms(lambda: image_type.__idl__.deserialize(data), 1)
+    print(
+        f"\n640x480 rgb8 Image: fast path serialise {fast_ser:.3f} ms, deserialise {fast_de:.3f} ms; "
+        f"generic sequence[uint8] path serialise {generic_ser:.1f} ms, deserialise {generic_de:.1f} ms"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# names, QoS, configuration
+
+
+def test_topic_names_and_domain_id(monkeypatch: Any) -> None:
+    assert dds_topic_name("/relocalized_pose") == "rt/relocalized_pose"
+    assert dds_topic_name("/ns/topic") == "rt/ns/topic"
+    assert dds_topic_name("image", namespace="/cam") == "rt/cam/image"
+    assert resolve_topic_name("~/status", namespace="/robot", node_name="posenet") == "/robot/posenet/status"
+    for bad in ("", "/a/", "a//b"):
+        try:
+            resolve_topic_name(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} accepted")
+    monkeypatch.setenv("ROS_DOMAIN_ID", "42")
+    assert ros_domain_id() == 42 and ros_domain_id(7) == 7
+    monkeypatch.delenv("ROS_DOMAIN_ID")
+    assert ros_domain_id() == 0
+
+
+def test_qos_profiles_match_ros2() -> None:
+    sensor = qos_profile("sensor_data")
+    assert Policy.Reliability.BestEffort in sensor and Policy.History.KeepLast(5) in sensor
+    assert Policy.Durability.Volatile in sensor
+    default = qos_profile("default")
+    assert Policy.History.KeepLast(10) in default and Policy.Durability.Volatile in default
+    latched = qos_profile("transient_local")
+    assert Policy.History.KeepLast(1) in latched and Policy.Durability.TransientLocal in latched
+    for name in QOS_PROFILES:
+        qos = qos_profile(name)
+        assert Policy.DataRepresentation(use_cdrv0_representation=True) in qos  # XCDR1 only
+        assert (Policy.Reliability.BestEffort in qos) == (name == "sensor_data")
+    config = loopback_config()
+    assert "127.0.0.1" in config and "<AllowMulticast>false</AllowMulticast>" in config
+
+
+# ---------------------------------------------------------------------------------------------
+# transport within one process
+
+
+def test_in_process_publish_subscribe_latched_and_close(monkeypatch: Any) -> None:
+    domain = _test_domain_id()
+    config = loopback_config()
+    float_type = dds_type("std_msgs/msg/Float64")
+    wire_headers: list[bytes] = []
+    plain_deserialize = float_type.deserialize
+
+    def recording_deserialize(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        wire_headers.append(bytes(data[:4]))  # what the DataReader got from the network
+        return plain_deserialize(data, *args, **kwargs)
+
+    monkeypatch.setattr(float_type, "deserialize", recording_deserialize)
+    received: list[float] = []
+    got_value = threading.Event()
+    latched: list[Any] = []
+    got_latched = threading.Event()
+
+    def on_value(msg: Any) -> None:
+        if msg.data < 0:
+            raise RuntimeError("a failing callback must not stop the dispatcher")
+        received.append(msg.data)
+        got_value.set()
+
+    with DdsNode("talker", domain_id=domain, config=config) as talker:
+        with DdsNode("listener", domain_id=domain, config=config) as listener:
+            listener.subscription("/values", "std_msgs/msg/Float64", "default", on_value)
+            values = talker.publisher("/values", "std_msgs/msg/Float64", "default")
+            assert values.wait_for_subscribers(1, TIMEOUT_S)
+            values.publish(float_type(data=-1.0))
+            values.publish(typestore().types["std_msgs/msg/Float64"](data=2.5))  # a rosbags message
+            assert got_value.wait(TIMEOUT_S)
+            assert received == [2.5]
+            assert wire_headers and set(wire_headers) == {b"\x00\x01\x00\x00"}  # XCDR1, little endian
+
+            # transient local: a subscription created after the publication still gets the sample
+            pose = talker.publisher("/map_pose", "geometry_msgs/msg/PoseStamped", "transient_local")
+            sample = dds_type("geometry_msgs/msg/PoseStamped")()
+            sample.header.frame_id = "map"
+            sample.pose.position.x = 1.25
+            pose.publish(sample)
+            listener.subscription(
+                "/map_pose",
+                "geometry_msgs/msg/PoseStamped",
+                "transient_local",
+                lambda msg: (latched.append(msg), got_latched.set()),
+            )
+            assert got_latched.wait(TIMEOUT_S)
+            assert latched[0].header.frame_id == "map" and latched[0].pose.position.x == 1.25
+            dispatcher = listener._thread
+        assert not dispatcher.is_alive()
+        listener.close()  # idempotent
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) two processes over loopback
+
+
+def _echo_child(domain: int) -> None:
+    """Child process: answer each image with its mean pixel value and a pose with its header."""
+    float_type = dds_type("std_msgs/msg/Float64")
+    pose_type = dds_type("geometry_msgs/msg/PoseWithCovarianceStamped")
+    with DdsNode("echo", domain_id=domain, config=loopback_config()) as node:
+        mean_pub = node.publisher("/echo/mean", "std_msgs/msg/Float64", "default")
+        pose_pub = node.publisher("/echo/pose", "geometry_msgs/msg/PoseWithCovarianceStamped", "default")
+
+        def on_image(image: Any) -> None:
+            assert isinstance(image.data, bytes)  # the fast path
+            pixels = np.frombuffer(image.data, dtype=np.uint8)
+            mean_pub.publish(float_type(data=float(pixels.mean())))
+            pose = pose_type(header=image.header)
+            pose.pose.pose.position.x = float(image.width)
+            pose.pose.pose.orientation.w = 1.0
+            pose.pose.covariance = [0.01 * (i % 7 == 0) for i in range(36)]
+            pose_pub.publish(pose)
+
+        node.subscription("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data", on_image)
+        sys.stdin.read()  # until the parent closes our stdin
+
+
+def test_two_process_round_trip_over_loopback() -> None:
+    domain = _test_domain_id()
+    env = dict(
+        os.environ,
+        CYCLONEDDS_URI=loopback_config(),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    images = [_image(48, 64, seed=10 + i, stamp_sec=100 + i) for i in range(3)]
+    expected_means = {float(np.asarray(image.data).mean()) for image in images}
+    expected_stamps = {(image.header.stamp.sec, image.header.stamp.nanosec) for image in images}
+    means: set[float] = set()
+    stamps: set[tuple[int, int]] = set()
+    poses: list[Any] = []
+    lock = threading.Lock()
+    all_received = threading.Event()
+
+    def check_done() -> None:
+        if expected_means <= means and expected_stamps <= stamps:
+            all_received.set()
+
+    def on_mean(msg: Any) -> None:
+        with lock:
+            means.add(msg.data)
+            check_done()
+
+    def on_pose(msg: Any) -> None:
+        with lock:
+            stamps.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            poses.append(msg)
+            check_done()
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--echo-child", str(domain)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+    )
+    try:
+        with DdsNode("camera", domain_id=domain, config=loopback_config()) as node:
+            node.subscription("/echo/mean", "std_msgs/msg/Float64", "default", on_mean)
+            node.subscription("/echo/pose", "geometry_msgs/msg/PoseWithCovarianceStamped", "default", on_pose)
+            camera = node.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
+            assert camera.wait_for_subscribers(1, TIMEOUT_S), "the child's reader was never matched"
+            # best effort: keep publishing until every reply is in (discovery may still be one-sided)
+            deadline = time.monotonic() + TIMEOUT_S
+            while not all_received.is_set() and time.monotonic() < deadline:
+                for image in images:
+                    camera.publish(image)
+                all_received.wait(0.2)
+            assert all_received.is_set(), f"means {means}, stamps {stamps}"
+        with lock:
+            assert expected_means <= means and expected_stamps <= stamps
+            for pose in poses:
+                assert pose.header.frame_id == "cam"
+                assert pose.pose.pose.position.x == 64.0 and pose.pose.pose.orientation.w == 1.0
+                assert len(pose.pose.covariance) == 36 and pose.pose.covariance[7] == 0.01
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo-child":
+        _echo_child(int(sys.argv[2]))
+    else:
+        sys.exit(f"usage: {sys.argv[0]} --echo-child DOMAIN_ID")

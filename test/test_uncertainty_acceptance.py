@@ -1,0 +1,68 @@
+"""Acceptance of the uncertainty issue on the synthetic scene, through the CLI as a user runs it:
+train with the heteroscedastic loss, `posenet-ros calibrate` on the held-out val loop, then
+`posenet-ros eval` on the test loop with the outside, occlusion and blur sequences as unknown places.
+"""
+
+import json
+
+import pytest
+
+from posenet_ros.checkpoint import load_model
+from posenet_ros.cli import main
+
+# The training test's 64x48 wide-angle scene, plus a val loop, the outside sequence and the
+# occlusion and blur variations of the test loop.
+SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=96", "train_sequences=8",
+         "outside_sequences=1", "val_sequences=1", "variations=[occlusion,blur]"]
+TRAIN = ["device=cpu", "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=48",
+         "data.crop=[44,60]", "batch_size=16", "lr=1e-3", "epochs=60", "data.val_split=''",
+         "loss.kind=aleatoric", "model.aleatoric=per_axis"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> tuple[dict, dict]:
+    root = tmp_path_factory.mktemp("uncertainty")
+    scene, run = root / "scene", root / "run"
+    assert main(["synth", "--quiet", str(scene), *SCENE]) == 0
+    assert main(["train", "--quiet", "--data", str(scene), "--out", str(run), *TRAIN]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene)]) == 0
+    assert main(["eval", "--quiet", "--model", str(run), "--data", str(scene),
+                 "--out", str(root / "eval")]) == 0
+    assert (root / "eval" / "uncertainty_vs_error.png").stat().st_size > 10_000
+    loaded = load_model(run)
+    report = json.loads(loaded.metadata["calibration_report"])
+    return json.loads((root / "eval" / "metrics.json").read_text())["overall"], report
+
+
+def test_calibration_is_stored_and_fits_the_validation_split(evaluated):
+    _, report = evaluated
+    print("calibration scales", report["position_scale"], report["rotation_scale"])
+    for block in ("position", "rotation"):
+        assert report["after"][block]["mean_nees"] == pytest.approx(3.0, rel=1e-6)
+        assert report["before"][block]["mean_nees"] != pytest.approx(3.0, rel=0.05)
+
+
+def test_calibrated_covariance_holds_on_held_out_frames(evaluated):
+    overall, _ = evaluated
+    for block, values in overall["uncertainty"].items():
+        print(f"{block}: mean NEES {values['mean_nees']:.2f} ({values['dimension']}), 2σ "
+              f"{values['within_2sigma']:.2f} vs {values['expected_2sigma']:.2f}")
+        assert 0.5 * values["dimension"] <= values["mean_nees"] <= 2.0 * values["dimension"]
+    position = overall["uncertainty"]["position"]
+    assert abs(position["within_2sigma"] - position["expected_2sigma"]) <= 0.15
+
+
+def test_predicted_uncertainty_correlates_with_error(evaluated):
+    overall, _ = evaluated
+    for block in ("position", "rotation"):
+        rho = overall["uncertainty"][block]["spearman_sigma_error"]
+        print(f"{block}: Spearman {rho:.2f}")
+        assert rho > 0.3
+
+
+def test_loop_closure_score_separates_unseen_places(evaluated):
+    overall, _ = evaluated
+    loop = overall["loop_closure"]
+    print("loop closure", json.dumps(loop, indent=1))
+    assert loop["roc_auc_by_split"]["outside"] >= 0.8
+    assert loop["recall"] > 0.8  # the flag is on for most frames of the mapped place

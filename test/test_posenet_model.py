@@ -47,7 +47,7 @@ def test_head_only_sampling_matches_the_full_forward():
     x = torch.rand(2, 3, 64, 64)
     full = model(x)
     features = model.forward_features(x)
-    assert features.shape == (2, 64)
+    assert features.shape == (2, model.head_dim) == (2, 4 * 8)  # after the spatial LSTM
     assert torch.allclose(model.forward_head(features).position_B3, full.position_B3)
     assert full.log_var_BK.shape == (2, 6)
 

@@ -14,9 +14,9 @@ from posenet_ros.data.synthetic import PARTITION_X, SceneConfig, SyntheticScene
 from posenet_ros.geometry import backproject_depth, pose_invert, project_points, transform_points
 
 SMALL = ["width=160", "height=120", "frames_per_sequence=30", "train_sequences=1", "outside_sequences=0",
-         "variations=[]"]
+         "val_sequences=0", "variations=[]"]
 SMALL_CONFIG = SceneConfig(width=160, height=120, frames_per_sequence=30, train_sequences=1,
-                           outside_sequences=0, variations=[])
+                           outside_sequences=0, val_sequences=0, variations=[])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_sequences_cover_the_map_revisit_it_and_one_leaves_it(small_scene):
     by_split = {}
     for plan in small_scene.sequences:
         by_split.setdefault(plan.split, []).append(plan)
-    assert sorted(by_split) == ["blur", "lighting", "occlusion", "outside", "test", "train"]
+    assert sorted(by_split) == ["blur", "lighting", "occlusion", "outside", "test", "train", "val"]
     train = np.array([p[:3, 3] for plan in by_split["train"] for p in plan.world_from_cam])
     test = np.array([p[:3, 3] for p in by_split["test"][0].world_from_cam])
     assert all(all(plan.in_map) for plan in by_split["train"] + by_split["test"])

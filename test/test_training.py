@@ -85,7 +85,9 @@ def test_learned_weighting_then_reprojection(scene, tmp_path):
     history = json.loads((run / "metrics.json").read_text())
     assert len(history) == EPOCHS and history[-1]["loss_kind"] == "learned"
     assert history[-1]["val_median_position_m"] > 0  # validated on the test split every epoch
-    assert abs(history[-1]["s_x"] - 0.0) > 0.01 and abs(history[-1]["s_q"] - (-3.0)) > 0.01
+    for key in ("s_x", "s_q"):  # the learned weights move (ŝq settles near log Lq, close to -3 here)
+        values = [row[key] for row in history]
+        assert max(values) - min(values) > 0.01, key
 
     assert main(["train", "--quiet", "--out", str(run), "--resume"]) == 0
     history = json.loads((run / "metrics.json").read_text())

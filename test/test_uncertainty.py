@@ -27,6 +27,7 @@ from posenet_ros.uncertainty import (
     average_quaternions,
     calibrated,
     estimate,
+    fit_feature_covariance,
     rotation_deviations,
     sample_poses,
     summarise,
@@ -140,12 +141,15 @@ def test_full_network_sampling_needs_backbone_dropout():
 def test_estimate_gives_psd_covariance_and_finite_score():
     model = small_model(aleatoric="per_axis")
     with torch.inference_mode():
+        unfitted = estimate(model, torch.rand(3, 3, 32, 32), UncertaintyConfig(mc_samples=4))
+        assert torch.isnan(unfitted.score_B).all()  # no feature memory yet: no known place
+        model.feature_covariance.copy_(fit_feature_covariance(torch.rand(100, model.head_dim)))
         result = estimate(model, torch.rand(3, 3, 32, 32), UncertaintyConfig(mc_samples=16))
         deterministic = estimate(model, torch.rand(3, 3, 32, 32), UncertaintyConfig(mc_samples=0))
     assert torch.linalg.eigvalsh(result.covariance_B66).min() > 0
     assert torch.isfinite(result.score_B).all()
     torch.testing.assert_close(result.quat_B4.norm(dim=1), torch.ones(3, dtype=torch.float64))
-    assert torch.isinf(deterministic.score_B).all()
+    assert torch.isfinite(deterministic.score_B).all() and torch.isinf(deterministic.mc_spread_B).all()
     assert torch.equal(deterministic.epistemic_B66, torch.zeros_like(deterministic.epistemic_B66))
 
 

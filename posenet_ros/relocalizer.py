@@ -123,15 +123,18 @@ class Relocalizer:
                                   enabled=self.precision != "fp32")
         with torch.inference_mode(), autocast:
             result = estimate(self.model, images, self.uncertainty, seed=stamp_ns % (2**31))
-            position = result.position_B3[0].cpu().numpy()  # the one host synchronisation
+            # One device-to-host copy (the one synchronisation) of everything the estimate holds:
+            # position 3, quaternion 4, score 1, then the three 6x6 matrices.
+            flat = torch.cat([result.position_B3[0], result.quat_B4[0], result.score_B[:1],
+                              result.covariance_B66[0].flatten(), result.epistemic_B66[0].flatten(),
+                              result.aleatoric_B66[0].flatten()]).cpu().numpy()
         forwarded = time.perf_counter()
-        score = float(result.score_B[0])
+        position, quat, score = flat[:3], flat[3:7], float(flat[7])
+        covariance, epistemic, aleatoric = flat[8:].reshape(3, 6, 6)
         known = self._detector.update(score)
-        covariance = result.covariance_B66[0].cpu().numpy()
         estimate_ = PoseEstimate(
-            stamp_ns=int(stamp_ns), position_3=position, quat_wxyz_4=result.quat_B4[0].cpu().numpy(),
-            covariance_66=covariance, epistemic_66=result.epistemic_B66[0].cpu().numpy(),
-            aleatoric_66=result.aleatoric_B66[0].cpu().numpy(),
+            stamp_ns=int(stamp_ns), position_3=position, quat_wxyz_4=quat,
+            covariance_66=covariance, epistemic_66=epistemic, aleatoric_66=aleatoric,
             uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))),
             known_place=known, score=score)
         done = time.perf_counter()

@@ -177,7 +177,7 @@ def _field_type(desc: tuple[Any, Any]) -> tuple[Any, Any]:
         if base == "string":
             return (idl.bounded_str[bound] if bound else str), ("value", "")
         if base not in _BASE_TYPES:
-            raise NotImplementedError(f"ROS base type {base!r} has no cyclonedds mapping here")
+            raise TypeError(f"ROS base type {base!r} has no cyclonedds mapping")
         annotation, default = _BASE_TYPES[base]
         return annotation, ("value", default)
     if node == Nodetype.NAME:
@@ -194,7 +194,7 @@ def _field_type(desc: tuple[Any, Any]) -> tuple[Any, Any]:
         sub, _ = _field_type(sub_desc)
         annotation = idl.sequence[sub, bound] if bound else idl.sequence[sub]
         return annotation, ("factory", list)
-    raise NotImplementedError(f"unsupported rosbags field description {desc!r}")
+    raise TypeError(f"unsupported rosbags field description {desc!r}")
 
 
 def _is_byte_sequence(desc: tuple[Any, Any]) -> bool:

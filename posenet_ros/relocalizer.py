@@ -95,6 +95,10 @@ class Relocalizer:
         """Whether the model needs a depth image with every frame."""
         return False
 
+    def set_loop_closure(self, config: LoopClosureConfig) -> None:
+        """Use other loop-closure thresholds from now on (the flag's history is kept)."""
+        self.loop_closure = self._detector.config = config
+
     def reset(self) -> None:
         """Forget the stream's history (loop-closure hysteresis), e.g. after a gap or on request."""
         self._detector.reset()

@@ -73,6 +73,7 @@ __all__ = [
     "covariance_from_msg",
     "depth_msg",
     "depth_to_metres",
+    "diagnostic_array",
     "float64_msg",
     "image_msg",
     "image_to_rgb",
@@ -598,6 +599,19 @@ def bool_msg(types: MessageTypes, value: bool) -> Any:
 def float64_msg(types: MessageTypes, value: float) -> Any:
     """std_msgs/Float64 (e.g. the scalar uncertainty)."""
     return types.get("std_msgs/msg/Float64")(data=float(value))
+
+
+def diagnostic_array(types: MessageTypes, stamp_ns: int, name: str, hardware_id: str, level: str,
+                     message: str, values: dict[str, str]) -> Any:
+    """diagnostic_msgs/DiagnosticArray with one status; `level` is "OK", "WARN", "ERROR" or "STALE"
+    (the message class's constant, so rclpy gets its `bytes` value and rosbags its int)."""
+    status_class = types.get("diagnostic_msgs/msg/DiagnosticStatus")
+    key_value = types.get("diagnostic_msgs/msg/KeyValue")
+    status = status_class(level=getattr(status_class, level), name=name, message=message,
+                          hardware_id=hardware_id,
+                          values=[key_value(key=str(k), value=str(v)) for k, v in values.items()])
+    array_class = types.get("diagnostic_msgs/msg/DiagnosticArray")
+    return array_class(header=_header(types, stamp_ns, ""), status=[status])
 
 
 def _image_layout(encoding: str) -> _Layout:

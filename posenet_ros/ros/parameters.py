@@ -1,0 +1,175 @@
+"""The relocalization node's parameters: one table read by both runtimes.
+
+The rclpy node declares every entry of `NODE_PARAMETERS` (with its description and range) and the
+Cyclone DDS runtime (`posenet-ros node`) reads the same YAML file, so `config/relocalize.yaml`
+works unchanged with both:
+
+    relocalize_node:
+      ros__parameters:
+        model: /path/to/run
+        image_topic: /camera/image_raw
+
+`NodeSettings.from_values` validates a name -> value mapping (types, ranges, choices) and is what
+both runtimes build their pipeline from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NODE_NAME = "relocalize_node"
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One ROS parameter: name, default (its type is the parameter's type), description, and an
+    optional numeric range [minimum, maximum] or set of allowed string values."""
+
+    name: str
+    default: bool | int | float | str
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("model", "",
+                  "Checkpoint to load: a training run directory or its model.safetensors (required)"),
+    ParameterSpec("device", "auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N"),
+    ParameterSpec("precision", "fp32", "Inference precision; fp16 and bf16 need a CUDA device",
+                  choices=("fp32", "fp16", "bf16")),
+    ParameterSpec("image_topic", "/camera/image_raw",
+                  "Camera image topic (sensor_msgs/Image; a name ending in /compressed: CompressedImage)"),
+    ParameterSpec("depth_topic", "/camera/depth/image_raw",
+                  "Depth image topic (16UC1 millimetres or 32FC1 metres), used when use_depth is true"),
+    ParameterSpec("use_depth", False, "Subscribe to the depth topic and pair depth with each image by stamp"),
+    ParameterSpec("max_depth_stamp_diff", 0.02,
+                  "Largest stamp difference (s) between an image and the depth paired with it",
+                  minimum=0.0, maximum=1.0),
+    ParameterSpec("mc_samples", -1,
+                  "Monte-Carlo dropout samples per frame; -1: the checkpoint's calibrated setting, "
+                  "0: deterministic (no epistemic term, no loop-closure score)", minimum=-1, maximum=1024),
+    ParameterSpec("smoothing", True,
+                  "Temporal smoothing when the checkpoint has a temporal model (no effect otherwise)"),
+    ParameterSpec("map_frame", "map", "frame_id of the published poses, the map poses and the TF parent"),
+    ParameterSpec("camera_frame", "",
+                  "TF child frame of the published transform; empty: the image's header.frame_id"),
+    ParameterSpec("publish_tf", False,
+                  "Publish the map -> camera transform on /tf (only if nothing else gives the camera "
+                  "a parent)"),
+    ParameterSpec("loop_closure_enter_score", math.nan,
+                  "Loop-closure score at or below which a place counts as known; NaN: the checkpoint's"),
+    ParameterSpec("loop_closure_leave_score", math.nan,
+                  "Loop-closure score above which a known place is left; NaN: the checkpoint's"),
+    ParameterSpec("loop_closure_min_frames", 0,
+                  "Consecutive frames needed to switch the loop-closure flag; 0: the checkpoint's",
+                  minimum=0, maximum=1000),
+    ParameterSpec("reset_gap", 1.0,
+                  "A stamp gap (s) longer than this, or a stamp going backwards, resets the stream state",
+                  minimum=0.0, maximum=3600.0),
+    ParameterSpec("diagnostics_period", 1.0, "Period (s) of the /diagnostics status",
+                  minimum=0.1, maximum=60.0),
+)
+
+_SPECS = {spec.name: spec for spec in NODE_PARAMETERS}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Validated node parameters (see `NODE_PARAMETERS` for meanings and units)."""
+
+    model: str
+    device: str = "auto"
+    precision: str = "fp32"
+    image_topic: str = "/camera/image_raw"
+    depth_topic: str = "/camera/depth/image_raw"
+    use_depth: bool = False
+    max_depth_stamp_diff: float = 0.02
+    mc_samples: int = -1
+    smoothing: bool = True
+    map_frame: str = "map"
+    camera_frame: str = ""
+    publish_tf: bool = False
+    loop_closure_enter_score: float = math.nan
+    loop_closure_leave_score: float = math.nan
+    loop_closure_min_frames: int = 0
+    reset_gap: float = 1.0
+    diagnostics_period: float = 1.0
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> NodeSettings:
+        """Check names, types, ranges and choices; missing names take their defaults.
+
+        Raises ValueError naming the offending parameter.
+        """
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            spec = _SPECS.get(name)
+            if spec is None:
+                raise ValueError(f"unknown parameter {name!r}; the node's parameters are: "
+                                 f"{', '.join(_SPECS)}")
+            checked[name] = _check(spec, value)
+        if not checked.get("model"):
+            raise ValueError("parameter 'model' is required: the path of a training run or its "
+                             "model.safetensors")
+        return cls(**checked)
+
+    def values(self) -> dict[str, Any]:
+        """name -> value of every parameter."""
+        return dataclasses.asdict(self)
+
+
+def _check(spec: ParameterSpec, value: Any) -> bool | int | float | str:
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # YAML `1` for a double parameter, as ROS 2 accepts
+    if type(value) is not expected:
+        raise ValueError(f"parameter {spec.name!r} must be {expected.__name__}, got {value!r}")
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f"parameter {spec.name!r} must be one of {', '.join(spec.choices)}, got {value!r}")
+    if spec.minimum is not None and not (spec.minimum <= value <= spec.maximum):  # type: ignore[operator]
+        raise ValueError(f"parameter {spec.name!r} must lie in [{spec.minimum}, {spec.maximum}], "
+                         f"got {value!r}")
+    return value
+
+
+def read_parameters_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The `ros__parameters` of `node_name` in a ROS 2 parameters YAML file (the file `ros2 run ...
+    --ros-args --params-file` takes). Entries under `/**` apply to every node and are overridden by
+    the node's own; a node name may be given with its namespace (`/ns/relocalize_node`)."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"parameters file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"parameters file {path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"parameters file {path} must map node names to `ros__parameters`")
+    sections = sorted((key for key in document if key == "/**" or str(key).rsplit("/", 1)[-1] == node_name),
+                      key=lambda key: key != "/**")  # wildcard first, the node's own entries override it
+    if not sections:
+        raise ValueError(f"parameters file {path} has no section for {node_name!r} "
+                         f"(keys: {', '.join(map(str, document))})")
+    values: dict[str, Any] = {}
+    for key in sections:
+        section = document[key]
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+            raise ValueError(f"parameters file {path}: {key!r} must contain a `ros__parameters` mapping")
+        values.update(section["ros__parameters"])
+    return values
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`name:=value` or `name=value` from a command line, the value parsed as YAML (as ROS 2 does)."""
+    name, separator, raw = text.partition(":=") if ":=" in text else text.partition("=")
+    if not separator or not name:
+        raise ValueError(f"expected NAME:=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(raw) if raw.strip() else ""

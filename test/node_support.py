@@ -1,0 +1,49 @@
+"""Shared by the node tests: a small calibrated checkpoint and synthetic camera messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posenet_ros.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.ros.conversions import RosbagsTypes, image_msg
+from posenet_ros.uncertainty import UncertaintyConfig
+
+TYPES = RosbagsTypes()
+STAMP0_NS = 1_700_000_000_000_000_000  # 2023-11-14, a realistic ROS time
+PERIOD_NS = 100_000_000  # 10 Hz
+
+
+def make_checkpoint(path: Path, backbone: str = "resnet_tiny", resize: int = 24, crop: int = 24,
+                    mc_samples: int = 8) -> Path:
+    """An untrained but calibrated checkpoint (fixed seed) with 5 map poses."""
+    config = {"model": {"backbone": backbone, "feature_dim": 64, "aleatoric": "per_axis"},
+              "data": {"resize": resize, "crop": [crop, crop]}}
+    torch.manual_seed(0)
+    model = PoseNet(ModelConfig(**config["model"]))
+    with torch.no_grad():
+        model.feature_covariance.copy_(torch.eye(model.head_dim))
+    map_poses = np.column_stack([np.arange(5.0), np.zeros((5, 2)), np.ones(5), np.zeros((5, 3))])
+    path = save_checkpoint(path, model, config, map_poses)
+    store_calibration(path, UncertaintyConfig(mc_samples=mc_samples, position_scale=2.0),
+                      LoopClosureConfig(enter_score=1e9, leave_score=1e9, min_frames=2))
+    return path
+
+
+def rgb_frame(index: int, width: int = 40, height: int = 30) -> np.ndarray:
+    """A deterministic textured RGB image (uint8 (H, W, 3)), different for every index."""
+    rng = np.random.default_rng(index)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def stamp(index: int) -> int:
+    return STAMP0_NS + index * PERIOD_NS
+
+
+def image(index: int, width: int = 40, height: int = 30, frame_id: str = "camera_optical") -> object:
+    """sensor_msgs/Image rgb8 of `rgb_frame(index)` stamped `stamp(index)` (rosbags class)."""
+    return image_msg(TYPES, rgb_frame(index, width, height), stamp(index), frame_id, "rgb8")

@@ -1,0 +1,215 @@
+"""The node logic both runtimes share (pipeline.py), in one process with a real Relocalizer and real
+message objects: outputs, bad messages, the drop-oldest queue, RGB-depth pairing, stream resets and
+diagnostics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pytest
+from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
+
+from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.ros.conversions import covariance_from_msg, depth_msg, pose_from_msg, stamp_to_ns
+from posenet_ros.ros.dds_node import load_settings
+from posenet_ros.ros.parameters import NodeSettings
+from posenet_ros.ros.pipeline import (
+    LatestSlot,
+    RelocalizationPipeline,
+    StampPairer,
+    ThrottledWarnings,
+    build_relocalizer,
+    input_topics,
+)
+
+
+class ListLog:
+    """A NodeLog that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("node") / "model.safetensors")
+
+
+def make_pipeline(model_path, **settings):
+    sent: list[tuple[str, object]] = []
+    log = ListLog()
+    node_settings = NodeSettings(model=str(model_path), device="cpu", **settings)
+    pipeline = RelocalizationPipeline(node_settings, build_relocalizer(node_settings), TYPES,
+                                      lambda name, msg: sent.append((name, msg)), log, Clock())
+    return pipeline, sent, log
+
+
+def outputs(sent, name):
+    return [msg for key, msg in sent if key == name]
+
+
+def test_each_frame_gives_the_relocalizers_estimate_with_the_image_stamp(model_path):
+    pipeline, sent, _ = make_pipeline(model_path, publish_tf=True, map_frame="world")
+    reference = Relocalizer(model_path, device="cpu")
+    for i in range(3):
+        pipeline.on_image(image(i))
+        assert pipeline.process_next(timeout=0) is not None
+    poses = outputs(sent, "pose")
+    assert [stamp_to_ns(p.header.stamp) for p in poses] == [stamp(i) for i in range(3)]
+    for i, msg in enumerate(poses):
+        expected = reference.process(rgb_frame(i), stamp_ns=stamp(i))
+        position, quat = pose_from_msg(msg)
+        np.testing.assert_allclose(position, expected.position_3, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(quat, expected.quat_wxyz_4, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(covariance_from_msg(msg), expected.covariance_66, rtol=1e-6, atol=1e-12)
+        assert msg.header.frame_id == "world"
+    assert len(outputs(sent, "loop_closure")) == len(outputs(sent, "uncertainty")) == 3
+    assert [m.data for m in outputs(sent, "loop_closure")] == [False, True, True]  # min_frames 2
+    transforms = outputs(sent, "tf")
+    assert len(transforms) == 3 and transforms[0].transforms[0].child_frame_id == "camera_optical"
+    assert transforms[0].transforms[0].header.frame_id == "world"
+    assert pipeline.diagnostics.counts["processed"] == 3
+
+
+def test_bad_messages_are_dropped_counted_and_warned_at_a_throttled_rate(model_path):
+    pipeline, sent, log = make_pipeline(model_path)
+    unknown = dataclasses.replace(image(0), encoding="xyz8")
+    truncated = image(1)
+    truncated = dataclasses.replace(truncated, data=truncated.data[: truncated.step * truncated.height - 1])
+    zero_size = dataclasses.replace(image(2), width=0, height=0, step=0, data=np.zeros(0, np.uint8))
+    for bad in (unknown, unknown, truncated, zero_size):
+        pipeline.on_image(bad)
+        assert pipeline.process_next(timeout=0) is None
+    assert pipeline.diagnostics.counts["rejected"] == 4
+    warnings = [text for level, text in log.lines if level == "warning"]
+    assert len(warnings) == 1  # one kind of problem (ImageConversionError) within the period
+    assert "xyz8" in warnings[0]
+    pipeline.clock.now += 10.0  # after the period the next problem is logged with the suppressed count
+    pipeline.on_image(truncated)
+    pipeline.process_next(timeout=0)
+    assert "3 more since the last warning" in log.lines[-1][1]
+    pipeline.on_image(image(3))  # the next good frame is answered
+    estimate = pipeline.process_next(timeout=0)
+    assert estimate is not None and estimate.stamp_ns == stamp(3)
+    assert [stamp_to_ns(p.header.stamp) for p in outputs(sent, "pose")] == [stamp(3)]
+
+
+def test_depth_of_another_size_is_rejected_and_pairs_by_stamp(model_path):
+    pipeline, sent, _ = make_pipeline(model_path, use_depth=True, max_depth_stamp_diff=0.01)
+    assert set(input_topics(pipeline.settings)) == {"image", "depth"}
+    depth = np.full((30, 40), 2.0)
+    # Depth arriving 5 ms after the image: paired.
+    pipeline.on_image(image(0))
+    assert pipeline.process_next(timeout=0) is None  # waiting for its depth
+    pipeline.on_depth(depth_msg(TYPES, depth, stamp(0) + 5_000_000, "camera"))
+    assert pipeline.process_next(timeout=0).stamp_ns == stamp(0)
+    # Depth of another size: rejected with a message naming both sizes.
+    pipeline.on_image(image(1))
+    pipeline.on_depth(depth_msg(TYPES, np.full((15, 20), 2.0), stamp(1), "camera"))
+    assert pipeline.process_next(timeout=0) is None
+    assert pipeline.diagnostics.counts["rejected"] == 1
+    assert "20x15" in pipeline.warnings._log.lines[-1][1]
+    # An image whose depth never comes is given up once a later depth is beyond the slop.
+    pipeline.on_image(image(2))
+    pipeline.on_image(image(3))
+    pipeline.on_depth(depth_msg(TYPES, depth, stamp(3), "camera"))
+    assert pipeline.process_next(timeout=0).stamp_ns == stamp(3)
+    assert pipeline.diagnostics.counts["unpaired"] == 1
+    assert len(outputs(sent, "pose")) == 2
+
+
+def test_the_worker_takes_the_newest_frame_and_counts_the_dropped(model_path):
+    pipeline, sent, _ = make_pipeline(model_path)
+    for i in range(4):
+        pipeline.on_image(image(i))
+    assert pipeline.process_next(timeout=0).stamp_ns == stamp(3)
+    assert pipeline.process_next(timeout=0) is None
+    counts = pipeline.diagnostics.counts
+    assert (counts["received"], counts["dropped"], counts["processed"]) == (4, 3, 1)
+    pipeline.clock.now += 2.0
+    figures = pipeline.publish_diagnostics()
+    status = outputs(sent, "diagnostics")[-1].status[0]
+    assert status.level == status.WARN and "3 frames dropped" in status.message
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["dropped"] == "3" and values["device"] == "cpu" and figures["rate_hz"] == 0.5
+    assert not math.isnan(figures["latency_p50_ms"])
+    pipeline.publish_diagnostics()  # nothing new in this period: OK again
+    assert outputs(sent, "diagnostics")[-1].status[0].level == status.OK
+
+
+def test_worker_thread_start_publishes_map_poses_and_stop_ends_it(model_path):
+    pipeline, sent, _ = make_pipeline(model_path)
+    pipeline.start()
+    try:
+        (map_poses,) = outputs(sent, "map_poses")
+        assert len(map_poses.poses) == 5 and map_poses.poses[4].position.x == 4.0
+        pipeline.on_image(image(0))
+        for _ in range(200):
+            if outputs(sent, "pose"):
+                break
+            time.sleep(0.05)
+    finally:
+        pipeline.stop()
+    assert len(outputs(sent, "pose")) == 1
+
+
+def test_a_stamp_gap_or_a_stamp_going_back_resets_the_stream(model_path):
+    pipeline, sent, log = make_pipeline(model_path, reset_gap=0.5)
+    flags = []
+    for i in (0, 1, 2, 20, 21, 5):  # gap of 1.8 s after frame 2, then back in time
+        pipeline.on_image(image(i))
+        pipeline.process_next(timeout=0)
+        flags.append(outputs(sent, "loop_closure")[-1].data)
+    assert flags == [False, True, True, False, True, False]
+    assert sum("stream reset" in text for _, text in log.lines) == 2
+
+
+def test_settings_come_from_the_parameters_file_with_overrides(tmp_path, model_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("relocalize_node:\n  ros__parameters:\n    image_topic: /cam/image/compressed\n"
+                      "    mc_samples: 4\n    loop_closure_enter_score: -2\n")
+    settings = load_settings(params, str(model_path), ["loop_closure_leave_score:=3.5"])
+    assert settings.mc_samples == 4 and settings.loop_closure_enter_score == -2.0
+    assert input_topics(settings)["image"].type_name == "sensor_msgs/msg/CompressedImage"
+    relocalizer = build_relocalizer(dataclasses.replace(settings, device="cpu"))
+    assert relocalizer.uncertainty.mc_samples == 4
+    assert (relocalizer.loop_closure.enter_score, relocalizer.loop_closure.leave_score) == (-2.0, 3.5)
+    assert relocalizer.loop_closure.min_frames == 2  # the checkpoint's
+    with pytest.raises(ValueError, match="mc_samples"):
+        load_settings(params, str(model_path), ["mc_samples:=2000"])
+    with pytest.raises(ValueError, match="'model' is required"):
+        load_settings(params)
+
+
+def test_latest_slot_and_stamp_pairer_and_throttle():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is None and slot.put(2) == 1
+    assert slot.take(0) == 2 and slot.take(0) is None
+    pairer: StampPairer[str] = StampPairer(slop_ns=10)
+    assert pairer.add_depth(95, "d95") == ([], 0)
+    assert pairer.add_image(100, "i100") == ([("i100", "d95")], 0)  # depth first, within slop
+    assert pairer.add_image(200, "i200") == ([], 0)
+    assert pairer.add_image(300, "i300") == ([], 0)
+    assert pairer.add_depth(305, "d305") == ([("i300", "d305")], 1)  # i200 given up
+    log, clock = ListLog(), Clock()
+    throttle = ThrottledWarnings(log, period_s=1.0, clock=clock)
+    assert throttle.warn("a", "x") and not throttle.warn("a", "x") and throttle.warn("b", "y")
+    clock.now += 1.0
+    assert throttle.warn("a", "x") and log.lines[-1][1] == "x (1 more since the last warning)"

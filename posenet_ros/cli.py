@@ -5,6 +5,9 @@
     posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N]
     posenet-ros calibrate --model M --data D [--split val]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
+    posenet-ros play BAG [--rate R] [--topics T ...] [--loop] [--step-topic OUT]
+    posenet-ros echo TOPIC [--type T] [--qos sensor_data] [--count N] [--format json]
+    posenet-ros node --model M [--params config/relocalize.yaml] [--param NAME:=VALUE ...]
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from posenet_ros.data.frames import DatasetError
 logger = logging.getLogger("posenet_ros")
 
 # Errors a user can cause with their input: reported as one line, without a traceback.
-USER_ERRORS = (ConfigError, CheckpointError, DatasetError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (ConfigError, CheckpointError, DatasetError, FileNotFoundError, FileExistsError, ValueError,
+               TimeoutError)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -118,6 +122,107 @@ def _saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _play(args: argparse.Namespace) -> int:
+    from posenet_ros.ros.play import play
+
+    if args.quiet:
+        logging.getLogger("posenet_ros.ros.play").setLevel(logging.WARNING)
+    counts = play(args.bag, rate=args.rate, topics=args.topics, loop=args.loop, domain_id=args.domain_id,
+                  wait_subscribers=args.wait_subscribers, wait_timeout=args.wait_timeout, delay=args.delay,
+                  step_topic=args.step_topic, step_type=args.step_type, step_timeout=args.step_timeout)
+    if not args.quiet:
+        width = max(map(len, counts))
+        print(f"published {sum(counts.values())} messages:")
+        for topic, count in counts.items():
+            print(f"  {topic:<{width}}  {count}")
+    return 0
+
+
+def _add_play_parser(commands: argparse._SubParsersAction) -> None:
+    # Literal defaults and choices here: building the parser must not import cyclonedds or rosbags.
+    play = commands.add_parser("play", help="publish a rosbag2 over DDS (like ros2 bag play)",
+                               description="Publish the messages of a rosbag2 (folder, .mcap or .db3) "
+                               "over Cyclone DDS at the recorded rate, readable by ROS 2 nodes.")
+    play.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or mcap), or a .mcap/.db3 file")
+    play.add_argument("--rate", type=float, default=1.0,
+                      help="time scale (default 1; 0: as fast as possible)")
+    play.add_argument("--topics", nargs="+", metavar="T", help="topics to play (default: all)")
+    play.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    play.add_argument("--domain-id", type=int, help="DDS domain (default: $ROS_DOMAIN_ID, else 0)")
+    play.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                      help="before playing, wait until every topic has N matched subscribers")
+    play.add_argument("--wait-timeout", type=float, default=10.0, metavar="S",
+                      help="seconds --wait-subscribers waits before giving up (default 10)")
+    play.add_argument("--delay", type=float, default=0.0, metavar="S",
+                      help="seconds to sleep before the first message (after --wait-subscribers)")
+    play.add_argument("--step-topic", metavar="OUT",
+                      help="lock-step: after each image wait for a message on OUT with the image's stamp")
+    play.add_argument("--step-type", default="geometry_msgs/msg/PoseWithCovarianceStamped", metavar="TYPE",
+                      help="type of the --step-topic messages (default geometry_msgs/msg/"
+                      "PoseWithCovarianceStamped)")
+    play.add_argument("--step-timeout", type=float, default=10.0, metavar="S",
+                      help="seconds to wait for each answer before going on (default 10)")
+    play.add_argument("--quiet", action="store_true", help="no summary at the end")
+    play.set_defaults(func=_play)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from posenet_ros.ros.echo import echo
+
+    printed = echo(args.topic, type_name=args.type, qos=args.qos, count=args.count, timeout=args.timeout,
+                   wait_timeout=args.wait_timeout, domain_id=args.domain_id, fmt=args.format,
+                   output=args.output)
+    if args.count is not None and printed < args.count:
+        print(f"posenet-ros echo: received {printed} of {args.count} messages within {args.timeout:g} s",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_echo_parser(commands: argparse._SubParsersAction) -> None:
+    echo = commands.add_parser("echo", help="print the messages of a DDS topic (like ros2 topic echo)",
+                               description="Subscribe to a ROS 2 topic over Cyclone DDS and print each "
+                               "message as YAML (default) or one JSON object per line.")
+    echo.add_argument("topic", help="ROS topic name, e.g. /relocalized_pose")
+    echo.add_argument("--type", metavar="TYPE",
+                      help="ROS 2 type, e.g. geometry_msgs/msg/PoseWithCovarianceStamped (default: "
+                      "discovered from a publisher)")
+    echo.add_argument("--qos", choices=["sensor_data", "default", "transient_local"], default="default",
+                      help="subscription QoS (default: default, i.e. reliable; cameras need sensor_data)")
+    echo.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    echo.add_argument("--timeout", type=float, metavar="S",
+                      help="exit S seconds after subscribing (exit code 1 if --count was not reached)")
+    echo.add_argument("--wait-timeout", type=float, default=10.0, metavar="S",
+                      help="seconds to wait for a publisher when discovering the type (default 10)")
+    echo.add_argument("--domain-id", type=int, help="DDS domain (default: $ROS_DOMAIN_ID, else 0)")
+    echo.add_argument("--format", choices=["yaml", "json"], default="yaml",
+                      help="yaml (messages separated by ---) or json (one object per line)")
+    echo.add_argument("--output", type=Path, metavar="FILE",
+                      help="append to FILE (flushed per message) instead of printing to stdout")
+    echo.set_defaults(func=_echo)
+
+
+def _node(args: argparse.Namespace) -> int:
+    from posenet_ros.ros.dds_node import main as run
+
+    return run(args.model, args.params, args.param, args.namespace, args.domain_id)
+
+
+def _add_node_parser(commands: argparse._SubParsersAction) -> None:
+    node = commands.add_parser("node", help="run the relocalization node on Cyclone DDS (no ROS needed)",
+                               description="The relocalize_node of the ROS 2 package on Cyclone DDS: the "
+                               "same parameters file, topics, QoS and messages; runs until Ctrl-C or "
+                               "SIGTERM.")
+    node.add_argument("--model", help="checkpoint (training run folder or model.safetensors); overrides "
+                      "the parameters file's `model`")
+    node.add_argument("--params", metavar="YAML", help="ROS 2 parameters file, e.g. config/relocalize.yaml")
+    node.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                      help="override one parameter (repeatable), e.g. --param use_depth:=true")
+    node.add_argument("--namespace", default="/", help="node namespace (relative topics resolve in it)")
+    node.add_argument("--domain-id", type=int, help="DDS domain (default: $ROS_DOMAIN_ID, else 0)")
+    node.set_defaults(func=_node)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posenet-ros", description="Learned camera relocalization "
                                      "(PoseNet family, Kendall et al.) for ROS 2.")
@@ -198,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     saliency.add_argument("--frames", type=int, nargs="+", help="frame positions in the split (default: 4)")
     saliency.add_argument("--device", default="auto")
     saliency.set_defaults(func=_saliency)
+
+    _add_play_parser(commands)
+    _add_echo_parser(commands)
+    _add_node_parser(commands)
     return parser
 
 

@@ -1,0 +1,195 @@
+"""End-to-end latency of the relocalization node over Cyclone DDS, and the cost of the DDS path.
+
+    python bench/node_latency.py [--backbone resnet18] [--size 224] [--samples 32] [--frames 100]
+                                 [--width 640] [--height 480] [--device cpu]
+
+1. DDS cost of one WIDTHxHEIGHT rgb8 sensor_msgs/Image: CDR serialise and deserialise (p50/p99), and
+   publish -> callback between two processes on loopback (a child echoes each image's stamp back as
+   a PoseWithCovarianceStamped; half the round trip is reported as one way).
+2. The node as users run it (`posenet-ros node`, a separate process, untrained BACKBONE at SIZE with
+   SAMPLES Monte-Carlo samples, calibrated placeholder scales): each image is published after the
+   previous pose came back, and the latency is image publish -> pose callback in this process
+   (one clock), p50/p99 over FRAMES frames after 5 warm-up frames. The node's own per-stage
+   timings are not included separately: this is the figure a subscriber sees.
+
+Prints a table and writes JSON (default bench/results/node_latency.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posenet_ros.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.ros.conversions import (
+    RosbagsTypes,
+    image_msg,
+    ns_to_stamp,
+    pose_with_covariance_stamped,
+    stamp_to_ns,
+)
+from posenet_ros.ros.dds import DdsNode, loopback_config
+from posenet_ros.ros.dds_types import deserialize, serialize, to_dds
+from posenet_ros.uncertainty import UncertaintyConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POSE_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
+
+
+def percentiles(values_s: list[float]) -> dict[str, float]:
+    values = 1e3 * np.asarray(values_s)
+    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
+            "n": int(values.size)}
+
+
+def echo_child(domain: int) -> None:
+    """Answer every image on /bench/image with a pose carrying its stamp on /bench/pose."""
+    types = RosbagsTypes()
+    with DdsNode("bench_echo", domain_id=domain, config=loopback_config()) as node:
+        publisher = node.publisher("/bench/pose", POSE_TYPE, "default")
+
+        def on_image(msg) -> None:
+            answer = pose_with_covariance_stamped(types, stamp_to_ns(msg.header.stamp), "map", np.zeros(3),
+                                                  np.array([1.0, 0, 0, 0]), np.eye(6))
+            publisher.publish(answer)
+
+        node.subscription("/bench/image", "sensor_msgs/msg/Image", "sensor_data", on_image)
+        sys.stdin.read()
+
+
+class Answers:
+    """Stamps (ns) of received poses with their arrival time."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[int, float] = {}
+        self.condition = threading.Condition()
+
+    def __call__(self, msg) -> None:
+        with self.condition:
+            self.arrived[stamp_to_ns(msg.header.stamp)] = time.perf_counter()
+            self.condition.notify_all()
+
+    def wait(self, stamp_ns: int, timeout: float) -> float | None:
+        with self.condition:
+            self.condition.wait_for(lambda: stamp_ns in self.arrived, timeout)
+            return self.arrived.get(stamp_ns)
+
+
+def round_trips(publisher, msg, answers: Answers, frames: int, warmup: int = 5,
+                timeout: float = 60.0) -> list[float]:
+    """Publish `msg` with fresh stamps one at a time; seconds from publish to answer (after warm-up)."""
+    latencies = []
+    for i in range(frames + warmup):
+        stamp_ns = 1_700_000_000_000_000_000 + i * 100_000_000
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+        arrived = None
+        for _ in range(int(timeout)):  # best effort: resend if the first was lost during discovery
+            sent = time.perf_counter()
+            publisher.publish(msg)
+            arrived = answers.wait(stamp_ns, 1.0 if i < warmup else timeout)
+            if arrived is not None:
+                break
+        if arrived is None:
+            raise TimeoutError(f"no answer to frame {i}")
+        if i >= warmup:
+            latencies.append(arrived - sent)
+        time.sleep(0.01)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/node_latency.json"))
+    args = parser.parse_args()
+    domain = 200 + os.getpid() % 30
+    env = dict(os.environ, CYCLONEDDS_URI=loopback_config(), ROS_DOMAIN_ID=str(domain))
+    types = RosbagsTypes()
+    rgb = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    msg = image_msg(types, rgb, 0, "camera", "rgb8")
+    sample = to_dds(msg, "sensor_msgs/msg/Image")
+    serialise_s, deserialise_s = [], []
+    for _ in range(200):
+        start = time.perf_counter()
+        data = serialize(sample)
+        middle = time.perf_counter()
+        deserialize(data, "sensor_msgs/msg/Image")
+        serialise_s.append(middle - start)
+        deserialise_s.append(time.perf_counter() - middle)
+    results: dict = {"image": f"{args.width}x{args.height} rgb8 ({len(data)} bytes CDR)",
+                     "serialise": percentiles(serialise_s), "deserialise": percentiles(deserialise_s)}
+
+    answers = Answers()
+    with DdsNode("bench", domain_id=domain, config=loopback_config()) as node:
+        node.subscription("/bench/pose", POSE_TYPE, "default", answers)
+        node.subscription("/relocalized_pose", POSE_TYPE, "default", answers)
+        child = subprocess.Popen([sys.executable, __file__, "--echo-child", str(domain)], env=env,
+                                 stdin=subprocess.PIPE, cwd=REPO_ROOT)
+        try:
+            bench_images = node.publisher("/bench/image", "sensor_msgs/msg/Image", "sensor_data")
+            bench_images.wait_for_subscribers(1, 60)
+            trips = round_trips(bench_images, msg, answers, args.frames)
+            results["dds_one_way"] = percentiles([t / 2 for t in trips])
+        finally:
+            child.stdin.close()
+            child.wait(60)
+
+        with tempfile.TemporaryDirectory() as folder:
+            torch.manual_seed(0)
+            config = {"model": {"backbone": args.backbone, "aleatoric": "per_axis"},
+                      "data": {"resize": args.size, "crop": [args.size, args.size]}}
+            model = PoseNet(ModelConfig(**config["model"]))
+            with torch.no_grad():
+                model.feature_covariance.copy_(torch.eye(model.head_dim))
+            path = save_checkpoint(Path(folder) / "model.safetensors", model, config, np.zeros((1, 7)))
+            store_calibration(path, UncertaintyConfig(mc_samples=args.samples), LoopClosureConfig())
+            node_process = subprocess.Popen(
+                [sys.executable, "-m", "posenet_ros.cli", "node", "--model", str(path), "--params",
+                 str(REPO_ROOT / "config" / "relocalize.yaml"), "--param", f"device:={args.device}"],
+                env=env, cwd=REPO_ROOT)
+            try:
+                camera = node.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
+                camera.wait_for_subscribers(1, 120)
+                trips = round_trips(camera, msg, answers, args.frames)
+                results["node_image_to_pose"] = percentiles(trips)
+            finally:
+                node_process.terminate()
+                node_process.wait(60)
+
+    results.update(backbone=args.backbone, size=args.size, mc_samples=args.samples, device=args.device,
+                   torch_threads=torch.get_num_threads(), machine=platform.processor() or platform.machine(),
+                   cpus=os.cpu_count())
+    print(f"{'stage':<34}{'p50 ms':>10}{'p99 ms':>10}")
+    for key in ("serialise", "deserialise", "dds_one_way", "node_image_to_pose"):
+        print(f"{key:<34}{results[key]['p50_ms']:>10.2f}{results[key]['p99_ms']:>10.2f}")
+    print(f"({results['image']}; node: {args.backbone} {args.size}x{args.size}, {args.samples} MC samples, "
+          f"{args.device}, {os.cpu_count()} CPUs)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo-child":
+        echo_child(int(sys.argv[2]))
+    else:
+        main()

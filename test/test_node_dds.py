@@ -1,0 +1,250 @@
+"""The relocalization node over Cyclone DDS on loopback, in separate processes started through the
+CLI as a user starts them: `posenet-ros play` -> `posenet-ros node` -> `posenet-ros echo`; then the
+node under overload and fed bad messages.
+
+Cross-process waits use readiness lines and generous timeouts, never fixed sleeps. The overload test
+is about timing by nature; its bounds are set far from what a correct node shows (latency stays
+near one frame's processing time while an unbounded queue would grow it by seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
+from rosbags.rosbag2 import Writer
+from rosbags.typesys import Stores, get_typestore
+
+from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.ros.conversions import image_msg, stamp_to_ns
+from posenet_ros.ros.dds import DdsNode, loopback_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS = REPO_ROOT / "config" / "relocalize.yaml"
+TIMEOUT_S = 60.0
+POSE_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
+
+
+def _domain_id(offset: int) -> int:
+    return 100 + (os.getpid() * 3 + offset) % 100
+
+
+class Process:
+    """A CLI subprocess whose stderr lines are collected by a thread."""
+
+    def __init__(self, args: list[str], domain: int) -> None:
+        env = dict(os.environ, CYCLONEDDS_URI=loopback_config(), ROS_DOMAIN_ID=str(domain),
+                   PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen([sys.executable, "-m", "posenet_ros.cli", *args], cwd=REPO_ROOT,
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line)
+            self._queue.put(line)
+
+    def wait_for_line(self, text: str, timeout: float = TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.popen.poll() is not None and self._queue.empty():
+                    break
+                continue
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r}; stderr so far:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        try:
+            return self.popen.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+
+def _node(model: Path, domain: int, *params: str) -> Process:
+    node = Process(["node", "--model", str(model), "--params", str(PARAMS), "--param", "device:=cpu",
+                    *params], domain)
+    node.wait_for_line("node: ready")
+    return node
+
+
+def _write_bag(path: Path, frames: int) -> None:
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    with Writer(path, version=8) as writer:
+        connection = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=typestore)
+        for i in range(frames):
+            writer.write(connection, stamp(i), typestore.serialize_cdr(image(i), "sensor_msgs/msg/Image"))
+
+
+def test_play_node_echo_in_three_processes(tmp_path):
+    model = make_checkpoint(tmp_path / "model.safetensors")
+    frames, domain = 6, _domain_id(0)
+    _write_bag(tmp_path / "bag", frames)
+    output = tmp_path / "poses.jsonl"
+    node = _node(model, domain)
+    echo = Process(["echo", "/relocalized_pose", "--type", POSE_TYPE, "--format", "json",
+                    "--output", str(output), "--timeout", str(4 * TIMEOUT_S)], domain)
+    try:
+        echo.wait_for_line("echo: subscribed")
+        play = subprocess.run(
+            [sys.executable, "-m", "posenet_ros.cli", "play", str(tmp_path / "bag"), "--quiet",
+             "--wait-subscribers", "1", "--step-topic", "/relocalized_pose",
+             "--step-timeout", str(TIMEOUT_S)],
+            cwd=REPO_ROOT, env=dict(os.environ, CYCLONEDDS_URI=loopback_config(), ROS_DOMAIN_ID=str(domain)),
+            capture_output=True, text=True, timeout=4 * TIMEOUT_S)
+        assert play.returncode == 0, play.stderr
+        deadline = time.monotonic() + TIMEOUT_S
+        poses: dict[int, dict] = {}
+        while len(poses) < frames and time.monotonic() < deadline:
+            lines = output.read_text().splitlines() if output.exists() else []
+            poses = {stamp_to_ns_dict(msg["header"]["stamp"]): msg for msg in map(json.loads, lines)}
+            time.sleep(0.1)
+    finally:
+        echo.stop()
+        assert node.stop() == 0, "".join(node.lines)
+    assert sorted(poses) == [stamp(i) for i in range(frames)]
+    assert "received 6, processed 6, dropped 0, rejected 0" in node.lines[-1]
+    reference = Relocalizer(model, device="cpu")
+    for i in range(frames):
+        msg = poses[stamp(i)]
+        assert msg["header"]["frame_id"] == "map"
+        pose = msg["pose"]["pose"]
+        position = [pose["position"][k] for k in "xyz"]
+        quat = [pose["orientation"][k] for k in "wxyz"]
+        covariance = np.array(msg["pose"]["covariance"]).reshape(6, 6)
+        assert np.linalg.norm(quat) == pytest.approx(1.0, abs=1e-9)
+        np.testing.assert_array_equal(covariance, covariance.T)
+        assert np.linalg.eigvalsh(covariance).min() >= -1e-12
+        expected = reference.process(rgb_frame(i), stamp_ns=stamp(i))
+        np.testing.assert_allclose(position, expected.position_3, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(quat, expected.quat_wxyz_4, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(covariance, expected.covariance_66, rtol=1e-5, atol=1e-10)
+
+
+def stamp_to_ns_dict(value: dict) -> int:
+    return int(value["sec"]) * 1_000_000_000 + int(value["nanosec"])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc")
+def test_overload_keeps_latency_and_memory_bounded_and_bad_messages_are_counted(tmp_path):
+    """Images at 5x the node's throughput for 20 s, then bad messages each followed by a good frame."""
+    model = make_checkpoint(tmp_path / "model.safetensors", backbone="resnet18", resize=224, crop=224,
+                            mc_samples=32)
+    width, height = 320, 240
+    relocalizer = Relocalizer(model, device="cpu")
+    frame = rgb_frame(0, width, height)
+    durations = []
+    for i in range(6):
+        start = time.perf_counter()
+        relocalizer.process(frame, stamp_ns=i)
+        durations.append(time.perf_counter() - start)
+    period_s = float(np.median(durations[1:])) / 5.0  # 5x the node's throughput
+    del relocalizer
+    domain = _domain_id(1)
+    node = _node(model, domain, "--param", "diagnostics_period:=0.5")
+    sent_at: dict[int, float] = {}
+    answered_at: dict[int, float] = {}
+    diagnostics: list[dict[str, str]] = []
+    condition = threading.Condition()
+
+    def on_pose(msg) -> None:
+        with condition:
+            answered_at[stamp_to_ns(msg.header.stamp)] = time.monotonic()
+            condition.notify_all()
+
+    def on_diagnostics(msg) -> None:
+        with condition:
+            diagnostics.append({kv.key: kv.value for kv in msg.status[0].values})
+            condition.notify_all()
+
+    try:
+        with DdsNode("overload_test", domain_id=domain, config=loopback_config()) as dds:
+            dds.subscription("/relocalized_pose", POSE_TYPE, "default", on_pose)
+            dds.subscription("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "default", on_diagnostics)
+            camera = dds.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
+            assert camera.wait_for_subscribers(1, TIMEOUT_S)
+            messages = [image_msg(TYPES, rgb_frame(k, width, height), 0, "camera", "rgb8") for k in range(4)]
+            start = time.monotonic()
+            rss_start, i = None, 0
+            while (now := time.monotonic()) < start + 20.0:
+                msg = dataclasses.replace(messages[i % 4], header=image(i).header)
+                sent_at[stamp(i)] = now
+                camera.publish(msg)
+                i += 1
+                if rss_start is None and now > start + 5.0:
+                    rss_start = _rss_mb(node.popen.pid)
+                time.sleep(max(0.0, start + i * period_s - time.monotonic()))
+            rss_end = _rss_mb(node.popen.pid)
+            sent = i
+            # Then bad messages, each followed by a good frame that must be answered.
+            with condition:
+                condition.wait_for(lambda: len(diagnostics) > 0, TIMEOUT_S)
+            bad = [dataclasses.replace(messages[0], encoding="xyz8"),
+                   dataclasses.replace(messages[0], data=messages[0].data[:100]),
+                   dataclasses.replace(messages[0], width=0, height=0, step=0, data=np.zeros(0, np.uint8))]
+            for k, msg in enumerate(bad):
+                rejected = int(diagnostics[-1]["rejected"])
+                _send_until(camera, dataclasses.replace(msg, header=image(sent + 2 * k).header), condition,
+                            lambda r=rejected: bool(diagnostics) and int(diagnostics[-1]["rejected"]) > r)
+                good = dataclasses.replace(messages[1], header=image(sent + 2 * k + 1).header)
+                good_stamp = stamp(sent + 2 * k + 1)
+                _send_until(camera, good, condition, lambda s=good_stamp: s in answered_at)
+            with condition:
+                processed = len(answered_at)
+                condition.wait_for(lambda: int(diagnostics[-1]["processed"]) >= processed, TIMEOUT_S)
+                final = diagnostics[-1]
+    finally:
+        assert node.stop() == 0, "".join(node.lines)
+    latencies = np.array([answered_at[s] - sent_at[s] for s in answered_at
+                          if s in sent_at and sent_at[s] > start + 5])
+    answered = sum(s in sent_at for s in answered_at)
+    print(f"\noverload: frame period {1e3 * period_s:.1f} ms (5x throughput), sent {sent}, "
+          f"answered {answered}, "
+          f"latency p50 {1e3 * np.median(latencies):.0f} ms max {1e3 * latencies.max():.0f} ms, "
+          f"RSS {rss_start:.0f} -> {rss_end:.0f} MB, diagnostics {final}")
+    # The node works on the newest frames: most are dropped, and latency stays near one frame's
+    # processing time instead of growing with the backlog (it would reach ~15 s over 20 s).
+    assert answered < sent / 2
+    assert int(final["dropped"]) > sent / 3
+    assert latencies.size > 10 and latencies.max() < 2.0
+    assert rss_end - rss_start < 50.0
+    assert int(final["rejected"]) >= len(bad)
+    warnings = [line for line in node.lines if "dropped frame" in line]
+    assert 1 <= len(warnings) <= len(bad) and "xyz8" in warnings[0]
+
+
+def _send_until(publisher, msg, condition: threading.Condition, done, resend_s: float = 1.0) -> None:
+    """Publish `msg` (best effort) again every `resend_s` until `done()`."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        publisher.publish(msg)
+        with condition:
+            if condition.wait_for(done, resend_s):
+                return
+    raise AssertionError("no answer from the node")

@@ -139,10 +139,10 @@ def main() -> None:
     results: dict = {"image": f"{args.width}x{args.height} rgb8 ({len(data)} bytes CDR)",
                      "serialise": percentiles(serialise_s), "deserialise": percentiles(deserialise_s)}
 
-    answers = Answers()
+    answers, poses = Answers(), Answers()
     with DdsNode("bench", domain_id=domain, config=loopback_config()) as node:
         node.subscription("/bench/pose", POSE_TYPE, "default", answers)
-        node.subscription("/relocalized_pose", POSE_TYPE, "default", answers)
+        node.subscription("/relocalized_pose", POSE_TYPE, "default", poses)
         child = subprocess.Popen([sys.executable, __file__, "--echo-child", str(domain)], env=env,
                                  stdin=subprocess.PIPE, cwd=REPO_ROOT)
         try:
@@ -161,7 +161,8 @@ def main() -> None:
             model = PoseNet(ModelConfig(**config["model"]))
             with torch.no_grad():
                 model.feature_covariance.copy_(torch.eye(model.head_dim))
-            path = save_checkpoint(Path(folder) / "model.safetensors", model, config, np.zeros((1, 7)))
+            map_poses = np.array([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
+            path = save_checkpoint(Path(folder) / "model.safetensors", model, config, map_poses)
             store_calibration(path, UncertaintyConfig(mc_samples=args.samples), LoopClosureConfig())
             node_process = subprocess.Popen(
                 [sys.executable, "-m", "posenet_ros.cli", "node", "--model", str(path), "--params",
@@ -170,7 +171,7 @@ def main() -> None:
             try:
                 camera = node.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
                 camera.wait_for_subscribers(1, 120)
-                trips = round_trips(camera, msg, answers, args.frames)
+                trips = round_trips(camera, msg, poses, args.frames)
                 results["node_image_to_pose"] = percentiles(trips)
             finally:
                 node_process.terminate()

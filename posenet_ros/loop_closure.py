@@ -1,8 +1,9 @@
 """The loop-closure flag: "have I seen this place before?" from epistemic uncertainty, with hysteresis.
 
-The score of a frame is `uncertainty.loop_closure_score` (log of the Monte-Carlo dropout spread):
-the network is confident where it was trained and uncertain in unseen places, under heavy
-occlusion or motion blur (Kendall & Cipolla ICRA 2016). A raw threshold on the score flickers, so the
+The score of a frame is `uncertainty.loop_closure_score`, the log of the last layer's epistemic
+variance in feature space: low where the network has seen similar images, high in unseen places and
+under heavy occlusion (see uncertainty.py for why it replaced the Monte-Carlo dropout spread).
+A raw threshold on the score flickers, so the
 flag has hysteresis: it turns on after `min_frames` consecutive frames with score <= `enter_score`
 and off after `min_frames` consecutive frames with score > `leave_score` (enter <= leave). A
 non-finite score counts as unknown.

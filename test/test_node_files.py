@@ -307,7 +307,9 @@ def test_parameters_file_wildcard_and_namespaced_node(tmp_path):
     path.write_text("/robot1/relocalize_node:\n  ros__parameters:\n    map_frame: odom\n    model: /m\n"
                     "other_node:\n  ros__parameters:\n    map_frame: other\n"
                     "/**:\n  ros__parameters:\n    map_frame: world\n    device: cpu\n")
-    assert read_parameters_file(path) == {"map_frame": "odom", "device": "cpu", "model": "/m"}
+    robot1 = read_parameters_file(path, namespace="/robot1")
+    assert robot1 == {"map_frame": "odom", "device": "cpu", "model": "/m"}
+    assert read_parameters_file(path) == {"map_frame": "world", "device": "cpu"}  # not /robot1's section
     assert read_parameters_file(path, "other_node") == {"map_frame": "other", "device": "cpu"}
 
 

@@ -213,3 +213,11 @@ def test_latest_slot_and_stamp_pairer_and_throttle():
     assert throttle.warn("a", "x") and not throttle.warn("a", "x") and throttle.warn("b", "y")
     clock.now += 1.0
     assert throttle.warn("a", "x") and log.lines[-1][1] == "x (1 more since the last warning)"
+
+
+def test_unpublishable_map_poses_are_a_warning_not_a_crash(tmp_path):
+    path = make_checkpoint(tmp_path / "model.safetensors")
+    pipeline, sent, log = make_pipeline(path)
+    pipeline.relocalizer.map_poses_N7 = np.zeros((2, 7))  # zero quaternions
+    pipeline.publish_map_poses()
+    assert not outputs(sent, "map_poses") and "map poses cannot be published" in log.lines[-1][1]

@@ -27,9 +27,10 @@ logger = logging.getLogger("posenet_ros.node")
 
 
 def load_settings(params_file: str | Path | None, model: str | None = None,
-                  overrides: list[str] | tuple[str, ...] = ()) -> NodeSettings:
-    """Node settings from a parameters file, then `NAME:=VALUE` overrides, then `model`."""
-    values = read_parameters_file(params_file) if params_file is not None else {}
+                  overrides: list[str] | tuple[str, ...] = (), namespace: str = "/") -> NodeSettings:
+    """Node settings from a parameters file (the section of this node in `namespace`), then
+    `NAME:=VALUE` overrides, then `model`."""
+    values = read_parameters_file(params_file, NODE_NAME, namespace) if params_file is not None else {}
     values.update(parse_override(text) for text in overrides)
     if model is not None:
         values["model"] = str(model)
@@ -70,7 +71,7 @@ def main(model: str | None, params_file: str | None, overrides: list[str], names
     """The `posenet-ros node` command: run until Ctrl-C or SIGTERM, then print the counts."""
     import signal
 
-    settings = load_settings(params_file, model, overrides)
+    settings = load_settings(params_file, model, overrides, namespace)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 

@@ -140,10 +140,13 @@ def _check(spec: ParameterSpec, value: Any) -> bool | int | float | str:
     return value
 
 
-def read_parameters_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """The `ros__parameters` of `node_name` in a ROS 2 parameters YAML file (the file `ros2 run ...
-    --ros-args --params-file` takes). Entries under `/**` apply to every node and are overridden by
-    the node's own; a node name may be given with its namespace (`/ns/relocalize_node`)."""
+def read_parameters_file(path: str | Path, node_name: str = NODE_NAME,
+                         namespace: str = "/") -> dict[str, Any]:
+    """The `ros__parameters` of the node `namespace`/`node_name` in a ROS 2 parameters YAML file (the
+    file `ros2 run ... --ros-args --params-file` takes), matched as rcl matches it: `/**` applies to
+    every node, `/**/relocalize_node` to that name in any namespace, and the fully qualified name
+    (`/relocalize_node`, or `relocalize_node` without the slash, in the root namespace;
+    `/robot1/relocalize_node` in /robot1) to that node alone; later, more specific entries win."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
@@ -153,8 +156,10 @@ def read_parameters_file(path: str | Path, node_name: str = NODE_NAME) -> dict[s
         raise ValueError(f"parameters file {path} is not valid YAML: {error}") from None
     if not isinstance(document, dict):
         raise ValueError(f"parameters file {path} must map node names to `ros__parameters`")
-    sections = sorted((key for key in document if key == "/**" or str(key).rsplit("/", 1)[-1] == node_name),
-                      key=lambda key: key != "/**")  # wildcard first, the node's own entries override it
+    full_name = f"{namespace.rstrip('/')}/{node_name}"
+    patterns = ("/**", f"/**/{node_name}", full_name)
+    sections = sorted((key for key in document if "/" + str(key).lstrip("/") in patterns),
+                      key=lambda key: patterns.index("/" + str(key).lstrip("/")))
     if not sections:
         raise ValueError(f"parameters file {path} has no section for {node_name!r} "
                          f"(keys: {', '.join(map(str, document))})")

@@ -428,8 +428,14 @@ class RelocalizationPipeline:
     def publish_map_poses(self) -> None:
         """The training camera poses stored in the checkpoint, as a PoseArray in the map frame."""
         poses = self.relocalizer.map_poses_N7
-        if len(poses):
-            self.publish("map_poses", pose_array(self.types, time.time_ns(), self.settings.map_frame, poses))
+        if not len(poses):
+            return
+        try:
+            message = pose_array(self.types, time.time_ns(), self.settings.map_frame, poses)
+        except ValueError as error:  # e.g. a zero quaternion: the node still relocalizes
+            self.log.warning(f"the checkpoint's map poses cannot be published: {error}")
+            return
+        self.publish("map_poses", message)
 
     def publish_diagnostics(self) -> dict[str, float]:
         """Publish one DiagnosticArray (call every diagnostics_period); returns the figures."""

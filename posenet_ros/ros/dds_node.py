@@ -59,7 +59,7 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
             while not stop.wait(settings.diagnostics_period):
                 pipeline.publish_diagnostics()
         except KeyboardInterrupt:
-            pass
+            logger.info("interrupted: stopping the node")
         finally:
             pipeline.stop()
             pipeline.publish_diagnostics()

@@ -142,8 +142,8 @@ def main(args: list[str] | None = None) -> int:
     except StartupError:
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
-        node_logger = node.get_logger() if node is not None else rclpy.logging.get_logger(NODE_NAME)
-        node_logger.info("shutting down")
+        if node is not None:
+            node.get_logger().info("shutting down")
     finally:
         if node is not None:
             node.destroy_node()

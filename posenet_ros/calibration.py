@@ -3,9 +3,20 @@
 A covariance is calibrated when the normalised estimation error squared, NEES = eᵀ Σ⁻¹ e, averages
 its dimension d (3 for the position block, 3 for the rotation block, 6 for the whole pose), and the
 share of errors inside the kσ region (NEES <= k²) matches the Gaussian value P(χ²_d <= k²).
-`fit_scales` returns one multiplier per block that makes the mean NEES of a validation split equal
-its dimension; they are stored in the checkpoint (`UncertaintyConfig.position_scale` /
-`rotation_scale`) by `posenet-ros calibrate`.
+
+A single multiplier per block fitted on a validation split is not enough: held-out
+views far from the training images have errors several times larger than views close to them, while
+the Monte-Carlo spread barely changes, so a constant scale is too small for some sequences and too
+large for others (on the synthetic scene the per-loop mean NEES varied from 3 to 30 under one scale).
+`fit_block_calibration` therefore also fits how the block grows with the frame's novelty, the
+loop-closure score s (log feature-space variance, uncertainty.py): the block is multiplied by
+f(s) = scale · exp(novelty · (s - s_ref)), with scale and novelty >= 0 the maximum-likelihood
+values under a Gaussian error model over two groups of frames weighted equally: the validation split
+(held-out views of mapped places) and training frames (the views the network has seen, with low s
+and small errors). Given novelty, the scale is in closed form (the weighted mean NEES of both groups
+equals the dimension); novelty is a bounded 1-D search. `posenet-ros calibrate` stores the result in
+the checkpoint (`UncertaintyConfig`). Without finite scores the fit is a single
+scale per block that makes the validation split's mean NEES equal its dimension.
 
 Errors are e = (position_true - position_est in metres, δ in radians with
 q_true = exp(δ) q_est about the world axes), the convention of `uncertainty.py`.
@@ -14,13 +25,14 @@ q_true = exp(δ) q_est about the world axes), the convention of `uncertainty.py`
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from scipy import stats
+from scipy import optimize, stats
 
 from posenet_ros.device import resolve_device
 from posenet_ros.geometry import quat_conjugate, quat_log, quat_multiply
@@ -51,18 +63,49 @@ def nees(errors_N6: ArrayLike, covariance_N66: ArrayLike, block: str = "pose") -
     return result
 
 
-def fit_scales(errors_N6: ArrayLike, covariance_N66: ArrayLike) -> tuple[float, float]:
-    """(position_scale, rotation_scale): the multipliers of the position and rotation blocks that
-    make their mean NEES equal 3 on these frames (a validation split)."""
-    scales = []
-    for block in ("position", "rotation"):
-        values = nees(errors_N6, covariance_N66, block)
+MAX_TRAIN_FRAMES = 2000  # training frames predicted by `calibrate_checkpoint` (evenly subsampled)
+NOVELTY_MAX = 20.0  # upper bound of the novelty exponent searched by `fit_block_calibration`
+
+
+def fit_block_calibration(nees_val_N: ArrayLike, score_val_N: ArrayLike, nees_train_M: ArrayLike,
+                          score_train_M: ArrayLike, dimension: int,
+                          score_reference: float) -> tuple[float, float]:
+    """(scale, novelty) of one block: maximum Gaussian likelihood of the calibrated NEES of the
+    validation frames and the training frames (each group weighing half), with the block multiplied
+    by scale · exp(novelty · (score - score_reference)) and 0 <= novelty <= NOVELTY_MAX.
+
+    Frames with a non-finite NEES or score are left out; with no finite training frames the novelty
+    is 0 and the scale makes the mean NEES of the validation frames equal `dimension`.
+    """
+    groups = []
+    for values, scores in ((nees_val_N, score_val_N), (nees_train_M, score_train_M)):
+        values, scores = np.asarray(values, np.float64), np.asarray(scores, np.float64)
+        keep = np.isfinite(values) & np.isfinite(scores)
+        if keep.any():
+            count = int(keep.sum())
+            groups.append((values[keep], scores[keep] - score_reference, np.full(count, 1.0 / count)))
+    if len(groups) < 2:
+        values = np.asarray(nees_val_N, np.float64)
         values = values[np.isfinite(values)]
         if values.size == 0:
-            raise ValueError(f"cannot calibrate the {block} block: every covariance is singular "
+            raise ValueError("cannot calibrate: every covariance of the validation frames is singular "
                              "(use mc_samples > 0 or a model with aleatoric outputs)")
-        scales.append(max(float(values.mean()) / 3.0, 1e-12))
-    return scales[0], scales[1]
+        return max(float(values.mean()) / dimension, 1e-12), 0.0
+    values, offsets, weights = (np.concatenate(parts) for parts in zip(*groups, strict=True))
+    weights = weights / weights.sum()
+
+    def scale(novelty: float) -> float:
+        return max(float(np.sum(weights * values * np.exp(-novelty * offsets))) / dimension, 1e-300)
+
+    def negative_log_likelihood(novelty: float) -> float:
+        # Σ w (½ NEES / f + ½ d log f) with f = scale · exp(novelty · offset), at the optimal scale.
+        return 0.5 * dimension * (math.log(scale(novelty)) + novelty * float(np.sum(weights * offsets)))
+
+    novelty = float(optimize.minimize_scalar(negative_log_likelihood, bounds=(0.0, NOVELTY_MAX),
+                                             method="bounded", options={"xatol": 1e-6}).x)
+    if negative_log_likelihood(0.0) <= negative_log_likelihood(novelty):
+        novelty = 0.0
+    return scale(novelty), novelty
 
 
 def coverage(nees_N: ArrayLike, dimension: int) -> dict[str, float]:
@@ -106,16 +149,24 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                          enter_percentile: float = 90.0, leave_percentile: float = 99.0,
                          min_frames: int = 3, batch_size: int = 32, device: str = "auto",
                          progress: bool = True) -> dict[str, Any]:
-    """Fit the covariance scales and loop-closure thresholds on `split` of `data_root` (frames of
-    mapped places not used for training) and store them in the checkpoint at `model_path`, with
-    the feature memory of the loop-closure score refitted on `train_split` (the training frames).
+    """Fit the covariance calibration and loop-closure thresholds and store them in the checkpoint
+    at `model_path`, with the feature memory of the loop-closure score refitted on `train_split`
+    (the training frames). The covariance is fitted on `split` of `data_root` (frames of mapped places
+    not used for training) together with up to MAX_TRAIN_FRAMES training frames
+    (`fit_block_calibration`); the thresholds on `split` alone.
 
     Returns the report stored with them: the fitted values and the uncertainty metrics of the split
-    before and after calibration.
+    before and after calibration, and of the training frames after it.
     """
     from posenet_ros.checkpoint import load_model, store_calibration
     from posenet_ros.data.loading import load_frames
-    from posenet_ros.evaluation import eval_transform, fit_feature_memory, predict, prediction_errors_N6
+    from posenet_ros.evaluation import (
+        Predictions,
+        eval_transform,
+        fit_feature_memory,
+        predict,
+        prediction_errors_N6,
+    )
     from posenet_ros.loop_closure import LoopClosureConfig, calibrate_thresholds
     from posenet_ros.uncertainty import UncertaintyConfig, calibrated
 
@@ -126,27 +177,48 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                                 seed=stored.seed)
     if setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
         raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
-    fit_feature_memory(loaded.model, load_frames(data_root, train_split), eval_transform(loaded.config),
+    train_records = load_frames(data_root, train_split)
+    fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),
                        batch_size=batch_size, progress=progress)
     records = load_frames(data_root, split)
     if len(records) < 10:
         raise ValueError(f"{data_root}: the {split!r} split has {len(records)} frames; calibration "
                          "needs at least 10 frames of mapped places not used for training")
-    predictions = predict(loaded.model, records, eval_transform(loaded.config), batch_size=batch_size,
-                          progress=progress, description=f"calibrate on {split}", uncertainty=setting)
-    errors = prediction_errors_N6(predictions)
-    position_scale, rotation_scale = fit_scales(errors, predictions.covariance_N66)
-    fitted = dataclasses.replace(setting, position_scale=position_scale, rotation_scale=rotation_scale)
+    transform = eval_transform(loaded.config)
+    predictions = predict(loaded.model, records, transform, batch_size=batch_size, progress=progress,
+                          description=f"calibrate on {split}", uncertainty=setting)
+    step = max(1, math.ceil(len(train_records) / MAX_TRAIN_FRAMES))
+    seen = predict(loaded.model, train_records[::step], transform, batch_size=batch_size, progress=progress,
+                   description=f"calibrate on {train_split}", uncertainty=setting)
+    errors, seen_errors = prediction_errors_N6(predictions), prediction_errors_N6(seen)
+    finite_scores = predictions.score_N[np.isfinite(predictions.score_N)]
+    reference = float(np.median(finite_scores)) if finite_scores.size else 0.0
+    fit = {block: fit_block_calibration(nees(errors, predictions.covariance_N66, block), predictions.score_N,
+                                        nees(seen_errors, seen.covariance_N66, block), seen.score_N, 3,
+                                        reference)
+           for block in ("position", "rotation")}
+    (position_scale, position_novelty), (rotation_scale, rotation_novelty) = fit["position"], fit["rotation"]
+    fitted = dataclasses.replace(setting, position_scale=position_scale, rotation_scale=rotation_scale,
+                                 position_novelty=position_novelty, rotation_novelty=rotation_novelty,
+                                 score_reference=reference)
     loop_closure = (calibrate_thresholds(predictions.score_N, enter_percentile, leave_percentile, min_frames)
                     if setting.mc_samples > 0 else LoopClosureConfig(min_frames=min_frames))
+
+    def after(part: Predictions) -> np.ndarray:
+        factors = fitted.block_factors(torch.from_numpy(part.score_N))
+        return calibrated(torch.from_numpy(part.covariance_N66), *factors).numpy()
+
     report = {
         "data_root": str(data_root), "split": split, "frames": len(records),
+        "train_split": train_split, "train_frames": len(seen),
         "mc_samples": setting.mc_samples, "mc_mode": setting.mc_mode,
-        "position_scale": position_scale, "rotation_scale": rotation_scale,
+        "position_scale": fitted.position_scale, "rotation_scale": fitted.rotation_scale,
+        "position_novelty": fitted.position_novelty, "rotation_novelty": fitted.rotation_novelty,
+        "score_reference": reference,
         "loop_closure": dataclasses.asdict(loop_closure),
         "before": uncertainty_metrics(errors, predictions.covariance_N66),
-        "after": uncertainty_metrics(errors, calibrated(torch.from_numpy(predictions.covariance_N66),
-                                                        position_scale, rotation_scale).numpy()),
+        "after": uncertainty_metrics(errors, after(predictions)),
+        "after_train": uncertainty_metrics(seen_errors, after(seen)),
     }
     store_calibration(loaded.path, fitted, loop_closure, report,
                       {"feature_covariance": loaded.model.feature_covariance})

@@ -97,9 +97,11 @@ def _calibrate(args: argparse.Namespace) -> int:
                                   mc_mode=args.mc_mode, enter_percentile=args.enter_percentile,
                                   leave_percentile=args.leave_percentile, min_frames=args.min_frames,
                                   device=args.device, progress=not args.quiet)
-    print(f"calibrated on {report['frames']} frames of {report['split']!r} with "
-          f"{report['mc_samples']} MC samples ({report['mc_mode']}): covariance scales position "
-          f"{report['position_scale']:.3g}, rotation {report['rotation_scale']:.3g}")
+    print(f"calibrated on {report['frames']} frames of {report['split']!r} and {report['train_frames']} "
+          f"of {report['train_split']!r} with {report['mc_samples']} MC samples ({report['mc_mode']}): "
+          f"covariance x scale · exp(novelty · (score - {report['score_reference']:.3f})), position "
+          f"{report['position_scale']:.3g} · exp({report['position_novelty']:.3g} ...), rotation "
+          f"{report['rotation_scale']:.3g} · exp({report['rotation_novelty']:.3g} ...)")
     for stage in ("before", "after"):
         values = report[stage]
         print(f"  {stage:<6} mean NEES position {values['position']['mean_nees']:.2f} (3), rotation "

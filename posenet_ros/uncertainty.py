@@ -11,8 +11,11 @@ Conventions of the 6x6 covariance (those of geometry_msgs/PoseWithCovariance): r
 (x, y, z, rot X, rot Y, rot Z); positions in metres in the world (map) frame; rotations in radians as
 a rotation vector δ about the fixed world axes, perturbing the mean orientation on the left:
 world_from_cam = exp(δ) · mean. Total covariance = (epistemic + aleatoric), then scaled per block by
-the calibration (position block by `position_scale`, rotation block by `rotation_scale`, the cross
-terms by the geometric mean of both, which keeps it positive semi-definite).
+the calibration: the position block by f_p = `position_scale` · exp(`position_novelty` · (score -
+`score_reference`)), the rotation block likewise by f_r, the cross terms by √(f_p f_r), which keeps it
+positive semi-definite. The novelty factor grows the covariance with the loop-closure score below
+(the frame's distance from the training images in feature space): Monte-Carlo dropout barely changes
+between mapped and unseen views, while the actual error does (see calibration.py).
 
 The loop-closure score of a frame is the log of the last layer's epistemic variance,
 log(φᵀ C φ), with φ the frame's features (the regressors' input) and C = (ΦᵀΦ + λI)⁻¹ the posterior
@@ -35,6 +38,7 @@ from posenet_ros.geometry import quat_conjugate_torch, quat_log_torch, quat_mult
 from posenet_ros.models.posenet import PoseNet
 
 McMode = Literal["head", "full"]
+NOVELTY_EXPONENT_CAP = 50.0  # |exponent| of the novelty factor is clamped here: finite covariances
 
 
 @dataclass
@@ -45,6 +49,9 @@ class UncertaintyConfig:
     mc_mode: McMode = "head"  # head: backbone once, head sampled; full: the whole network sampled
     position_scale: float = 1.0  # calibration: multiplies the position block of the covariance
     rotation_scale: float = 1.0  # calibration: multiplies the rotation block
+    position_novelty: float = 0.0  # calibration: position block x exp(this x (score - score_reference))
+    rotation_novelty: float = 0.0  # calibration: the same for the rotation block
+    score_reference: float = 0.0  # loop-closure score at which the novelty factor is 1
     seed: int = 0  # base seed of the dropout masks (per frame: seed + frame seed)
 
     def __post_init__(self) -> None:
@@ -54,6 +61,19 @@ class UncertaintyConfig:
             raise ValueError(f"mc_mode must be 'head' or 'full', got {self.mc_mode!r}")
         if not (self.position_scale > 0 and self.rotation_scale > 0):
             raise ValueError("calibration scales must be positive")
+        if not (self.position_novelty >= 0 and self.rotation_novelty >= 0):
+            raise ValueError("calibration novelty exponents must be >= 0 (uncertainty grows with novelty)")
+        if not math.isfinite(self.score_reference):
+            raise ValueError("calibration score_reference must be finite")
+
+    def block_factors(self, score_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_position_B, f_rotation_B): the calibration's multiplier of each block per frame, float64.
+        A frame without a finite score (no feature memory) gets the scales alone."""
+        offset = torch.nan_to_num(score_B.to(torch.float64) - self.score_reference, nan=0.0,
+                                  posinf=NOVELTY_EXPONENT_CAP, neginf=-NOVELTY_EXPONENT_CAP)
+        return tuple(scale * torch.exp((novelty * offset).clamp(-NOVELTY_EXPONENT_CAP, NOVELTY_EXPONENT_CAP))
+                     for scale, novelty in ((self.position_scale, self.position_novelty),
+                                            (self.rotation_scale, self.rotation_novelty)))
 
 
 @dataclass
@@ -157,12 +177,18 @@ def aleatoric_covariance(log_var_BNK: torch.Tensor | None, position_scale_m: flo
     return torch.diag_embed(variance * scale)
 
 
-def calibrated(covariance_B66: torch.Tensor, position_scale: float, rotation_scale: float) -> torch.Tensor:
-    """Scale the position block by `position_scale`, the rotation block by `rotation_scale` and the
-    cross terms by their geometric mean (D Σ D with D = diag(√sp I, √sr I): stays PSD)."""
-    root = torch.tensor([math.sqrt(position_scale)] * 3 + [math.sqrt(rotation_scale)] * 3,
-                        dtype=covariance_B66.dtype, device=covariance_B66.device)
-    return covariance_B66 * root[:, None] * root[None, :]
+def calibrated(covariance_B66: torch.Tensor, position_factor: float | torch.Tensor,
+               rotation_factor: float | torch.Tensor) -> torch.Tensor:
+    """Scale the position block by `position_factor`, the rotation block by `rotation_factor` (numbers,
+    or one per frame, shape (B,)) and the cross terms by their geometric mean (D Σ D with
+    D = diag(√fp I, √fr I): stays PSD)."""
+    def root(factor: float | torch.Tensor) -> torch.Tensor:
+        factor = torch.as_tensor(factor, dtype=covariance_B66.dtype, device=covariance_B66.device)
+        return factor.sqrt().reshape(-1, 1).expand(-1, 3)
+
+    position, rotation = root(position_factor), root(rotation_factor)
+    d_B6 = torch.cat(torch.broadcast_tensors(position, rotation), dim=-1)
+    return covariance_B66 * d_B6[:, :, None] * d_B6[:, None, :]
 
 
 def summarise(samples: PoseSamples, position_scale_m: float, config: UncertaintyConfig,
@@ -181,10 +207,10 @@ def summarise(samples: PoseSamples, position_scale_m: float, config: Uncertainty
     epistemic = deviations_BN6.transpose(1, 2) @ deviations_BN6 / (count - 1)
     aleatoric = aleatoric_covariance(samples.log_var_BNK, position_scale_m, batch, torch.float64,
                                      position.device)
-    covariance = calibrated(epistemic + aleatoric, config.position_scale, config.rotation_scale)
+    score = loop_closure_score(samples.features_BF, feature_covariance_FF, batch)
+    covariance = calibrated(epistemic + aleatoric, *config.block_factors(score))
     return PoseDistribution(position_B3=mean_position, quat_B4=mean_quat, covariance_B66=covariance,
-                            epistemic_B66=epistemic, aleatoric_B66=aleatoric,
-                            score_B=loop_closure_score(samples.features_BF, feature_covariance_FF, batch),
+                            epistemic_B66=epistemic, aleatoric_B66=aleatoric, score_B=score,
                             mc_spread_B=mc_spread(epistemic, position_scale_m))
 
 
@@ -234,12 +260,11 @@ def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
     log_var = None if output.log_var_BK is None else output.log_var_BK[:, None]
     aleatoric = aleatoric_covariance(log_var, float(model.position_scale), batch, torch.float64,
                                      position.device)
-    zeros = torch.zeros_like(aleatoric)
+    score = loop_closure_score(features, model.feature_covariance, batch)
     return PoseDistribution(
         position_B3=position, quat_B4=output.quat_B4.to(torch.float64),
-        covariance_B66=calibrated(aleatoric, config.position_scale, config.rotation_scale),
-        epistemic_B66=zeros, aleatoric_B66=aleatoric,
-        score_B=loop_closure_score(features, model.feature_covariance, batch),
+        covariance_B66=calibrated(aleatoric, *config.block_factors(score)),
+        epistemic_B66=torch.zeros_like(aleatoric), aleatoric_B66=aleatoric, score_B=score,
         mc_spread_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device))
 
 

@@ -5,6 +5,8 @@
     posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N]
     posenet-ros calibrate --model M --data D [--split val]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
+    posenet-ros make-bag DATA OUT [--split test ...] [--storage mcap] [--compressed] [--no-depth] [--rate 30]
+    posenet-ros replay BAG --model M --out O [--live] [--gt-topic T | --gt-tf PARENT CHILD]
     posenet-ros play BAG [--rate R] [--topics T ...] [--loop] [--step-topic OUT]
     posenet-ros echo TOPIC [--type T] [--qos sensor_data] [--count N] [--format json]
     posenet-ros node --model M [--params config/relocalize.yaml] [--param NAME:=VALUE ...]
@@ -122,6 +124,114 @@ def _saliency(args: argparse.Namespace) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def _make_bag(args: argparse.Namespace) -> int:
+    from posenet_ros.ros.bag_writing import make_bag
+
+    summary = make_bag(args.data, args.out, splits=args.split or ["test"], storage=args.storage,
+                       compressed=args.compressed, compressed_format=args.compressed_format,
+                       with_depth=False if args.no_depth else None, rate_hz=args.rate,
+                       progress=not args.quiet)
+    topics = ", ".join(f"{topic} {count}" for topic, count in summary.topics.items())
+    print(f"wrote {summary.path} ({summary.storage}): {summary.frames} frames, {summary.duration_s:.1f} s; "
+          f"topics: {topics}")
+    return 0
+
+
+def _add_make_bag_parser(commands: argparse._SubParsersAction) -> None:
+    # Literal choices here: building the parser must not import rosbags.
+    make_bag = commands.add_parser("make-bag", help="write dataset frames as a rosbag2 (images, depth, "
+                                   "camera info, ground-truth pose and tf)",
+                                   description="Write the frames of dataset splits as a rosbag2 folder "
+                                   "(mcap or sqlite3) stamped at a fixed rate, with a gap between "
+                                   "sequences, to replay with `posenet-ros play` or `ros2 bag play`.")
+    make_bag.add_argument("data", type=Path, help="dataset folder (7-Scenes or Cambridge layout)")
+    make_bag.add_argument("out", type=Path, help="bag folder to create (must not exist)")
+    make_bag.add_argument("--split", action="append", metavar="SPLIT",
+                          help="split to write (repeatable, in this order; default: test)")
+    make_bag.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap",
+                          help="rosbag2 storage plugin (default mcap)")
+    make_bag.add_argument("--compressed", action="store_true",
+                          help="colour images as CompressedImage on /camera/image_raw/compressed")
+    make_bag.add_argument("--compressed-format", choices=["jpeg", "png"], default="jpeg",
+                          help="codec of --compressed (default jpeg)")
+    make_bag.add_argument("--no-depth", action="store_true", help="leave out the depth images")
+    make_bag.add_argument("--rate", type=float, default=30.0, metavar="HZ",
+                          help="frames per second of the stamps (default 30)")
+    make_bag.add_argument("--quiet", action="store_true", help="no progress bar")
+    make_bag.set_defaults(func=_make_bag)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from posenet_ros.replay import replay
+    from posenet_ros.ros.dds_node import load_settings
+
+    overrides = list(args.param)
+    for flag, key in ((args.mc_samples, "mc_samples"), (args.device, "device")):
+        if flag is not None:
+            overrides.append(f"{key}:={flag}")
+    if args.use_depth:
+        overrides.append("use_depth:=true")
+    settings = load_settings(args.params, str(args.model), overrides, args.namespace)
+    metrics = replay(args.bag, args.out, settings, image_topic=args.image_topic, depth_topic=args.depth_topic,
+                     gt_topic=args.gt_topic, gt_tf=tuple(args.gt_tf) if args.gt_tf else None,
+                     max_gap_s=args.max_gap, live=args.live, namespace=args.namespace,
+                     domain_id=args.domain_id, storage=args.storage, in_map_radius_m=args.in_map_radius,
+                     in_map_angle_deg=args.in_map_angle, progress=not args.quiet)
+    print(f"replayed {metrics['frames']} frames of {args.bag} ({metrics['runtime']}, "
+          f"{metrics['throughput_fps']:.1f} frames/s); "
+          f"{metrics['frames_with_ground_truth']} with ground truth")
+    if "median_position_error_m" in metrics:
+        accuracy = ", ".join(f"{label} {100 * value:.1f}%" for label, value in metrics["accuracy"].items())
+        print(f"  median error {metrics['median_position_error_m']:.4f} m, "
+              f"{metrics['median_orientation_error_deg']:.3f}°; {accuracy}")
+    for block, values in metrics.get("uncertainty", {}).items():
+        print(f"  {block:<8} mean NEES {values['mean_nees']:.2f} ({values['dimension']}), inside 2σ "
+              f"{100 * values['within_2sigma']:.0f}% (Gaussian {100 * values['expected_2sigma']:.0f}%)")
+    print(f"report: {args.out / 'report' / 'index.html'}")
+    if metrics["interrupted"]:
+        print("interrupted: the outputs cover the frames processed so far", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
+    replay = commands.add_parser("replay", help="evaluate a model on a rosbag2 against its ground truth",
+                                 description="Run every frame of a rosbag2 through the node's pipeline "
+                                 "(or, with --live, through a running node over DDS), compare with the "
+                                 "bag's ground truth, and write metrics.json, frames.csv, a bag of the "
+                                 "outputs and an HTML report.")
+    replay.add_argument("bag", type=Path, help="rosbag2 folder (mcap or sqlite3), or a .mcap/.db3 file")
+    replay.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
+    replay.add_argument("--out", type=Path, required=True, help="output folder")
+    replay.add_argument("--params", type=Path, help="node parameters file (e.g. config/relocalize.yaml)")
+    replay.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="node parameter override (repeatable)")
+    replay.add_argument("--image-topic", help="camera topic (default: /camera/image_raw or its /compressed)")
+    replay.add_argument("--depth-topic", help="depth topic (default /camera/depth/image_raw)")
+    replay.add_argument("--use-depth", action="store_true", help="feed the depth images to the model")
+    truth = replay.add_mutually_exclusive_group()
+    truth.add_argument("--gt-topic", help="ground truth: PoseStamped, PoseWithCovarianceStamped, Odometry or "
+                       "TransformStamped topic (default /ground_truth/pose)")
+    truth.add_argument("--gt-tf", nargs=2, metavar=("PARENT", "CHILD"),
+                       help="ground truth: the PARENT -> CHILD transform in /tf")
+    replay.add_argument("--max-gap", type=float, default=0.1, metavar="S",
+                        help="longest gap between ground-truth poses to interpolate across (default 0.1 s)")
+    replay.add_argument("--mc-samples", type=int, help="Monte-Carlo samples (default: the checkpoint's)")
+    replay.add_argument("--device", help="inference device (default auto)")
+    replay.add_argument("--in-map-radius", type=float, default=0.5, metavar="M",
+                        help="a frame is in the map within this distance of a training pose (default 0.5)")
+    replay.add_argument("--in-map-angle", type=float, default=30.0, metavar="DEG",
+                        help="... and this angle (default 30)")
+    replay.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap",
+                        help="storage of the output bag (default mcap)")
+    replay.add_argument("--live", action="store_true",
+                        help="play the bag over DDS to a running node and record its answers")
+    replay.add_argument("--namespace", default="/", help="the running node's namespace (--live)")
+    replay.add_argument("--domain-id", type=int, help="DDS domain (--live; default $ROS_DOMAIN_ID, else 0)")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(func=_replay)
 
 
 def _play(args: argparse.Namespace) -> int:
@@ -306,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     saliency.add_argument("--device", default="auto")
     saliency.set_defaults(func=_saliency)
 
+    _add_make_bag_parser(commands)
+    _add_replay_parser(commands)
     _add_play_parser(commands)
     _add_echo_parser(commands)
     _add_node_parser(commands)

@@ -117,27 +117,38 @@ def build_relocalizer(settings: NodeSettings) -> Relocalizer:
 
 
 class LatestSlot(Generic[T]):
-    """A queue of depth 1 that keeps the newest item: `put` replaces (and returns) a waiting item."""
+    """A drop-oldest FIFO queue, by default of depth 1 (it keeps the newest item): `put` on a full
+    queue displaces (and returns) the oldest waiting item. `capacity=None`: unbounded (bag replay,
+    where every frame is processed)."""
 
-    def __init__(self) -> None:
-        self._item: T | None = None
+    def __init__(self, capacity: int | None = 1) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"queue capacity must be >= 1 or None, got {capacity}")
+        self._items: deque[T] = deque()
+        self._capacity = capacity
         self._closed = False
         self._condition = threading.Condition()
 
     def put(self, item: T) -> T | None:
         """Store `item`; returns the item it displaced (dropped unprocessed), if any."""
         with self._condition:
-            displaced, self._item = self._item, item
+            displaced = None
+            if self._capacity is not None and len(self._items) >= self._capacity:
+                displaced = self._items.popleft()
+            self._items.append(item)
             self._condition.notify()
             return displaced
 
     def take(self, timeout: float | None = None) -> T | None:
-        """The newest item, waiting up to `timeout` seconds (None: forever); None if there is none
-        or the slot is closed."""
+        """The oldest waiting item, waiting up to `timeout` seconds (None: forever); None if there
+        is none or the queue is closed."""
         with self._condition:
-            self._condition.wait_for(lambda: self._item is not None or self._closed, timeout)
-            item, self._item = self._item, None
-            return item
+            self._condition.wait_for(lambda: bool(self._items) or self._closed, timeout)
+            return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._items)
 
     def close(self) -> None:
         """Wake every waiting `take` (which then returns what is left, or None)."""
@@ -279,11 +290,13 @@ class RelocalizationPipeline:
     `publish(output_name, message)` sends a message built with `types` on `OUTPUTS[output_name]`;
     the runtime supplies it (rclpy publishers, DDS publishers, or a list in tests). Call `start()`
     to run the worker thread (or `process_next()` to step it yourself), `stop()` to end it.
+    `queue_size`: frames waiting for the worker (1 in the node: a newer frame displaces a waiting
+    one; None in bag replay, which steps the pipeline itself and drops nothing).
     """
 
     def __init__(self, settings: NodeSettings, relocalizer: Relocalizer, types: MessageTypes,
                  publish: Callable[[str, Any], None], log: NodeLog | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1) -> None:
         self.settings = settings
         self.relocalizer = relocalizer
         self.types = types
@@ -292,7 +305,7 @@ class RelocalizationPipeline:
         self.clock = clock
         self.diagnostics = NodeDiagnostics(clock)
         self.warnings = ThrottledWarnings(self.log, clock=clock)
-        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
         self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
             round(settings.max_depth_stamp_diff * 1e9))
         self._pair_lock = threading.Lock()
@@ -367,8 +380,12 @@ class RelocalizationPipeline:
         while not self._stop.is_set():
             self.process_next(timeout=0.1)
 
+    def queued(self) -> int:
+        """Frames waiting for the worker."""
+        return len(self._slot)
+
     def process_next(self, timeout: float | None = None) -> PoseEstimate | None:
-        """Take the newest queued frame (waiting up to `timeout` s) and publish its pose; None if
+        """Take the next queued frame (waiting up to `timeout` s) and publish its pose; None if
         there was no frame or it was rejected. Never raises for a bad frame."""
         frame = self._slot.take(timeout)
         if frame is None:

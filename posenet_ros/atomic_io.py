@@ -1,6 +1,7 @@
 """Atomic file writing: write to a temporary file in the same folder, then rename over the target.
 
 A reader never sees a half-written file, and an interrupted write leaves the old file (or none).
+Files get the usual permissions (0666 less the process umask), not mkstemp's owner-only 0600.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically, creating parent folders. Returns the path."""
     path = Path(path)
@@ -19,6 +26,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
+            os.fchmod(tmp.fileno(), 0o666 & ~_umask())
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())

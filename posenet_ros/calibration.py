@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +149,20 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                          mc_samples: int | None = None, mc_mode: str | None = None,
                          enter_percentile: float = 90.0, leave_percentile: float = 99.0,
                          min_frames: int = 3, batch_size: int = 32, device: str = "auto",
+                         bag_options: Mapping[str, Any] | None = None,
                          progress: bool = True) -> dict[str, Any]:
     """Fit the covariance calibration and loop-closure thresholds and store them in the checkpoint
     at `model_path`, with the feature memory of the loop-closure score refitted on `train_split`
     (the training frames). The covariance is fitted on `split` of `data_root` (frames of mapped places
     not used for training) together with up to MAX_TRAIN_FRAMES training frames
-    (`fit_block_calibration`); the thresholds on `split` alone.
+    (`fit_block_calibration`); the thresholds on `split` alone. A rosbag2 `data_root` is read with
+    the checkpoint's training bag options (`data.bag`), `bag_options` (field -> value) replacing some.
 
     Returns the report stored with them: the fitted values and the uncertainty metrics of the split
     before and after calibration, and of the training frames after it.
     """
     from posenet_ros.checkpoint import load_model, store_calibration
+    from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
     from posenet_ros.data.loading import load_frames
     from posenet_ros.evaluation import (
         Predictions,
@@ -177,10 +181,11 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                                 seed=stored.seed)
     if setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
         raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
-    train_records = load_frames(data_root, train_split)
+    bag = bag_config_for_checkpoint(loaded.config, bag_options)
+    train_records = load_frames(data_root, train_split, bag=bag)
     fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),
                        batch_size=batch_size, progress=progress)
-    records = load_frames(data_root, split)
+    records = load_frames(data_root, split, bag=bag)
     if len(records) < 10:
         raise ValueError(f"{data_root}: the {split!r} split has {len(records)} frames; calibration "
                          "needs at least 10 frames of mapped places not used for training")

@@ -1,15 +1,19 @@
 """The `posenet-ros` command. Each subcommand is a thin wrapper around a library function.
 
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
-    posenet-ros train --data D --out O [--config YAML] [--resume] [key=value ...]
-    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N]
-    posenet-ros calibrate --model M --data D [--split val]
+    posenet-ros train --data D --out O [--config YAML] [--resume] [BAG OPTIONS] [key=value ...]
+    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N] [BAG OPTIONS]
+    posenet-ros calibrate --model M --data D [--split val] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
     posenet-ros make-bag DATA OUT [--split test ...] [--storage mcap] [--compressed] [--no-depth] [--rate 30]
     posenet-ros replay BAG --model M --out O [--live] [--gt-topic T | --gt-tf PARENT CHILD]
     posenet-ros play BAG [--rate R] [--topics T ...] [--loop] [--step-topic OUT]
     posenet-ros echo TOPIC [--type T] [--qos sensor_data] [--count N] [--format json]
     posenet-ros node --model M [--params config/relocalize.yaml] [--param NAME:=VALUE ...]
+
+D is a dataset folder or a rosbag2 (folder, .mcap or .db3). BAG OPTIONS, for a rosbag2 (the training
+config's data.bag; eval and calibrate default to the checkpoint's): [--image-topic T]
+[--gt-topic T | --gt-tf PARENT CHILD] [--max-gap S] [--split-times train=0:120,test=120:]
 """
 
 from __future__ import annotations
@@ -47,6 +51,43 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bag_arguments(parser: argparse.ArgumentParser, defaults: str) -> None:
+    """The options of reading a rosbag2 --data (fields of `bag_dataset.BagDataConfig`); `defaults`
+    says where unset ones come from."""
+    group = parser.add_argument_group("rosbag2 data", f"When --data is a rosbag2 (folder, .mcap or .db3); "
+                                      f"unset options: {defaults}.")
+    group.add_argument("--image-topic", metavar="T",
+                       help="camera topic; '': /camera/image_raw, else its /compressed, else the only one")
+    truth = group.add_mutually_exclusive_group()
+    truth.add_argument("--gt-topic", metavar="T", help="ground truth: a PoseStamped, PoseWithCovariance"
+                       "Stamped, TransformStamped or Odometry topic; '': /ground_truth/pose")
+    truth.add_argument("--gt-tf", nargs=2, metavar=("PARENT", "CHILD"),
+                       help="ground truth: the PARENT -> CHILD transform in /tf")
+    group.add_argument("--max-gap", type=float, metavar="S",
+                       help="longest gap between ground-truth poses to interpolate across (config default "
+                       "0.1 s)")
+    group.add_argument("--split-times", metavar="SPEC",
+                       help="splits by time, in seconds since the bag's first image, e.g. "
+                       "'train=0:120,test=120:' (END exclusive, empty = the end); '': every split is the "
+                       "whole bag")
+
+
+def _bag_options(args: argparse.Namespace) -> dict[str, object]:
+    """Fields of `BagDataConfig` set by the rosbag2 options (a ground-truth choice clears the other)."""
+    options: dict[str, object] = {}
+    if args.image_topic is not None:
+        options["image_topic"] = args.image_topic
+    if args.gt_topic is not None:
+        options.update(gt_topic=args.gt_topic, gt_tf="")
+    if args.gt_tf is not None:
+        options.update(gt_tf=" ".join(args.gt_tf), gt_topic="")
+    if args.max_gap is not None:
+        options["max_gap_s"] = args.max_gap
+    if args.split_times is not None:
+        options["split_times"] = args.split_times
+    return options
+
+
 def _train(args: argparse.Namespace) -> int:
     import json
 
@@ -63,6 +104,8 @@ def _train(args: argparse.Namespace) -> int:
     for flag, key in ((args.device, "device"), (args.pretrained, "pretrained")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
+    # JSON is YAML: the values arrive as typed (strings quoted, so '' stays a string).
+    overrides += [f"data.bag.{key}={json.dumps(value)}" for key, value in _bag_options(args).items()]
     config = load_config(TrainConfig, args.config, overrides, base=base)
     path = train(config, data, args.out, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
                  progress=not args.quiet)
@@ -84,7 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
     thresholds = list(dict.fromkeys([*DEFAULT_THRESHOLDS, *args.threshold]))
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
                        batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
-                       unknown_splits=args.unknown_splits, progress=not args.quiet)
+                       unknown_splits=args.unknown_splits, bag_options=_bag_options(args),
+                       progress=not args.quiet)
     print(format_table(metrics))
     if "uncertainty" in metrics["overall"]:
         print(format_uncertainty(metrics))
@@ -98,7 +142,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     report = calibrate_checkpoint(args.model, args.data, split=args.split, mc_samples=args.mc_samples,
                                   mc_mode=args.mc_mode, enter_percentile=args.enter_percentile,
                                   leave_percentile=args.leave_percentile, min_frames=args.min_frames,
-                                  device=args.device, progress=not args.quiet)
+                                  device=args.device, bag_options=_bag_options(args), progress=not args.quiet)
     print(f"calibrated on {report['frames']} frames of {report['split']!r} and {report['train_frames']} "
           f"of {report['train_split']!r} with {report['mc_samples']} MC samples ({report['mc_mode']}): "
           f"covariance x scale · exp(novelty · (score - {report['score_reference']:.3f})), position "
@@ -351,11 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. width=320")
     synth.set_defaults(func=_synth)
 
-    train = commands.add_parser("train", help="train a PoseNet on a dataset folder",
+    train = commands.add_parser("train", help="train a PoseNet on a dataset folder or a rosbag2",
                                 description="Train a pose regressor (config: posenet_ros.training."
                                 "TrainConfig; see config/train.yaml). Checkpoints every epoch into OUT.")
     train.add_argument("--config", type=Path, help="YAML training config")
-    train.add_argument("--data", type=Path, help="dataset folder (7-Scenes or Cambridge layout)")
+    train.add_argument("--data", type=Path, help="dataset folder (7-Scenes or Cambridge layout) or rosbag2")
     train.add_argument("--out", type=Path, required=True, help="output folder for checkpoints and metrics")
     train.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from the config: auto)")
@@ -363,14 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after-epoch", type=int, help="stop once this many epochs are done")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
+    _add_bag_arguments(train, "data.bag of the config")
     train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a model on dataset folders",
+    evaluate = commands.add_parser("eval", help="evaluate a model on dataset folders or rosbag2s",
                                    description="Median position and orientation errors, threshold "
                                    "accuracies, per-frame CSV and plots, per scene and overall.")
     evaluate.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
     evaluate.add_argument("--data", type=Path, nargs="+", required=True,
-                          help="dataset folder(s), one per scene")
+                          help="dataset folder(s) or rosbag2(s), one per scene")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--threshold", type=_threshold, action="append", default=[],
@@ -384,14 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_bag_arguments(evaluate, "those the checkpoint was trained with")
     evaluate.set_defaults(func=_eval)
 
     calibrate = commands.add_parser("calibrate", help="fit the covariance and loop-closure thresholds",
-                                    description="Fit the covariance scales (mean NEES = dimension) and "
-                                    "the loop-closure thresholds on a held-out split of mapped places, and "
-                                    "store them in the checkpoint.")
+                                    description="Fit the covariance calibration (a scale and a "
+                                    "novelty exponent per block, by Gaussian likelihood on the held-out "
+                                    "split and the training frames) and the loop-closure thresholds (on "
+                                    "the held-out split), and store them in the checkpoint.")
     calibrate.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
-    calibrate.add_argument("--data", type=Path, required=True, help="dataset folder")
+    calibrate.add_argument("--data", type=Path, required=True, help="dataset folder or rosbag2")
     calibrate.add_argument("--split", default="val", help="held-out frames of mapped places (default: val)")
     calibrate.add_argument("--mc-samples", type=int,
                            help="Monte-Carlo samples (default: the checkpoint's, 32)")
@@ -404,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--min-frames", type=int, default=3, help="consecutive frames to switch the flag")
     calibrate.add_argument("--device", default="auto")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_bag_arguments(calibrate, "those the checkpoint was trained with")
     calibrate.set_defaults(func=_calibrate)
 
     saliency = commands.add_parser("saliency", help="saliency overlays: where the pose comes from",

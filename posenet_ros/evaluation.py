@@ -47,7 +47,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,10 @@ from tqdm.auto import tqdm
 from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.calibration import pose_error_vectors, uncertainty_metrics
 from posenet_ros.checkpoint import LoadedModel, load_model
+from posenet_ros.data.bag_dataset import BagDataConfig, bag_config_for_checkpoint
 from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
-from posenet_ros.data.loading import load_frames
+from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.device import resolve_device
 from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_error
 from posenet_ros.loop_closure import LoopClosureConfig, roc_auc, run_detector
@@ -515,10 +516,12 @@ def prediction_errors_N6(predictions: Predictions) -> np.ndarray:
                               predictions.position_true_N3, predictions.quat_true_N4)
 
 
-def unknown_place_records(root: Path, splits: Sequence[str] | None) -> dict[str, list[FrameRecord]]:
+def unknown_place_records(root: Path, splits: Sequence[str] | None, *,
+                          bag: BagDataConfig | None = None) -> dict[str, list[FrameRecord]]:
     """Frames of places the model should not know, per split: every frame of `splits` (None: those
-    of `DEFAULT_UNKNOWN_SPLITS` the dataset has). A synthetic scene's `synthetic.json` marks which
-    frames of undegraded sequences are still in the mapped area; those are left out."""
+    of `DEFAULT_UNKNOWN_SPLITS` the dataset has; a rosbag2, read with the options `bag`, has those
+    its split_times name). A synthetic scene's `synthetic.json` marks which frames of undegraded
+    sequences are still in the mapped area; those are left out."""
     in_map: dict[str, list[bool]] = {}
     description = root / "synthetic.json"
     if description.is_file():
@@ -530,10 +533,13 @@ def unknown_place_records(root: Path, splits: Sequence[str] | None) -> dict[str,
         flags = in_map.get(record.sequence, [])
         return record.frame_index < len(flags) and bool(flags[record.frame_index])
 
+    bag_splits = (bag or BagDataConfig()).ranges() if is_bag(root) else None
     result = {}
     for split in DEFAULT_UNKNOWN_SPLITS if splits is None else splits:
+        if splits is None and bag_splits is not None and split not in bag_splits:
+            continue  # without a time range of its own, the split would be the whole bag
         try:
-            records = load_frames(root, split)
+            records = load_frames(root, split, bag=bag)
         except DatasetError:
             if splits is not None:
                 raise
@@ -599,12 +605,16 @@ def _plot_uncertainty(scenes: dict[str, Predictions], unknown: dict[str, Predict
 def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split: str = "test",
              out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
              batch_size: int = 32, device: str | torch.device = "auto", mc_samples: int | None = None,
-             unknown_splits: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate the checkpoint at `model_path` on `split` of each dataset folder in `data_roots`.
+             unknown_splits: Sequence[str] | None = None, bag_options: Mapping[str, Any] | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate the checkpoint at `model_path` on `split` of each dataset folder or rosbag2 in
+    `data_roots`.
 
     Each data root is one scene, named by its folder name (made unique with '-2', ... if two roots
-    share a name). Frames are prepared with `eval_transform(checkpoint config)`. Writes
-    metrics.json, predictions.csv, error_cdf.png and top_view.png (and uncertainty_vs_error.png with
+    share a name). A rosbag2 is read with the checkpoint's training bag options (`data.bag`: topics,
+    ground truth, split time ranges) with `bag_options` (field -> value) replacing some of them.
+    Frames are prepared with `eval_transform(checkpoint config)`. Writes metrics.json,
+    predictions.csv, error_cdf.png and top_view.png (and uncertainty_vs_error.png with
     Monte-Carlo sampling) into `out` (see the module docstring) and returns the metrics dict that
     metrics.json holds: per scene, overall (all frames of all scenes together) and the mean-pose
     baseline of the checkpoint's training poses. `mc_samples`: None = the checkpoint's setting,
@@ -622,6 +632,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     transform = eval_transform(loaded.config)
     uncertainty = _uncertainty_setting(loaded, mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
+    bag = bag_config_for_checkpoint(loaded.config, bag_options)
     logger.info("evaluating %s on %d scene(s), split %r, device %s, resize %s, crop %s, MC samples %d",
                 loaded.path, len(roots), split, resolved_device, transform.resize, transform.crop,
                 0 if uncertainty is None else uncertainty.mc_samples)
@@ -634,7 +645,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     scene_metrics: dict[str, dict[str, Any]] = {}
     unknown_parts: dict[str, list[Predictions]] = {}
     for name, root in zip(_scene_names(roots), roots, strict=True):
-        records = load_frames(root, split)
+        records = load_frames(root, split, bag=bag)
         if not records:
             raise ValueError(f"{root}: the {split!r} split has no frames")
         predictions = run(records, f"evaluate {name}")
@@ -642,7 +653,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
                                                           predictions.orientation_error_N,
                                                           checked_thresholds)}
-        unknown_records = unknown_place_records(root, unknown_splits) if uncertainty is not None else {}
+        unknown_records = (unknown_place_records(root, unknown_splits, bag=bag) if uncertainty is not None
+                           else {})
         unknown = {split: run(records, f"{split} {name}") for split, records in unknown_records.items()}
         for split, part in unknown.items():
             unknown_parts.setdefault(split, []).append(part)
@@ -814,14 +826,15 @@ def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str 
 
     `frames` are positions (0-based) in the split's frame list, in its order; default: 4 evenly
     spaced frames (all if fewer). A position outside 0..N-1 is a ValueError naming the valid range.
-    Images are prepared with the checkpoint's `eval_transform`. Files are
+    Images are prepared with the checkpoint's `eval_transform`; a rosbag2 is read with the checkpoint's
+    training bag options. Files are
     `out/saliency_<sequence>_<frame_index>.png`; returns their paths in the order of `frames`
     (repeated positions are written once).
     """
     out = Path(out)
     resolved_device = resolve_device(device)
     loaded = load_model(model_path, resolved_device)
-    records = load_frames(data_root, split)
+    records = load_frames(data_root, split, bag=bag_config_for_checkpoint(loaded.config))
     count = len(records)
     if count == 0:
         raise ValueError(f"{data_root}: the {split!r} split has no frames")

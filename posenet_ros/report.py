@@ -175,6 +175,18 @@ def _top_view_axes(position_true_N3: np.ndarray, position_est_N3: np.ndarray) ->
     return 0, 1
 
 
+GAP_S = 1.0  # lines are broken where consecutive stamps are further apart (the node resets there)
+
+
+def _broken(time_s: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(time, values) with a NaN row inserted after every gap longer than GAP_S, so plotted lines
+    do not join separate sequences."""
+    after = np.flatnonzero(np.diff(time_s) > GAP_S) + 1
+    gap_time = (time_s[after - 1] + time_s[after]) / 2.0
+    return (np.insert(time_s.astype(np.float64), after, gap_time),
+            np.insert(values.astype(np.float64), after, np.nan, axis=0))
+
+
 def _plot_trajectory(frames: ReportFrames, map_positions_M3: np.ndarray) -> bytes:
     from matplotlib.figure import Figure
 
@@ -188,8 +200,9 @@ def _plot_trajectory(frames: ReportFrames, map_positions_M3: np.ndarray) -> byte
     has_truth = np.all(np.isfinite(frames.position_true_N3), axis=1)
     if has_truth.any():
         # NaN rows break the line, so gaps in the ground truth stay gaps.
-        ax.plot(frames.position_true_N3[:, a], frames.position_true_N3[:, b], color="k", linewidth=1.0,
-                label="ground truth", zorder=2)
+        time_s = (frames.stamp_ns - frames.stamp_ns[0]) / 1e9
+        _, truth = _broken(time_s, frames.position_true_N3)
+        ax.plot(truth[:, a], truth[:, b], color="k", linewidth=1.0, label="ground truth", zorder=2)
     with_error = np.isfinite(frames.position_error_N)
     without = ~with_error
     if without.any():
@@ -225,11 +238,13 @@ def _plot_error_over_time(frames: ReportFrames, time_s: np.ndarray) -> bytes:
     for ax, errors, sigma, label, colour in panels:
         band = 2.0 * sigma
         if np.isfinite(band).any():
-            ax.fill_between(time_s, 0.0, band, color=colour, alpha=0.2, linewidth=0, label="2σ predicted")
+            ax.fill_between(*_broken(time_s, band), 0.0, color=colour, alpha=0.2, linewidth=0,
+                            label="2σ predicted")
         finite = np.isfinite(errors)
         if finite.any():
             # NaN errors leave gaps in the line; the markers show frames isolated between gaps.
-            ax.plot(time_s, errors, color=colour, linewidth=0.8, marker=".", markersize=3, label="error")
+            ax.plot(*_broken(time_s, errors), color=colour, linewidth=0.8, marker=".", markersize=3,
+                    label="error")
         else:
             _no_data(ax)
         ax.set_ylabel(label)
@@ -324,12 +339,13 @@ def _plot_loop_closure(frames: ReportFrames, time_s: np.ndarray, enter_score: An
     # A flagged frame's span reaches to the next frame's stamp (the last one: one median frame interval).
     steps = np.diff(time_s)
     step = float(np.median(steps)) if steps.size and np.median(steps) > 0 else 0.1
-    ends = np.concatenate([time_s[1:], [time_s[-1] + step]])
+    ends = np.minimum(np.concatenate([time_s[1:], [np.inf]]), time_s + step)  # not across gaps
     for index, (first, last) in enumerate(_runs(frames.known_place_N)):
         ax.axvspan(time_s[first], ends[last], color="C2", alpha=0.2, linewidth=0,
                    label="known_place on" if index == 0 else None)
     if np.isfinite(frames.score_N).any():
-        ax.plot(time_s, frames.score_N, color="C0", linewidth=0.9, marker=".", markersize=3, label="score")
+        ax.plot(*_broken(time_s, frames.score_N), color="C0", linewidth=0.9, marker=".", markersize=3,
+                label="score")
     else:
         _no_data(ax, "no loop-closure score")
     for value, name, style in ((enter_score, "enter", "--"), (leave_score, "leave", ":")):

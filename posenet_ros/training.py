@@ -1,7 +1,8 @@
 """PoseNet training: configuration, the loop, checkpoints every epoch, exact resume, DDP.
 
 `train(config, data_root, out)` trains on one dataset folder (7-Scenes or Cambridge layout, real or
-synthetic) and writes into `out`:
+synthetic) or one rosbag2 (read as `config.data.bag` says, see data/bag_dataset.py) and writes into
+`out`:
 
 - `model.safetensors` + `config.json`: the latest model (see checkpoint.py; `load_model(out)`);
 - `train_state.safetensors`: weights, optimizer, scheduler and loss parameters of the last completed
@@ -40,6 +41,7 @@ from tqdm import tqdm
 from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.checkpoint import MODEL_FILE, CheckpointError, save_checkpoint
 from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
+from posenet_ros.data.bag_dataset import BagDataConfig
 from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
 from posenet_ros.data.loading import load_frames
 from posenet_ros.device import resolve_device
@@ -66,6 +68,8 @@ class DataConfig:
     hue: float = 0.0
     skip_bad: bool = False  # skip (and count) bad frames instead of stopping
     workers: int = 0  # DataLoader worker processes
+    bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
+    # ranges when the data root is a rosbag2
 
 
 @dataclass
@@ -151,7 +155,8 @@ def position_statistics(positions_N3: np.ndarray) -> tuple[np.ndarray, float]:
 
 def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
           stop_after_epoch: int | None = None, progress: bool = True) -> Path:
-    """Train on the dataset at `data_root`, writing into `out`; returns the model checkpoint path.
+    """Train on the dataset folder or rosbag2 at `data_root`, writing into `out`; returns the model
+    checkpoint path.
 
     `stop_after_epoch` ends this run once that many epochs are done (for time-limited jobs); a later
     `resume=True` run continues exactly where it stopped.
@@ -175,9 +180,10 @@ def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume
 
 def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int, progress: bool,
            device: torch.device, rank: int, world: int) -> Path:
-    train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad)
-    val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad)
-                   if config.data.val_split else [])
+    train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad,
+                                bag=config.data.bag)
+    val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad,
+                               bag=config.data.bag) if config.data.val_split else [])
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
     model = PoseNet(config.model)

@@ -234,7 +234,7 @@ def test_failure_while_writing_removes_the_partial_bag(scene: Path, tmp_path: Pa
             raise error
         return read_rgb(path)
 
-    monkeypatch.setattr(bag_writing, "read_rgb", failing_read_rgb)
+    monkeypatch.setattr(bag_writing, "read_frame_rgb", failing_read_rgb)
     with pytest.raises(type(error)):
         make_bag(scene, tmp_path / "bag", splits=SPLITS, progress=False)
     assert len(calls) == 4

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from posenet_ros.data.frames import DatasetError, FrameRecord, Intrinsics
+from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord, Intrinsics
 from posenet_ros.geometry import matrix_to_quat
 
 logger = logging.getLogger(__name__)
@@ -176,6 +176,26 @@ def read_depth_mm(path: Path) -> np.ndarray:
     return np.where(valid, raw.astype(np.float32) / 1000.0, np.float32(0.0)).astype(np.float32)
 
 
+def read_frame_rgb(source: Path | BagMessage) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a record's `image_path`: an image file (`read_rgb`) or a message in a
+    rosbag2 (`bag_dataset.read_bag_rgb`)."""
+    if isinstance(source, BagMessage):
+        from posenet_ros.data.bag_dataset import read_bag_rgb
+
+        return read_bag_rgb(source)
+    return read_rgb(source)
+
+
+def read_frame_depth(source: Path | BagMessage) -> np.ndarray:
+    """float32 depth in metres (H, W), 0 = invalid, of a record's `depth_path`: a millimetre PNG
+    (`read_depth_mm`) or a depth Image in a rosbag2 (`bag_dataset.read_bag_depth`)."""
+    if isinstance(source, BagMessage):
+        from posenet_ros.data.bag_dataset import read_bag_depth
+
+        return read_bag_depth(source)
+    return read_depth_mm(source)
+
+
 @dataclass(frozen=True)
 class _Jitter:
     brightness: float
@@ -268,7 +288,7 @@ class PoseDataset(Dataset):
         t = self.transform
         rng = np.random.default_rng([self.seed, self.epoch, index])
         records = [self.records[i] for i in self.windows[index]]
-        rgbs = [read_rgb(record.image_path) for record in records]
+        rgbs = [read_frame_rgb(record.image_path) for record in records]
         height, width = rgbs[0].shape[:2]
         for record, rgb in zip(records, rgbs, strict=True):
             if rgb.shape[:2] != (height, width):
@@ -285,7 +305,7 @@ class PoseDataset(Dataset):
         for record, rgb in zip(records, rgbs, strict=True):
             images.append(jitter.apply(box.apply_rgb(rgb)).transpose(2, 0, 1))
             if self.has_depth:
-                depth = read_depth_mm(record.depth_path)
+                depth = read_frame_depth(record.depth_path)
                 if depth.shape != (height, width):
                     raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
                                        f"its colour image {width}x{height}")

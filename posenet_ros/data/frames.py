@@ -1,4 +1,5 @@
-"""Records shared by every dataset layout: pinhole intrinsics, one frame on disk, rendered frames.
+"""Records shared by every dataset layout: pinhole intrinsics, one frame on disk or in a rosbag2,
+rendered frames.
 
 Conventions: `world_from_cam` is the 4x4 camera-to-world transform (metres); the camera frame is
 OpenCV's (x right, y down, z forward). Depth is the z coordinate in the camera frame, in metres.
@@ -62,11 +63,33 @@ class Intrinsics:
 
 
 @dataclass(frozen=True)
-class FrameRecord:
-    """One frame of a dataset on disk; images are read lazily by the torch dataset."""
+class BagMessage:
+    """Where one message of a rosbag2 is, so that a frame can be read from the bag when needed.
 
-    image_path: Path
-    depth_path: Path | None
+    `bag`: the rosbag2 (folder with metadata.yaml, or .mcap / .db3 file); `topic`; `log_time_ns`: the
+    time the bag indexes the message by (ns since the epoch); `stamp_ns`: its header stamp (ns), which
+    tells it from other messages of the topic logged at the same time.
+    """
+
+    bag: Path
+    topic: str
+    log_time_ns: int
+    stamp_ns: int
+
+    def __str__(self) -> str:
+        return f"{self.bag} {self.topic} stamp {self.stamp_ns} ns"
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame of a dataset; images are read lazily by the torch dataset (`read_frame_rgb`).
+
+    `image_path` / `depth_path` are image files for the folder layouts, or a `BagMessage` for a frame
+    read from a rosbag2 (`bag_dataset.py`).
+    """
+
+    image_path: Path | BagMessage
+    depth_path: Path | BagMessage | None
     world_from_cam: np.ndarray  # (4, 4) float64, metres
     intrinsics: Intrinsics | None
     sequence: str

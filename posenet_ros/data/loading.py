@@ -1,20 +1,34 @@
-"""Pick the reader for a dataset folder from the files in it: 7-Scenes or Cambridge Landmarks."""
+"""Pick the reader for a data root from what it is: a 7-Scenes or Cambridge Landmarks folder, or a
+rosbag2 (`bag_dataset.py`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from posenet_ros.data.bag_dataset import BagDataConfig, load_bag_frames
 from posenet_ros.data.cambridge import load_cambridge
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.seven_scenes import load_seven_scenes
 
-LAYOUTS = ("7scenes", "cambridge")
+LAYOUTS = ("7scenes", "cambridge", "rosbag2")
+BAG_SUFFIXES = (".mcap", ".db3")
+
+
+def is_bag(root: str | Path) -> bool:
+    """Whether `root` is a rosbag2: a folder holding metadata.yaml, or a .mcap or .db3 file."""
+    root = Path(root)
+    if root.is_dir():
+        return (root / "metadata.yaml").is_file()
+    return root.suffix in BAG_SUFFIXES and root.is_file()
 
 
 def detect_layouts(root: str | Path) -> list[str]:
-    """Layouts found in `root`: '7scenes' if any `*Split.txt`, 'cambridge' if any `dataset_*.txt`."""
+    """Layouts found in `root`: 'rosbag2' for a bag (`is_bag`); otherwise '7scenes' if any
+    `*Split.txt`, 'cambridge' if any `dataset_*.txt`."""
     root = Path(root)
+    if is_bag(root):
+        return ["rosbag2"]
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder (FileNotFoundError)")
     found = []
@@ -26,17 +40,20 @@ def detect_layouts(root: str | Path) -> list[str]:
 
 
 def load_frames(root: str | Path, split: str = "train", *, layout: str | None = None,
-                **kwargs: Any) -> list[FrameRecord]:
+                bag: BagDataConfig | None = None, **kwargs: Any) -> list[FrameRecord]:
     """Read one split of the dataset in `root`, detecting its layout unless `layout` is given.
 
-    `kwargs` go to `load_seven_scenes` / `load_cambridge` (intrinsics, skip_bad, check_images).
-    A folder holding neither layout, or both without `layout=`, is a DatasetError naming it.
+    A rosbag2 is read by `load_bag_frames` with the options `bag` (None: the defaults, every split
+    the whole bag); `kwargs` go to the folder readers `load_seven_scenes` / `load_cambridge`
+    (intrinsics, skip_bad, check_images) and do not apply to a bag, whose frames without ground
+    truth are always skipped and counted. A folder holding neither layout, or both without
+    `layout=`, is a DatasetError naming it.
     """
     if layout is None:
         found = detect_layouts(root)
         if not found:
-            raise DatasetError(f"{root}: not a dataset folder: no *Split.txt (7-Scenes) and no "
-                               "dataset_*.txt (Cambridge Landmarks)")
+            raise DatasetError(f"{root}: not a dataset folder: no *Split.txt (7-Scenes), no "
+                               "dataset_*.txt (Cambridge Landmarks) and no metadata.yaml (rosbag2)")
         if len(found) > 1:
             raise DatasetError(f"{root}: holds both 7-Scenes and Cambridge Landmarks files; "
                                f"pass layout= one of {LAYOUTS}")
@@ -45,4 +62,6 @@ def load_frames(root: str | Path, split: str = "train", *, layout: str | None = 
         return load_seven_scenes(root, split, **kwargs)
     if layout == "cambridge":
         return load_cambridge(root, split, **kwargs)
+    if layout == "rosbag2":
+        return load_bag_frames(root, split, bag)
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

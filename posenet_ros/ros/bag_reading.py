@@ -22,7 +22,7 @@ path) whose message lists the bag's topics and types where that helps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ from posenet_ros.geometry import quat_conjugate, quat_exp, quat_log, quat_multip
 from posenet_ros.ros.conversions import intrinsics_from_camera_info, pose_from_msg, stamp_to_ns
 from posenet_ros.ros.play import open_bag
 
-__all__ = ["BagStreams", "Trajectory", "bag_topics", "describe_topics", "open_bag", "read_camera_info",
-           "read_trajectory", "select_streams", "stream_messages"]
+__all__ = ["BagStreams", "Trajectory", "bag_topics", "describe_topics", "ground_truth_topics", "open_bag",
+           "read_camera_info", "read_messages", "read_trajectory", "select_streams", "stream_messages",
+           "trajectory_from_messages"]
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -112,12 +113,13 @@ def select_streams(reader: Any, path: str | Path, image_topic: str | None = None
     return BagStreams(image_topic, image_type, depth, info, count)
 
 
-def _messages(reader: Any, path: Path, topics: Sequence[str]) -> Iterator[tuple[Any, Any]]:
-    """(connection, deserialised message) of `topics` in log-time order; read errors -> ValueError."""
+def read_messages(reader: Any, path: str | Path, topics: Sequence[str]) -> Iterator[tuple[Any, int, Any]]:
+    """(connection, log time ns, deserialised message) of `topics` in log-time order; read errors ->
+    ValueError."""
     connections = [c for c in reader.connections if c.topic in topics]
     try:
-        for connection, _, raw in reader.messages(connections=connections):
-            yield connection, reader.deserialize(raw, connection.msgtype)
+        for connection, log_time, raw in reader.messages(connections=connections):
+            yield connection, log_time, reader.deserialize(raw, connection.msgtype)
     except (KeyboardInterrupt, GeneratorExit):
         raise
     except Exception as error:  # rosbags raises several kinds for a damaged file
@@ -130,7 +132,7 @@ def stream_messages(reader: Any, path: str | Path, streams: BagStreams) -> Itera
     kinds = {streams.image_topic: "image"}
     if streams.depth_topic:
         kinds[streams.depth_topic] = "depth"
-    for connection, msg in _messages(reader, Path(path), list(kinds)):
+    for connection, _, msg in read_messages(reader, path, list(kinds)):
         if connection.msgtype == (streams.image_type if kinds[connection.topic] == "image" else IMAGE):
             yield kinds[connection.topic], msg
 
@@ -140,7 +142,7 @@ def read_camera_info(reader: Any, path: str | Path,
     """(K (3, 3) pixels, width, height) of the first CameraInfo message, or None without one."""
     if streams.camera_info_topic is None:
         return None
-    for _, msg in _messages(reader, Path(path), [streams.camera_info_topic]):
+    for _, _, msg in read_messages(reader, path, [streams.camera_info_topic]):
         return intrinsics_from_camera_info(msg)
     return None
 
@@ -211,29 +213,41 @@ def _invert(position_N3: np.ndarray, quat_N4: np.ndarray) -> tuple[np.ndarray, n
     return -rotated[:, 1:], inverse
 
 
-def read_trajectory(reader: Any, path: str | Path, gt_topic: str | None = None,
-                    gt_tf: tuple[str, str] | None = None) -> Trajectory:
-    """The ground truth of a bag from `gt_topic` (default /ground_truth/pose) or the /tf transform
-    `gt_tf` = (parent, child); the stamps are the messages' header stamps."""
+def ground_truth_topics(reader: Any, path: str | Path, gt_topic: str | None = None,
+                        gt_tf: tuple[str, str] | None = None) -> list[str]:
+    """The topics `read_trajectory` reads: `gt_topic` (default /ground_truth/pose, of a ground-truth
+    type) or, for the /tf transform `gt_tf` = (parent, child), /tf and /tf_static. ValueError listing
+    the bag's topics when they are missing."""
     path = Path(path)
     topics = bag_topics(reader)
     if gt_tf is None:
         topic = gt_topic or DEFAULT_GT_TOPIC
         _require(topics, path, topic, GROUND_TRUTH_TYPES, "ground-truth")
-        samples = [(stamp_to_ns(msg.header.stamp), msg) for _, msg in _messages(reader, path, [topic])]
-        if not samples:
-            raise ValueError(f"ground-truth topic {topic} of bag {path} has no messages")
-        stamps, position, quat = _pose_arrays(samples)
-        return Trajectory(stamps, position, quat, topic)
+        return [topic]
     parent, child = (name.lstrip("/") for name in gt_tf)
     tf_topics = [t for t in ("/tf", "/tf_static") if topics.get(t) == TF]
     if not tf_topics:
         raise ValueError(f"bag {path} has no /tf topic for --gt-tf {parent} {child}; it has: "
                          f"{describe_topics(topics)}")
+    return tf_topics
+
+
+def trajectory_from_messages(path: str | Path, messages: Iterable[Any], topics: Sequence[str],
+                             gt_tf: tuple[str, str] | None = None) -> Trajectory:
+    """The Trajectory in `messages`, the deserialised messages of `topics` (`ground_truth_topics`
+    with the same `gt_tf`) in the bag's order; ValueError when they hold none."""
+    path = Path(path)
+    if gt_tf is None:
+        samples = [(stamp_to_ns(msg.header.stamp), msg) for msg in messages]
+        if not samples:
+            raise ValueError(f"ground-truth topic {topics[0]} of bag {path} has no messages")
+        stamps, position, quat = _pose_arrays(samples)
+        return Trajectory(stamps, position, quat, topics[0])
+    parent, child = (name.lstrip("/") for name in gt_tf)
     forward: list[tuple[int, Any]] = []
     backward: list[tuple[int, Any]] = []
     seen: set[tuple[str, str]] = set()
-    for _, msg in _messages(reader, path, tf_topics):
+    for msg in messages:
         for transform in msg.transforms:
             pair = (transform.header.frame_id.lstrip("/"), transform.child_frame_id.lstrip("/"))
             seen.add(pair)
@@ -243,7 +257,7 @@ def read_trajectory(reader: Any, path: str | Path, gt_topic: str | None = None,
                 backward.append((stamp_to_ns(transform.header.stamp), transform))
     if not forward and not backward:
         pairs = ", ".join(f"{a} -> {b}" for a, b in sorted(seen)) or "none"
-        raise ValueError(f"bag {path} has no transform {parent} -> {child} in {' and '.join(tf_topics)}; "
+        raise ValueError(f"bag {path} has no transform {parent} -> {child} in {' and '.join(topics)}; "
                          f"transforms found: {pairs}")
     if forward:
         stamps, position, quat = _pose_arrays(forward)
@@ -251,6 +265,15 @@ def read_trajectory(reader: Any, path: str | Path, gt_topic: str | None = None,
         stamps, position, quat = _pose_arrays(backward)
         position, quat = _invert(position, quat)
     return Trajectory(stamps, position, quat, f"/tf {parent} -> {child}")
+
+
+def read_trajectory(reader: Any, path: str | Path, gt_topic: str | None = None,
+                    gt_tf: tuple[str, str] | None = None) -> Trajectory:
+    """The ground truth of a bag from `gt_topic` (default /ground_truth/pose) or the /tf transform
+    `gt_tf` = (parent, child); the stamps are the messages' header stamps."""
+    topics = ground_truth_topics(reader, path, gt_topic, gt_tf)
+    messages = (msg for _, _, msg in read_messages(reader, path, topics))
+    return trajectory_from_messages(path, messages, topics, gt_tf)
 
 
 def check_overlap(trajectory: Trajectory, image_stamps_ns: ArrayLike, valid_N: ArrayLike, path: str | Path,

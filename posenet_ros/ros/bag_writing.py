@@ -5,7 +5,7 @@ message per topic, all with the same ``header.stamp``, which is also the bag's l
 
 - ``/camera/camera_info`` (sensor_msgs/msg/CameraInfo): K of the record's intrinsics in pixels, zero
   distortion; only when the records have intrinsics.
-- ``/camera/image_raw`` (sensor_msgs/msg/Image): rgb8, exactly the pixels ``read_rgb`` returns; or,
+- ``/camera/image_raw`` (sensor_msgs/msg/Image): rgb8, exactly the pixels ``read_frame_rgb`` returns; or,
   with ``compressed=True``, ``/camera/image_raw/compressed`` (sensor_msgs/msg/CompressedImage, jpeg or
   png, image_transport's topic name and format string) instead.
 - ``/camera/depth/image_raw`` (sensor_msgs/msg/Image): 16UC1 millimetres, 0 invalid; only when the
@@ -44,7 +44,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
-from posenet_ros.data.dataset import pose_vector, read_depth_mm, read_rgb
+from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
 from posenet_ros.ros.conversions import (
@@ -213,7 +213,7 @@ def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: b
 def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, topics: list[str],
                     compressed_format: str, map_frame: str, camera_frame: str) -> dict[str, object]:
     """topic -> message (rosbags class) of one frame, for the topics in `topics`."""
-    rgb = read_rgb(record.image_path)
+    rgb = read_frame_rgb(record.image_path)
     height, width = rgb.shape[:2]
     pose = pose_vector(record.world_from_cam)
     messages: dict[str, object] = {}
@@ -232,7 +232,7 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, top
                                                                 format=compressed_format)
     if DEPTH_TOPIC in topics:
         assert record.depth_path is not None  # _topics_to_write checked it
-        depth = read_depth_mm(record.depth_path)
+        depth = read_frame_depth(record.depth_path)
         messages[DEPTH_TOPIC] = depth_msg(types, depth, stamp_ns, camera_frame, encoding="16UC1")
     messages[POSE_TOPIC] = pose_stamped(types, stamp_ns, map_frame, pose[:3], pose[3:])
     transform = transform_stamped(types, stamp_ns, map_frame, camera_frame, pose[:3], pose[3:])

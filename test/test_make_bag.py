@@ -29,7 +29,7 @@ from posenet_ros.ros.bag_writing import (
     make_bag,
 )
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
-from posenet_ros.ros.play import open_bag
+from posenet_ros.ros.bag_reading import open_bag
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3
 SPLITS = ("train", "test")  # two train sequences and one test sequence: 9 frames

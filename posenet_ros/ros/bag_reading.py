@@ -23,16 +23,18 @@ path) whose message lists the bag's topics and types where that helps.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from rosbags.highlevel import AnyReader, AnyReaderError
 
 from posenet_ros.geometry import quat_conjugate, quat_exp, quat_log, quat_multiply, quat_normalize
 from posenet_ros.ros.conversions import intrinsics_from_camera_info, pose_from_msg, stamp_to_ns
-from posenet_ros.ros.play import open_bag
+from posenet_ros.ros.dds_types import typestore
 
 __all__ = ["BagStreams", "Trajectory", "bag_topics", "describe_topics", "ground_truth_topics", "open_bag",
            "read_camera_info", "read_messages", "read_trajectory", "select_streams", "stream_messages",
@@ -48,6 +50,41 @@ DEFAULT_IMAGE_TOPICS = ("/camera/image_raw", "/camera/image_raw/compressed")
 DEFAULT_DEPTH_TOPIC = "/camera/depth/image_raw"
 DEFAULT_GT_TOPIC = "/ground_truth/pose"
 DEFAULT_MAX_GAP_S = 0.1
+
+
+def _check_bag_path(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"bag {path} does not exist")
+    if path.is_dir():
+        if not (path / "metadata.yaml").is_file():
+            raise ValueError(f"{path} is not a rosbag2 (no metadata.yaml in the folder)")
+    elif path.suffix == ".bag":
+        raise ValueError(f"{path} is a ROS 1 bag; convert it to rosbag2 first (e.g. with rosbags-convert)")
+    elif path.suffix not in (".mcap", ".db3"):
+        raise ValueError(
+            f"{path} is not a rosbag2 (expected a bag folder with metadata.yaml, or a .mcap or .db3 file)"
+        )
+
+
+@contextmanager
+def open_bag(bag: str | Path) -> Iterator[AnyReader]:
+    """Open rosbag2 ``bag`` (folder, ``.mcap`` or ``.db3``) with AnyReader; closes it on exit.
+
+    Raises FileNotFoundError for a missing path and ValueError for anything that is not a readable
+    rosbag2 (one line naming the problem). Messages of bags without stored type definitions are
+    deserialised with the ROS 2 Humble typestore.
+    """
+    path = Path(bag)
+    _check_bag_path(path)
+    try:
+        reader = AnyReader([path], default_typestore=typestore())
+        reader.open()
+    except AnyReaderError as err:
+        raise ValueError(f"cannot read bag {path}: {err}") from None
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def bag_topics(reader: Any) -> dict[str, str]:

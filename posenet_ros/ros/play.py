@@ -35,16 +35,16 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.highlevel import AnyReader
 
+from posenet_ros.ros.bag_reading import bag_topics, describe_topics, open_bag
 from posenet_ros.ros.conversions import stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, Publisher, Subscription, resolve_topic_name
-from posenet_ros.ros.dds_types import dds_type, to_dds, typestore
+from posenet_ros.ros.dds_types import dds_type, to_dds
 
 __all__ = [
     "DEFAULT_STEP_TYPE",
@@ -82,56 +82,9 @@ def qos_for_topic(topic: str, type_name: str) -> str:
     return "default"
 
 
-def _check_bag_path(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"bag {path} does not exist")
-    if path.is_dir():
-        if not (path / "metadata.yaml").is_file():
-            raise ValueError(f"{path} is not a rosbag2 (no metadata.yaml in the folder)")
-    elif path.suffix == ".bag":
-        raise ValueError(f"{path} is a ROS 1 bag; convert it to rosbag2 first (e.g. with rosbags-convert)")
-    elif path.suffix not in (".mcap", ".db3"):
-        raise ValueError(
-            f"{path} is not a rosbag2 (expected a bag folder with metadata.yaml, or a .mcap or .db3 file)"
-        )
-
-
-@contextmanager
-def open_bag(bag: str | Path) -> Iterator[AnyReader]:
-    """Open rosbag2 ``bag`` (folder, ``.mcap`` or ``.db3``) with AnyReader; closes it on exit.
-
-    Raises FileNotFoundError for a missing path and ValueError for anything that is not a readable
-    rosbag2 (one line naming the problem). Messages of bags without stored type definitions are
-    deserialised with the ROS 2 Humble typestore.
-    """
-    path = Path(bag)
-    _check_bag_path(path)
-    try:
-        reader = AnyReader([path], default_typestore=typestore())
-        reader.open()
-    except AnyReaderError as err:
-        raise ValueError(f"cannot read bag {path}: {err}") from None
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
-def _bag_topics(reader: AnyReader) -> dict[str, str]:
-    """topic -> type of every connection in the bag (the first type if a topic has several)."""
-    topics: dict[str, str] = {}
-    for connection in reader.connections:
-        topics.setdefault(connection.topic, connection.msgtype)
-    return topics
-
-
-def _describe_topics(topics: dict[str, str]) -> str:
-    return ", ".join(f"{topic} [{type_name}]" for topic, type_name in sorted(topics.items())) or "none"
-
-
 def _select_topics(reader: AnyReader, path: Path, topics: Sequence[str] | None) -> dict[str, str]:
     """The topics to play (topic -> type), checked against the bag."""
-    available = _bag_topics(reader)
+    available = bag_topics(reader)
     if topics is None:
         selected = dict(available)
     else:
@@ -139,7 +92,7 @@ def _select_topics(reader: AnyReader, path: Path, topics: Sequence[str] | None) 
         missing = [topic for topic in wanted if topic not in available]
         if missing:
             raise ValueError(
-                f"topic {', '.join(missing)} not in bag {path}; it has: {_describe_topics(available)}"
+                f"topic {', '.join(missing)} not in bag {path}; it has: {describe_topics(available)}"
             )
         selected = {topic: available[topic] for topic in dict.fromkeys(wanted)}
     conflicting = {c.topic for c in reader.connections if selected.get(c.topic, c.msgtype) != c.msgtype}
@@ -332,7 +285,7 @@ def play(
             publishers = _make_publishers(node, selected)
             if not publishers:
                 raise ValueError(
-                    f"none of the topics of bag {path} can be sent over DDS: {_describe_topics(selected)}"
+                    f"none of the topics of bag {path} can be sent over DDS: {describe_topics(selected)}"
                 )
             step = _StepWaiter(node, step_topic, step_type) if step_topic is not None else None
             counts = dict.fromkeys(publishers, 0)

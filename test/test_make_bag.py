@@ -18,6 +18,7 @@ from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
 from posenet_ros.ros import bag_writing
+from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,
     COMPRESSED_IMAGE_TOPIC,
@@ -29,7 +30,6 @@ from posenet_ros.ros.bag_writing import (
     make_bag,
 )
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
-from posenet_ros.ros.bag_reading import open_bag
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3
 SPLITS = ("train", "test")  # two train sequences and one test sequence: 9 frames

@@ -60,14 +60,14 @@ def test_replay_reproduces_eval_on_the_same_frames(trained, capsys):
     assert main(["eval", "--quiet", "--model", str(trained["run"]), "--data", str(trained["scene"]),
                  "--out", str(trained["root"] / "eval_det"), "--mc-samples", "0", "--batch-size", "1"]) == 0
     evaluated = json.loads((trained["root"] / "eval_det" / "metrics.json").read_text())["overall"]
-    print("replay", metrics["median_position_error_m"], metrics["median_orientation_error_deg"],
-          "eval", evaluated["median_position_error_m"], evaluated["median_orientation_error_deg"])
     assert metrics["frames"] == metrics["frames_with_ground_truth"] == evaluated["frames"] == 48
     assert metrics["median_position_error_m"] == pytest.approx(evaluated["median_position_error_m"], abs=1e-6)
     assert metrics["median_orientation_error_deg"] == pytest.approx(evaluated["median_orientation_error_deg"],
                                                                     abs=1e-6)
     assert metrics["dropped"] == metrics["rejected"] == metrics["failed"] == 0
     assert "report" in capsys.readouterr().out
+    print("replay:", metrics["median_position_error_m"], metrics["median_orientation_error_deg"],
+          "eval:", evaluated["median_position_error_m"], evaluated["median_orientation_error_deg"])
 
 
 def test_replay_outputs(trained):

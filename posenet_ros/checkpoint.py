@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json
 from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.temporal import TemporalConfig, TemporalModel
+from posenet_ros.smoothing import TemporalCalibration
 from posenet_ros.uncertainty import UncertaintyConfig
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "posenet_ros.checkpoint.v1"
 MODEL_FILE = "model.safetensors"
 _MAP_POSES_KEY = "map_poses_N7"
+_TEMPORAL_PREFIX = "temporal."  # the temporal model's tensors (models/temporal.py), when trained
 
 
 class CheckpointError(ValueError):
@@ -48,6 +51,8 @@ class LoadedModel:
     path: Path
     uncertainty: UncertaintyConfig  # defaults (uncalibrated) until `posenet-ros calibrate` runs
     loop_closure: LoopClosureConfig
+    temporal: TemporalModel | None = None  # once `posenet-ros train-temporal` has run; eval mode
+    temporal_calibration: TemporalCalibration = field(default_factory=TemporalCalibration)
 
     @property
     def calibrated(self) -> bool:
@@ -101,6 +106,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except (json.JSONDecodeError, ConfigError, ValueError) as exc:
         raise CheckpointError(f"{path}: the stored calibration is invalid ({exc})") from exc
     map_poses = tensors.pop(_MAP_POSES_KEY, torch.zeros(0, 7, dtype=torch.float64)).numpy()
+    temporal_tensors = {key[len(_TEMPORAL_PREFIX):]: tensors.pop(key) for key in list(tensors)
+                        if key.startswith(_TEMPORAL_PREFIX)}
     model = PoseNet(model_config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -113,8 +120,43 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             f"wrong shape {wrong_shape[:5]}")
     model.load_state_dict(tensors)
     model.to(device).eval().set_dropout_mode("off")
+    temporal, temporal_calibration = _load_temporal(path, metadata, temporal_tensors, model.head_dim)
     return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path,
-                       uncertainty=uncertainty, loop_closure=loop_closure)
+                       uncertainty=uncertainty, loop_closure=loop_closure,
+                       temporal=None if temporal is None else temporal.to(device).eval(),
+                       temporal_calibration=temporal_calibration)
+
+
+def _load_temporal(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor],
+                   cnn_feature_dim: int) -> tuple[TemporalModel | None, TemporalCalibration]:
+    if "temporal" not in metadata:
+        return None, TemporalCalibration()
+    try:
+        stored = json.loads(metadata["temporal"])
+        temporal = TemporalModel(config_from_dict(TemporalConfig, stored["config"], prefix="temporal."),
+                                 cnn_feature_dim)
+        calibration = TemporalCalibration(**stored["calibration"])
+        temporal.load_state_dict(tensors)
+    except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the stored temporal model is invalid ({exc})") from exc
+    return temporal, calibration
+
+
+def store_temporal(path: str | Path, temporal: TemporalModel, description: dict[str, Any]) -> Path:
+    """Rewrite the checkpoint at `path` (atomically) with the temporal model's weights (replacing an
+    earlier temporal model) and `description` (its config, calibration, training settings and report)."""
+    path = resolve_checkpoint_path(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a posenet_ros checkpoint")
+    tensors = {key: value for key, value in load_file(str(path)).items()
+               if not key.startswith(_TEMPORAL_PREFIX)}
+    for key, value in temporal.state_dict().items():
+        tensors[_TEMPORAL_PREFIX + key] = value.detach().to("cpu").contiguous()
+    metadata["temporal"] = json.dumps(description)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return path
 
 
 def store_calibration(path: str | Path, uncertainty: UncertaintyConfig, loop_closure: LoopClosureConfig,

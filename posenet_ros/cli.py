@@ -3,7 +3,8 @@
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
     posenet-ros train --data D --out O [--config YAML] [--resume] [BAG OPTIONS] [key=value ...]
     posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N] [BAG OPTIONS]
-    posenet-ros calibrate --model M --data D [--split val] [BAG OPTIONS]
+    posenet-ros calibrate --model M --data D [--split val]
+    posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
     posenet-ros make-bag DATA OUT [--split test ...] [--storage mcap] [--compressed] [--no-depth] [--rate 30]
     posenet-ros replay BAG --model M --out O [--live] [--gt-topic T | --gt-tf PARENT CHILD]
@@ -128,11 +129,29 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
                        batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
                        unknown_splits=args.unknown_splits, bag_options=_bag_options(args),
-                       progress=not args.quiet)
+                       smooth=args.smooth, progress=not args.quiet)
     print(format_table(metrics))
+    overall = metrics["overall"]
+    print(f"smoothing {args.smooth}: median frame-to-frame jitter "
+          f"{overall['median_jitter_position_m']:.4f} m, {overall['median_jitter_rotation_deg']:.3f}°")
     if "uncertainty" in metrics["overall"]:
         print(format_uncertainty(metrics))
     print(f"metrics, per-frame predictions and plots written to {args.out}")
+    return 0
+
+
+def _train_temporal(args: argparse.Namespace) -> int:
+    from posenet_ros.temporal_training import TemporalTrainConfig, train_temporal
+
+    config = load_config(TemporalTrainConfig, args.config, args.overrides)
+    report = train_temporal(args.model, args.data, config, progress=not args.quiet)
+    print(f"trained the temporal model on {report['windows']} windows of {config.window} frames "
+          f"({report['frames']} frames): final loss {report['final_loss']:.3f}; stored in {args.model}")
+    if "causal_position_mean_nees_before" in report:
+        scales = report["calibration"]
+        print(f"  covariance scales on {config.val_split!r}: causal {scales['causal_position']:.3g} / "
+              f"{scales['causal_rotation']:.3g}, offline {scales['offline_position']:.3g} / "
+              f"{scales['offline_rotation']:.3g} (position / rotation)")
     return 0
 
 
@@ -428,9 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: outside, occlusion and blur where present)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--smooth", choices=["off", "causal", "offline"], default="off",
+                          help="temporal smoothing of each sequence (needs `train-temporal`; default off)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_bag_arguments(evaluate, "those the checkpoint was trained with")
     evaluate.set_defaults(func=_eval)
+
+    temporal = commands.add_parser("train-temporal", help="train the temporal LSTM smoother of a checkpoint",
+                                   description="Train the causal and bidirectional temporal model on windows "
+                                   "of consecutive frames, the per-frame model frozen, and store it in the "
+                                   "checkpoint.")
+    temporal.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
+    temporal.add_argument("--data", type=Path, required=True, help="dataset folder or rosbag2")
+    temporal.add_argument("--config", type=Path, help="YAML with TemporalTrainConfig keys")
+    temporal.add_argument("--quiet", action="store_true", help="no progress bar")
+    temporal.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. window=16 epochs=40")
+    temporal.set_defaults(func=_train_temporal)
 
     calibrate = commands.add_parser("calibrate", help="fit the covariance and loop-closure thresholds",
                                     description="Fit the covariance calibration (a scale and a "

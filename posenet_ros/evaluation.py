@@ -69,6 +69,8 @@ from posenet_ros.device import resolve_device
 from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_error
 from posenet_ros.loop_closure import LoopClosureConfig, roc_auc, run_detector
 from posenet_ros.models.posenet import PoseNet
+from posenet_ros.models.temporal import SmoothMode
+from posenet_ros.smoothing import smooth_sequence, temporal_jitter
 from posenet_ros.uncertainty import UncertaintyConfig, estimate, fit_feature_covariance
 
 logger = logging.getLogger(__name__)
@@ -606,7 +608,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
              out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
              batch_size: int = 32, device: str | torch.device = "auto", mc_samples: int | None = None,
              unknown_splits: Sequence[str] | None = None, bag_options: Mapping[str, Any] | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             smooth: str = "off", progress: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint at `model_path` on `split` of each dataset folder or rosbag2 in
     `data_roots`.
 
@@ -620,8 +622,12 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     baseline of the checkpoint's training poses. `mc_samples`: None = the checkpoint's setting,
     0 = deterministic. `unknown_splits`: splits of unknown places for the loop-closure metrics
     (None: those of `DEFAULT_UNKNOWN_SPLITS` present; frames marked in-map by a synthetic scene are
-    left out).
+    left out). `smooth`: "off" (per-frame estimates), "causal" or "offline" (the checkpoint's temporal
+    model over each sequence; see smoothing.py). Every evaluation reports the median frame-to-frame
+    jitter (`temporal_jitter`).
     """
+    if smooth not in ("off", "causal", "offline"):
+        raise ValueError(f"smooth must be 'off', 'causal' or 'offline', got {smooth!r}")
     roots = [Path(root) for root in data_roots]
     if not roots:
         raise ValueError("evaluate needs at least one data root")
@@ -629,6 +635,9 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     out = Path(out)
     resolved_device = resolve_device(device)
     loaded = load_model(model_path, resolved_device)
+    if smooth != "off" and loaded.temporal is None:
+        raise ValueError(f"{loaded.path} has no temporal model: run `posenet-ros train-temporal` first, or "
+                         "evaluate with smoothing off")
     transform = eval_transform(loaded.config)
     uncertainty = _uncertainty_setting(loaded, mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
@@ -649,10 +658,14 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         if not records:
             raise ValueError(f"{root}: the {split!r} split has no frames")
         predictions = run(records, f"evaluate {name}")
+        if smooth != "off":
+            predictions = smoothed_predictions(loaded, records, predictions, smooth,  # type: ignore[arg-type]
+                                               resolved_device)
         scenes[name] = predictions
         metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
                                                           predictions.orientation_error_N,
-                                                          checked_thresholds)}
+                                                          checked_thresholds),
+                   **jitter_of(predictions)}
         unknown_records = (unknown_place_records(root, unknown_splits, bag=bag) if uncertainty is not None
                            else {})
         unknown = {split: run(records, f"{split} {name}") for split, records in unknown_records.items()}
@@ -667,6 +680,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     all_unknown = {split: _concatenate(parts) for split, parts in unknown_parts.items()}
     overall = _with_baseline(pose_metrics(everything.position_error_N, everything.orientation_error_N,
                                           checked_thresholds), everything, map_poses, checked_thresholds)
+    overall.update(jitter_of(everything))
     overall.update(_uncertainty_sections(everything, all_unknown, loaded.loop_closure))
     result: dict[str, Any] = {
         "model": str(loaded.path),
@@ -676,6 +690,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         "thresholds": [[metres, degrees] for metres, degrees in checked_thresholds],
         "mc_samples": 0 if uncertainty is None else uncertainty.mc_samples,
         "calibrated": loaded.calibrated,
+        "smoothing": smooth,
         "scenes": scene_metrics,
         "overall": overall,
     }
@@ -687,6 +702,40 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         atomic_write_bytes(out / "uncertainty_vs_error.png", _plot_uncertainty(scenes, all_unknown))
     logger.info("wrote metrics.json, predictions.csv and plots to %s", out)
     return result
+
+
+def jitter_of(predictions: Predictions) -> dict[str, float]:
+    """Median frame-to-frame jitter of predictions, frames ordered by (sequence, frame index)."""
+    order = sorted(range(len(predictions)),
+                   key=lambda i: (predictions.sequence[i], int(predictions.frame_index[i])))
+    return temporal_jitter(predictions.position_pred_N3[order], predictions.quat_pred_N4[order],
+                           predictions.position_true_N3[order], predictions.quat_true_N4[order],
+                           [predictions.sequence[i] for i in order])
+
+
+def smoothed_predictions(loaded: LoadedModel, records: Sequence[FrameRecord], predictions: Predictions,
+                         mode: SmoothMode, device: torch.device) -> Predictions:
+    """`predictions` of `records` with the poses (and covariances, when present) of the checkpoint's
+    temporal model run over each sequence in `mode`."""
+    from posenet_ros.temporal_training import compute_inputs  # imports this module
+
+    assert loaded.temporal is not None
+    inputs = compute_inputs(loaded.model, list(records), loaded.config, device)
+    position, quat = predictions.position_pred_N3.copy(), predictions.quat_pred_N4.copy()
+    covariance = None if predictions.covariance_N66 is None else predictions.covariance_N66.copy()
+    for members in inputs.sequences:
+        index = torch.tensor(members, device=inputs.features_NF.device)
+        smoothed = smooth_sequence(loaded.temporal, loaded.model, loaded.temporal_calibration,
+                                   inputs.features_NF[index], inputs.position_norm_N3[index],
+                                   inputs.quat_N4[index], mode)
+        position[members], quat[members] = smoothed.position_T3, smoothed.quat_T4
+        if covariance is not None:
+            covariance[members] = smoothed.covariance_T66
+    position_error, orientation_error = pose_errors(position, quat, predictions.position_true_N3,
+                                                    predictions.quat_true_N4)
+    return dataclasses.replace(predictions, position_pred_N3=position, quat_pred_N4=quat,
+                               covariance_N66=covariance, position_error_N=position_error,
+                               orientation_error_N=orientation_error)
 
 
 def _uncertainty_setting(loaded: LoadedModel, mc_samples: int | None) -> UncertaintyConfig | None:

@@ -27,6 +27,7 @@ from posenet_ros.data.dataset import crop_box
 from posenet_ros.device import resolve_device
 from posenet_ros.evaluation import eval_transform
 from posenet_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
+from posenet_ros.smoothing import CausalSmoother, head_inputs
 from posenet_ros.uncertainty import estimate
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,14 @@ class Relocalizer:
 
     device: "auto" | "cpu" | "cuda" | "cuda:N". precision: "fp32", or "fp16" / "bf16" autocast on
     CUDA. mc_samples: None = the checkpoint's (calibrated) setting, 0 = deterministic.
-    loop_closure: overrides the checkpoint's thresholds.
+    loop_closure: overrides the checkpoint's thresholds. smoothing: run the checkpoint's causal temporal
+    model when it has one (the pose and covariance become the smoothed ones; the state resets with
+    `reset()` and after `smoothing_reset_unknown` consecutive unknown-place frames, 0 = never).
     """
 
     def __init__(self, model_path: str | Path, *, device: str = "auto", precision: Precision = "fp32",
-                 mc_samples: int | None = None, loop_closure: LoopClosureConfig | None = None) -> None:
+                 mc_samples: int | None = None, loop_closure: LoopClosureConfig | None = None,
+                 smoothing: bool = True, smoothing_reset_unknown: int = 10) -> None:
         self.device = resolve_device(device)
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -85,6 +89,10 @@ class Relocalizer:
         self.loop_closure = loop_closure or loaded.loop_closure
         self.transform = eval_transform(loaded.config)
         self._detector = LoopClosureDetector(self.loop_closure)
+        # The causal temporal model (smoothing.py) when the checkpoint has one and smoothing is on.
+        self.smoother = (CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
+                                        smoothing_reset_unknown)
+                         if smoothing and loaded.temporal is not None else None)
         if not self.calibrated:
             logger.warning("%s has no uncertainty calibration (run `posenet-ros calibrate`): covariances "
                            "are unscaled and every finite loop-closure score counts as a known place",
@@ -100,8 +108,11 @@ class Relocalizer:
         self.loop_closure = self._detector.config = config
 
     def reset(self) -> None:
-        """Forget the stream's history (loop-closure hysteresis), e.g. after a gap or on request."""
+        """Forget the stream's history (loop-closure hysteresis, temporal state), e.g. after a gap or
+        on request."""
         self._detector.reset()
+        if self.smoother is not None:
+            self.smoother.reset()
 
     def prepare(self, rgb_HW3: np.ndarray) -> torch.Tensor:
         """uint8 RGB (H, W, 3) -> float32 (1, 3, h, w) in [0, 1] on the device, as evaluation does."""
@@ -132,10 +143,15 @@ class Relocalizer:
             flat = torch.cat([result.position_B3[0], result.quat_B4[0], result.score_B[:1],
                               result.covariance_B66[0].flatten(), result.epistemic_B66[0].flatten(),
                               result.aleatoric_B66[0].flatten()]).cpu().numpy()
-        forwarded = time.perf_counter()
-        position, quat, score = flat[:3], flat[3:7], float(flat[7])
-        covariance, epistemic, aleatoric = flat[8:].reshape(3, 6, 6)
-        known = self._detector.update(score)
+            forwarded = time.perf_counter()
+            position, quat, score = flat[:3], flat[3:7], float(flat[7])
+            covariance, epistemic, aleatoric = flat[8:].reshape(3, 6, 6)
+            known = self._detector.update(score)
+            if self.smoother is not None and result.features_BF is not None:
+                features = result.features_BF.float()
+                smoothed = self.smoother.update(features, *head_inputs(self.model, features), known)
+                position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
+                covariance = smoothed.covariance_T66[0]
         estimate_ = PoseEstimate(
             stamp_ns=int(stamp_ns), position_3=position, quat_wxyz_4=quat,
             covariance_66=covariance, epistemic_66=epistemic, aleatoric_66=aleatoric,
@@ -144,4 +160,5 @@ class Relocalizer:
         done = time.perf_counter()
         estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
                                 "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
+        # "summary" includes the temporal step when smoothing is on.
         return estimate_

@@ -104,6 +104,7 @@ class PoseDistribution:
     aleatoric_B66: torch.Tensor
     score_B: torch.Tensor
     mc_spread_B: torch.Tensor
+    features_BF: torch.Tensor | None = None  # the head's input with dropout off (temporal smoothing)
 
 
 def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mode: McMode = "head",
@@ -211,7 +212,8 @@ def summarise(samples: PoseSamples, position_scale_m: float, config: Uncertainty
     covariance = calibrated(epistemic + aleatoric, *config.block_factors(score))
     return PoseDistribution(position_B3=mean_position, quat_B4=mean_quat, covariance_B66=covariance,
                             epistemic_B66=epistemic, aleatoric_B66=aleatoric, score_B=score,
-                            mc_spread_B=mc_spread(epistemic, position_scale_m))
+                            mc_spread_B=mc_spread(epistemic, position_scale_m),
+                            features_BF=samples.features_BF)
 
 
 def mc_spread(epistemic_B66: torch.Tensor, position_scale_m: float) -> torch.Tensor:
@@ -265,7 +267,8 @@ def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
         position_B3=position, quat_B4=output.quat_B4.to(torch.float64),
         covariance_B66=calibrated(aleatoric, *config.block_factors(score)),
         epistemic_B66=torch.zeros_like(aleatoric), aleatoric_B66=aleatoric, score_B=score,
-        mc_spread_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device))
+        mc_spread_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device),
+        features_BF=features)
 
 
 def estimate(model: PoseNet, images_B3HW: torch.Tensor, config: UncertaintyConfig,

@@ -1,6 +1,7 @@
 """Acceptance of the uncertainty issue on the synthetic scene, through the CLI as a user runs it:
-train with the heteroscedastic loss, `posenet-ros calibrate` on the held-out val loop, then
-`posenet-ros eval` on the test loop with the outside, occlusion and blur sequences as unknown places.
+the session's model trained with the heteroscedastic loss (conftest.py), `posenet-ros calibrate` on
+the held-out val loop, then `posenet-ros eval` on the test loop with the outside, occlusion and blur
+sequences as unknown places.
 """
 
 import json
@@ -10,21 +11,11 @@ import pytest
 from posenet_ros.checkpoint import load_model
 from posenet_ros.cli import main
 
-# The training test's 64x48 wide-angle scene, plus a val loop, the outside sequence and the
-# occlusion and blur variations of the test loop.
-SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=96", "train_sequences=8",
-         "outside_sequences=1", "val_sequences=1", "variations=[occlusion,blur]"]
-TRAIN = ["device=cpu", "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=48",
-         "data.crop=[44,60]", "batch_size=16", "lr=1e-3", "epochs=60", "data.val_split=''",
-         "loss.kind=aleatoric", "model.aleatoric=per_axis"]
-
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> tuple[dict, dict]:
-    root = tmp_path_factory.mktemp("uncertainty")
-    scene, run = root / "scene", root / "run"
-    assert main(["synth", "--quiet", str(scene), *SCENE]) == 0
-    assert main(["train", "--quiet", "--data", str(scene), "--out", str(run), *TRAIN]) == 0
+def evaluated(trained_scene, trained_copy) -> tuple[dict, dict]:
+    scene, run = trained_scene[0], trained_copy("uncertainty")
+    root = run.parent
     assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene)]) == 0
     assert main(["eval", "--quiet", "--model", str(run), "--data", str(scene),
                  "--out", str(root / "eval")]) == 0

@@ -58,6 +58,9 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "0: deterministic (no epistemic term, no loop-closure score)", minimum=-1, maximum=1024),
     ParameterSpec("smoothing", True,
                   "Temporal smoothing when the checkpoint has a temporal model (no effect otherwise)"),
+    ParameterSpec("smoothing_reset_unknown", 10,
+                  "Consecutive unknown-place frames after which the temporal state is dropped; 0: never",
+                  minimum=0, maximum=100000),
     ParameterSpec("map_frame", "map", "frame_id of the published poses, the map poses and the TF parent"),
     ParameterSpec("camera_frame", "",
                   "TF child frame of the published transform; empty: the image's header.frame_id"),
@@ -94,6 +97,7 @@ class NodeSettings:
     max_depth_stamp_diff: float = 0.02
     mc_samples: int = -1
     smoothing: bool = True
+    smoothing_reset_unknown: int = 10
     map_frame: str = "map"
     camera_frame: str = ""
     publish_tf: bool = False

@@ -98,7 +98,9 @@ def build_relocalizer(settings: NodeSettings) -> Relocalizer:
     """The Relocalizer the parameters describe (checkpoint, device, precision, MC samples and
     loop-closure overrides). Raises ValueError when the model needs depth and use_depth is off."""
     relocalizer = Relocalizer(settings.model, device=settings.device, precision=settings.precision,  # type: ignore[arg-type]
-                              mc_samples=None if settings.mc_samples < 0 else settings.mc_samples)
+                              mc_samples=None if settings.mc_samples < 0 else settings.mc_samples,
+                              smoothing=settings.smoothing,
+                              smoothing_reset_unknown=settings.smoothing_reset_unknown)
     overrides = {name: value for name, value in (("enter_score", settings.loop_closure_enter_score),
                                                  ("leave_score", settings.loop_closure_leave_score),
                                                  ("min_frames", settings.loop_closure_min_frames or math.nan))

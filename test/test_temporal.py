@@ -1,0 +1,132 @@
+"""Temporal smoothing (VidLoc-style LSTM): the causal step equals the whole-sequence run, a stamp gap
+resets the live state, and, trained on the session's synthetic model (conftest.py), the smoothed poses
+of the held-out test loop against the per-frame ones."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
+
+from posenet_ros.checkpoint import load_model, store_temporal
+from posenet_ros.cli import main
+from posenet_ros.models.temporal import TemporalConfig, TemporalModel
+from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.ros.dds_node import load_settings
+from posenet_ros.ros.pipeline import RelocalizationPipeline, build_relocalizer
+from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, temporal_jitter
+
+
+def _random_temporal(feature_dim: int, cnn_feature_dim: int = 64) -> TemporalModel:
+    torch.manual_seed(1)
+    temporal = TemporalModel(TemporalConfig(hidden=16, feature_dim=feature_dim), cnn_feature_dim)
+    with torch.no_grad():
+        for head in (temporal.causal_head, temporal.offline_head):
+            head.weight.normal_(0.0, 0.3)
+    return temporal.eval()
+
+
+@pytest.mark.parametrize("feature_dim", [0, 8])
+def test_causal_steps_equal_the_whole_sequence(feature_dim):
+    temporal = _random_temporal(feature_dim)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 12, 64, generator=generator)
+    position = torch.randn(1, 12, 3, generator=generator)
+    quat = torch.nn.functional.normalize(torch.randn(1, 12, 4, generator=generator), dim=-1)
+    with torch.no_grad():
+        whole, _ = temporal(features, position, quat, "causal")
+        state, steps = None, []
+        for t in range(12):
+            output, state = temporal.step(features[:, t], position[:, t], quat[:, t], state)
+            steps.append(output)
+        offline, _ = temporal(features, position, quat, "offline")
+    torch.testing.assert_close(torch.cat([s.position_norm_BT3 for s in steps], 1), whole.position_norm_BT3,
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([s.quat_BT4 for s in steps], 1), whole.quat_BT4,
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([s.log_var_BT6 for s in steps], 1), whole.log_var_BT6,
+                               rtol=1e-5, atol=1e-6)
+    # The offline (bidirectional) mode sees the future: its first frame differs from the causal one.
+    assert not torch.allclose(offline.position_norm_BT3[:, 0], whole.position_norm_BT3[:, 0])
+    # An untrained model (zero output layers) returns the per-frame poses.
+    fresh, _ = TemporalModel(TemporalConfig(hidden=16, feature_dim=feature_dim), 64)(features, position, quat)
+    torch.testing.assert_close(fresh.position_norm_BT3, position)
+
+
+def test_a_stamp_gap_and_unknown_places_reset_the_state(tmp_path):
+    path = make_checkpoint(tmp_path / "model.safetensors")
+    model = load_model(path).model
+    store_temporal(path, _random_temporal(0, model.head_dim), {
+        "config": {"hidden": 16, "feature_dim": 0}, "calibration": vars(TemporalCalibration())})
+    settings = load_settings(None, str(path), ["reset_gap:=1.0"])
+
+    def run(indices: list[int]) -> list:
+        pipeline = RelocalizationPipeline(settings, build_relocalizer(settings), TYPES,
+                                          lambda name, msg: None, queue_size=None)
+        estimates = []
+        for index in indices:
+            pipeline.on_image(image(index))
+            estimates.append(pipeline.process_next(timeout=0))
+        return estimates
+
+    assert build_relocalizer(settings).smoother is not None
+    # Frames 0, 1, 2 then frame 40 (4 s later, past reset_gap): frame 40 is answered as by a fresh node.
+    with_gap = run([0, 1, 2, 40])
+    fresh = run([40])
+    np.testing.assert_allclose(with_gap[3].position_3, fresh[0].position_3, rtol=0, atol=1e-12)
+    # Without a gap the history changes the answer.
+    continuous = run([37, 38, 39, 40])
+    assert np.abs(continuous[3].position_3 - fresh[0].position_3).max() > 1e-6
+    # smoothing off: the per-frame pose; the smoothed covariance is the temporal model's diagonal.
+    plain = Relocalizer(path, smoothing=False).process(rgb_frame(40), stamp_ns=stamp(40))
+    smoothed = Relocalizer(path).process(rgb_frame(40), stamp_ns=stamp(40))
+    assert np.abs(plain.position_3 - smoothed.position_3).max() > 1e-6
+    assert np.count_nonzero(smoothed.covariance_66 - np.diag(np.diag(smoothed.covariance_66))) == 0
+    # After `reset_after_unknown` unknown frames in a row the state is dropped.
+    smoother = CausalSmoother(_random_temporal(0, 8), model, TemporalCalibration(), reset_after_unknown=2)
+    inputs = (torch.randn(1, 8), torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]))
+    first = smoother.update(*inputs, known_place=True).position_T3
+    smoother.update(*inputs, known_place=False)
+    again = smoother.update(*inputs, known_place=False).position_T3  # second unknown: reset, then step
+    np.testing.assert_allclose(again, first, rtol=0, atol=1e-12)
+
+
+def test_jitter_is_zero_for_a_perfect_trajectory_and_grows_with_noise():
+    rng = np.random.default_rng(0)
+    position = np.cumsum(rng.normal(size=(50, 3)), axis=0)
+    quat = np.tile([1.0, 0.0, 0.0, 0.0], (50, 1))
+    sequences = ["a"] * 25 + ["b"] * 25
+    assert temporal_jitter(position, quat, position, quat, sequences)["median_jitter_position_m"] == 0.0
+    noisy = position + rng.normal(scale=0.1, size=position.shape)
+    jitter = temporal_jitter(noisy, quat, position, quat, sequences)["median_jitter_position_m"]
+    assert 0.1 < jitter < 0.25  # |n1 - n2| of two N(0, 0.1²) vectors: median about 0.15 m
+
+
+@pytest.fixture(scope="module")
+def smoothed(trained_scene, trained_copy) -> dict[str, dict]:
+    scene, run = trained_scene[0], trained_copy("temporal")
+    assert main(["train-temporal", "--quiet", "--model", str(run), "--data", str(scene), "device=cpu"]) == 0
+    results = {}
+    for mode in ("off", "causal", "offline"):
+        out = run.parent / f"eval_{mode}"
+        assert main(["eval", "--quiet", "--model", str(run), "--data", str(scene), "--out", str(out),
+                     "--mc-samples", "0", "--smooth", mode]) == 0
+        results[mode] = json.loads((out / "metrics.json").read_text())["overall"]
+    return results
+
+
+def test_smoothing_lowers_error_and_jitter_on_held_out_frames(smoothed):
+    for mode, values in smoothed.items():
+        print(f"{mode:<8} median {values['median_position_error_m']:.4f} m "
+              f"{values['median_orientation_error_deg']:.2f}°, "
+              f"jitter {values['median_jitter_position_m']:.4f} m "
+              f"{values['median_jitter_rotation_deg']:.3f}°")
+    off, causal, offline = smoothed["off"], smoothed["causal"], smoothed["offline"]
+    assert causal["median_jitter_position_m"] <= 0.7 * off["median_jitter_position_m"]
+    assert offline["median_position_error_m"] <= causal["median_position_error_m"]
+    assert causal["median_position_error_m"] <= 0.9 * off["median_position_error_m"]
+    assert math.isfinite(offline["median_jitter_rotation_deg"])

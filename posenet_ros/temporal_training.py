@@ -206,7 +206,7 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + float(loss.detach()), batches + 1
         scheduler.step()
         history.append(total / batches)
     temporal.eval()

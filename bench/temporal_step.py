@@ -1,0 +1,87 @@
+"""Per-frame cost of the causal temporal step (`smoothing.CausalSmoother.update`) as a ratio to the
+per-frame CNN forward pass, measured in one run.
+
+    python bench/temporal_step.py [--backbone resnet18] [--size 224] [--hidden 64] [--feature-dim 0]
+                                  [--frames 200] [--device cpu]
+
+Both on batch 1 under inference_mode, dropout off: the CNN forward is PoseNet(images) on a
+SIZExSIZE image; the temporal step is the deterministic head on the features plus one LSTM step and
+the conversion to a pose with covariance (what the Relocalizer adds per frame when smoothing is on).
+Prints a table and writes JSON (default bench/results/temporal_step.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.temporal import TemporalConfig, TemporalModel
+from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, head_inputs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_ms(function, frames: int) -> np.ndarray:
+    for _ in range(10):
+        function()
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        function()
+        times.append(1e3 * (time.perf_counter() - start))
+    return np.asarray(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--feature-dim", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "temporal_step.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = PoseNet(ModelConfig(backbone=args.backbone)).to(device).eval()
+    temporal = TemporalModel(TemporalConfig(args.hidden, args.feature_dim), model.head_dim).to(device).eval()
+    smoother = CausalSmoother(temporal, model, TemporalCalibration())
+    image = torch.rand(1, 3, args.size, args.size, device=device)
+    with torch.inference_mode():
+        features = model.forward_features(image)
+
+        def forward() -> None:
+            model(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def step() -> None:
+            smoother.update(features, *head_inputs(model, features))
+
+        cnn = timed_ms(forward, args.frames)
+        temporal_ms = timed_ms(step, args.frames)
+    results = {"device": str(device), "threads": torch.get_num_threads(), "backbone": args.backbone,
+               "size": args.size, "hidden": args.hidden, "feature_dim": args.feature_dim,
+               "cnn_forward_ms": {"p50": float(np.median(cnn)), "p99": float(np.percentile(cnn, 99))},
+               "temporal_step_ms": {"p50": float(np.median(temporal_ms)),
+                                    "p99": float(np.percentile(temporal_ms, 99))},
+               "ratio_p50": float(np.median(temporal_ms) / np.median(cnn))}
+    print(f"{args.backbone} {args.size}x{args.size}, {device}, {results['threads']} threads, batch 1")
+    print(f"  CNN forward            p50 {results['cnn_forward_ms']['p50']:.2f} ms")
+    print(f"  causal temporal step   p50 {results['temporal_step_ms']['p50']:.3f} ms")
+    print(f"  ratio                  {results['ratio_p50']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -58,6 +58,9 @@ class PoseEstimate:
     known_place: bool
     score: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The temporal model's per-frame inputs (features (1, F), position_norm (1, 3), quat (1, 4)), kept
+    # when the Relocalizer is built with keep_temporal_inputs (offline smoothing of a whole replay).
+    temporal_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class Relocalizer:
@@ -72,7 +75,8 @@ class Relocalizer:
 
     def __init__(self, model_path: str | Path, *, device: str = "auto", precision: Precision = "fp32",
                  mc_samples: int | None = None, loop_closure: LoopClosureConfig | None = None,
-                 smoothing: bool = True, smoothing_reset_unknown: int = 10) -> None:
+                 smoothing: bool = True, smoothing_reset_unknown: int = 10,
+                 keep_temporal_inputs: bool = False) -> None:
         self.device = resolve_device(device)
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -82,6 +86,9 @@ class Relocalizer:
         loaded = load_model(model_path, self.device)
         self.model = loaded.model
         self.model_path = loaded.path
+        self.temporal = loaded.temporal
+        self.temporal_calibration = loaded.temporal_calibration
+        self.keep_temporal_inputs = keep_temporal_inputs
         self.map_poses_N7 = loaded.map_poses_N7
         self.calibrated = loaded.calibrated
         self.uncertainty = (loaded.uncertainty if mc_samples is None
@@ -147,16 +154,19 @@ class Relocalizer:
             position, quat, score = flat[:3], flat[3:7], float(flat[7])
             covariance, epistemic, aleatoric = flat[8:].reshape(3, 6, 6)
             known = self._detector.update(score)
-            if self.smoother is not None and result.features_BF is not None:
+            inputs = None
+            if (self.smoother is not None or self.keep_temporal_inputs) and result.features_BF is not None:
                 features = result.features_BF.float()
-                smoothed = self.smoother.update(features, *head_inputs(self.model, features), known)
+                inputs = (features, *head_inputs(self.model, features))
+            if self.smoother is not None and inputs is not None:
+                smoothed = self.smoother.update(*inputs, known)
                 position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
                 covariance = smoothed.covariance_T66[0]
         estimate_ = PoseEstimate(
             stamp_ns=int(stamp_ns), position_3=position, quat_wxyz_4=quat,
             covariance_66=covariance, epistemic_66=epistemic, aleatoric_66=aleatoric,
             uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))),
-            known_place=known, score=score)
+            known_place=known, score=score, temporal_inputs=inputs if self.keep_temporal_inputs else None)
         done = time.perf_counter()
         estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
                                 "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}

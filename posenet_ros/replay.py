@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from posenet_ros.atomic_io import atomic_write_text
@@ -58,9 +59,17 @@ from posenet_ros.ros.bag_reading import (
     stream_messages,
 )
 from posenet_ros.ros.bag_writing import write_messages
-from posenet_ros.ros.conversions import RosbagsTypes, covariance_from_msg, pose_from_msg, stamp_to_ns
+from posenet_ros.ros.conversions import (
+    RosbagsTypes,
+    covariance_from_msg,
+    float64_msg,
+    pose_from_msg,
+    pose_with_covariance_stamped,
+    stamp_to_ns,
+)
 from posenet_ros.ros.parameters import NodeSettings
 from posenet_ros.ros.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer
+from posenet_ros.smoothing import smooth_sequence, temporal_jitter
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +111,19 @@ def _topic_name(name: str) -> str:
 
 
 def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams, *,
-                   progress: bool = True) -> ReplayRun:
-    """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early."""
+                   offline_smoothing: bool = False, progress: bool = True) -> ReplayRun:
+    """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early.
+    `offline_smoothing`: run per frame, then replace the poses of each stretch of the stream (split
+    where the node would reset) by the checkpoint's bidirectional temporal model."""
+    if offline_smoothing:
+        settings = dataclasses.replace(settings, smoothing=False)
     relocalizer = build_relocalizer(settings)
+    if offline_smoothing:
+        if relocalizer.temporal is None:
+            raise ValueError(f"{relocalizer.model_path} has no temporal model for --smooth offline: run "
+                             "`posenet-ros train-temporal` first")
+        relocalizer.keep_temporal_inputs = True
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     run = ReplayRun(loop_closure=dataclasses.asdict(relocalizer.loop_closure))
     last_stamp = [0]
 
@@ -131,14 +150,46 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
                             estimate.stamp_ns, estimate.position_3, estimate.quat_wxyz_4,
                             estimate.covariance_66, estimate.known_place, estimate.score,
                             estimate.uncertainty_m, 1e3 * (time.perf_counter() - began)))
+                        if estimate.temporal_inputs is not None:
+                            inputs.append(estimate.temporal_inputs)
                     bar.update(1)
     except KeyboardInterrupt:
         run.interrupted = True
     finally:
         bar.close()
+    if offline_smoothing:
+        _smooth_offline(run, relocalizer, inputs, settings)
     run.elapsed_s = time.perf_counter() - start
     run.counts = {key: float(value) for key, value in pipeline.diagnostics.counts.items()}
     return run
+
+
+def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.Tensor, torch.Tensor,
+                    torch.Tensor]], settings: NodeSettings) -> None:
+    """Replace the answers' poses, covariances and uncertainties (and the published messages) by the
+    bidirectional temporal model's, stretch by stretch (split at stamp gaps over reset_gap)."""
+    stamps = np.array([answer.stamp_ns for answer in run.answers], np.int64)
+    breaks = np.flatnonzero((np.diff(stamps) > settings.reset_gap * 1e9) | (np.diff(stamps) < 0)) + 1
+    types = RosbagsTypes()
+    replaced: dict[tuple[str, int], Any] = {}
+    for members in np.split(np.arange(len(stamps)), breaks):
+        if not len(members):
+            continue
+        features, position_norm, quat = (torch.cat([inputs[i][k] for i in members]) for k in range(3))
+        smoothed = smooth_sequence(relocalizer.temporal, relocalizer.model, relocalizer.temporal_calibration,
+                                   features, position_norm, quat, "offline")
+        for row, i in enumerate(members):
+            answer = run.answers[i]
+            answer.position_3, answer.quat_wxyz_4 = smoothed.position_T3[row], smoothed.quat_T4[row]
+            answer.covariance_66 = smoothed.covariance_T66[row]
+            answer.uncertainty_m = float(np.sqrt(max(np.trace(answer.covariance_66[:3, :3]), 0.0)))
+            replaced["pose", answer.stamp_ns] = pose_with_covariance_stamped(
+                types, answer.stamp_ns, settings.map_frame, answer.position_3, answer.quat_wxyz_4,
+                answer.covariance_66)
+            replaced["uncertainty", answer.stamp_ns] = float64_msg(types, answer.uncertainty_m)
+    topics = {_topic_name(OUTPUTS[name].name): name for name in ("pose", "uncertainty")}
+    run.messages = [(topic, type_name, stamp, replaced.get((topics.get(topic, ""), stamp), msg))
+                    for topic, type_name, stamp, msg in run.messages]
 
 
 def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", domain_id: int | None = None,
@@ -265,6 +316,9 @@ def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndar
         summary = pose_metrics(position_error[valid], orientation_error[valid], thresholds)
         metrics.update({key: value for key, value in summary.items() if key != "frames"})
         metrics["accuracy"] = {threshold_label(m, d): summary[threshold_key(m, d)] for m, d in thresholds}
+        stretch = np.cumsum(np.r_[0, np.abs(np.diff(stamps)) > 10**9])  # split where the node resets
+        metrics.update(temporal_jitter(position[valid], quat[valid], true_position[valid], true_quat[valid],
+                                       [str(label) for label in stretch[valid]]))
         errors = pose_error_vectors(position[valid], quat[valid], true_position[valid], true_quat[valid])
         if np.all(np.isfinite(covariance[valid])) and np.any(covariance[valid]):
             metrics["uncertainty"] = uncertainty_metrics(errors, covariance[valid])
@@ -342,13 +396,22 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
            depth_topic: str | None = None, gt_topic: str | None = None, gt_tf: tuple[str, str] | None = None,
            max_gap_s: float = DEFAULT_MAX_GAP_S, live: bool = False, namespace: str = "/",
            domain_id: int | None = None, dds_config: str | None = None, storage: str = "mcap",
-           in_map_radius_m: float = 0.5, in_map_angle_deg: float = 30.0,
+           in_map_radius_m: float = 0.5, in_map_angle_deg: float = 30.0, smooth: str = "node",
            progress: bool = True) -> dict[str, Any]:
     """Replay `bag` (see the module docstring) and write the results into `out`; returns the metrics.
 
     `settings`: the node's parameters (model, mc_samples, loop-closure overrides, ...); the image and
-    depth topics are those found in the bag unless given. Bag problems are ValueErrors naming them.
+    depth topics are those found in the bag unless given. `smooth`: "node" (as the node does: the
+    causal temporal model when the checkpoint has one and `settings.smoothing` is on), "off", or
+    "offline" (the bidirectional temporal model over each stretch of the stream; in-process only).
+    Bag problems are ValueErrors naming them.
     """
+    if smooth not in ("node", "off", "offline"):
+        raise ValueError(f"smooth must be 'node', 'off' or 'offline', got {smooth!r}")
+    if live and smooth != "node":
+        raise ValueError("--live records what the running node publishes: --smooth applies in-process only")
+    if smooth == "off":
+        settings = dataclasses.replace(settings, smoothing=False)
     if not max_gap_s > 0:
         raise ValueError(f"max_gap_s must be > 0, got {max_gap_s}")
     bag, out = Path(bag), Path(out)
@@ -366,7 +429,7 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
         run = run_live(bag, streams, namespace=namespace, domain_id=domain_id, config=dds_config,
                        progress=progress)
     else:
-        run = run_in_process(bag, settings, streams, progress=progress)
+        run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress)
     if not run.answers:
         raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
                          + (" (interrupted)" if run.interrupted else ""))
@@ -377,7 +440,9 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     metrics, frames, in_map = replay_results(run, trajectory, map_poses, max_gap_s=max_gap_s,
                                              in_map_radius_m=in_map_radius_m,
                                              in_map_angle_deg=in_map_angle_deg)
-    metrics.update(bag=str(bag), model=str(settings.model), image_topic=streams.image_topic,
+    if smooth == "node":
+        smooth = "causal" if settings.smoothing and loaded.temporal is not None else "off"
+    metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
                    depth_topic=streams.depth_topic, image_messages=len(image_stamps))
     out.mkdir(parents=True, exist_ok=True)
     latency = np.array([a.latency_ms for a in run.answers], np.float64)

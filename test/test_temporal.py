@@ -116,16 +116,19 @@ def smoothed(trained_scene, trained_copy) -> dict[str, dict]:
         assert main(["eval", "--quiet", "--model", str(run), "--data", str(scene), "--out", str(out),
                      "--mc-samples", "0", "--smooth", mode]) == 0
         results[mode] = json.loads((out / "metrics.json").read_text())["overall"]
+    results["run"], results["scene"] = run, scene
     return results
 
 
 def test_smoothing_lowers_error_and_jitter_on_held_out_frames(smoothed):
-    for mode, values in smoothed.items():
+    for mode in ("off", "causal", "offline"):
+        values = smoothed[mode]
         print(f"{mode:<8} median {values['median_position_error_m']:.4f} m "
               f"{values['median_orientation_error_deg']:.2f}°, "
               f"jitter {values['median_jitter_position_m']:.4f} m "
               f"{values['median_jitter_rotation_deg']:.3f}°")
     off, causal, offline = smoothed["off"], smoothed["causal"], smoothed["offline"]
+    assert smoothed["off"]["frames"] == 96
     assert causal["median_jitter_position_m"] <= 0.7 * off["median_jitter_position_m"]
     assert offline["median_jitter_position_m"] <= 0.7 * off["median_jitter_position_m"]
     assert offline["median_position_error_m"] <= causal["median_position_error_m"]
@@ -134,3 +137,18 @@ def test_smoothing_lowers_error_and_jitter_on_held_out_frames(smoothed):
     # (0.1600 -> 0.1512 m), so the issue stays open on this; the bound below catches regressions.
     assert causal["median_position_error_m"] <= 0.97 * off["median_position_error_m"]
     assert math.isfinite(offline["median_jitter_rotation_deg"])
+
+
+def test_replay_smooths_as_eval_does(smoothed):
+    run, scene = smoothed["run"], smoothed["scene"]
+    bag = run.parent / "bag"
+    assert main(["make-bag", "--quiet", str(scene), str(bag), "--split", "test"]) == 0
+    for replay_mode, eval_mode in (("node", "causal"), ("offline", "offline"), ("off", "off")):
+        out = run.parent / f"replay_{replay_mode}"
+        assert main(["replay", "--quiet", str(bag), "--model", str(run), "--out", str(out),
+                     "--mc-samples", "0", "--smooth", replay_mode]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["smoothing"] == eval_mode and metrics["frames"] == 96
+        for key in ("median_position_error_m", "median_jitter_position_m"):
+            if key in metrics:
+                assert metrics[key] == pytest.approx(smoothed[eval_mode][key], abs=1e-5)

@@ -113,7 +113,7 @@ def test_bad_messages_are_dropped_counted_and_warned_at_a_throttled_rate(model_p
 
 def test_depth_of_another_size_is_rejected_and_pairs_by_stamp(model_path):
     pipeline, sent, _ = make_pipeline(model_path, use_depth=True, max_depth_stamp_diff=0.01)
-    assert set(input_topics(pipeline.settings)) == {"image", "depth"}
+    assert set(input_topics(pipeline.settings)) == {"image", "depth", "reset"}
     depth = np.full((30, 40), 2.0)
     # Depth arriving 5 ms after the image: paired.
     pipeline.on_image(image(0))

@@ -16,6 +16,7 @@ from posenet_ros.checkpoint import load_model, store_temporal
 from posenet_ros.cli import main
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
 from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.ros.conversions import bool_msg
 from posenet_ros.ros.dds_node import load_settings
 from posenet_ros.ros.pipeline import RelocalizationPipeline, build_relocalizer
 from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, temporal_jitter
@@ -64,11 +65,14 @@ def test_a_stamp_gap_and_unknown_places_reset_the_state(tmp_path):
         "config": {"hidden": 16, "feature_dim": 0}, "calibration": vars(TemporalCalibration())})
     settings = load_settings(None, str(path), ["reset_gap:=1.0"])
 
-    def run(indices: list[int]) -> list:
+    def run(indices: list[int | str]) -> list:
         pipeline = RelocalizationPipeline(settings, build_relocalizer(settings), TYPES,
                                           lambda name, msg: None, queue_size=None)
         estimates = []
         for index in indices:
+            if index == "reset":  # a std_msgs/Bool true on relocalization/reset
+                pipeline.on_reset(bool_msg(TYPES, True))
+                continue
             pipeline.on_image(image(index))
             estimates.append(pipeline.process_next(timeout=0))
         return estimates
@@ -81,6 +85,9 @@ def test_a_stamp_gap_and_unknown_places_reset_the_state(tmp_path):
     # Without a gap the history changes the answer.
     continuous = run([37, 38, 39, 40])
     assert np.abs(continuous[3].position_3 - fresh[0].position_3).max() > 1e-6
+    # A reset requested on relocalization/reset (true) acts like a gap; false changes nothing.
+    requested = run([37, 38, 39, "reset", 40])
+    np.testing.assert_allclose(requested[3].position_3, fresh[0].position_3, rtol=0, atol=1e-12)
     # smoothing off: the per-frame pose; the smoothed covariance is the temporal model's diagonal.
     plain = Relocalizer(path, smoothing=False).process(rgb_frame(40), stamp_ns=stamp(40))
     smoothed = Relocalizer(path).process(rgb_frame(40), stamp_ns=stamp(40))

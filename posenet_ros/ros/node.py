@@ -101,7 +101,8 @@ class RelocalizeNode(Node):
         self.tf_broadcaster = TransformBroadcaster(self) if settings.publish_tf else None
         self.pipeline = RelocalizationPipeline(settings, relocalizer, self.types, self._publish,
                                                log=self.get_logger())
-        handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth}
+        handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth,
+                    "reset": self.pipeline.on_reset}
         inputs = input_topics(settings)
         self.subscriptions_by_input = {
             name: self.create_subscription(self.types.get(topic.type_name), topic.name, handlers[name],

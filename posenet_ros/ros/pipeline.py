@@ -77,12 +77,15 @@ OUTPUTS: dict[str, Topic] = {
 
 def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     """The subscriptions: "image" (CompressedImage when the name ends in /compressed, as
-    image_transport names it) and, with use_depth, "depth"; both with sensor-data QoS."""
+    image_transport names it) and, with use_depth, "depth", both with sensor-data QoS; and "reset"
+    (std_msgs/Bool: true drops the stream's state - temporal smoothing, loop-closure history - before
+    the next frame, e.g. after the robot was carried elsewhere)."""
     image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
                   else "sensor_msgs/msg/Image")
     topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
     if settings.use_depth:
         topics["depth"] = Topic(settings.depth_topic, "sensor_msgs/msg/Image", "sensor_data")
+    topics["reset"] = Topic("relocalization/reset", "std_msgs/msg/Bool", "default")
     return topics
 
 
@@ -312,6 +315,7 @@ class RelocalizationPipeline:
             round(settings.max_depth_stamp_diff * 1e9))
         self._pair_lock = threading.Lock()
         self._last_stamp_ns: int | None = None
+        self._reset_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -339,6 +343,11 @@ class RelocalizationPipeline:
         with self._pair_lock:
             pairs, lost = self._pairer.add_depth(stamp, msg)
         self._queue_pairs(pairs, lost)
+
+    def on_reset(self, msg: Any) -> None:
+        """Reset callback (std_msgs/Bool): true makes the worker reset the stream before the next frame."""
+        if getattr(msg, "data", False):
+            self._reset_requested.set()
 
     def _stamp(self, msg: Any, kind: str) -> int | None:
         try:
@@ -423,7 +432,13 @@ class RelocalizationPipeline:
         return rgb, depth
 
     def _check_stream(self, stamp_ns: int) -> None:
-        """Reset the stream state after a gap longer than reset_gap or a stamp going backwards."""
+        """Reset the stream state on request, or after a gap longer than reset_gap or a stamp going
+        backwards."""
+        if self._reset_requested.is_set():
+            self._reset_requested.clear()
+            self.relocalizer.reset()
+            self.log.info(f"stream reset on request before {_seconds(stamp_ns)}")
+            self._last_stamp_ns = None
         last, self._last_stamp_ns = self._last_stamp_ns, stamp_ns
         if last is not None and not 0 <= stamp_ns - last <= self.settings.reset_gap * 1e9:
             self.relocalizer.reset()

@@ -70,7 +70,7 @@ from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_
 from posenet_ros.loop_closure import LoopClosureConfig, roc_auc, run_detector
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.models.temporal import SmoothMode
-from posenet_ros.smoothing import smooth_sequence, temporal_jitter
+from posenet_ros.smoothing import head_inputs, smooth_sequence, temporal_jitter
 from posenet_ros.uncertainty import UncertaintyConfig, estimate, fit_feature_covariance
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ class Predictions:
     aleatoric_N66: np.ndarray | None = None
     score_N: np.ndarray | None = None
     mc_spread_N: np.ndarray | None = None  # log Monte-Carlo spread (diagnostic; see uncertainty.py)
+    features_NF: np.ndarray | None = None  # the head's input, dropout off (with keep_features)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -183,7 +184,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
             device: str | torch.device | None = None, batch_size: int = 32,
             progress: bool = False, description: str = "predict",
-            uncertainty: UncertaintyConfig | None = None) -> Predictions:
+            uncertainty: UncertaintyConfig | None = None, keep_features: bool = False) -> Predictions:
     """Run `model` over `records` in their order and compare with the true poses.
 
     Deterministic by default; with `uncertainty` the poses are Monte-Carlo dropout means with
@@ -196,6 +197,7 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
     DataLoader (no shuffling, no worker processes). `device`: where the model already is ("auto",
     "cpu", "cuda:0", ...; None = the model's device); a different device is a ValueError. True poses
     come from the records in float64. `progress` shows a tqdm bar labelled `description`.
+    `keep_features`: also return each frame's head input (`features_NF`, float32), for smoothing.
     """
     if transform.window != 1:
         raise ValueError(f"predict works on single frames: transform.window must be 1, "
@@ -218,16 +220,21 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
             for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
                 images = batch["image"].to(model_device, non_blocking=True)
                 if uncertainty is None:
-                    output = model(images)
+                    features = model.forward_features(images)
+                    output = model.forward_head(features)
                     values = {"position": output.position_B3, "quat": output.quat_B4}
                 else:
                     dist = estimate(model, images, uncertainty, seed=first)
+                    features = dist.features_BF
                     values = {"position": dist.position_B3, "quat": dist.quat_B4,
                               "covariance": dist.covariance_B66, "epistemic": dist.epistemic_B66,
                               "aleatoric": dist.aleatoric_B66, "score": dist.score_B,
                               "mc_spread": dist.mc_spread_B}
+                if keep_features and features is not None:
+                    values["features"] = features
                 for key, value in values.items():
-                    parts.setdefault(key, []).append(value.detach().to("cpu", torch.float64).numpy())
+                    dtype = torch.float32 if key == "features" else torch.float64
+                    parts.setdefault(key, []).append(value.detach().to("cpu", dtype).numpy())
                 first += len(images)
     finally:
         _restore(model, state)
@@ -252,6 +259,7 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         aleatoric_N66=joined.get("aleatoric"),
         score_N=joined.get("score"),
         mc_spread_N=joined.get("mc_spread"),
+        features_NF=joined.get("features"),
     )
 
 
@@ -648,7 +656,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
 
     def run(records: list[FrameRecord], description: str) -> Predictions:
         return predict(loaded.model, records, transform, device=resolved_device, batch_size=batch_size,
-                       progress=progress, description=description, uncertainty=uncertainty)
+                       progress=progress, description=description, uncertainty=uncertainty,
+                       keep_features=smooth != "off")
 
     scenes: dict[str, Predictions] = {}
     scene_metrics: dict[str, dict[str, Any]] = {}
@@ -659,8 +668,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
             raise ValueError(f"{root}: the {split!r} split has no frames")
         predictions = run(records, f"evaluate {name}")
         if smooth != "off":
-            predictions = smoothed_predictions(loaded, records, predictions, smooth,  # type: ignore[arg-type]
-                                               resolved_device)
+            predictions = smoothed_predictions(loaded, predictions, smooth)  # type: ignore[arg-type]
         scenes[name] = predictions
         metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
                                                           predictions.orientation_error_N,
@@ -713,21 +721,24 @@ def jitter_of(predictions: Predictions) -> dict[str, float]:
                            [predictions.sequence[i] for i in order])
 
 
-def smoothed_predictions(loaded: LoadedModel, records: Sequence[FrameRecord], predictions: Predictions,
-                         mode: SmoothMode, device: torch.device) -> Predictions:
-    """`predictions` of `records` with the poses (and covariances, when present) of the checkpoint's
-    temporal model run over each sequence in `mode`."""
-    from posenet_ros.temporal_training import compute_inputs  # imports this module
-
-    assert loaded.temporal is not None
-    inputs = compute_inputs(loaded.model, list(records), loaded.config, device)
+def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: SmoothMode) -> Predictions:
+    """`predictions` (made with keep_features) with the poses (and covariances, when present) of the
+    checkpoint's temporal model run over each sequence, frames in frame-index order, in `mode`."""
+    assert loaded.temporal is not None and predictions.features_NF is not None
+    device = next(loaded.model.parameters()).device
+    features = torch.from_numpy(predictions.features_NF).to(device)
+    with torch.inference_mode():
+        position_norm, quat_in = head_inputs(loaded.model, features)
     position, quat = predictions.position_pred_N3.copy(), predictions.quat_pred_N4.copy()
     covariance = None if predictions.covariance_N66 is None else predictions.covariance_N66.copy()
-    for members in inputs.sequences:
-        index = torch.tensor(members, device=inputs.features_NF.device)
+    by_sequence: dict[str, list[int]] = {}
+    for i, sequence in enumerate(predictions.sequence):
+        by_sequence.setdefault(sequence, []).append(i)
+    for members in by_sequence.values():
+        members.sort(key=lambda i: int(predictions.frame_index[i]))
+        index = torch.tensor(members, device=device)
         smoothed = smooth_sequence(loaded.temporal, loaded.model, loaded.temporal_calibration,
-                                   inputs.features_NF[index], inputs.position_norm_N3[index],
-                                   inputs.quat_N4[index], mode)
+                                   features[index], position_norm[index], quat_in[index], mode)
         position[members], quat[members] = smoothed.position_T3, smoothed.quat_T4
         if covariance is not None:
             covariance[members] = smoothed.covariance_T66

@@ -244,15 +244,15 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
             play(bag, rate=0.0, topics=topics, domain_id=domain_id, wait_subscribers=1,
                  wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["pose"].name),
                  step_timeout=step_timeout, config=config)
-            deadline = time.monotonic() + 5.0  # the last frame's flag and uncertainty may trail its pose
+            # The last frame's flag and uncertainty may trail its pose, and the node's counts come with
+            # its next /diagnostics message (every diagnostics_period, 1 s by default).
+            deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline:
                 with lock:
-                    if len(flags) >= len(poses) and len(sigmas) >= len(poses):
+                    if (len(flags) >= len(poses) and len(sigmas) >= len(poses)
+                            and float(diagnostics.get("processed", -1)) >= len(poses)):
                         break
                 time.sleep(0.01)
-            # A final diagnostics message carries the node's counts after the last frame.
-            period = float(diagnostics.get("diagnostics_period", "1") or 1)
-            time.sleep(min(2.0, period + 0.2))
         except KeyboardInterrupt:
             run.interrupted = True
         finally:

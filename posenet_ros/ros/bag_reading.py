@@ -142,8 +142,9 @@ def select_streams(reader: Any, path: str | Path, image_topic: str | None = None
     if use_depth:
         depth = depth_topic or DEFAULT_DEPTH_TOPIC
         _require(topics, path, depth, (IMAGE,), "depth")
-    base = image_topic.removesuffix("/compressed").rsplit("/", 1)[0]
-    info = next((t for t in (f"{base}/camera_info",) if topics.get(t) == CAMERA_INFO), None)
+    info: str | None = image_topic.removesuffix("/compressed").rsplit("/", 1)[0] + "/camera_info"
+    if topics.get(info) != CAMERA_INFO:
+        info = None
     count = sum(c.msgcount for c in reader.connections if c.topic == image_topic)
     if count == 0:
         raise ValueError(f"image topic {image_topic} of bag {path} has no messages")

@@ -1,7 +1,7 @@
 """The `posenet-ros` command. Each subcommand is a thin wrapper around a library function.
 
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
-    posenet-ros train --data D --out O [--config YAML] [--resume] [BAG OPTIONS] [key=value ...]
+    posenet-ros train --data D --out O [--config YAML] [--resume] [--use-depth] [BAG OPTIONS] [key=value ...]
     posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N] [BAG OPTIONS]
     posenet-ros calibrate --model M --data D [--split val]
     posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
@@ -20,6 +20,7 @@ config's data.bag; eval and calibrate default to the checkpoint's): [--image-top
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ def _add_bag_arguments(parser: argparse.ArgumentParser, defaults: str) -> None:
                                       f"unset options: {defaults}.")
     group.add_argument("--image-topic", metavar="T",
                        help="camera topic; '': /camera/image_raw, else its /compressed, else the only one")
+    group.add_argument("--depth-topic", metavar="T",
+                       help="depth topic (RGB-D models, the reprojection loss); '': /camera/depth/image_raw")
     truth = group.add_mutually_exclusive_group()
     truth.add_argument("--gt-topic", metavar="T", help="ground truth: a PoseStamped, PoseWithCovariance"
                        "Stamped, TransformStamped or Odometry topic; '': /ground_truth/pose")
@@ -76,8 +79,9 @@ def _add_bag_arguments(parser: argparse.ArgumentParser, defaults: str) -> None:
 def _bag_options(args: argparse.Namespace) -> dict[str, object]:
     """Fields of `BagDataConfig` set by the rosbag2 options (a ground-truth choice clears the other)."""
     options: dict[str, object] = {}
-    if args.image_topic is not None:
-        options["image_topic"] = args.image_topic
+    for name in ("image_topic", "depth_topic"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     if args.gt_topic is not None:
         options.update(gt_topic=args.gt_topic, gt_tf="")
     if args.gt_tf is not None:
@@ -108,6 +112,8 @@ def _train(args: argparse.Namespace) -> int:
     # JSON is YAML: the values arrive as typed (strings quoted, so '' stays a string).
     overrides += [f"data.bag.{key}={json.dumps(value)}" for key, value in _bag_options(args).items()]
     config = load_config(TrainConfig, args.config, overrides, base=base)
+    if args.use_depth and not config.model.needs_depth:  # the seed's dual-stream RGB-D PoseNet
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, depth="dual_stream"))
     path = train(config, data, args.out, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
                  progress=not args.quiet)
     print(f"model written to {path}")
@@ -427,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from the config: auto)")
     train.add_argument("--pretrained", help="backbone weights (.safetensors with torchvision key names)")
     train.add_argument("--stop-after-epoch", type=int, help="stop once this many epochs are done")
+    train.add_argument("--use-depth", action="store_true",
+                       help="train an RGB-D model on the data's depth images (model.depth=dual_stream unless "
+                       "the config chooses early_fusion)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
     _add_bag_arguments(train, "data.bag of the config")

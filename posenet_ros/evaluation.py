@@ -62,7 +62,7 @@ from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_
 from posenet_ros.calibration import pose_error_vectors, uncertainty_metrics
 from posenet_ros.checkpoint import LoadedModel, load_model
 from posenet_ros.data.bag_dataset import BagDataConfig, bag_config_for_checkpoint
-from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
+from posenet_ros.data.dataset import FrameTransform, PoseDataset, network_input, pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.device import resolve_device
@@ -210,7 +210,7 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         raise ValueError(f"the model is on {model_device} but device {target} was requested; move the "
                          "model first (model.to(device))")
     records = list(records)
-    dataset = PoseDataset(records, transform)
+    dataset = PoseDataset(records, transform, with_depth=model.config.needs_depth)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     parts: dict[str, list[np.ndarray]] = {}
     state = _set_eval(model)
@@ -218,7 +218,7 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         with torch.inference_mode():
             first = 0
             for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
-                images = batch["image"].to(model_device, non_blocking=True)
+                images = network_input(batch, model.input_channels).to(model_device, non_blocking=True)
                 if uncertainty is None:
                     features = model.forward_features(images)
                     output = model.forward_head(features)
@@ -267,7 +267,7 @@ def fit_feature_memory(model: PoseNet, records: Sequence[FrameRecord], transform
                        batch_size: int = 32, ridge: float = 1e-3, progress: bool = False) -> None:
     """Fit `model.feature_covariance` on the features of `records` (the training frames, prepared
     with the test-time `transform`, dropout off): the memory the loop-closure score compares with."""
-    dataset = PoseDataset(list(records), transform)
+    dataset = PoseDataset(list(records), transform, with_depth=model.config.needs_depth)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     device = _model_device(model)
     parts = []
@@ -275,7 +275,8 @@ def fit_feature_memory(model: PoseNet, records: Sequence[FrameRecord], transform
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc="feature memory", unit="batch", disable=not progress, leave=False):
-                parts.append(model.forward_features(batch["image"].to(device)).float())
+                images = network_input(batch, model.input_channels).to(device)
+                parts.append(model.forward_features(images).float())
     finally:
         _restore(model, state)
     covariance = fit_feature_covariance(torch.cat(parts), ridge)
@@ -828,29 +829,30 @@ def format_uncertainty(metrics: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def saliency_maps(model: PoseNet, images_B3HW: torch.Tensor) -> torch.Tensor:
+def saliency_maps(model: PoseNet, images_BCHW: torch.Tensor) -> torch.Tensor:
     """Gradient saliency (Simonyan et al.) of the pose output with respect to the input pixels.
 
     For each image, the gradient of the SUM of the seven pose outputs, the 3 normalised position
     outputs (`position_norm_B3`, scene-scale free) plus the 4 quaternion components, with respect to
-    the input pixels (images in [0, 1]); the map is the largest absolute gradient over the three
-    colour channels: a float tensor (B, H, W) >= 0 on the images' device. The model runs in eval
-    mode (batch norm uses its running statistics, so images do not interact and one backward pass
-    serves the whole batch) with dropout off; its modes are restored afterwards. Parameter
-    gradients (`.grad`) are left untouched.
+    the input pixels (the model's input: RGB in [0, 1], then depth for RGB-D models); the map is the
+    largest absolute gradient over the three colour channels: a float tensor (B, H, W) >= 0 on the
+    images' device. The model runs in eval mode (batch norm uses its running statistics, so images do
+    not interact and one backward pass serves the whole batch) with dropout off; its modes are
+    restored afterwards. Parameter gradients (`.grad`) are left untouched.
     """
-    if images_B3HW.ndim != 4 or images_B3HW.shape[1] != 3:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images_B3HW.shape)}")
+    if images_BCHW.ndim != 4 or images_BCHW.shape[1] != model.input_channels:
+        raise ValueError(f"images must have shape (B, {model.input_channels}, H, W), got "
+                         f"{tuple(images_BCHW.shape)}")
     state = _set_eval(model)
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            images = images_B3HW.detach().clone().requires_grad_(True)
+            images = images_BCHW.detach().clone().requires_grad_(True)
             output = model(images)
             score = output.position_norm_B3.sum() + output.quat_B4.sum()
             (gradient,) = torch.autograd.grad(score, images)
     finally:
         _restore(model, state)
-    return gradient.abs().amax(dim=1).detach()
+    return gradient[:, :3].abs().amax(dim=1).detach()
 
 
 def _safe_name(text: str) -> str:
@@ -907,12 +909,13 @@ def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str 
         if bad:
             raise ValueError(f"frame position(s) {bad} out of range: the {split!r} split of {data_root} has "
                              f"{count} frames, valid positions are 0..{count - 1}")
-    dataset = PoseDataset(records, eval_transform(loaded.config))
+    dataset = PoseDataset(records, eval_transform(loaded.config), with_depth=loaded.model.config.needs_depth)
     written = []
     for position in positions:
         item = dataset[position]
         image = item["image"]
-        saliency = saliency_maps(loaded.model, image[None].to(resolved_device))[0].cpu().numpy()
+        inputs = network_input(item, loaded.model.input_channels)[None].to(resolved_device)
+        saliency = saliency_maps(loaded.model, inputs)[0].cpu().numpy()
         record = records[position]
         title = f"{record.sequence} frame {record.frame_index} (position {position} of {count})"
         path = out / f"saliency_{_safe_name(record.sequence)}_{record.frame_index}.png"

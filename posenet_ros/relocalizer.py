@@ -107,8 +107,8 @@ class Relocalizer:
 
     @property
     def needs_depth(self) -> bool:
-        """Whether the model needs a depth image with every frame."""
-        return False
+        """Whether the model needs a depth image with every frame (an RGB-D model)."""
+        return self.model.config.needs_depth
 
     def set_loop_closure(self, config: LoopClosureConfig) -> None:
         """Use other loop-closure thresholds from now on (the flag's history is kept)."""
@@ -121,25 +121,37 @@ class Relocalizer:
         if self.smoother is not None:
             self.smoother.reset()
 
-    def prepare(self, rgb_HW3: np.ndarray) -> torch.Tensor:
-        """uint8 RGB (H, W, 3) -> float32 (1, 3, h, w) in [0, 1] on the device, as evaluation does."""
+    def prepare(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None) -> torch.Tensor:
+        """uint8 RGB (H, W, 3) [+ depth (H, W) in metres, 0 / NaN / inf = hole, for RGB-D models] ->
+        the model's float32 input (1, C, h, w) on the device, prepared as evaluation prepares frames.
+        Raises ValueError for an image that is not uint8 (H, W, 3) or is too small, and for a missing
+        depth image or one of another size."""
         rgb = np.asarray(rgb_HW3)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB image as uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if rgb.shape[0] < 2 or rgb.shape[1] < 2:
             raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small")
         box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
-        image = np.ascontiguousarray(box.apply_rgb(rgb).transpose(2, 0, 1))
+        channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
+        if self.needs_depth:
+            if depth_HW is None:
+                raise ValueError(f"{self.model_path} is an RGB-D model: it needs a depth image with every "
+                                 "frame")
+            depth = np.asarray(depth_HW, dtype=np.float32)
+            if depth.shape != rgb.shape[:2]:
+                raise ValueError(f"depth image of shape {depth.shape} does not match the {rgb.shape[1]}x"
+                                 f"{rgb.shape[0]} px colour image")
+            channels.append(box.apply_depth(depth)[None])
+        image = np.ascontiguousarray(np.concatenate(channels))
         return torch.from_numpy(image)[None].to(self.device, non_blocking=True)
 
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
                 stamp_ns: int = 0) -> PoseEstimate:
-        """Estimate the pose of one frame (`depth_HW` in metres is accepted and unused by RGB models).
-
-        Raises ValueError for an image that is not uint8 (H, W, 3) or is too small.
+        """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
+        RGB-D models (`needs_depth`) and ignored by RGB ones. Raises ValueError as `prepare` does.
         """
         start = time.perf_counter()
-        images = self.prepare(rgb_HW3)
+        images = self.prepare(rgb_HW3, depth_HW)
         prepared = time.perf_counter()
         autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
                                   enabled=self.precision != "fp32")

@@ -401,7 +401,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     """Replay `bag` (see the module docstring) and write the results into `out`; returns the metrics.
 
     `settings`: the node's parameters (model, mc_samples, loop-closure overrides, ...); the image and
-    depth topics are those found in the bag unless given. `smooth`: "node" (as the node does: the
+    depth topics are those found in the bag unless given; depth is read when `settings.use_depth` is
+    on or the model is an RGB-D one. `smooth`: "node" (as the node does: the
     causal temporal model when the checkpoint has one and `settings.smoothing` is on), "off", or
     "offline" (the bidirectional temporal model over each stretch of the stream; in-process only).
     Bag problems are ValueErrors naming them.
@@ -415,6 +416,9 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     if not max_gap_s > 0:
         raise ValueError(f"max_gap_s must be > 0, got {max_gap_s}")
     bag, out = Path(bag), Path(out)
+    loaded = load_model(settings.model, "cpu")  # training camera poses ("in the map"), depth need
+    if loaded.model.config.needs_depth:  # an RGB-D model: the depth images go with the colour ones
+        settings = dataclasses.replace(settings, use_depth=True)
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag, image_topic, depth_topic, settings.use_depth)
         trajectory = read_trajectory(reader, bag, gt_topic, gt_tf)
@@ -433,7 +437,6 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     if not run.answers:
         raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
                          + (" (interrupted)" if run.interrupted else ""))
-    loaded = load_model(settings.model, "cpu")  # training camera poses: "in the map"
     map_poses = loaded.map_poses_N7
     if not run.loop_closure:  # live: the checkpoint's thresholds (unless the node overrides them)
         run.loop_closure = dataclasses.asdict(loaded.loop_closure)

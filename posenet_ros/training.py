@@ -20,10 +20,12 @@ DistributedDataParallel over one code path: gloo on CPU, NCCL on CUDA; rank 0 va
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +44,8 @@ from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_
 from posenet_ros.checkpoint import MODEL_FILE, CheckpointError, save_checkpoint
 from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
 from posenet_ros.data.bag_dataset import BagDataConfig
-from posenet_ros.data.dataset import FrameTransform, PoseDataset, pose_vector
+from posenet_ros.data.dataset import FrameTransform, PoseDataset, network_input, pose_vector, read_frame_depth
+from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
 from posenet_ros.device import resolve_device
 from posenet_ros.losses import LossConfig, PoseLoss, sample_depth_points
@@ -66,6 +69,7 @@ class DataConfig:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    depth_holes: float = 0.3  # RGB-D models: largest share of depth pixels made holes per training frame
     skip_bad: bool = False  # skip (and count) bad frames instead of stopping
     workers: int = 0  # DataLoader worker processes
     bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
@@ -112,7 +116,7 @@ class _TrainStep(nn.Module):
         self.loss = loss
 
     def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
-        output = self.model(batch["image"])
+        output = self.model(network_input(batch, self.model.input_channels))
         position_true, quat_true = batch["pose"][:, :3], batch["pose"][:, 3:]
         reprojection = None
         if kind == "reprojection":
@@ -139,7 +143,8 @@ def _train_transform(config: TrainConfig) -> FrameTransform:
     """Random crops and colour jitter; evaluation uses `evaluation.eval_transform` (centre crop)."""
     data = config.data
     return FrameTransform(resize=data.resize, crop=data.crop, random_crop=True, brightness=data.brightness,
-                          contrast=data.contrast, saturation=data.saturation, hue=data.hue)
+                          contrast=data.contrast, saturation=data.saturation, hue=data.hue,
+                          depth_holes=data.depth_holes if config.model.needs_depth else 0.0)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -151,6 +156,21 @@ def position_statistics(positions_N3: np.ndarray) -> tuple[np.ndarray, float]:
     mean = positions_N3.mean(axis=0)
     scale = float(np.sqrt(np.mean((positions_N3 - mean) ** 2)))
     return mean, max(scale, 1e-3)
+
+
+def median_depth(records: Sequence[FrameRecord], frames: int = 64) -> float:
+    """The median valid depth (metres) over up to `frames` evenly spaced records: an RGB-D model's
+    depth normalisation (`PoseNet.set_depth_scale`)."""
+    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
+    values = []
+    for index in chosen:
+        depth = read_frame_depth(records[index].depth_path)
+        values.append(depth[np.isfinite(depth) & (depth > 0)])
+    valid = np.concatenate(values)
+    if not len(valid):
+        raise DatasetError(f"the depth images of the training frames have no valid pixel (checked "
+                           f"{len(chosen)})")
+    return float(np.median(valid))
 
 
 def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
@@ -180,17 +200,27 @@ def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume
 
 def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int, progress: bool,
            device: torch.device, rank: int, world: int) -> Path:
-    train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad,
-                                bag=config.data.bag)
-    val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad,
-                               bag=config.data.bag) if config.data.val_split else [])
+    needs_depth = config.model.needs_depth
+    bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth or needs_depth)
+    train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad, bag=bag)
+    val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad, bag=bag)
+                   if config.data.val_split else [])
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
     model = PoseNet(config.model)
     mean, scale = position_statistics(map_poses[:, :3])
     model.set_position_statistics(torch.from_numpy(mean), scale)
+    dataset = PoseDataset(train_records, _train_transform(config), seed=config.seed,
+                          with_depth=True if needs_depth else None)
+    if needs_depth:
+        model.set_depth_scale(median_depth(train_records))
     if config.pretrained:
-        ignored = load_pretrained(model.backbone, config.pretrained)
+        backbones = [model.backbone]
+        if model.depth_backbone is not None and (config.model.depth_backbone or config.model.backbone) == \
+                config.model.backbone:
+            backbones.append(model.depth_backbone)  # the RGB filters adapted to the depth channels
+        for backbone in backbones:
+            ignored = load_pretrained(backbone, config.pretrained)
         logger.info("loaded pretrained backbone %s (ignored %d classifier keys)", config.pretrained,
                     len(ignored))
     step_module = _TrainStep(model, PoseLoss(config.loss)).to(device)
@@ -210,7 +240,6 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
                               "or choose a new output folder")
     trainer = DistributedDataParallel(step_module) if world > 1 else step_module
 
-    dataset = PoseDataset(train_records, _train_transform(config), seed=config.seed)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
     per_process_batch = max(1, config.batch_size // world)
     # Whole batches only: batch normalisation cannot train on a batch of one.

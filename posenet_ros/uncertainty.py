@@ -107,9 +107,10 @@ class PoseDistribution:
     features_BF: torch.Tensor | None = None  # the head's input with dropout off (temporal smoothing)
 
 
-def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mode: McMode = "head",
+def sample_poses(model: PoseNet, images_BCHW: torch.Tensor, samples: int, *, mode: McMode = "head",
                  seed: int = 0) -> PoseSamples:
-    """`samples` Monte-Carlo dropout passes over `images_B3HW` (RGB in [0, 1]) as one batched forward.
+    """`samples` Monte-Carlo dropout passes over `images_BCHW` (the model's input: RGB in [0, 1], then
+    depth for RGB-D models) as one batched forward.
 
     The dropout masks depend only on `seed` (the global RNG state is saved and restored), so equal
     seeds give equal samples. The model's dropout mode is restored afterwards. Call under
@@ -120,19 +121,19 @@ def sample_poses(model: PoseNet, images_B3HW: torch.Tensor, samples: int, *, mod
     if mode == "full" and model.config.backbone_dropout <= 0:
         raise ValueError("mc_mode 'full' samples the backbone's dropout, but this model has "
                          "backbone_dropout = 0; use mc_mode 'head' or train with model.backbone_dropout > 0")
-    batch = images_B3HW.shape[0]
+    batch = images_BCHW.shape[0]
     previous_mode = model.dropout_mode
-    devices = [images_B3HW.device] if images_B3HW.device.type == "cuda" else []
+    devices = [images_BCHW.device] if images_BCHW.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             model.set_dropout_mode("off")
-            features = model.forward_features(images_B3HW)
+            features = model.forward_features(images_BCHW)
             model.set_dropout_mode("mc")
             if mode == "head":
                 output = model.forward_head(features.repeat_interleave(samples, dim=0))
             else:
-                output = model(images_B3HW.repeat_interleave(samples, dim=0))
+                output = model(images_BCHW.repeat_interleave(samples, dim=0))
     finally:
         model.set_dropout_mode(previous_mode)
     log_var = output.log_var_BK
@@ -247,17 +248,17 @@ def fit_feature_covariance(features_NF: torch.Tensor, ridge: float = 1e-3) -> to
     return torch.linalg.inv(gram + lam * eye).to(torch.float32)
 
 
-def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
+def deterministic_distribution(model: PoseNet, images_BCHW: torch.Tensor,
                                config: UncertaintyConfig) -> PoseDistribution:
     """One forward pass with dropout off (`mc_samples` = 0): the pose, the aleatoric covariance only
     (no Monte-Carlo epistemic term) and the loop-closure score."""
     previous_mode = model.dropout_mode
     try:
-        features = model.set_dropout_mode("off").forward_features(images_B3HW)
+        features = model.set_dropout_mode("off").forward_features(images_BCHW)
         output = model.forward_head(features)
     finally:
         model.set_dropout_mode(previous_mode)
-    batch = images_B3HW.shape[0]
+    batch = images_BCHW.shape[0]
     position = output.position_B3.to(torch.float64)
     log_var = None if output.log_var_BK is None else output.log_var_BK[:, None]
     aleatoric = aleatoric_covariance(log_var, float(model.position_scale), batch, torch.float64,
@@ -271,11 +272,11 @@ def deterministic_distribution(model: PoseNet, images_B3HW: torch.Tensor,
         features_BF=features)
 
 
-def estimate(model: PoseNet, images_B3HW: torch.Tensor, config: UncertaintyConfig,
+def estimate(model: PoseNet, images_BCHW: torch.Tensor, config: UncertaintyConfig,
              seed: int = 0) -> PoseDistribution:
     """Pose and uncertainty of each image: MC dropout with `config.mc_samples` (or deterministic)."""
     if config.mc_samples == 0:
-        return deterministic_distribution(model, images_B3HW, config)
-    samples = sample_poses(model, images_B3HW, config.mc_samples, mode=config.mc_mode,
+        return deterministic_distribution(model, images_BCHW, config)
+    samples = sample_poses(model, images_BCHW, config.mc_samples, mode=config.mc_mode,
                            seed=config.seed + seed)
     return summarise(samples, float(model.position_scale), config, model.feature_covariance)

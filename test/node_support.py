@@ -19,9 +19,10 @@ PERIOD_NS = 100_000_000  # 10 Hz
 
 
 def make_checkpoint(path: Path, backbone: str = "resnet_tiny", resize: int = 24, crop: int = 24,
-                    mc_samples: int = 8) -> Path:
-    """An untrained but calibrated checkpoint (fixed seed) with 5 map poses."""
-    config = {"model": {"backbone": backbone, "feature_dim": 64, "aleatoric": "per_axis"},
+                    mc_samples: int = 8, depth: str = "none") -> Path:
+    """An untrained but calibrated checkpoint (fixed seed) with 5 map poses; `depth` "dual_stream" or
+    "early_fusion" makes it an RGB-D model."""
+    config = {"model": {"backbone": backbone, "feature_dim": 64, "aleatoric": "per_axis", "depth": depth},
               "data": {"resize": resize, "crop": [crop, crop]}}
     torch.manual_seed(0)
     model = PoseNet(ModelConfig(**config["model"]))
@@ -47,3 +48,9 @@ def stamp(index: int) -> int:
 def image(index: int, width: int = 40, height: int = 30, frame_id: str = "camera_optical") -> object:
     """sensor_msgs/Image rgb8 of `rgb_frame(index)` stamped `stamp(index)` (rosbags class)."""
     return image_msg(TYPES, rgb_frame(index, width, height), stamp(index), frame_id, "rgb8")
+
+
+def depth_frame(index: int, width: int = 40, height: int = 30) -> np.ndarray:
+    """A deterministic depth image in metres (float32 (H, W), 0.5 to 4.5 m), different for every index."""
+    rng = np.random.default_rng(10_000 + index)
+    return rng.uniform(0.5, 4.5, (height, width)).astype(np.float32)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
+from node_support import TYPES, depth_frame, image, make_checkpoint, rgb_frame, stamp
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
 from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.ros.conversions import image_msg, stamp_to_ns
+from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,3 +248,60 @@ def _send_until(publisher, msg, condition: threading.Condition, done, resend_s: 
             if condition.wait_for(done, resend_s):
                 return
     raise AssertionError("no answer from the node")
+
+
+def test_rgbd_node_pairs_depth_by_stamp_and_answers_only_paired_frames(tmp_path):
+    """An RGB-D model over DDS: colour and depth published by another process, paired by stamp
+    (max_depth_stamp_diff 0.02 s); frames whose depth is missing or too far in time get no answer."""
+    model = make_checkpoint(tmp_path / "model.safetensors", depth="dual_stream")
+    domain = _domain_id(2)
+    refused = subprocess.run(
+        [sys.executable, "-m", "posenet_ros.cli", "node", "--model", str(model), "--params", str(PARAMS),
+         "--param", "device:=cpu", "--param", "use_depth:=false"],
+        cwd=REPO_ROOT, env=dict(os.environ, CYCLONEDDS_URI=loopback_config(), ROS_DOMAIN_ID=str(domain)),
+        capture_output=True, text=True, timeout=4 * TIMEOUT_S)
+    assert refused.returncode == 2
+    assert "needs a depth image with every frame: set use_depth to true" in refused.stderr
+
+    # Depth stamp offsets in ms per frame; None: no depth at all.
+    offsets: dict[int, int | None] = {0: 5, 1: -5, 2: None, 3: 0, 4: 50, 5: 15, 6: 0}
+    paired = [i for i, offset in offsets.items() if offset is not None and abs(offset) <= 20]
+    node = _node(model, domain, "--param", "use_depth:=true", "--param", "max_depth_stamp_diff:=0.02")
+    answers: dict[int, object] = {}
+    condition = threading.Condition()
+
+    def on_pose(msg) -> None:
+        with condition:
+            answers[stamp_to_ns(msg.header.stamp)] = msg
+            condition.notify_all()
+
+    try:
+        with DdsNode("rgbd_test", domain_id=domain, config=loopback_config()) as dds:
+            dds.subscription("/relocalized_pose", POSE_TYPE, "default", on_pose)
+            camera = dds.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
+            depth_camera = dds.publisher("/camera/depth/image_raw", "sensor_msgs/msg/Image", "sensor_data")
+            assert camera.wait_for_subscribers(1, TIMEOUT_S)
+            assert depth_camera.wait_for_subscribers(1, TIMEOUT_S)
+            for i, offset in offsets.items():
+                camera.publish(image(i))
+                if offset is not None:
+                    depth_camera.publish(depth_msg(TYPES, depth_frame(i), stamp(i) + offset * 1_000_000,
+                                                   "camera_depth", "16UC1"))
+                if i in paired:  # one frame at a time: the node's queue never drops one
+                    with condition:
+                        assert condition.wait_for(lambda i=i: stamp(i) in answers, TIMEOUT_S)
+    finally:
+        assert node.stop() == 0, "".join(node.lines)
+    assert sorted(answers) == [stamp(i) for i in paired]
+    assert f"received {len(offsets)}, processed {len(paired)}, dropped 0, rejected 0, unpaired 2" in \
+        node.lines[-1]
+    reference = Relocalizer(model, device="cpu")
+    for i in paired:
+        pose = answers[stamp(i)].pose.pose
+        # The node decoded the 16UC1 millimetres: the same depth, rounded to mm.
+        depth = np.round(depth_frame(i) * 1000.0).astype(np.float32) / 1000.0
+        expected = reference.process(rgb_frame(i), depth, stamp_ns=stamp(i))
+        position = [pose.position.x, pose.position.y, pose.position.z]
+        np.testing.assert_allclose(position, expected.position_3, rtol=1e-5, atol=1e-6)
+        without_depth = reference.process(rgb_frame(i), np.zeros((30, 40), np.float32), stamp_ns=stamp(i))
+        assert np.abs(without_depth.position_3 - expected.position_3).max() > 1e-6  # depth is used

@@ -3,7 +3,8 @@
 Each item is a dict of tensors (T = `FrameTransform.window`; with T = 1 the T axis is dropped):
 
     image           float32 (3, H, W) or (T, 3, H, W), RGB in [0, 1]
-    depth           float32 (1, H, W) or (T, 1, H, W), metres, 0 = invalid (only if records have depth)
+    depth           float32 (1, H, W) or (T, 1, H, W), metres, 0 = invalid (only if records have depth,
+                    or as `with_depth` says)
     world_from_cam  float32 (4, 4) or (T, 4, 4), camera-to-world, metres
     pose            float32 (7,) or (T, 7): camera position xyz (metres) + quaternion wxyz of the
                     world_from_cam rotation, unit norm, w >= 0
@@ -55,6 +56,8 @@ class FrameTransform:
         (0 = off). hue: shift uniform in [-hue, hue] turns (<= 0.5), a rotation about the grey axis.
     window: T consecutive frames (in frame-index order) of one sequence per item; 1 = single frames.
     window_stride: step in frames between the members of a window.
+    depth_holes: largest share of depth pixels turned into holes (training augmentation for RGB-D
+        models: blobs like a sensor's missing returns, a share uniform in [0, depth_holes] per item).
     """
 
     resize: int | None = 256
@@ -66,6 +69,7 @@ class FrameTransform:
     hue: float = 0.0
     window: int = 1
     window_stride: int = 1
+    depth_holes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.resize is not None and self.resize < 1:
@@ -80,6 +84,8 @@ class FrameTransform:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if not 0.0 <= self.depth_holes < 1.0:
+            raise ValueError(f"depth_holes must be in [0, 1), got {self.depth_holes}")
         if self.window < 1 or self.window_stride < 1:
             raise ValueError(f"window and window_stride must be >= 1, got {self.window}, "
                              f"{self.window_stride}")
@@ -196,6 +202,27 @@ def read_frame_depth(source: Path | BagMessage) -> np.ndarray:
     return read_depth_mm(source)
 
 
+def hole_mask(height: int, width: int, share: float, rng: np.random.Generator,
+              blob_px: int = 8) -> np.ndarray:
+    """A boolean (height, width) mask of holes covering `share` of the pixels (to within rounding), in
+    blobs about `blob_px` pixels across: smooth random noise thresholded at its `share` quantile."""
+    if share <= 0.0:
+        return np.zeros((height, width), dtype=bool)
+    coarse = rng.random((max(2, -(-height // blob_px)), max(2, -(-width // blob_px)))).astype(np.float32)
+    field = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return field < np.quantile(field, share)
+
+
+def network_input(item: dict[str, Any], channels: int) -> torch.Tensor:
+    """What a PoseNet with `channels` input channels reads from a dataset item or batch: its image
+    (..., 3, H, W), followed for RGB-D models (channels 4) by its depth (..., 1, H, W) in metres."""
+    if channels == 3:
+        return item["image"]
+    if "depth" not in item:
+        raise DatasetError("the model reads depth, but these frames have no depth images")
+    return torch.cat([item["image"], item["depth"]], dim=-3)
+
+
 @dataclass(frozen=True)
 class _Jitter:
     brightness: float
@@ -229,20 +256,26 @@ class PoseDataset(Dataset):
 
     `records` typically come from `load_frames`. Windows are built per sequence from the records
     sorted by frame index and never cross sequences; with T = 1 items follow the order of `records`.
+    `with_depth`: read the records' depth images (True: required, a DatasetError if a record has
+    none; False: never; None: when the records have them).
     """
 
     def __init__(self, records: Sequence[FrameRecord], transform: FrameTransform | None = None, *,
-                 seed: int = 0) -> None:
+                 seed: int = 0, with_depth: bool | None = None) -> None:
         self.records = list(records)
         if not self.records:
             raise ValueError("PoseDataset needs at least one frame record")
         self.transform = transform if transform is not None else FrameTransform()
         self.seed = int(seed)
         self.epoch = 0
-        with_depth = [record.depth_path is not None for record in self.records]
-        if any(with_depth) and not all(with_depth):
+        without_depth = [record for record in self.records if record.depth_path is None]
+        if with_depth and without_depth:
+            first = without_depth[0]
+            raise DatasetError(f"depth images are needed (an RGB-D model) but frame {first.frame_index} of "
+                               f"{first.sequence!r} ({first.image_path}) has none")
+        if with_depth is None and 0 < len(without_depth) < len(self.records):
             raise ValueError("some records have depth and some do not; use one kind per dataset")
-        self.has_depth = all(with_depth)
+        self.has_depth = not without_depth if with_depth is None else with_depth
         with_intrinsics = [record.intrinsics is not None for record in self.records]
         if any(with_intrinsics) and not all(with_intrinsics):
             raise ValueError("some records have intrinsics and some do not; use one kind per dataset")
@@ -309,7 +342,11 @@ class PoseDataset(Dataset):
                 if depth.shape != (height, width):
                     raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
                                        f"its colour image {width}x{height}")
-                depths.append(box.apply_depth(depth)[None])
+                depth = box.apply_depth(depth)
+                if t.depth_holes > 0:
+                    holes = hole_mask(*depth.shape, rng.uniform(0.0, t.depth_holes), rng)
+                    depth = np.where(holes, 0.0, depth)
+                depths.append(depth[None])
             matrices.append(record.world_from_cam)
             poses.append(pose_vector(record.world_from_cam))
             if record.intrinsics is not None:

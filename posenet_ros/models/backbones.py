@@ -7,7 +7,10 @@ dict (converted by the user to safetensors) loads with strict key matching. The 
 ignores exactly those keys.
 
 Every backbone maps `images_B3HW` to its last feature map `features_BCHW` (before pooling), with
-output stride 32 and `out_channels` channels.
+output stride 32 and `out_channels` channels. `in_channels` other than 3 (a depth stream, early
+RGB-D fusion) changes only the first convolution; `load_pretrained` then adapts the file's RGB
+filters to it: fewer than 3 channels get the filters' mean over RGB, scaled by 3 / in_channels; more
+than 3 keep the RGB filters for the first three and the mean for the others.
 
 Each backbone also owns an `inner_dropout: ExplicitDropout` applied after each stage (for
 "full-network" MC dropout). Its activity is set explicitly (`set_explicit_dropout`), never by
@@ -36,6 +39,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "resnet_tiny")
 
 # Keys of a torchvision classification state dict that a backbone does not have.
 IGNORED_KEY_PREFIXES = ("fc.", "classifier.")
+# The first convolution's weight (ResNet, MobileNetV2): the only tensor whose shape depends on in_channels.
+FIRST_CONV_KEYS = ("conv1.weight", "features.0.0.weight")
 
 
 class ExplicitDropout(nn.Module):
@@ -157,11 +162,11 @@ class ResNetBackbone(Backbone):
 
     def __init__(
         self, block: type[BasicBlock | Bottleneck], layers: list[int], inner_dropout_p: float = 0.0,
-        width: int = 64,
+        width: int = 64, in_channels: int = 3,
     ) -> None:
         super().__init__(8 * width * block.expansion, inner_dropout_p)
         self.inplanes = width
-        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -275,11 +280,12 @@ class MobileNetV2Backbone(Backbone):
     )
     DROPOUT_AFTER = (3, 6, 13, 18)
 
-    def __init__(self, inner_dropout_p: float = 0.0, width_mult: float = 1.0, round_nearest: int = 8):
+    def __init__(self, inner_dropout_p: float = 0.0, width_mult: float = 1.0, round_nearest: int = 8,
+                 in_channels: int = 3):
         last_channel = _make_divisible(1280 * max(1.0, width_mult), round_nearest)
         super().__init__(last_channel, inner_dropout_p)
         input_channel = _make_divisible(32 * width_mult, round_nearest)
-        features: list[nn.Module] = [ConvBNReLU6(3, input_channel, stride=2)]
+        features: list[nn.Module] = [ConvBNReLU6(in_channels, input_channel, stride=2)]
         for t, c, n, s in self.INVERTED_RESIDUAL_SETTING:
             output_channel = _make_divisible(c * width_mult, round_nearest)
             for i in range(n):
@@ -310,24 +316,27 @@ class MobileNetV2Backbone(Backbone):
 # ------------------------------------------------------------------------------------ construction
 
 
-def build_backbone(name: str, inner_dropout_p: float = 0.0) -> Backbone:
+def build_backbone(name: str, inner_dropout_p: float = 0.0, in_channels: int = 3) -> Backbone:
     """Build a randomly initialised backbone (torchvision's init; deterministic given torch.manual_seed).
 
     Args:
         name: one of BACKBONES.
         inner_dropout_p: probability of the backbone's ExplicitDropout after each stage (0 = none).
             It only acts while activated with `set_explicit_dropout(backbone, True)`.
+        in_channels: channels of the input image (3 for RGB).
     """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if name == "resnet18":
-        return ResNetBackbone(BasicBlock, [2, 2, 2, 2], inner_dropout_p)
+        return ResNetBackbone(BasicBlock, [2, 2, 2, 2], inner_dropout_p, in_channels=in_channels)
     if name == "resnet34":
-        return ResNetBackbone(BasicBlock, [3, 4, 6, 3], inner_dropout_p)
+        return ResNetBackbone(BasicBlock, [3, 4, 6, 3], inner_dropout_p, in_channels=in_channels)
     if name == "resnet50":
-        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], inner_dropout_p)
+        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], inner_dropout_p, in_channels=in_channels)
     if name == "mobilenet_v2":
-        return MobileNetV2Backbone(inner_dropout_p)
+        return MobileNetV2Backbone(inner_dropout_p, in_channels=in_channels)
     if name == "resnet_tiny":
-        return ResNetBackbone(BasicBlock, [1, 1, 1, 1], inner_dropout_p, width=16)
+        return ResNetBackbone(BasicBlock, [1, 1, 1, 1], inner_dropout_p, width=16, in_channels=in_channels)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
@@ -375,6 +384,13 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> list[str]:
     ignored = sorted(k for k in state if k.startswith(IGNORED_KEY_PREFIXES))
     kept = {k: v for k, v in state.items() if not k.startswith(IGNORED_KEY_PREFIXES)}
     expected = backbone.state_dict()
+    for key in FIRST_CONV_KEYS:  # RGB filters for a first convolution of other input channels
+        if key in kept and key in expected and kept[key].ndim == 4 and kept[key].shape[1] == 3:
+            channels, mean = expected[key].shape[1], kept[key].mean(1, keepdim=True)
+            if channels < 3:
+                kept[key] = mean.repeat(1, channels, 1, 1) * (3.0 / channels)
+            elif channels > 3:
+                kept[key] = torch.cat([kept[key], mean.repeat(1, channels - 3, 1, 1)], dim=1)
     missing = sorted(set(expected) - set(kept))
     unexpected = sorted(set(kept) - set(expected))
     mismatched = sorted(

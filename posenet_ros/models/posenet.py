@@ -1,8 +1,20 @@
 """PoseNet (Kendall et al. ICCV 2015) with the variants the seed discusses.
 
-images_B3HW (RGB in [0, 1]) -> backbone -> global average pool -> fully connected layer + ReLU
-(`feature_dim`) -> [spatial LSTM head (Walch et al. ICCV 2017)] -> dropout -> position (3) and
-orientation (4, normalised) [+ aleatoric log-variances].
+images_BCHW -> backbone -> global average pool -> fully connected layer + ReLU (`feature_dim`) ->
+[spatial LSTM head (Walch et al. ICCV 2017)] -> dropout -> position (3) and orientation (4,
+normalised) [+ aleatoric log-variances].
+
+The input has C = `input_channels` channels: RGB in [0, 1] (C = 3), followed for RGB-D models
+(`depth` not "none") by depth in metres (C = 4; 0, NaN and inf are holes: a sensor's missing
+pixels). RGB-D (the seed's dual-stream PoseNet):
+- "dual_stream": the depth has its own backbone (`depth_backbone`, default the RGB one); the two
+  pooled feature vectors are concatenated before the fully connected layer.
+- "early_fusion": one backbone reads RGB and the encoded depth stacked as 5 channels.
+The depth reaches a backbone as two channels: the encoded depth and a validity mask (1 valid,
+0 hole). `depth_encoding` "inverse" (default) is s / d, a normalised disparity, which stays bounded
+for far surfaces and is largest where geometry matters most, near the camera; "metric" is d / s.
+s (`depth_scale`, metres, a buffer saved with the weights) is the median valid depth of the training
+frames; encoded values are clipped to [0, 10] and holes are 0 in both channels.
 
 - Positions are regressed normalised by the scene statistics held as buffers (`position_mean`,
   `position_scale`, saved with the weights): position = mean + scale * output.
@@ -20,6 +32,7 @@ orientation (4, normalised) [+ aleatoric log-variances].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +45,7 @@ from posenet_ros.models.backbones import BACKBONES, ExplicitDropout, build_backb
 DropoutMode = Literal["off", "train", "mc"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_ENCODED_DEPTH = 10.0  # clip of the encoded depth (depth_scale / d or d / depth_scale)
 
 
 @dataclass
@@ -43,15 +57,24 @@ class ModelConfig:
     lstm_hidden: int = 128  # spatial LSTM: hidden units per direction (4 directions)
     aleatoric: Literal["none", "isotropic", "per_axis"] = "none"  # log-variance outputs
     backbone_dropout: float = 0.0  # > 0: dropout after every backbone stage (full-network MC)
+    depth: Literal["none", "dual_stream", "early_fusion"] = "none"  # RGB-D input (module docstring)
+    depth_encoding: Literal["inverse", "metric"] = "inverse"
+    depth_backbone: str = ""  # dual_stream: the depth stream's backbone; "" = the same as `backbone`
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"model.backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        for name in (self.backbone, self.depth_backbone or self.backbone):
+            if name not in BACKBONES:
+                raise ValueError(f"model backbone {name!r} is not one of {', '.join(BACKBONES)}")
         if self.feature_dim < 4:
             raise ValueError("model.feature_dim must be at least 4")
         for name in ("dropout", "backbone_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1)")
+
+    @property
+    def needs_depth(self) -> bool:
+        """Whether the model reads a depth image with every frame."""
+        return self.depth != "none"
 
 
 @dataclass
@@ -85,14 +108,21 @@ class SpatialLSTM(nn.Module):
 
 
 class PoseNet(nn.Module):
-    """PoseNet regressor. forward(images_B3HW in [0, 1]) -> PoseOutput."""
+    """PoseNet regressor. forward(images_BCHW) -> PoseOutput (C = `input_channels`: RGB in [0, 1], then
+    depth in metres for RGB-D models)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = build_backbone(config.backbone, config.backbone_dropout)
+        self.input_channels = 4 if config.needs_depth else 3
+        self.backbone = build_backbone(config.backbone, config.backbone_dropout,
+                                       in_channels=5 if config.depth == "early_fusion" else 3)
+        self.depth_backbone = (build_backbone(config.depth_backbone or config.backbone,
+                                              config.backbone_dropout, in_channels=2)
+                               if config.depth == "dual_stream" else None)
+        pooled = self.backbone.out_channels + (self.depth_backbone.out_channels if self.depth_backbone else 0)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.backbone.out_channels, config.feature_dim)
+        self.fc = nn.Linear(pooled, config.feature_dim)
         self.spatial_lstm = (SpatialLSTM(config.feature_dim, config.lstm_hidden)
                              if config.head == "spatial_lstm" else None)
         head_dim = self.spatial_lstm.out_dim if self.spatial_lstm is not None else config.feature_dim
@@ -112,6 +142,8 @@ class PoseNet(nn.Module):
         self.register_buffer("position_mean", torch.zeros(3))
         self.register_buffer("position_scale", torch.ones(()))
         self.register_buffer("feature_covariance", torch.zeros(head_dim, head_dim))
+        if config.needs_depth:
+            self.register_buffer("depth_scale", torch.ones(()))
         self._dropout_mode: DropoutMode = "off"
 
     @property
@@ -136,11 +168,39 @@ class PoseNet(nn.Module):
     def normalise_position(self, position_B3: torch.Tensor) -> torch.Tensor:
         return (position_B3 - self.position_mean) / self.position_scale
 
-    def forward_features(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+    def set_depth_scale(self, metres: float) -> None:
+        """The depth normalisation of an RGB-D model: the median valid depth of the training frames."""
+        if not self.config.needs_depth:
+            raise ValueError("set_depth_scale: this model reads no depth (model.depth is 'none')")
+        if not (math.isfinite(metres) and metres > 0):
+            raise ValueError(f"depth scale must be a positive number of metres, got {metres}")
+        self.depth_scale.fill_(float(metres))
+
+    def encode_depth(self, depth_B1HW: torch.Tensor) -> torch.Tensor:
+        """Depth in metres (holes 0, NaN or inf) -> (B, 2, H, W): the encoded depth and the validity
+        mask (see the module docstring)."""
+        valid = torch.isfinite(depth_B1HW) & (depth_B1HW > 0)
+        depth = torch.where(valid, depth_B1HW, torch.ones_like(depth_B1HW))
+        inverse = self.config.depth_encoding == "inverse"
+        ratio = self.depth_scale / depth if inverse else depth / self.depth_scale
+        encoded = torch.where(valid, ratio.clamp(0.0, MAX_ENCODED_DEPTH), torch.zeros_like(ratio))
+        return torch.cat([encoded, valid.to(encoded.dtype)], dim=1)
+
+    def forward_features(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         """Everything before the head dropout: images -> features (B, head_dim), the input of the
         regressors (after the spatial LSTM when there is one)."""
-        x = (images_B3HW - self.image_mean) / self.image_std
-        x = torch.relu(self.fc(self.pool(self.backbone(x)).flatten(1)))
+        if images_BCHW.ndim != 4 or images_BCHW.shape[1] != self.input_channels:
+            kind = "RGB + depth" if self.config.needs_depth else "RGB"
+            raise ValueError(f"the model takes (B, {self.input_channels}, H, W) images ({kind}), got "
+                             f"{tuple(images_BCHW.shape)}")
+        x = (images_BCHW[:, :3] - self.image_mean) / self.image_std
+        depth = self.encode_depth(images_BCHW[:, 3:]) if self.config.needs_depth else None
+        if depth is not None and self.depth_backbone is None:  # early fusion
+            x = torch.cat([x, depth], dim=1)
+        pooled = self.pool(self.backbone(x)).flatten(1)
+        if depth is not None and self.depth_backbone is not None:
+            pooled = torch.cat([pooled, self.pool(self.depth_backbone(depth)).flatten(1)], dim=1)
+        x = torch.relu(self.fc(pooled))
         return self.spatial_lstm(x) if self.spatial_lstm is not None else x
 
     def forward_head(self, features_BF: torch.Tensor) -> PoseOutput:
@@ -154,5 +214,5 @@ class PoseNet(nn.Module):
             log_var_BK=self.fc_log_var(x) if self.fc_log_var is not None else None,
         )
 
-    def forward(self, images_B3HW: torch.Tensor) -> PoseOutput:
-        return self.forward_head(self.forward_features(images_B3HW))
+    def forward(self, images_BCHW: torch.Tensor) -> PoseOutput:
+        return self.forward_head(self.forward_features(images_BCHW))

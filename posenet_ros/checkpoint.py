@@ -138,7 +138,8 @@ def _load_temporal(path: Path, metadata: dict[str, str], tensors: dict[str, torc
         calibration = TemporalCalibration(**stored["calibration"])
         temporal.load_state_dict(tensors)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the stored temporal model is invalid ({exc})") from exc
+        raise CheckpointError(f"{path}: the stored temporal model is invalid or from an older version of "
+                              f"posenet_ros; run `posenet-ros train-temporal` on it again ({exc})") from exc
     return temporal, calibration
 
 

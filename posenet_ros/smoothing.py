@@ -51,13 +51,13 @@ class SmoothedPoses:
 
 
 def per_frame_inputs(model: PoseNet,
-                     images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     images_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features_BF, position_norm_B3, quat_B4) of the per-frame model with dropout off: the
     temporal model's inputs. The model's dropout mode is restored."""
     previous = model.dropout_mode
     try:
         model.set_dropout_mode("off")
-        features = model.forward_features(images_B3HW)
+        features = model.forward_features(images_BCHW)
         output = model.forward_head(features)
     finally:
         model.set_dropout_mode(previous)

@@ -3,7 +3,8 @@
 The scene is 64x48 px and wide-angle, with 8 training loops, a val loop, a test loop, the outside
 sequence and the occlusion and blur variations of the test loop; the model is a small ResNet trained
 with the heteroscedastic loss (about 1.5 minutes on 2 CPU cores). Tests that change the checkpoint
-(calibrate, train-temporal) work on their own copy (`trained_copy`).
+(calibrate, train-temporal) work on their own copy (`trained_copy`). `trained_rgbd` is the RGB-D
+model trained on the same scene with the same settings.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def trained_scene(tmp_path_factory) -> tuple[Path, Path]:
     assert main(["synth", "--quiet", str(scene), *SCENE]) == 0
     assert main(["train", "--quiet", "--data", str(scene), "--out", str(run), *TRAIN]) == 0
     return scene, run
+
+
+@pytest.fixture(scope="session")
+def trained_rgbd(trained_scene, tmp_path_factory) -> Path:
+    """The RGB-D (dual-stream) model trained with the same budget as `trained_scene`'s, calibrated."""
+    scene = trained_scene[0]
+    run = tmp_path_factory.mktemp("trained_rgbd") / "run"
+    assert main(["train", "--quiet", "--use-depth", "--data", str(scene), "--out", str(run), *TRAIN]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene)]) == 0
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -140,8 +140,9 @@ def test_smoothing_lowers_error_and_jitter_on_held_out_frames(smoothed):
     assert offline["median_jitter_position_m"] <= 0.7 * off["median_jitter_position_m"]
     assert offline["median_position_error_m"] <= causal["median_position_error_m"]
     assert offline["median_position_error_m"] <= 0.9 * off["median_position_error_m"]
-    # The issue asks the causal model for 10% lower median position error; it reaches 5.5% here
-    # (0.1600 -> 0.1512 m), so the issue stays open on this; the bound below catches regressions.
+    # The issue asks the causal model for 10% lower median position error. With this fixture it
+    # reaches 12% (0.1525 -> 0.1340 m, one thread), but only 3% on a scene and model of seed 1, so the
+    # issue stays open on this; the bound below catches regressions.
     assert causal["median_position_error_m"] <= 0.97 * off["median_position_error_m"]
     assert math.isfinite(offline["median_jitter_rotation_deg"])
 

@@ -1,18 +1,30 @@
-"""Temporal smoothing of per-frame PoseNet estimates (VidLoc, Clark et al. CVPR 2017): an LSTM over
-the frames of a sequence that learns the platform's dynamics and makes the poses consistent in time.
+"""Temporal smoothing of per-frame PoseNet estimates (VidLoc, Clark et al. CVPR 2017): recurrent
+filters over the frames of a sequence that make the poses consistent in time.
 
-Per frame t the input is the per-frame model's CNN features φ_t (its head input, dropout off),
-projected to `feature_dim`, and its deterministic pose: the position normalised by the scene
-(`PoseNet.normalise_position`) and the unit quaternion (w, x, y, z), w >= 0. The output corrects that
-pose: position_norm = input position_norm + Δp, quat = normalise(input quat + Δq), plus per-axis
-log-variances (normalised position x, y, z; rotation about the world axes, rad²) of the corrected
-pose. The output layers start at zero, so an untrained temporal model returns the per-frame poses.
+Per frame t the inputs are the per-frame model's CNN features φ_t (its head input, dropout off) and
+its deterministic pose: the position normalised by the scene (`PoseNet.normalise_position`) and the
+unit quaternion (w, x, y, z), w >= 0.
 
-Two modes share the input layer:
-- causal (live): a forward LSTM; `step` feeds one frame and carries the (h, c) state, so the node can
-  run it frame by frame; running it over a whole sequence at once gives the same outputs;
-- offline (bidirectional smoothing): forward and backward LSTMs over the whole sequence, their
-  states concatenated before the output layer.
+The per-frame errors on new views are correlated over many frames (a bias along stretches of the
+trajectory), so averaging the absolute poses alone removes little of them. The model therefore also
+estimates the relative motion between consecutive frames from their features (`motion`: an MLP over
+φ_t - φ_{t-1} and φ_t + φ_{t-1}, trained on the true relative motion; a visual odometry that
+generalises to new views far better than differences of the per-frame poses), and runs a learned
+filter: an LSTM cell that, per frame, predicts the pose from its previous output moved by the
+estimated motion, and reads the innovation (the per-frame pose relative to that prediction), the
+motion, the orientation and optionally the projected features (`feature_dim`). Its output corrects the
+per-frame pose: position_norm = input position_norm + Δp, quat = exp(δ) ⊗ input quat (δ a rotation
+vector about the world axes), plus per-axis log-variances (normalised position x, y, z; rotation about
+the world axes, rad²) of the corrected pose. The innovations make the filter independent of where in
+the map it runs. The output layers start at zero, so an untrained temporal model returns the per-frame
+poses.
+
+Two modes:
+- causal (live): the forward filter; `step` feeds one frame and carries the state (LSTM (h, c), the
+  previous frame's features and output pose), so the node can run it frame by frame; running it over
+  a whole sequence at once gives the same outputs;
+- offline (bidirectional smoothing): a second filter runs backwards in time (the motion reversed), and
+  an output layer combines both filters' states and innovations.
 """
 
 from __future__ import annotations
@@ -23,10 +35,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from posenet_ros.geometry import quat_normalize_torch
+from posenet_ros.geometry import quat_conjugate_torch, quat_exp_torch, quat_log_torch, quat_multiply_torch
 
 SmoothMode = Literal["causal", "offline"]
-OUTPUTS = 3 + 4 + 6  # Δ position_norm, Δ quaternion, log-variances (x, y, z, rx, ry, rz)
+OUTPUTS = 3 + 3 + 6  # Δ position_norm, rotation vector, log-variances (x, y, z, rx, ry, rz)
+MOTION = 6  # relative motion between consecutive frames: Δ position_norm, world-frame rotation vector
 
 
 @dataclass
@@ -35,11 +48,13 @@ class TemporalConfig:
 
     hidden: int = 64  # LSTM width per direction
     feature_dim: int = 0  # > 0: the per-frame CNN features, projected to this width, are inputs too
-    # (0: poses only; with few training sequences the features let the LSTM memorise places)
+    # (0: none; with few training sequences the features let the LSTM memorise places)
+    motion_hidden: int = 128  # width of the relative-motion MLP over consecutive features (0: no motion)
 
     def __post_init__(self) -> None:
-        if self.hidden < 1 or self.feature_dim < 0:
-            raise ValueError("temporal.hidden must be >= 1 and temporal.feature_dim >= 0")
+        if self.hidden < 1 or self.feature_dim < 0 or self.motion_hidden < 0:
+            raise ValueError("temporal.hidden must be >= 1, temporal.feature_dim and temporal.motion_hidden "
+                             ">= 0")
 
 
 @dataclass
@@ -52,57 +67,174 @@ class TemporalOutput:
     log_var_BT6: torch.Tensor
 
 
-State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (1, B, hidden)
+# Causal state: LSTM (h, c), each (B, hidden); the previous frame's features (B, F), output
+# position_norm (B, 3) and quaternion (B, 4).
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _canonical(quat: torch.Tensor) -> torch.Tensor:
+    return torch.where(quat[..., :1] < 0, -quat, quat)
+
+
+def pair_motion_inputs(previous_NF: torch.Tensor, current_NF: torch.Tensor) -> torch.Tensor:
+    """The motion MLP's input for consecutive frames' features."""
+    return torch.cat([current_NF - previous_NF, current_NF + previous_NF], dim=-1)
+
+
+def relative_motion(position_norm_a: torch.Tensor, quat_a: torch.Tensor, position_norm_b: torch.Tensor,
+                    quat_b: torch.Tensor) -> torch.Tensor:
+    """Motion (..., 6) from pose a to pose b: Δ position_norm and the rotation vector r (world axes)
+    with quat_b = exp(r) ⊗ quat_a."""
+    rotation = quat_log_torch(_canonical(quat_multiply_torch(quat_b, quat_conjugate_torch(quat_a))))
+    return torch.cat([position_norm_b - position_norm_a, rotation], dim=-1)
+
+
+class _Filter(nn.Module):
+    """One direction: an LSTM cell over innovations and motion, and its output layer."""
+
+    def __init__(self, inputs: int, hidden: int) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(inputs, hidden)
+        self.head = nn.Linear(hidden + 6, OUTPUTS)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def run(self, extra_BTE: torch.Tensor, position_norm_BT3: torch.Tensor, quat_BT4: torch.Tensor,
+            motion_BT6: torch.Tensor, first_valid: bool, state: tuple | None
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], tuple]:
+        """Per frame: hidden states, innovations (6) and raw outputs; `first_valid`: frame 0 has a
+        predecessor (the previous pose in `state`)."""
+        hidden_states, innovations, raws = [], [], []
+        hc = None if state is None else (state[0], state[1])
+        previous = None if state is None else (state[2], state[3])
+        for t in range(position_norm_BT3.shape[1]):
+            position, quat = position_norm_BT3[:, t], quat_BT4[:, t]
+            has_previous = previous is not None and (t > 0 or first_valid)
+            if has_previous:
+                assert previous is not None
+                predicted_position = previous[0] + motion_BT6[:, t, :3]
+                turn = quat_exp_torch(motion_BT6[:, t, 3:])
+                predicted_quat = _canonical(quat_multiply_torch(turn, previous[1]))
+                innovation = relative_motion(predicted_position, predicted_quat, position, quat)
+                motion = motion_BT6[:, t]
+            else:
+                innovation = position.new_zeros(position.shape[0], 6)
+                motion = innovation
+            flag = position.new_full((position.shape[0], 1), 1.0 if has_previous else 0.0)
+            x = torch.cat([extra_BTE[:, t], innovation, motion, flag, quat], dim=-1)
+            hc = self.cell(x, hc)
+            raw = self.head(torch.cat([hc[0], innovation], dim=-1))
+            out_position = position + raw[:, :3]
+            out_quat = _canonical(quat_multiply_torch(quat_exp_torch(raw[:, 3:6]), quat))
+            previous = (out_position, out_quat)
+            hidden_states.append(hc[0])
+            innovations.append(innovation)
+            raws.append(raw)
+        assert hc is not None and previous is not None
+        return hidden_states, innovations, raws, (hc[0], hc[1], previous[0], previous[1])
 
 
 class TemporalModel(nn.Module):
-    """LSTM smoother over per-frame features and poses (see the module docstring)."""
+    """Learned motion-aided filters over per-frame poses (see the module docstring)."""
 
     def __init__(self, config: TemporalConfig, cnn_feature_dim: int) -> None:
         super().__init__()
         self.config = config
         self.cnn_feature_dim = cnn_feature_dim
         self.project = nn.Linear(cnn_feature_dim, config.feature_dim) if config.feature_dim else None
-        inputs = config.feature_dim + 7
-        self.forward_lstm = nn.LSTM(inputs, config.hidden, batch_first=True)
-        self.backward_lstm = nn.LSTM(inputs, config.hidden, batch_first=True)
-        self.causal_head = nn.Linear(config.hidden, OUTPUTS)
-        self.offline_head = nn.Linear(2 * config.hidden, OUTPUTS)
-        for head in (self.causal_head, self.offline_head):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        self.motion = (nn.Sequential(nn.Linear(2 * cnn_feature_dim, config.motion_hidden), nn.ReLU(),
+                                     nn.Linear(config.motion_hidden, MOTION))
+                       if config.motion_hidden else None)
+        inputs = config.feature_dim + 6 + MOTION + 1 + 4
+        self.forward_filter = _Filter(inputs, config.hidden)
+        self.backward_filter = _Filter(inputs, config.hidden)
+        self.offline_head = nn.Linear(2 * config.hidden + 12, OUTPUTS)
+        nn.init.zeros_(self.offline_head.weight)
+        nn.init.zeros_(self.offline_head.bias)
         self.feature_dropout = nn.Dropout(0.0)  # set by training; identity in eval mode
 
-    def _inputs(self, features_BTF: torch.Tensor, position_norm_BT3: torch.Tensor,
-                quat_BT4: torch.Tensor) -> torch.Tensor:
-        parts = [position_norm_BT3, quat_BT4]
-        if self.project is not None:
-            parts.insert(0, torch.relu(self.project(self.feature_dropout(features_BTF))))
-        return torch.cat(parts, dim=-1)
+    @property
+    def causal_head(self) -> nn.Linear:
+        return self.forward_filter.head
 
-    def _output(self, raw_BTK: torch.Tensor, position_norm_BT3: torch.Tensor,
+    def estimate_motion(self, features_BTF: torch.Tensor,
+                        previous_BF: torch.Tensor | None = None) -> torch.Tensor:
+        """Relative motion (B, T, 6) into each frame from the one before (`previous_BF` before frame 0;
+        none: zero motion there)."""
+        batch, frames = features_BTF.shape[:2]
+        if self.motion is None or (frames == 1 and previous_BF is None):
+            return features_BTF.new_zeros(batch, frames, MOTION)
+        first = features_BTF[:, :1] if previous_BF is None else previous_BF[:, None]
+        previous = torch.cat([first, features_BTF[:, :-1]], dim=1)
+        motion = self.motion(pair_motion_inputs(previous, features_BTF))
+        if previous_BF is None:
+            motion = torch.cat([torch.zeros_like(motion[:, :1]), motion[:, 1:]], dim=1)
+        return motion
+
+    def _extra(self, features_BTF: torch.Tensor) -> torch.Tensor:
+        if self.project is None:
+            return features_BTF.new_zeros(*features_BTF.shape[:2], 0)
+        return torch.relu(self.project(self.feature_dropout(features_BTF)))
+
+    @staticmethod
+    def _output(raw_BTK: torch.Tensor, position_norm_BT3: torch.Tensor,
                 quat_BT4: torch.Tensor) -> TemporalOutput:
-        quat = quat_normalize_torch(quat_BT4 + raw_BTK[..., 3:7])
-        quat = torch.where(quat[..., :1] < 0, -quat, quat)
+        quat = _canonical(quat_multiply_torch(quat_exp_torch(raw_BTK[..., 3:6]), quat_BT4))
         return TemporalOutput(position_norm_BT3=position_norm_BT3 + raw_BTK[..., :3], quat_BT4=quat,
-                              log_var_BT6=raw_BTK[..., 7:].clamp(-20.0, 20.0))
+                              log_var_BT6=raw_BTK[..., 6:].clamp(-20.0, 20.0))
 
     def forward(self, features_BTF: torch.Tensor, position_norm_BT3: torch.Tensor, quat_BT4: torch.Tensor,
-                mode: SmoothMode = "causal",
-                state: State | None = None) -> tuple[TemporalOutput, State | None]:
+                mode: SmoothMode = "causal", state: State | None = None,
+                motion_BT6: torch.Tensor | None = None) -> tuple[TemporalOutput, State | None]:
         """Smooth B sequences of T frames. causal: returns the state after the last frame (pass it
-        back to continue the sequence); offline: the whole sequence at once, state None."""
-        x = self._inputs(features_BTF, position_norm_BT3, quat_BT4)
-        forward, new_state = self.forward_lstm(x, state)
-        if mode == "causal":
-            return self._output(self.causal_head(forward), position_norm_BT3, quat_BT4), new_state
-        if mode != "offline":
+        back to continue the sequence); offline: the whole sequence at once, state None.
+        `motion_BT6`: the relative motion into each frame (frame 0: ignored without a state) instead
+        of the motion MLP's estimate (training)."""
+        if mode not in ("causal", "offline"):
             raise ValueError(f"smoothing mode must be 'causal' or 'offline', got {mode!r}")
-        if state is not None:
+        if mode == "offline" and state is not None:
             raise ValueError("offline smoothing runs over whole sequences: no state can be passed")
-        backward, _ = self.backward_lstm(x.flip(1))
-        both = torch.cat([forward, backward.flip(1)], dim=-1)
-        return self._output(self.offline_head(both), position_norm_BT3, quat_BT4), None
+        if motion_BT6 is None:
+            motion_BT6 = self.estimate_motion(features_BTF, None if state is None else state[2])
+        extra = self._extra(features_BTF)
+        forward_state = None if state is None else (state[0], state[1], state[3], state[4])
+        hidden, innovation, raw, (h, c, position, quat) = self.forward_filter.run(
+            extra, position_norm_BT3, quat_BT4, motion_BT6, state is not None, forward_state)
+        if mode == "causal":
+            output = self._output(torch.stack(raw, 1), position_norm_BT3, quat_BT4)
+            return output, (h, c, features_BTF[:, -1], position, quat)
+        offline, _ = self._offline(hidden, innovation, features_BTF, position_norm_BT3, quat_BT4, motion_BT6,
+                                   extra)
+        return offline, None
+
+    def offline_outputs(self, features_BTF: torch.Tensor, position_norm_BT3: torch.Tensor,
+                        quat_BT4: torch.Tensor, motion_BT6: torch.Tensor | None = None
+                        ) -> tuple[TemporalOutput, TemporalOutput, TemporalOutput]:
+        """(causal, backward filter, offline) outputs of whole sequences (training)."""
+        if motion_BT6 is None:
+            motion_BT6 = self.estimate_motion(features_BTF)
+        extra = self._extra(features_BTF)
+        hidden, innovation, raw, _ = self.forward_filter.run(extra, position_norm_BT3, quat_BT4, motion_BT6,
+                                                             False, None)
+        causal = self._output(torch.stack(raw, 1), position_norm_BT3, quat_BT4)
+        offline, backward = self._offline(hidden, innovation, features_BTF, position_norm_BT3, quat_BT4,
+                                          motion_BT6, extra)
+        return causal, backward, offline
+
+    def _offline(self, hidden: list[torch.Tensor], innovation: list[torch.Tensor], features_BTF: torch.Tensor,
+                 position_norm_BT3: torch.Tensor, quat_BT4: torch.Tensor, motion_BT6: torch.Tensor,
+                 extra_BTE: torch.Tensor) -> tuple[TemporalOutput, TemporalOutput]:
+        """(offline output, backward filter output): the backward filter runs over the sequence
+        reversed in time (the motion reversed); the offline layer reads both filters' states and
+        innovations."""
+        forward_hidden, forward_innovation = hidden, innovation
+        reversed_motion = torch.cat([torch.zeros_like(motion_BT6[:, :1]), -motion_BT6.flip(1)[:, :-1]], dim=1)
+        hidden, innovation, raw, _ = self.backward_filter.run(
+            extra_BTE.flip(1), position_norm_BT3.flip(1), quat_BT4.flip(1), reversed_motion, False, None)
+        backward = self._output(torch.stack(raw, 1).flip(1), position_norm_BT3, quat_BT4)
+        both = torch.cat([torch.stack(forward_hidden, 1), torch.stack(hidden, 1).flip(1),
+                          torch.stack(forward_innovation, 1), torch.stack(innovation, 1).flip(1)], dim=-1)
+        return self._output(self.offline_head(both), position_norm_BT3, quat_BT4), backward
 
     def step(self, features_BF: torch.Tensor, position_norm_B3: torch.Tensor, quat_B4: torch.Tensor,
              state: State | None) -> tuple[TemporalOutput, State]:

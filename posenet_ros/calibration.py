@@ -37,6 +37,7 @@ from scipy import optimize, stats
 
 from posenet_ros.device import resolve_device
 from posenet_ros.geometry import quat_conjugate, quat_log, quat_multiply
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet
 
 BLOCKS: dict[str, slice] = {"position": slice(0, 3), "rotation": slice(3, 6), "pose": slice(0, 6)}
 SIGMAS = (1, 2, 3)
@@ -44,9 +45,14 @@ SIGMAS = (1, 2, 3)
 
 def pose_error_vectors(position_est_N3: ArrayLike, quat_est_N4: ArrayLike, position_true_N3: ArrayLike,
                        quat_true_N4: ArrayLike) -> np.ndarray:
-    """errors_N6: position (metres) and rotation vector δ (radians) with q_true = exp(δ) q_est."""
+    """errors_N6: position (metres) and rotation vector δ (radians) with q_true = exp(δ) q_est; NaN
+    for a frame without an estimate (NaN quaternion)."""
     position = np.asarray(position_true_N3, np.float64) - np.asarray(position_est_N3, np.float64)
-    rotation = quat_log(quat_multiply(quat_true_N4, quat_conjugate(quat_est_N4)))
+    quat_est = np.asarray(quat_est_N4, np.float64)
+    quat_true = np.broadcast_to(np.asarray(quat_true_N4, np.float64), quat_est.shape)
+    rotation = np.full((*quat_est.shape[:-1], 3), np.nan)
+    posed = np.isfinite(quat_est).all(axis=-1)
+    rotation[posed] = quat_log(quat_multiply(quat_true[posed], quat_conjugate(quat_est[posed])))
     return np.concatenate([position, rotation], axis=-1)
 
 
@@ -129,9 +135,12 @@ def spearman(a_N: ArrayLike, b_N: ArrayLike) -> float:
 
 def uncertainty_metrics(errors_N6: ArrayLike, covariance_N66: ArrayLike) -> dict[str, Any]:
     """Per block: mean and median NEES, its dimension, σ-region coverage; and the Spearman
-    correlation between predicted standard deviation (√trace of the block) and the error norm."""
+    correlation between predicted standard deviation (√trace of the block) and the error norm.
+    Frames without a finite error and covariance (scene coordinates: no pose found) are left out."""
     errors = np.asarray(errors_N6, np.float64)
     covariance = np.asarray(covariance_N66, np.float64)
+    keep = np.isfinite(errors).all(axis=1) & np.isfinite(covariance).all(axis=(1, 2))
+    errors, covariance = errors[keep], covariance[keep]
     result: dict[str, Any] = {}
     for block, index in BLOCKS.items():
         values = nees(errors, covariance, block)
@@ -179,22 +188,26 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
     setting = UncertaintyConfig(mc_samples=stored.mc_samples if mc_samples is None else mc_samples,
                                 mc_mode=stored.mc_mode if mc_mode is None else mc_mode,  # type: ignore[arg-type]
                                 seed=stored.seed)
-    if setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
+    scr = isinstance(loaded.model, SceneCoordinateNet)  # covariance from the pose refinement
+    if not scr and setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
         raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
     bag = bag_config_for_checkpoint(loaded.config, bag_options)
     train_records = load_frames(data_root, train_split, bag=bag)
-    fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),
-                       batch_size=batch_size, progress=progress)
+    if not scr:
+        fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),
+                           batch_size=batch_size, progress=progress)
     records = load_frames(data_root, split, bag=bag)
     if len(records) < 10:
         raise ValueError(f"{data_root}: the {split!r} split has {len(records)} frames; calibration "
                          "needs at least 10 frames of mapped places not used for training")
     transform = eval_transform(loaded.config)
     predictions = predict(loaded.model, records, transform, batch_size=batch_size, progress=progress,
-                          description=f"calibrate on {split}", uncertainty=setting)
+                          description=f"calibrate on {split}", uncertainty=setting, ransac=loaded.ransac)
     step = max(1, math.ceil(len(train_records) / MAX_TRAIN_FRAMES))
     seen = predict(loaded.model, train_records[::step], transform, batch_size=batch_size, progress=progress,
-                   description=f"calibrate on {train_split}", uncertainty=setting)
+                   description=f"calibrate on {train_split}", uncertainty=setting, ransac=loaded.ransac)
+    if scr:  # frames without a pose have no error to fit
+        predictions, seen = _with_pose(predictions), _with_pose(seen)
     errors, seen_errors = prediction_errors_N6(predictions), prediction_errors_N6(seen)
     finite_scores = predictions.score_N[np.isfinite(predictions.score_N)]
     reference = float(np.median(finite_scores)) if finite_scores.size else 0.0
@@ -207,7 +220,7 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                                  position_novelty=position_novelty, rotation_novelty=rotation_novelty,
                                  score_reference=reference)
     loop_closure = (calibrate_thresholds(predictions.score_N, enter_percentile, leave_percentile, min_frames)
-                    if setting.mc_samples > 0 else LoopClosureConfig(min_frames=min_frames))
+                    if setting.mc_samples > 0 or scr else LoopClosureConfig(min_frames=min_frames))
 
     def after(part: Predictions) -> np.ndarray:
         factors = fitted.block_factors(torch.from_numpy(part.score_N))
@@ -226,5 +239,19 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
         "after_train": uncertainty_metrics(seen_errors, after(seen)),
     }
     store_calibration(loaded.path, fitted, loop_closure, report,
-                      {"feature_covariance": loaded.model.feature_covariance})
+                      {} if scr else {"feature_covariance": loaded.model.feature_covariance})
     return report
+
+
+def _with_pose(predictions: Any) -> Any:
+    """The frames of `predictions` that have a pose (scene coordinates: RANSAC found one)."""
+    keep = np.flatnonzero(np.isfinite(predictions.position_error_N))
+    values = {}
+    for field in dataclasses.fields(predictions):
+        value = getattr(predictions, field.name)
+        if isinstance(value, np.ndarray) and len(value) == len(predictions):
+            value = value[keep]
+        elif isinstance(value, list):
+            value = [value[i] for i in keep]
+        values[field.name] = value
+    return type(predictions)(**values)

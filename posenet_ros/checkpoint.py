@@ -24,9 +24,12 @@ from safetensors.torch import load_file, save
 
 from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json
 from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
+from posenet_ros.data.frames import Intrinsics
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
+from posenet_ros.scr_pose import RansacConfig
 from posenet_ros.smoothing import TemporalCalibration
 from posenet_ros.uncertainty import UncertaintyConfig
 
@@ -44,7 +47,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedModel:
-    model: PoseNet  # on the requested device, eval() mode, dropout off
+    model: PoseNet | SceneCoordinateNet  # on the requested device, eval() mode, dropout off
     config: dict[str, Any]  # the resolved training configuration
     map_poses_N7: np.ndarray  # training camera poses (float64)
     metadata: dict[str, str]
@@ -53,14 +56,25 @@ class LoadedModel:
     loop_closure: LoopClosureConfig
     temporal: TemporalModel | None = None  # once `posenet-ros train-temporal` has run; eval mode
     temporal_calibration: TemporalCalibration = field(default_factory=TemporalCalibration)
+    camera: Intrinsics | None = None  # the training frames' intrinsics, when they had them
 
     @property
     def calibrated(self) -> bool:
         return "uncertainty" in self.metadata
 
+    @property
+    def method(self) -> str:
+        """"posenet" (pose regression) or "scr" (scene coordinates and RANSAC)."""
+        return self.config.get("method", "posenet")
 
-def save_checkpoint(path: str | Path, model: PoseNet, config: dict[str, Any], map_poses_N7: np.ndarray,
-                    extra_metadata: dict[str, str] | None = None) -> Path:
+    @property
+    def ransac(self) -> RansacConfig:
+        """The pose solver settings of a scene coordinate model."""
+        return config_from_dict(RansacConfig, self.config.get("ransac") or {}, prefix="ransac.")
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any],
+                    map_poses_N7: np.ndarray, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write `model` (weights and buffers), `config` and the map poses to `path` atomically."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -95,8 +109,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
                               f"expected {FORMAT!r})")
     try:
         config = json.loads(metadata["config"])
-        model_config = config_from_dict(ModelConfig, config["model"], prefix="model.")
-    except (KeyError, json.JSONDecodeError, ConfigError, ValueError) as exc:
+        scr = config.get("method", "posenet") == "scr"
+        model_config: ModelConfig | SceneCoordinateConfig = (
+            config_from_dict(SceneCoordinateConfig, config.get("scr") or {}, prefix="scr.") if scr
+            else config_from_dict(ModelConfig, config["model"], prefix="model."))
+        camera = Intrinsics.from_dict(json.loads(metadata["camera"])) if "camera" in metadata else None
+    except (KeyError, json.JSONDecodeError, ConfigError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: the stored configuration is invalid ({exc})") from exc
     try:
         uncertainty = config_from_dict(UncertaintyConfig, json.loads(metadata.get("uncertainty", "{}")),
@@ -108,23 +126,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     map_poses = tensors.pop(_MAP_POSES_KEY, torch.zeros(0, 7, dtype=torch.float64)).numpy()
     temporal_tensors = {key[len(_TEMPORAL_PREFIX):]: tensors.pop(key) for key in list(tensors)
                         if key.startswith(_TEMPORAL_PREFIX)}
-    model = PoseNet(model_config)
+    model = (SceneCoordinateNet(model_config) if isinstance(model_config, SceneCoordinateConfig)
+             else PoseNet(model_config))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
-            f"{path}: weights do not fit the stored architecture ({model_config.backbone}, head "
-            f"{model_config.head}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {wrong_shape[:5]}")
+            f"{path}: weights do not fit the stored architecture ({model_config}): missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}")
     model.load_state_dict(tensors)
-    model.to(device).eval().set_dropout_mode("off")
-    temporal, temporal_calibration = _load_temporal(path, metadata, temporal_tensors, model.head_dim)
+    model.to(device).eval()
+    temporal, temporal_calibration = None, TemporalCalibration()
+    if isinstance(model, PoseNet):
+        model.set_dropout_mode("off")
+        temporal, temporal_calibration = _load_temporal(path, metadata, temporal_tensors, model.head_dim)
     return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path,
                        uncertainty=uncertainty, loop_closure=loop_closure,
                        temporal=None if temporal is None else temporal.to(device).eval(),
-                       temporal_calibration=temporal_calibration)
+                       temporal_calibration=temporal_calibration, camera=camera)
 
 
 def _load_temporal(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor],

@@ -517,7 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes the key=value overrides only before the first option that follows them; later
+    # ones (`train ... epochs=2 --quiet lr=1e-3`) are overrides too.
+    overrides = all("=" in item and not item.startswith("-") for item in extra)
+    if extra and hasattr(args, "overrides") and overrides:
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -69,9 +69,12 @@ from posenet_ros.device import resolve_device
 from posenet_ros.geometry import angular_error_deg, quat_normalize, translation_error
 from posenet_ros.loop_closure import LoopClosureConfig, roc_auc, run_detector
 from posenet_ros.models.posenet import PoseNet
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet
 from posenet_ros.models.temporal import SmoothMode
+from posenet_ros.scr_localization import localize
+from posenet_ros.scr_pose import RansacConfig, ScrPose
 from posenet_ros.smoothing import head_inputs, smooth_sequence, temporal_jitter
-from posenet_ros.uncertainty import UncertaintyConfig, estimate, fit_feature_covariance
+from posenet_ros.uncertainty import UncertaintyConfig, calibrated, estimate, fit_feature_covariance
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +163,19 @@ def pose_errors(position_pred_N3: ArrayLike, quat_pred_N4: ArrayLike, position_t
             np.asarray(angular_error_deg(quat_pred_N4, quat_true_N4), dtype=np.float64))
 
 
-def _set_eval(model: PoseNet) -> tuple[bool, str]:
-    """Put `model` in eval mode with dropout off; return the state to restore."""
-    state = (model.training, model.dropout_mode)
+def _set_eval(model: torch.nn.Module) -> tuple[bool, str]:
+    """Put `model` in eval mode with dropout off (a PoseNet's); return the state to restore."""
+    state = (model.training, model.dropout_mode if isinstance(model, PoseNet) else "off")
     model.eval()
-    model.set_dropout_mode("off")
+    if isinstance(model, PoseNet):
+        model.set_dropout_mode("off")
     return state
 
 
-def _restore(model: PoseNet, state: tuple[bool, str]) -> None:
+def _restore(model: torch.nn.Module, state: tuple[bool, str]) -> None:
     model.train(state[0])
-    model.set_dropout_mode(state[1])  # type: ignore[arg-type]
+    if isinstance(model, PoseNet):
+        model.set_dropout_mode(state[1])  # type: ignore[arg-type]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -184,8 +189,14 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
             device: str | torch.device | None = None, batch_size: int = 32,
             progress: bool = False, description: str = "predict",
-            uncertainty: UncertaintyConfig | None = None, keep_features: bool = False) -> Predictions:
+            uncertainty: UncertaintyConfig | None = None, keep_features: bool = False,
+            ransac: RansacConfig | None = None) -> Predictions:
     """Run `model` over `records` in their order and compare with the true poses.
+
+    A scene coordinate model (`SceneCoordinateNet`) solves each frame's pose with RANSAC (`ransac`,
+    default settings if None; the records need intrinsics) and always returns covariances (scaled by
+    `uncertainty`'s calibration when given), its uncalibrated covariance as `epistemic_N66` and the
+    score 1 - inlier ratio. A frame without a pose has NaN pose and infinite errors.
 
     Deterministic by default; with `uncertainty` the poses are Monte-Carlo dropout means with
     covariances and loop-closure scores (`uncertainty.estimate`, the dropout masks of a batch seeded
@@ -219,7 +230,14 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
             first = 0
             for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
                 images = network_input(batch, model.input_channels).to(model_device, non_blocking=True)
-                if uncertainty is None:
+                if isinstance(model, SceneCoordinateNet):
+                    if "K" not in batch:
+                        raise DatasetError("scene coordinate regression needs the camera intrinsics of "
+                                           "every frame")
+                    features = None
+                    poses, _ = localize(model, images, batch["K"], ransac or RansacConfig(), seed=first)
+                    values = _scr_values(poses, uncertainty)
+                elif uncertainty is None:
                     features = model.forward_features(images)
                     output = model.forward_head(features)
                     values = {"position": output.position_B3, "quat": output.quat_B4}
@@ -243,8 +261,12 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
     if len(position_pred) != len(records):
         raise RuntimeError(f"got {len(position_pred)} predictions for {len(records)} frames")
     poses_true = np.stack([pose_vector(record.world_from_cam) for record in records]).astype(np.float64)
-    position_error, orientation_error = pose_errors(position_pred, quat_pred, poses_true[:, :3],
-                                                    poses_true[:, 3:])
+    with_pose = np.isfinite(position_pred).all(axis=1) & np.isfinite(quat_pred).all(axis=1)
+    position_error, orientation_error = np.full(len(records), np.inf), np.full(len(records), np.inf)
+    if with_pose.any():  # scene coordinates: frames where RANSAC found no pose keep infinite errors
+        position_error[with_pose], orientation_error[with_pose] = pose_errors(
+            position_pred[with_pose], quat_pred[with_pose], poses_true[with_pose, :3],
+            poses_true[with_pose, 3:])
     return Predictions(
         position_pred_N3=position_pred,
         quat_pred_N4=quat_pred,
@@ -261,6 +283,19 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         mc_spread_N=joined.get("mc_spread"),
         features_NF=joined.get("features"),
     )
+
+
+def _scr_values(poses: list[ScrPose | None],
+                uncertainty: UncertaintyConfig | None) -> dict[str, torch.Tensor]:
+    """predict's per-frame values of scene coordinate poses (NaN pose, score 1 where none)."""
+    nan = float("nan")
+    position = torch.from_numpy(np.stack([p.position_3 if p else np.full(3, nan) for p in poses]))
+    quat = torch.from_numpy(np.stack([p.quat_wxyz_4 if p else np.full(4, nan) for p in poses]))
+    raw = torch.from_numpy(np.stack([p.covariance_66 if p else np.full((6, 6), nan) for p in poses]))
+    score = torch.tensor([1.0 - p.inlier_ratio if p else 1.0 for p in poses], dtype=torch.float64)
+    covariance = raw if uncertainty is None else calibrated(raw, *uncertainty.block_factors(score))
+    return {"position": position, "quat": quat, "covariance": covariance, "epistemic": raw,
+            "aleatoric": torch.zeros_like(raw), "score": score, "mc_spread": torch.full_like(score, nan)}
 
 
 def fit_feature_memory(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
@@ -658,7 +693,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     def run(records: list[FrameRecord], description: str) -> Predictions:
         return predict(loaded.model, records, transform, device=resolved_device, batch_size=batch_size,
                        progress=progress, description=description, uncertainty=uncertainty,
-                       keep_features=smooth != "off")
+                       keep_features=smooth != "off", ransac=loaded.ransac)
 
     scenes: dict[str, Predictions] = {}
     scene_metrics: dict[str, dict[str, Any]] = {}

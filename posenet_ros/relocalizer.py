@@ -27,8 +27,9 @@ from posenet_ros.data.dataset import crop_box
 from posenet_ros.device import resolve_device
 from posenet_ros.evaluation import eval_transform
 from posenet_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
+from posenet_ros.scr_localization import input_intrinsics, localize
 from posenet_ros.smoothing import CausalSmoother, head_inputs
-from posenet_ros.uncertainty import estimate
+from posenet_ros.uncertainty import calibrated, estimate
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class PoseEstimate:
     # The temporal model's per-frame inputs (features (1, F), position_norm (1, 3), quat (1, 4)), kept
     # when the Relocalizer is built with keep_temporal_inputs (offline smoothing of a whole replay).
     temporal_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # Scene coordinate regression (method scr): the inlier scene coordinates (N, 3) in the map frame,
+    # metres, published as a PointCloud2 for RViz; None for pose regression.
+    scene_points_N3: np.ndarray | None = None
 
 
 class Relocalizer:
@@ -100,6 +104,11 @@ class Relocalizer:
         self.smoother = (CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
                                         smoothing_reset_unknown)
                          if smoothing and loaded.temporal is not None else None)
+        self.ransac = loaded.ransac if loaded.method == "scr" else None
+        self.camera = loaded.camera
+        if self.ransac is not None and self.camera is None:
+            raise ValueError(f"{self.model_path} is a scene coordinate model without the training camera's "
+                             "intrinsics; retrain it with this version of posenet_ros")
         if not self.calibrated:
             logger.warning("%s has no uncertainty calibration (run `posenet-ros calibrate`): covariances "
                            "are unscaled and every finite loop-closure score counts as a known place",
@@ -131,7 +140,7 @@ class Relocalizer:
             raise ValueError(f"expected an RGB image as uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if rgb.shape[0] < 2 or rgb.shape[1] < 2:
             raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small")
-        box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
+        box = self._box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
         channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
         if self.needs_depth:
             if depth_HW is None:
@@ -153,6 +162,8 @@ class Relocalizer:
         start = time.perf_counter()
         images = self.prepare(rgb_HW3, depth_HW)
         prepared = time.perf_counter()
+        if self.ransac is not None:
+            return self._process_scene_coordinates(images, stamp_ns, start, prepared)
         autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
                                   enabled=self.precision != "fp32")
         with torch.inference_mode(), autocast:
@@ -183,4 +194,33 @@ class Relocalizer:
         estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
                                 "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
         # "summary" includes the temporal step when smoothing is on.
+        return estimate_
+
+    def _process_scene_coordinates(self, images: torch.Tensor, stamp_ns: int, start: float,
+                                   prepared: float) -> PoseEstimate:
+        """Scene coordinates and RANSAC (scr_localization.py): the pose and covariance of the
+        refinement (calibrated), score 1 - inlier ratio, the inlier scene points. Raises ValueError
+        when RANSAC finds no pose."""
+        assert self.ransac is not None and self.camera is not None
+        box = self._box
+        K = input_intrinsics(self.camera, box.width, box.height, box.new_width, box.new_height, box.x0,
+                             box.y0, box.crop_width, box.crop_height)
+        poses, coords = localize(self.model, images, K[None], self.ransac, seed=stamp_ns % (2**31))
+        forwarded = time.perf_counter()
+        pose = poses[0]
+        if pose is None:
+            raise ValueError(f"no pose: RANSAC found none with {self.ransac.min_inliers} inliers within "
+                             f"{self.ransac.threshold_px} px (a place the model has not learned?)")
+        score = 1.0 - pose.inlier_ratio
+        factors = self.uncertainty.block_factors(torch.tensor([score]))
+        covariance = calibrated(torch.from_numpy(pose.covariance_66)[None], *factors)[0].numpy()
+        known = self._detector.update(score)
+        estimate_ = PoseEstimate(
+            stamp_ns=int(stamp_ns), position_3=pose.position_3, quat_wxyz_4=pose.quat_wxyz_4,
+            covariance_66=covariance, epistemic_66=pose.covariance_66, aleatoric_66=np.zeros((6, 6)),
+            uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))), known_place=known,
+            score=score, scene_points_N3=coords[0][pose.inliers_N])
+        done = time.perf_counter()
+        estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
+                                "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
         return estimate_

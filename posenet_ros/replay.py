@@ -11,7 +11,8 @@ a deployment. Either way the estimates are associated with the bag's ground trut
     metrics.json     median errors, threshold accuracies, NEES and σ coverage, loop-closure precision
                      and recall, latency, frames dropped / rejected / failed, throughput
     frames.csv       one row per answered frame
-    output_bag/      a rosbag2 of the node's outputs (/relocalized_pose, ...) for other tools
+    output_bag/      a rosbag2 of the node's outputs (/relocalized_pose, ...; with a scene-coordinate
+                     model also /relocalization/scene_points) for other tools
     report/          index.html with the plots of `report.py`
 
 Frames count as "in the map" (for the loop-closure precision / recall) when their ground-truth pose
@@ -73,7 +74,7 @@ from posenet_ros.smoothing import smooth_sequence, temporal_jitter
 
 logger = logging.getLogger(__name__)
 
-RECORDED_OUTPUTS = ("pose", "loop_closure", "uncertainty", "tf", "map_poses")
+RECORDED_OUTPUTS = ("pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses")
 
 
 @dataclass
@@ -234,12 +235,20 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
         sinks = {"pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),
                  "loop_closure": lambda msg: flags.append(bool(msg.data)),
                  "uncertainty": lambda msg: sigmas.append(float(msg.data)),
+                 "scene_points": lambda msg: None,  # recorded into the output bag only
                  "diagnostics": on_diagnostics}
+        subscriptions = {}
         for name, sink in sinks.items():
             topic = OUTPUTS[name]
-            node.subscription(resolve(topic.name), topic.type_name, topic.qos,
-                              record(name, sink) if name != "diagnostics" else
-                              lambda sample, s=sink, t=topic: s(from_dds(sample, t.type_name)))
+            subscriptions[name] = node.subscription(
+                resolve(topic.name), topic.type_name, topic.qos,
+                record(name, sink) if name != "diagnostics" else
+                lambda sample, s=sink, t=topic: s(from_dds(sample, t.type_name)))
+        # The recorder must hear the node's first answers: wait until the node's publishers match.
+        for name in ("pose", "loop_closure", "uncertainty"):
+            if not subscriptions[name].wait_for_publishers(1, wait_timeout):
+                raise ValueError(f"no node publishes {subscriptions[name].topic} within {wait_timeout:g} s: "
+                                 "start the relocalization node on the same DDS domain first")
         try:
             play(bag, rate=0.0, topics=topics, domain_id=domain_id, wait_subscribers=1,
                  wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["pose"].name),

@@ -129,18 +129,21 @@ def temporal_jitter(position_pred_N3: np.ndarray, quat_pred_N4: np.ndarray, posi
                     quat_true_N4: np.ndarray, sequences: Sequence[str]) -> dict[str, float]:
     """Median frame-to-frame jitter over consecutive frames of the same sequence (frames in time
     order): position |Δp_pred - Δp_true| (metres) and the angle of the relative rotation between the
-    predicted and the true frame-to-frame rotations (degrees). NaN with fewer than two frames."""
+    predicted and the true frame-to-frame rotations (degrees). Frames without a pose (NaN) break the
+    chain. NaN with fewer than two consecutive frames."""
     sequences = list(sequences)
-    same = np.array([a == b for a, b in itertools.pairwise(sequences)], dtype=bool)
-    if not same.any():
-        return {"median_jitter_position_m": float("nan"), "median_jitter_rotation_deg": float("nan")}
     position_pred, position_true = np.asarray(position_pred_N3), np.asarray(position_true_N3)
     quat_pred, quat_true = np.asarray(quat_pred_N4), np.asarray(quat_true_N4)
-    step_pred = position_pred[1:] - position_pred[:-1]
-    step_true = position_true[1:] - position_true[:-1]
-    relative_pred = quat_multiply(quat_pred[1:], quat_conjugate(quat_pred[:-1]))
-    relative_true = quat_multiply(quat_true[1:], quat_conjugate(quat_true[:-1]))
-    position = np.linalg.norm(step_pred - step_true, axis=1)[same]
-    rotation = angular_error_deg(relative_pred, relative_true)[same]
+    posed = np.isfinite(position_pred).all(axis=1) & np.isfinite(quat_pred).all(axis=1)
+    same = np.array([a == b for a, b in itertools.pairwise(sequences)], dtype=bool) & posed[1:] & posed[:-1]
+    if not same.any():
+        return {"median_jitter_position_m": float("nan"), "median_jitter_rotation_deg": float("nan")}
+    later, earlier = np.flatnonzero(same) + 1, np.flatnonzero(same)
+    step_pred = position_pred[later] - position_pred[earlier]
+    step_true = position_true[later] - position_true[earlier]
+    relative_pred = quat_multiply(quat_pred[later], quat_conjugate(quat_pred[earlier]))
+    relative_true = quat_multiply(quat_true[later], quat_conjugate(quat_true[earlier]))
+    position = np.linalg.norm(step_pred - step_true, axis=1)
+    rotation = angular_error_deg(relative_pred, relative_true)
     return {"median_jitter_position_m": float(np.median(position)),
             "median_jitter_rotation_deg": float(np.median(rotation))}

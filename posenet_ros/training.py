@@ -45,12 +45,15 @@ from posenet_ros.checkpoint import MODEL_FILE, CheckpointError, save_checkpoint
 from posenet_ros.config import ConfigError, config_from_dict, config_to_dict
 from posenet_ros.data.bag_dataset import BagDataConfig
 from posenet_ros.data.dataset import FrameTransform, PoseDataset, network_input, pose_vector, read_frame_depth
-from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.frames import DatasetError, FrameRecord, Intrinsics
 from posenet_ros.data.loading import load_frames
 from posenet_ros.device import resolve_device
 from posenet_ros.losses import LossConfig, PoseLoss, sample_depth_points
 from posenet_ros.models.backbones import load_pretrained
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet
+from posenet_ros.scr_losses import ScrLossConfig, depth_loss, depth_targets, reprojection_loss
+from posenet_ros.scr_pose import RansacConfig
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,12 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     reprojection_after_epochs: int | None = None  # the seed's schedule: `loss.kind` first, then reprojection
     pretrained: str | None = None  # backbone weights (.safetensors, torchvision key names)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    method: Literal["posenet", "scr"] = "posenet"  # pose regression, or scene coordinates + RANSAC
+    model: ModelConfig = field(default_factory=ModelConfig)  # posenet
+    loss: LossConfig = field(default_factory=LossConfig)  # posenet
+    scr: SceneCoordinateConfig = field(default_factory=SceneCoordinateConfig)  # scr: the network
+    scr_loss: ScrLossConfig = field(default_factory=ScrLossConfig)  # scr: training targets
+    ransac: RansacConfig = field(default_factory=RansacConfig)  # scr: the pose solver
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -102,6 +109,8 @@ class TrainConfig:
 
     def loss_kind(self, epoch: int) -> str:
         """The loss used in `epoch` (0-based)."""
+        if self.method == "scr":
+            return f"scr_{self.scr_loss.kind}"
         if self.reprojection_after_epochs is not None and epoch >= self.reprojection_after_epochs:
             return "reprojection"
         return self.loss.kind
@@ -131,6 +140,26 @@ class _TrainStep(nn.Module):
                                 reprojection_inputs=reprojection, log_var_BK=output.log_var_BK)
         # ŝx and ŝq take part in every step (with zero weight when unused), as DDP requires.
         return loss + 0.0 * (self.loss.s_x + self.loss.s_q), terms
+
+
+class _ScrStep(nn.Module):
+    """Scene coordinate network and its loss (scr_losses.py): depth targets or reprojection."""
+
+    def __init__(self, model: SceneCoordinateNet, config: ScrLossConfig, use_depth: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.use_depth = use_depth
+
+    def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
+        coords = self.model(batch["image"])
+        if self.use_depth:
+            targets, valid = depth_targets(batch["depth"], batch["K"], batch["world_from_cam"])
+            loss = depth_loss(coords, targets, valid)
+            return loss, {"scr_distance_m": float(loss.detach())}
+        loss, valid_share = reprojection_loss(coords, batch["K"], batch["world_from_cam"],
+                                              *batch["image"].shape[-2:], self.config)
+        return loss, {"scr_valid_share": float(valid_share)}
 
 
 def _distributed_context() -> tuple[int, int, int]:
@@ -207,8 +236,12 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
                    if config.data.val_split else [])
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
-    model = PoseNet(config.model)
     mean, scale = position_statistics(map_poses[:, :3])
+    if config.method == "scr":
+        model, step_module, dataset = _scr_setup(config, train_records, mean, scale)
+        return _train_loop(config, data_root, out, resume, last_epoch, progress, device, rank, world, model,
+                           step_module.to(device), dataset, train_records, val_records, map_poses, [])
+    model = PoseNet(config.model)
     model.set_position_statistics(torch.from_numpy(mean), scale)
     dataset = PoseDataset(train_records, _train_transform(config), seed=config.seed,
                           with_depth=True if needs_depth else None)
@@ -224,11 +257,39 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
         logger.info("loaded pretrained backbone %s (ignored %d classifier keys)", config.pretrained,
                     len(ignored))
     step_module = _TrainStep(model, PoseLoss(config.loss)).to(device)
-    no_decay = [step_module.loss.s_x, step_module.loss.s_q]
-    optimizer = torch.optim.AdamW([
-        {"params": list(model.parameters()), "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0, "lr": config.loss.weights_lr},
-    ], lr=config.lr)
+    return _train_loop(config, data_root, out, resume, last_epoch, progress, device, rank, world, model,
+                       step_module, dataset, train_records, val_records, map_poses,
+                       [step_module.loss.s_x, step_module.loss.s_q])
+
+
+def _scr_setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray,
+               scale: float) -> tuple[SceneCoordinateNet, _ScrStep, PoseDataset]:
+    """The scene coordinate network (scene statistics: the camera positions' mean, and their spread
+    plus the median depth, as the points seen lie that far from the cameras), its loss and data."""
+    if any(record.intrinsics is None for record in records):
+        raise DatasetError("scene coordinate regression needs the camera intrinsics of every frame")
+    has_depth = all(record.depth_path is not None for record in records)
+    if config.scr_loss.kind == "depth" and not has_depth:
+        raise DatasetError("scr_loss.kind 'depth' needs depth images; use 'reprojection' (or 'auto')")
+    use_depth = has_depth and config.scr_loss.kind != "reprojection"
+    model = SceneCoordinateNet(config.scr)
+    reach = median_depth(records) if use_depth else config.scr_loss.prior_depth
+    model.set_scene_statistics(torch.from_numpy(mean), scale + reach)
+    if config.pretrained:
+        load_pretrained(model.encoder, config.pretrained, partial=True)
+    dataset = PoseDataset(records, _train_transform(config), seed=config.seed, with_depth=use_depth)
+    return model, _ScrStep(model, config.scr_loss, use_depth), dataset
+
+
+def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int,
+                progress: bool, device: torch.device, rank: int, world: int, model: nn.Module,
+                step_module: nn.Module, dataset: PoseDataset, train_records: list[FrameRecord],
+                val_records: list[FrameRecord], map_poses: np.ndarray,
+                no_decay: list[torch.nn.Parameter]) -> Path:
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": config.loss.weights_lr})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.lr_schedule == "cosine" else None)
     start_epoch, history = 0, []
@@ -271,7 +332,8 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        model.set_dropout_mode("train")
+        if isinstance(model, PoseNet):
+            model.set_dropout_mode("train")
         sums: dict[str, float] = {}
         images, start = 0, time.perf_counter()
         for batch in loader:
@@ -296,7 +358,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                "images_per_s": images * world / seconds if seconds > 0 else None}
         if rank == 0:
-            if epoch + 1 == config.epochs:  # the loop-closure score's memory of the training frames
+            if epoch + 1 == config.epochs and isinstance(model, PoseNet):  # the loop-closure memory
                 from posenet_ros.evaluation import eval_transform, fit_feature_memory
 
                 fit_feature_memory(model, train_records, eval_transform(config_to_dict(config)),
@@ -306,25 +368,27 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
                 bar.set_postfix(epoch=epoch + 1, val_pos=f"{row['val_median_position_m']:.3f}m",
                                 val_rot=f"{row['val_median_orientation_deg']:.2f}deg")
             history.append(row)
-            _save(out, config, data_root, epoch + 1, step_module, optimizer, scheduler, map_poses, history)
+            _save(out, config, data_root, epoch + 1, step_module, optimizer, scheduler, map_poses, history,
+                  train_records[0].intrinsics)
         if world > 1:
             dist.barrier()
     bar.close()
     return out / MODEL_FILE
 
 
-def _validate(model: PoseNet, records: list, config: TrainConfig, device: torch.device) -> dict[str, float]:
+def _validate(model: nn.Module, records: list, config: TrainConfig, device: torch.device) -> dict[str, float]:
     from posenet_ros.evaluation import eval_transform, pose_metrics, predict
 
     predictions = predict(model, records, eval_transform(config_to_dict(config)), device=device,
-                          batch_size=config.batch_size)
+                          batch_size=config.batch_size, ransac=config.ransac)
     metrics = pose_metrics(predictions.position_error_N, predictions.orientation_error_N)
     return {"val_median_position_m": metrics["median_position_error_m"],
             "val_median_orientation_deg": metrics["median_orientation_error_deg"]}
 
 
-def _save(out: Path, config: TrainConfig, data_root: Path, epochs_done: int, step_module: _TrainStep,
-          optimizer: torch.optim.Optimizer, scheduler, map_poses: np.ndarray, history: list[dict]) -> None:
+def _save(out: Path, config: TrainConfig, data_root: Path, epochs_done: int, step_module: nn.Module,
+          optimizer: torch.optim.Optimizer, scheduler, map_poses: np.ndarray, history: list[dict],
+          camera: Intrinsics | None) -> None:
     """Write the model, the resumable state and the metrics of the completed epoch (atomically)."""
     config_dict = config_to_dict(config)
     if len(map_poses) > MAX_MAP_POSES:
@@ -350,8 +414,10 @@ def _save(out: Path, config: TrainConfig, data_root: Path, epochs_done: int, ste
     out.mkdir(parents=True, exist_ok=True)
     # The state first: a crash between the two writes leaves a model that is not newer than the state.
     atomic_write_bytes(out / STATE_FILE, save(tensors, metadata=metadata))
-    save_checkpoint(out / MODEL_FILE, step_module.model, config_dict, map_poses,
-                    {"epochs_done": str(epochs_done)})
+    extra = {"epochs_done": str(epochs_done)}
+    if camera is not None:  # the training camera (scene coordinate regression solves poses with it)
+        extra["camera"] = json.dumps(camera.to_dict())
+    save_checkpoint(out / MODEL_FILE, step_module.model, config_dict, map_poses, extra)
     atomic_write_json(out / "metrics.json", history)
     columns = list(dict.fromkeys(key for row in history for key in row))
     lines = [",".join(columns)] + [",".join(_csv_value(row.get(c)) for c in columns) for row in history]
@@ -375,7 +441,7 @@ def read_train_state_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable training state ({exc})") from exc
 
 
-def _load_state(path: Path, config: TrainConfig, step_module: _TrainStep, optimizer: torch.optim.Optimizer,
+def _load_state(path: Path, config: TrainConfig, step_module: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler) -> tuple[int, list[dict]]:
     metadata = read_train_state_metadata(path)
     try:

@@ -607,3 +607,200 @@ def test_rclpy_types_resolve_modules_and_use_array_sequences(monkeypatch: pytest
     np.testing.assert_array_equal(
         conv.image_to_rgb(dataclasses.replace(msg, data=types.sequence(msg.data))), bgr[..., ::-1]
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# point clouds
+# --------------------------------------------------------------------------------------------------
+
+
+def scene_points(n: int = 7, seed: int = 11) -> np.ndarray:
+    """(n, 3) float64 points in metres with distinct values, not exactly float32."""
+    return np.random.default_rng(seed).normal(scale=3.0, size=(n, 3))
+
+
+def test_point_cloud2_layout_and_bytes() -> None:
+    points = scene_points()
+    msg = conv.point_cloud2(TYPES, STAMP_NS, "map", points)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        ("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1)]
+    assert TYPESTORE.types["sensor_msgs/msg/PointField"].FLOAT32 == conv.POINT_FIELD_FLOAT32 == 7
+    assert (msg.height, msg.width, msg.point_step, msg.row_step) == (1, 7, 12, 84)
+    assert msg.is_bigendian is False and msg.is_dense is True
+    assert msg.header.frame_id == "map" and conv.stamp_to_ns(msg.header.stamp) == STAMP_NS
+    assert msg.data.dtype == np.uint8 and msg.data.tobytes() == points.astype("<f4").tobytes()
+    read = conv.points_from_point_cloud2(msg)
+    assert read.dtype == np.float32 and read.shape == (7, 3)
+    np.testing.assert_array_equal(read, points.astype(np.float32))
+
+
+def test_point_cloud2_cdr_round_trip() -> None:
+    points = scene_points(50, seed=12)
+    msg = conv.point_cloud2(TYPES, STAMP_NS, "map", points)
+    back = cdr_round_trip(msg)
+    assert back.fields == msg.fields and back.header == msg.header
+    assert (back.height, back.width, back.point_step, back.row_step) == (1, 50, 12, 600)
+    assert back.is_bigendian is False and back.is_dense is True
+    np.testing.assert_array_equal(back.data, msg.data)
+    np.testing.assert_array_equal(conv.points_from_point_cloud2(back), points.astype(np.float32))
+
+
+def test_point_cloud2_drops_non_finite_points() -> None:
+    points = scene_points(6, seed=13)
+    points[1, 0] = np.nan
+    points[3, 2] = -np.inf
+    points[4, 1] = 1e39  # finite as float64, inf as float32
+    msg = conv.point_cloud2(TYPES, STAMP_NS, "map", points)
+    kept = points[[0, 2, 5]].astype(np.float32)
+    assert (msg.width, msg.row_step, msg.is_dense) == (3, 36, True)
+    np.testing.assert_array_equal(conv.points_from_point_cloud2(cdr_round_trip(msg)), kept)
+    for empty in (np.zeros((0, 3)), np.full((2, 3), np.nan)):
+        cloud = cdr_round_trip(conv.point_cloud2(TYPES, STAMP_NS, "map", empty))
+        assert (cloud.width, cloud.row_step, cloud.data.size, len(cloud.fields)) == (0, 0, 0, 3)
+        assert conv.points_from_point_cloud2(cloud).shape == (0, 3)
+    integers = conv.point_cloud2(TYPES, 0, "map", np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(conv.points_from_point_cloud2(integers), [[0, 1, 2], [3, 4, 5]])
+
+
+@pytest.mark.parametrize(
+    ("points", "match"),
+    [
+        (np.zeros(3), r"shape \(N, 3\), got \(3,\)"),
+        (np.zeros((4, 2)), r"shape \(N, 3\), got \(4, 2\)"),
+        (np.zeros((4, 3, 1)), r"shape \(N, 3\), got \(4, 3, 1\)"),
+        (np.zeros((4, 4)), r"shape \(N, 3\), got \(4, 4\)"),
+        (np.full((2, 3), "a"), "real numbers"),
+        (np.zeros((2, 3), np.complex64), "real numbers"),
+    ],
+)
+def test_point_cloud2_rejects_bad_points(points: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        conv.point_cloud2(TYPES, STAMP_NS, "map", points)
+
+
+def make_cloud(fields: list[tuple[str, int, int]], records: bytes, *, height: int, width: int,
+               point_step: int, row_step: int, bigendian: bool = False) -> object:
+    """A rosbags PointCloud2 with the given (name, offset, datatype) fields and raw data."""
+    point_field = TYPESTORE.types["sensor_msgs/msg/PointField"]
+    return TYPESTORE.types["sensor_msgs/msg/PointCloud2"](
+        header=conv._header(TYPES, STAMP_NS, "lidar"), height=height, width=width,
+        fields=[point_field(name=name, offset=offset, datatype=datatype, count=1)
+                for name, offset, datatype in fields],
+        is_bigendian=bigendian, point_step=point_step, row_step=row_step,
+        data=np.frombuffer(records, np.uint8), is_dense=False)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_points_from_point_cloud2_honours_offsets_steps_and_byte_order(bigendian: bool) -> None:
+    """An organised 2 x 3 cloud as a lidar driver writes it: intensity first, z before y, a padded
+    point (point_step 24) and padded rows (row_step 80 > 3 x 24)."""
+    points = scene_points(6, seed=14).astype(np.float32)
+    points[2, 1] = np.nan  # read back as stored
+    order = ">" if bigendian else "<"
+    record = np.dtype({"names": ["intensity", "z", "x", "y"],
+                       "formats": [order + "f8", order + "f4", order + "f4", order + "f4"],
+                       "offsets": [0, 8, 12, 16], "itemsize": 24})
+    rows = np.zeros((2, 80), np.uint8)
+    for row in range(2):
+        cells = np.zeros(3, record)
+        cells["intensity"] = 100.0 + np.arange(3)
+        for axis, name in enumerate("xyz"):
+            cells[name] = points[3 * row: 3 * row + 3, axis]
+        rows[row, :72] = np.frombuffer(cells.tobytes(), np.uint8)
+        rows[row, 72:] = 0xA5
+    fields = [("intensity", 0, 8), ("z", 8, 7), ("x", 12, 7), ("y", 16, 7)]
+    msg = make_cloud(fields, rows.tobytes(), height=2, width=3, point_step=24, row_step=80,
+                     bigendian=bigendian)
+    read = conv.points_from_point_cloud2(msg)
+    assert read.dtype == np.float32 and read.dtype.isnative
+    np.testing.assert_array_equal(read, points)  # NaN equals NaN here
+    np.testing.assert_array_equal(conv.points_from_point_cloud2(cdr_round_trip(msg)), points)
+    as_bytes = dataclasses.replace(msg, data=rows.tobytes())  # what the DDS runtime hands over
+    np.testing.assert_array_equal(conv.points_from_point_cloud2(as_bytes), points)
+
+
+@pytest.mark.parametrize(
+    ("fields", "point_step", "row_step", "size", "match"),
+    [
+        ([("x", 0, 7), ("y", 4, 7)], 12, 12, 12, "no field z; its fields are 'x', 'y'"),
+        ([], 12, 12, 12, "no field x, y, z; its fields are none"),
+        ([("x", 0, 8), ("y", 8, 7), ("z", 12, 7)], 16, 16, 16,
+         r"'x' has datatype 8 \(FLOAT64\); expected FLOAT32"),
+        ([("x", 0, 7), ("y", 4, 7), ("z", 8, 2)], 12, 12, 12, r"'z' has datatype 2 \(UINT8\)"),
+        ([("x", 0, 7), ("y", 4, 7), ("z", 10, 7)], 12, 12, 12,
+         "'z' at offset 10 does not fit in point_step 12"),
+        ([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], 12, 11, 12, "row_step 11 is smaller than"),
+        ([("x", 0, 7), ("y", 4, 7), ("z", 8, 7)], 12, 12, 11, "data has 11 bytes, fewer than"),
+    ],
+)
+def test_points_from_point_cloud2_errors(fields: list[tuple[str, int, int]], point_step: int, row_step: int,
+                                         size: int, match: str) -> None:
+    msg = make_cloud(fields, bytes(size), height=1, width=1, point_step=point_step, row_step=row_step)
+    with pytest.raises(ValueError, match=match):
+        conv.points_from_point_cloud2(msg)
+
+
+def _sensor_msgs_py_stand_in(calls: list[tuple[object, np.ndarray]]) -> types_module.ModuleType:
+    """`sensor_msgs_py.point_cloud2` as ROS 2 Humble's common_interfaces has it (create_cloud with an
+    unstructured numpy array: structured dtype from the fields, data as array.array('B') set through
+    the property, is_dense false, native byte order), on the rosbags classes: rclpy is not
+    installable here."""
+    from numpy.lib.recfunctions import unstructured_to_structured
+
+    cloud_class = TYPESTORE.types["sensor_msgs/msg/PointCloud2"]
+    field_class = TYPESTORE.types["sensor_msgs/msg/PointField"]
+
+    def create_cloud(header: object, fields: list, points: np.ndarray) -> object:
+        dtype = np.dtype({"names": [f.name for f in fields], "formats": [np.float32] * len(fields),
+                          "offsets": [f.offset for f in fields]})
+        points = unstructured_to_structured(points, dtype=dtype)
+        data = array.array("B")
+        data.frombytes(memoryview(points).cast("B"))
+        cloud = cloud_class(header=header, height=1, width=points.shape[0], is_dense=False,
+                            is_bigendian=sys.byteorder != "little", fields=fields,
+                            point_step=points.dtype.itemsize,
+                            row_step=points.dtype.itemsize * points.shape[0],
+                            data=np.zeros(0, np.uint8))
+        cloud.data = data
+        return cloud
+
+    def create_cloud_xyz32(header: object, points: np.ndarray) -> object:
+        calls.append((header, points))
+        fields = [field_class(name=name, offset=offset, datatype=field_class.FLOAT32, count=1)
+                  for name, offset in (("x", 0), ("y", 4), ("z", 8))]
+        return create_cloud(header, fields, points)
+
+    module = types_module.ModuleType("sensor_msgs_py.point_cloud2")
+    module.create_cloud_xyz32 = create_cloud_xyz32
+    return module
+
+
+def test_rclpy_types_build_the_cloud_with_sensor_msgs_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rclpy path: `RclpyTypes.xyz32_cloud` hands the checked points to sensor_msgs_py's
+    create_cloud_xyz32 and marks the cloud dense; the message equals the generic builder's."""
+    calls: list[tuple[object, np.ndarray]] = []
+    point_cloud2_module = _sensor_msgs_py_stand_in(calls)
+    package = types_module.ModuleType("sensor_msgs_py")
+    package.point_cloud2 = point_cloud2_module
+    monkeypatch.setitem(sys.modules, "sensor_msgs_py", package)
+    monkeypatch.setitem(sys.modules, "sensor_msgs_py.point_cloud2", point_cloud2_module)
+    for module_name, class_names in (("builtin_interfaces.msg", ["Time"]), ("std_msgs.msg", ["Header"])):
+        module = types_module.ModuleType(module_name)
+        for class_name in class_names:
+            setattr(module, class_name, TYPESTORE.types[module_name.replace(".", "/") + "/" + class_name])
+        monkeypatch.setitem(sys.modules, module_name, module)
+
+    points = scene_points(9, seed=15)
+    points[4] = np.nan
+    rclpy_cloud = conv.point_cloud2(conv.RclpyTypes(), STAMP_NS, "map", points)
+    generic = conv.point_cloud2(TYPES, STAMP_NS, "map", points)
+    ((header, passed),) = calls
+    assert conv.stamp_to_ns(header.stamp) == STAMP_NS and header.frame_id == "map"
+    assert passed.shape == (8, 3) and passed.dtype == np.float32 and np.isfinite(passed).all()
+    assert isinstance(rclpy_cloud.data, array.array) and rclpy_cloud.data.typecode == "B"
+    assert rclpy_cloud.is_dense is True
+    for name in ("header", "height", "width", "fields", "is_bigendian", "point_step", "row_step", "is_dense"):
+        assert getattr(rclpy_cloud, name) == getattr(generic, name), name
+    assert rclpy_cloud.data.tobytes() == generic.data.tobytes()
+    np.testing.assert_array_equal(conv.points_from_point_cloud2(rclpy_cloud), np.delete(points, 4, 0)
+                                  .astype(np.float32))

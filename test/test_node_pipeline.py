@@ -13,10 +13,20 @@ import pytest
 from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
 
 from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.ros.conversions import covariance_from_msg, depth_msg, pose_from_msg, stamp_to_ns
+from posenet_ros.replay import RECORDED_OUTPUTS
+from posenet_ros.ros.bag_reading import open_bag
+from posenet_ros.ros.bag_writing import write_messages
+from posenet_ros.ros.conversions import (
+    covariance_from_msg,
+    depth_msg,
+    points_from_point_cloud2,
+    pose_from_msg,
+    stamp_to_ns,
+)
 from posenet_ros.ros.dds_node import load_settings
 from posenet_ros.ros.parameters import NodeSettings
 from posenet_ros.ros.pipeline import (
+    OUTPUTS,
     LatestSlot,
     RelocalizationPipeline,
     StampPairer,
@@ -86,6 +96,77 @@ def test_each_frame_gives_the_relocalizers_estimate_with_the_image_stamp(model_p
     assert len(transforms) == 3 and transforms[0].transforms[0].child_frame_id == "camera_optical"
     assert transforms[0].transforms[0].header.frame_id == "world"
     assert pipeline.diagnostics.counts["processed"] == 3
+
+
+def with_scene_points(pipeline, points_N3):
+    """Make the pipeline's real Relocalizer return its estimates with these scene coordinates, as a
+    scene-coordinate model does (the estimate itself is the Relocalizer's, via dataclasses.replace)."""
+    process = pipeline.relocalizer.process
+
+    def process_with_points(*args, **kwargs):
+        return dataclasses.replace(process(*args, **kwargs), scene_points_N3=points_N3)
+
+    pipeline.relocalizer.process = process_with_points
+
+
+def test_scene_points_are_published_only_for_estimates_that_have_them(model_path):
+    assert OUTPUTS["scene_points"].name == "relocalization/scene_points"
+    assert OUTPUTS["scene_points"].type_name == "sensor_msgs/msg/PointCloud2"
+    assert OUTPUTS["scene_points"].qos == "default"
+    pipeline, sent, _ = make_pipeline(model_path, map_frame="world", publish_tf=True)
+    pipeline.on_image(image(0))
+    estimate = pipeline.process_next(timeout=0)
+    assert estimate is not None and estimate.scene_points_N3 is None  # pose regression
+    assert not outputs(sent, "scene_points") and len(outputs(sent, "pose")) == 1
+
+    points = np.random.default_rng(3).normal(scale=2.0, size=(25, 3))
+    points[[4, 17]] = [[np.nan, 0.0, 0.0], [0.0, np.inf, 1.0]]
+    with_scene_points(pipeline, points)
+    pipeline.on_image(image(1))
+    estimate = pipeline.process_next(timeout=0)
+    assert estimate is not None and estimate.scene_points_N3 is points
+    (cloud,) = outputs(sent, "scene_points")
+    assert stamp_to_ns(cloud.header.stamp) == stamp(1) and cloud.header.frame_id == "world"
+    assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [("x", 0, 7), ("y", 4, 7), ("z", 8, 7)]
+    assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, 23, 12, 276)
+    assert cloud.is_dense is True and cloud.is_bigendian is False
+    finite = np.delete(points, [4, 17], axis=0).astype(np.float32)
+    np.testing.assert_array_equal(points_from_point_cloud2(cloud), finite)
+    assert [name for name, _ in sent[-5:]] == ["pose", "loop_closure", "uncertainty", "scene_points", "tf"]
+
+
+def test_scene_points_go_into_the_replay_output_bag_unchanged(model_path, tmp_path):
+    """What in-process replay does with the node's outputs: record them (RECORDED_OUTPUTS) and write
+    them with bag_writing.write_messages; the PointCloud2 reads back equal."""
+    assert "scene_points" in RECORDED_OUTPUTS
+    pipeline, sent, _ = make_pipeline(model_path)
+    points = np.random.default_rng(4).uniform(-5.0, 5.0, size=(300, 3))
+    with_scene_points(pipeline, points)
+    for i in range(2):
+        pipeline.on_image(image(i))
+        assert pipeline.process_next(timeout=0) is not None
+    topic = OUTPUTS["scene_points"]
+    clouds = outputs(sent, "scene_points")
+    records = [("/" + topic.name, topic.type_name, stamp_to_ns(c.header.stamp), c) for c in clouds]
+    for storage in ("mcap", "sqlite3"):
+        bag = tmp_path / f"out_{storage}"
+        assert write_messages(bag, records, storage=storage) == {"/relocalization/scene_points": 2}
+        with open_bag(bag) as reader:
+            read = [(timestamp, reader.deserialize(raw, connection.msgtype))
+                    for connection, timestamp, raw in reader.messages()]
+            (connection,) = reader.connections
+        assert connection.msgtype == "sensor_msgs/msg/PointCloud2"
+        assert [timestamp for timestamp, _ in read] == [stamp(0), stamp(1)]
+        for (_, back), cloud in zip(read, clouds, strict=True):
+            # AnyReader's classes come from the definitions stored in the bag: compare values
+            assert stamp_to_ns(back.header.stamp) == stamp_to_ns(cloud.header.stamp)
+            assert back.header.frame_id == cloud.header.frame_id == "map"
+            assert [(f.name, f.offset, f.datatype, f.count) for f in back.fields] == [
+                (f.name, f.offset, f.datatype, f.count) for f in cloud.fields]
+            assert (back.height, back.width, back.point_step, back.row_step) == (1, 300, 12, 3600)
+            assert back.is_dense is True and back.is_bigendian is False
+            np.testing.assert_array_equal(back.data, cloud.data)
+            np.testing.assert_array_equal(points_from_point_cloud2(back), points.astype(np.float32))
 
 
 def test_bad_messages_are_dropped_counted_and_warned_at_a_throttled_rate(model_path):

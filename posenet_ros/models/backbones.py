@@ -354,11 +354,12 @@ def _few(keys: list[str], n: int = 5) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def load_pretrained(backbone: nn.Module, path: str | Path) -> list[str]:
+def load_pretrained(backbone: nn.Module, path: str | Path, partial: bool = False) -> list[str]:
     """Load torchvision-format weights from a `.safetensors` file into `backbone`, strictly.
 
     Keys starting with `fc.` or `classifier.` (the ImageNet classifier) are ignored; every other key
-    must match the backbone's state dict exactly, with equal shapes.
+    must match the backbone's state dict exactly, with equal shapes. `partial`: the module is the
+    first stages of a backbone (a scene coordinate encoder): keys it does not have are ignored too.
 
     Returns:
         The ignored keys, sorted.
@@ -381,9 +382,10 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> list[str]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
 
-    ignored = sorted(k for k in state if k.startswith(IGNORED_KEY_PREFIXES))
-    kept = {k: v for k, v in state.items() if not k.startswith(IGNORED_KEY_PREFIXES)}
     expected = backbone.state_dict()
+    ignored = sorted(k for k in state
+                     if k.startswith(IGNORED_KEY_PREFIXES) or (partial and k not in expected))
+    kept = {k: v for k, v in state.items() if k not in set(ignored)}
     for key in FIRST_CONV_KEYS:  # RGB filters for a first convolution of other input channels
         if key in kept and key in expected and kept[key].ndim == 4 and kept[key].shape[1] == 3:
             channels, mean = expected[key].shape[1], kept[key].mean(1, keepdim=True)

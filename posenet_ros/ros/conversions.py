@@ -15,6 +15,10 @@ while rclpy's generated setter asserts `collections.abc.Sequence` (which a numpy
 is given an `array.array` of the right typecode, its fast path. So `types.sequence(values)` converts
 such values for its runtime. Fixed-size arrays (`float64[36] covariance`, `float64[9] k`) are numpy
 float64 arrays of the right size, which both accept.
+A runtime may also build a message kind itself: `point_cloud2` hands its checked points to
+`types.xyz32_cloud(header, points)` where that exists (`RclpyTypes`: sensor_msgs_py's
+`create_cloud_xyz32`, the standard rclpy helper), and builds the identical layout with `types.get`
+otherwise.
 
 Conventions:
 - Quaternions are (w, x, y, z) in the package and (x, y, z, w) in ROS messages; this module is the only
@@ -22,6 +26,8 @@ Conventions:
 - `PoseWithCovariance.covariance` is the row-major 6x6 over (x, y, z, rotation about X, Y, Z).
 - Stamps are integer nanoseconds (`stamp_to_ns`, `ns_to_stamp`).
 - Depth: float32 metres, 0.0 where invalid (no return, NaN, inf, <= 0, or 65535 in 16-bit data).
+- Point clouds (`point_cloud2`, `points_from_point_cloud2`): x, y, z as FLOAT32 in the units and frame
+  of `header.frame_id` (this package publishes metres in the map frame), unorganised (height 1).
 
 Colour decoding (`image_to_rgb`) reproduces cv_bridge's `imgmsg_to_cv2(msg, "rgb8")` (ROS 2
 `cv_bridge/src/cv_bridge.cpp`: `getConversionCodes`, `toCvCopyImpl`, `matFromImage`):
@@ -62,6 +68,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "COLOUR_ENCODINGS",
     "DEPTH_ENCODINGS",
+    "POINT_FIELD_FLOAT32",
     "ImageConversionError",
     "MessageTypes",
     "RclpyTypes",
@@ -80,6 +87,8 @@ __all__ = [
     "intrinsics_from_camera_info",
     "message_to_rgb",
     "ns_to_stamp",
+    "point_cloud2",
+    "points_from_point_cloud2",
     "pose_array",
     "pose_from_msg",
     "pose_stamped",
@@ -410,13 +419,72 @@ def intrinsics_from_camera_info(msg: Any) -> tuple[np.ndarray, int, int]:
     return K.reshape(3, 3).copy(), int(msg.width), int(msg.height)
 
 
+# sensor_msgs/msg/PointField.datatype values (the message's constants), for error messages.
+_POINT_FIELD_TYPES = {1: "INT8", 2: "UINT8", 3: "INT16", 4: "UINT16", 5: "INT32", 6: "UINT32", 7: "FLOAT32",
+                      8: "FLOAT64"}
+POINT_FIELD_FLOAT32 = 7
+"""sensor_msgs/msg/PointField.FLOAT32: the datatype of the x, y, z fields this module writes and reads."""
+_XYZ_OFFSETS = (("x", 0), ("y", 4), ("z", 8))
+_XYZ_POINT_STEP = 12
+
+
+def points_from_point_cloud2(msg: Any) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> (N, 3) float32 x, y, z, a new array; N = height x width, row by row.
+
+    The coordinates are in the units and frame of `msg.header.frame_id` (metres in the map frame for
+    the clouds this package publishes). The FLOAT32 fields named x, y and z are read at their offsets,
+    honouring `point_step`, `row_step` and `is_bigendian`; other fields are ignored. Points are returned
+    as stored: a cloud that is not dense may hold NaN. Raises ValueError naming the problem (x, y or z
+    missing or not FLOAT32, a field outside `point_step`, `row_step` or data too short).
+    """
+    offsets: dict[str, int] = {}
+    names = []
+    for field in msg.fields:
+        name = field.name.decode() if isinstance(field.name, bytes) else str(field.name)
+        names.append(name)
+        if name in ("x", "y", "z") and name not in offsets:
+            datatype = int(field.datatype)
+            if datatype != POINT_FIELD_FLOAT32:
+                raise ValueError(
+                    f"PointCloud2 field {name!r} has datatype {datatype} "
+                    f"({_POINT_FIELD_TYPES.get(datatype, 'unknown')}); expected FLOAT32 "
+                    f"({POINT_FIELD_FLOAT32})"
+                )
+            offsets[name] = int(field.offset)
+    missing = [name for name in ("x", "y", "z") if name not in offsets]
+    if missing:
+        raise ValueError(f"PointCloud2 has no field {', '.join(missing)}; its fields are "
+                         f"{', '.join(repr(name) for name in names) or 'none'}")
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    for name, offset in offsets.items():
+        if offset + 4 > point_step:
+            raise ValueError(f"PointCloud2 field {name!r} at offset {offset} does not fit in point_step "
+                             f"{point_step}")
+    if height == 0 or width == 0:
+        return np.zeros((0, 3), dtype=np.float32)
+    if row_step < width * point_step:
+        raise ValueError(f"PointCloud2 row_step {row_step} is smaller than width x point_step = "
+                         f"{width} x {point_step} = {width * point_step}")
+    data = _as_bytes(msg.data)
+    if data.size < row_step * height:
+        raise ValueError(f"PointCloud2 data has {data.size} bytes, fewer than row_step x height = "
+                         f"{row_step} x {height} = {row_step * height}")
+    wire = np.dtype(">f4" if msg.is_bigendian else "<f4")
+    columns = [np.ndarray((height, width), wire, buffer=data, offset=offsets[name],
+                          strides=(row_step, point_step)) for name in ("x", "y", "z")]
+    return np.stack(columns, axis=-1).reshape(-1, 3).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------------
 # Message classes of a runtime
 # --------------------------------------------------------------------------------------------------
 
 
 class MessageTypes(Protocol):
-    """What the builders need from a runtime: its message classes and its sequence representation."""
+    """What the builders need from a runtime: its message classes and its sequence representation.
+
+    Optional: `xyz32_cloud(header, points_M3) -> PointCloud2` (see `point_cloud2`)."""
 
     def get(self, name: str) -> Any:
         """The message class for a ROS 2 full type name such as "geometry_msgs/msg/Pose"."""
@@ -471,6 +539,18 @@ class RclpyTypes:
         """rclpy's setters take an `array.array` of the field's typecode without a per-element check."""
         values = np.ascontiguousarray(values).reshape(-1)
         return array.array(values.dtype.char, values.tobytes())
+
+    @staticmethod
+    def xyz32_cloud(header: Any, points_M3: np.ndarray) -> Any:
+        """sensor_msgs/PointCloud2 of finite float32 points by `sensor_msgs_py.point_cloud2`'s
+        `create_cloud_xyz32` (fields x, y, z FLOAT32 at 0, 4, 8; height 1; point_step 12; native byte
+        order, i.e. little-endian on every ROS 2 platform), marked dense: `point_cloud2` dropped the
+        non-finite points before, which create_cloud_xyz32 cannot know (it writes is_dense false)."""
+        from sensor_msgs_py import point_cloud2 as sensor_msgs_point_cloud2
+
+        cloud = sensor_msgs_point_cloud2.create_cloud_xyz32(header, points_M3)
+        cloud.is_dense = True
+        return cloud
 
 
 # --------------------------------------------------------------------------------------------------
@@ -588,6 +668,50 @@ def pose_array(types: MessageTypes, stamp_ns: int, frame_id: str, poses_N7: Arra
         raise ValueError(f"poses must have shape (N, 7), got {poses.shape}")
     return types.get("geometry_msgs/msg/PoseArray")(
         header=_header(types, stamp_ns, frame_id), poses=[_pose(types, row[:3], row[3:]) for row in poses]
+    )
+
+
+def _finite_xyz32(points_N3: ArrayLike) -> np.ndarray:
+    """(M, 3) contiguous little-endian float32 rows of the points whose coordinates are finite as float32."""
+    points = np.asarray(points_N3)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {points.shape}")
+    if points.dtype.kind not in "iuf":
+        raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, dropped below
+        rows = points.astype("<f4")
+    return np.ascontiguousarray(rows[np.isfinite(rows).all(axis=1)])
+
+
+def point_cloud2(types: MessageTypes, stamp_ns: int, frame_id: str, points_N3: ArrayLike) -> Any:
+    """sensor_msgs/PointCloud2 of 3-D points in `frame_id` (metres for this package: the scene
+    coordinates of a frame in the map frame), stamped `stamp_ns`.
+
+    Layout: fields x, y, z FLOAT32 (PointField datatype 7, count 1) at offsets 0, 4, 8; point_step 12;
+    height 1, width M, row_step 12 x M; little-endian (is_bigendian false); data the float32 rows.
+    Points with a non-finite coordinate (NaN, inf, or beyond float32's range) are dropped, so the cloud
+    is dense (is_dense true); N = 0, or no finite point, gives an empty cloud. Raises ValueError unless
+    `points_N3` is a real-valued (N, 3) array. A runtime whose `types` has `xyz32_cloud(header, points)`
+    builds the message itself (`RclpyTypes`: sensor_msgs_py's create_cloud_xyz32, the same layout).
+    """
+    points = _finite_xyz32(points_N3)
+    header = _header(types, stamp_ns, frame_id)
+    build = getattr(types, "xyz32_cloud", None)
+    if build is not None:
+        return build(header, points)
+    point_field = types.get("sensor_msgs/msg/PointField")
+    fields = [point_field(name=name, offset=offset, datatype=POINT_FIELD_FLOAT32, count=1)
+              for name, offset in _XYZ_OFFSETS]
+    return types.get("sensor_msgs/msg/PointCloud2")(
+        header=header,
+        height=1,
+        width=len(points),
+        fields=fields,
+        is_bigendian=False,
+        point_step=_XYZ_POINT_STEP,
+        row_step=_XYZ_POINT_STEP * len(points),
+        data=_sequence(types, points.reshape(-1).view(np.uint8)),
+        is_dense=True,
     )
 
 

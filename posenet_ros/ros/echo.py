@@ -86,6 +86,13 @@ def _byte_fields(type_name: str | None) -> frozenset[str]:
     return frozenset(names)
 
 
+def _constant_names(type_name: str | None) -> frozenset[str]:
+    """Constants of ROS 2 type ``type_name`` (``PointField.FLOAT32``, ``DiagnosticStatus.ERROR``):
+    rosbags' classes carry them as dataclass fields, the DDS classes as class attributes."""
+    definition = typestore().fielddefs.get(type_name) if type_name is not None else None
+    return frozenset(name for name, _type, _value in definition[0]) if definition is not None else frozenset()
+
+
 def _abbreviate_bytes(data: bytes | bytearray | memoryview | np.ndarray) -> str:
     raw = np.ascontiguousarray(data).view(np.uint8) if isinstance(data, np.ndarray) else bytes(data)
     return f"<{raw.size if isinstance(raw, np.ndarray) else len(raw)} bytes, crc32 {zlib.crc32(raw):08x}>"
@@ -118,16 +125,19 @@ def message_to_dict(msg: Any, *, max_bytes: int = MAX_LISTED_BYTES) -> dict[str,
     Nested messages become dicts in field order, numpy arrays and sequences lists of Python
     numbers, numpy scalars Python scalars. Byte payloads (uint8/byte/char arrays, ``bytes``) longer
     than ``max_bytes`` become ``'<N bytes, crc32 XXXXXXXX>'``. Field names starting with ``__``
-    (rosbags' ``__msgtype__``) are left out.
+    (rosbags' ``__msgtype__``) and the type's constants (rosbags' ``PointField.FLOAT32`` ...) are left
+    out, as ``ros2 topic echo`` does, so a rosbags message and its DDS sample give the same dict.
     """
     if not dataclasses.is_dataclass(msg) or isinstance(msg, type):
         raise TypeError(f"expected a ROS message object (a dataclass), got {type(msg).__name__}")
     type_name = getattr(msg, "__msgtype__", None) or getattr(msg, "__ros_msgtype__", None)
-    byte_fields = _byte_fields(type_name if isinstance(type_name, str) else None)
+    type_name = type_name if isinstance(type_name, str) else None
+    byte_fields = _byte_fields(type_name)
+    constants = _constant_names(type_name)
     return {
         field.name: _plain(getattr(msg, field.name), field.name in byte_fields, max_bytes)
         for field in dataclasses.fields(msg)
-        if not field.name.startswith("__")
+        if not field.name.startswith("__") and field.name not in constants
     }
 
 

@@ -17,6 +17,7 @@ Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in t
                 relocalization/loop_closure    std_msgs/Bool
                 relocalization/uncertainty     std_msgs/Float64
                 relocalization/map_poses       geometry_msgs/PoseArray (once, transient local)
+                relocalization/scene_points    sensor_msgs/PointCloud2 (scene coordinate regression only)
                 /tf                            map_frame -> camera (only with publish_tf)
                 /diagnostics                   diagnostic_msgs/DiagnosticArray (every diagnostics_period)
 
@@ -25,7 +26,9 @@ Parameters: every entry of `parameters.NODE_PARAMETERS` (read-only, with its des
 
 This module is wiring only: the decisions (settings, topics, QoS profile names, what is published
 when) are made by `parameters.py` and `pipeline.py`, which the Cyclone DDS runtime
-(`posenet-ros node`) shares. It is the only module that imports rclpy.
+(`posenet-ros node`) shares. It is the only module that imports rclpy. The messages are built by
+`conversions.py` with `RclpyTypes` (rclpy's message classes; point clouds by sensor_msgs_py's
+`create_cloud_xyz32`).
 """
 
 from __future__ import annotations

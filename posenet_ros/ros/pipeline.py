@@ -16,7 +16,9 @@ zero size, depth of another size than the image) is rejected, counted, and logge
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
 image's stamp: the pose with covariance in the map frame, the loop-closure flag, the scalar
 uncertainty (√trace of the position covariance, metres), optionally the map -> camera transform,
-`/diagnostics`, and once at start (transient local) the training camera poses as a PoseArray.
+for scene coordinate regression the frame's inlier scene coordinates (a PointCloud2 in the map
+frame, metres; nothing for pose regression), `/diagnostics`, and once at start (transient local) the
+training camera poses as a PoseArray.
 Relative names resolve in the node's namespace.
 """
 
@@ -42,6 +44,7 @@ from posenet_ros.ros.conversions import (
     diagnostic_array,
     float64_msg,
     message_to_rgb,
+    point_cloud2,
     pose_array,
     pose_with_covariance_stamped,
     stamp_to_ns,
@@ -70,6 +73,7 @@ OUTPUTS: dict[str, Topic] = {
     "loop_closure": Topic("relocalization/loop_closure", "std_msgs/msg/Bool", "default"),
     "uncertainty": Topic("relocalization/uncertainty", "std_msgs/msg/Float64", "default"),
     "map_poses": Topic("relocalization/map_poses", "geometry_msgs/msg/PoseArray", "transient_local"),
+    "scene_points": Topic("relocalization/scene_points", "sensor_msgs/msg/PointCloud2", "default"),
     "tf": Topic("/tf", "tf2_msgs/msg/TFMessage", "default"),
     "diagnostics": Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "default"),
 }
@@ -453,6 +457,9 @@ class RelocalizationPipeline:
             estimate.covariance_66))
         self.publish("loop_closure", bool_msg(types, estimate.known_place))
         self.publish("uncertainty", float64_msg(types, estimate.uncertainty_m))
+        if estimate.scene_points_N3 is not None:  # scene coordinate regression: its inliers, map frame
+            self.publish("scene_points", point_cloud2(types, stamp, settings.map_frame,
+                                                      estimate.scene_points_N3))
         if settings.publish_tf:
             child = settings.camera_frame or getattr(frame.image_msg.header, "frame_id", "") or "camera"
             transform = transform_stamped(types, stamp, settings.map_frame, child,

@@ -1,0 +1,115 @@
+"""The accurate mode against PoseNet on the synthetic scene: scene coordinate regression with RANSAC
+and a PoseNet trained on the same frames, both evaluated on the held-out test loop; plus the
+Relocalizer's per-frame latency of the scene-coordinate mode.
+
+    python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 30] [--posenet-epochs 60]
+                                 [--backbone resnet18] [--device cpu]
+
+Renders a 160x120 scene (8 training loops, a val loop for calibration, a test loop), trains both
+models (`posenet-ros train method=scr ...` and a `resnet_tiny` PoseNet), calibrates both on the val
+loop, evaluates both on the test loop and times `Relocalizer.process` on the test frames. Prints a
+table and writes JSON (default bench/results/scr_accuracy.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posenet_ros.cli import main as cli
+from posenet_ros.data.dataset import read_frame_rgb
+from posenet_ros.data.loading import load_frames
+from posenet_ros.relocalizer import Relocalizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCENE = ["width=160", "height=120", "hfov_deg=70", "frames_per_sequence=96", "train_sequences=8",
+         "val_sequences=1", "outside_sequences=0", "variations=[]"]
+
+
+def run(*args: str) -> None:
+    if cli(list(args)) != 0:
+        raise SystemExit(f"posenet-ros {' '.join(args)} failed")
+
+
+def overall(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())["overall"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/scr_bench"))
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--posenet-epochs", type=int, default=60)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "scr_accuracy.json")
+    args = parser.parse_args()
+    out, scene = args.out, args.out / "scene"
+    if not scene.exists():
+        run("synth", "--quiet", str(scene), *SCENE)
+    timings = {}
+    start = time.perf_counter()
+    run("train", "--quiet", "--data", str(scene), "--out", str(out / "scr"), f"device={args.device}",
+        "method=scr", f"scr.backbone={args.backbone}", "data.resize=120", "data.crop=null",
+        "data.val_split=''",
+        f"epochs={args.epochs}", "batch_size=8", f"lr={args.lr}")
+    timings["scr_train_s"] = time.perf_counter() - start
+    run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene))
+    run("eval", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--out", str(out / "scr_eval"))
+    start = time.perf_counter()
+    run("train", "--quiet", "--data", str(scene), "--out", str(out / "posenet"), f"device={args.device}",
+        "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=60", "data.crop=[56,76]",
+        "batch_size=16", "lr=1e-3", f"epochs={args.posenet_epochs}", "data.val_split=''",
+        "loss.kind=aleatoric", "model.aleatoric=per_axis")
+    timings["posenet_train_s"] = time.perf_counter() - start
+    run("calibrate", "--quiet", "--model", str(out / "posenet"), "--data", str(scene))
+    run("eval", "--quiet", "--model", str(out / "posenet"), "--data", str(scene), "--out",
+        str(out / "posenet_eval"))
+
+    relocalizer = Relocalizer(out / "scr", device=args.device)
+    latencies, failures = [], 0
+    for index, record in enumerate(load_frames(scene, "test")):
+        rgb = read_frame_rgb(record.image_path)
+        begin = time.perf_counter()
+        try:
+            relocalizer.process(rgb, stamp_ns=index)
+        except ValueError:
+            failures += 1
+        latencies.append(1e3 * (time.perf_counter() - begin))
+    scr, posenet = overall(out / "scr_eval"), overall(out / "posenet_eval")
+    keys = ("frames", "median_position_error_m", "median_orientation_error_deg", "within_0.05m_5deg")
+    result = {
+        "scr": {key: scr.get(key) for key in keys},
+        "scr_nees": {block: scr["uncertainty"][block]["mean_nees"]
+                     for block in ("position", "rotation", "pose")},
+        "posenet": {key: posenet.get(key) for key in keys},
+        "median_ratio_posenet_over_scr": posenet["median_position_error_m"] / scr["median_position_error_m"],
+        "scr_latency_ms": {"p50": float(np.percentile(latencies, 50)),
+                           "p99": float(np.percentile(latencies, 99))},
+        "scr_frames_without_pose": failures,
+        "device": str(relocalizer.device), "threads": torch.get_num_threads(), **timings,
+    }
+    print(f"{'':<10}{'median position':>17}{'median rotation':>17}{'5cm/5°':>9}")
+    for name in ("scr", "posenet"):
+        values = result[name]
+        print(f"{name:<10}{values['median_position_error_m']:>15.4f} m"
+              f"{values['median_orientation_error_deg']:>15.2f}°{100 * values['within_0.05m_5deg']:>8.1f}%")
+    print(f"PoseNet / SCR median position error: {result['median_ratio_posenet_over_scr']:.1f}x")
+    print(f"SCR mean NEES: {result['scr_nees']}")
+    print(f"SCR Relocalizer latency p50 {result['scr_latency_ms']['p50']:.1f} ms, "
+          f"p99 {result['scr_latency_ms']['p99']:.1f} ms ({result['device']}, {result['threads']} threads)")
+    print(f"training: SCR {timings['scr_train_s']:.0f} s, PoseNet {timings['posenet_train_s']:.0f} s")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Scene coordinate regression at test time: network forward, then one RANSAC pose per frame.
+
+`localize` runs the network on a batch and `scr_pose.solve_pose` on each frame's cells. The
+loop-closure score of a frame is 1 - inlier ratio (0 when every cell agrees with the pose; a place
+the network has not learned gives scattered coordinates and few inliers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from posenet_ros.data.frames import Intrinsics
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet, cell_pixels
+from posenet_ros.scr_pose import PoseSolveError, RansacConfig, ScrPose, solve_pose
+
+
+def input_intrinsics(camera: Intrinsics, width: int, height: int, new_width: int, new_height: int,
+                     x0: int, y0: int, crop_width: int, crop_height: int) -> np.ndarray:
+    """K (3x3) of the network input made from a `width` x `height` image of the checkpoint's camera
+    (its intrinsics scaled to that size, as for a lower or higher resolution stream of the same
+    camera), resized to `new_width` x `new_height` and cropped at (x0, y0)."""
+    scaled = camera.resized(width, height).resized(new_width, new_height)
+    return scaled.cropped(x0, y0, crop_width, crop_height).matrix()
+
+
+def localize(model: SceneCoordinateNet, images_B3HW: torch.Tensor, K_B33: np.ndarray | torch.Tensor,
+             ransac: RansacConfig, seed: int = 0) -> tuple[list[ScrPose | None], np.ndarray]:
+    """(one ScrPose per frame, None where no pose was found; coords_BN3 in metres, map frame, the
+    network's scene coordinates of every cell in row-major cell order). Frame b's RANSAC is seeded by
+    seed + b."""
+    with torch.inference_mode():
+        coords = model(images_B3HW).float()
+    height, width = images_B3HW.shape[-2:]
+    pixels = cell_pixels(height, width).reshape(-1, 2).numpy()
+    coords_BN3 = coords.permute(0, 2, 3, 1).reshape(len(coords), -1, 3).cpu().numpy().astype(np.float64)
+    K = np.asarray(K_B33.cpu() if torch.is_tensor(K_B33) else K_B33, np.float64)
+    poses: list[ScrPose | None] = []
+    for b in range(len(coords_BN3)):
+        try:
+            poses.append(solve_pose(coords_BN3[b], pixels, K[b], ransac, seed=seed + b))
+        except PoseSolveError:
+            poses.append(None)
+    return poses, coords_BN3

@@ -1,0 +1,150 @@
+"""Scene coordinate regression (the accurate mode): the RANSAC pose solver and its covariance, the
+training targets, the network, and a small model through the train, calibrate, eval, replay and
+Relocalizer paths. The accuracy run is bench/scr_accuracy.py (too long for the suite)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from posenet_ros.cli import main
+from posenet_ros.data.dataset import FrameTransform, PoseDataset
+from posenet_ros.data.loading import load_frames
+from posenet_ros.geometry import quat_conjugate, quat_log, quat_multiply, quat_to_matrix
+from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet, cell_pixels
+from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.scr_losses import ScrLossConfig, depth_loss, depth_targets, reprojection_loss
+from posenet_ros.scr_pose import PoseSolveError, RansacConfig, solve_pose
+
+K = np.array([[80.0, 0.0, 79.5], [0.0, 80.0, 59.5], [0.0, 0.0, 1.0]])
+
+
+def _scene_view(rng: np.random.Generator, noise_px: float, outliers: float):
+    """A random camera seeing points at 1-4 m through the cells of a 160x120 image."""
+    quat = rng.normal(size=4)
+    quat = quat / np.linalg.norm(quat) * np.sign(quat[0])
+    position = rng.normal(size=3)
+    pixels = cell_pixels(120, 160).reshape(-1, 2).numpy().astype(np.float64)
+    depth = rng.uniform(1.0, 4.0, len(pixels))
+    points_cam = np.column_stack([(pixels[:, 0] - K[0, 2]) / K[0, 0] * depth,
+                                  (pixels[:, 1] - K[1, 2]) / K[1, 1] * depth, depth])
+    points = points_cam @ quat_to_matrix(quat).T + position
+    wrong = rng.random(len(points)) < outliers
+    points[wrong] += rng.normal(scale=1.0, size=(wrong.sum(), 3))
+    return points, pixels + rng.normal(scale=noise_px, size=pixels.shape), position, quat, wrong
+
+
+def test_ransac_pose_is_accurate_and_its_covariance_is_calibrated():
+    rng = np.random.default_rng(0)
+    nees = []
+    for trial in range(100):
+        points, pixels, position, quat, wrong = _scene_view(rng, noise_px=0.5, outliers=0.3)
+        pose = solve_pose(points, pixels, K, RansacConfig(), seed=trial)
+        error = np.concatenate([position - pose.position_3,
+                                quat_log(quat_multiply(quat, quat_conjugate(pose.quat_wxyz_4)))])
+        assert np.linalg.norm(error[:3]) < 0.03 and np.degrees(np.linalg.norm(error[3:])) < 1.0
+        assert pose.inliers_N[~wrong].mean() > 0.9 and pose.inliers_N[wrong].mean() < 0.1
+        nees.append(error @ np.linalg.solve(pose.covariance_66, error))
+    # Gaussian pixel noise: the refinement's covariance gives NEES of mean 6 (its dimension).
+    assert 4.5 < np.mean(nees) < 7.5
+    again = solve_pose(points, pixels, K, RansacConfig(), seed=99)
+    np.testing.assert_array_equal(again.position_3, pose.position_3)
+
+
+def test_ransac_refuses_without_enough_correspondences():
+    rng = np.random.default_rng(1)
+    points, pixels, *_ = _scene_view(rng, 0.0, 0.0)
+    points[6:] = np.nan
+    with pytest.raises(PoseSolveError, match="6 finite correspondences, fewer than the 8"):
+        solve_pose(points, pixels, K, RansacConfig(min_inliers=8))
+    scattered = rng.normal(scale=5.0, size=(300, 3))
+    with pytest.raises(PoseSolveError, match="no pose hypothesis has 6 inliers"):
+        solve_pose(scattered, pixels, K, RansacConfig(threshold_px=0.01))
+
+
+def test_depth_targets_are_the_back_projected_depth_and_reproject_onto_their_cells(tmp_path):
+    assert main(["synth", "--quiet", str(tmp_path / "scene"), "width=80", "height=60",
+                 "frames_per_sequence=4", "train_sequences=1", "test_sequences=1", "val_sequences=0",
+                 "outside_sequences=0", "variations=[]"]) == 0
+    item = PoseDataset(load_frames(tmp_path / "scene", "train"), FrameTransform(resize=None))[0]
+    batch = {key: value[None] for key, value in item.items() if torch.is_tensor(value)}
+    targets, valid = depth_targets(batch["depth"], batch["K"], batch["world_from_cam"])
+    assert targets.shape == (1, 3, 8, 10) and bool(valid.all())
+    # The target of cell (2, 3) is pixel (28, 20) back-projected.
+    K_ = item["K"].double().numpy()
+    depth = float(item["depth"][0, 20, 28])
+    point_cam = np.array([(28 - K_[0, 2]) / K_[0, 0] * depth, (20 - K_[1, 2]) / K_[1, 1] * depth, depth])
+    world = item["world_from_cam"].double().numpy()
+    np.testing.assert_allclose(targets[0, :, 2, 3].numpy(), world[:3, :3] @ point_cam + world[:3, 3],
+                               atol=1e-5)
+    assert float(depth_loss(targets, targets, valid)) == 0.0
+    config = ScrLossConfig()
+    loss, valid_share = reprojection_loss(targets, batch["K"], batch["world_from_cam"], 60, 80, config)
+    assert float(loss) < 1e-3 and float(valid_share) == 1.0
+    shifted, _ = reprojection_loss(targets + 0.2, batch["K"], batch["world_from_cam"], 60, 80, config)
+    assert float(shifted) > 1.0
+
+
+def test_network_grid_matches_the_cell_pixels():
+    for backbone in ("resnet_tiny", "resnet18"):
+        model = SceneCoordinateNet(SceneCoordinateConfig(backbone=backbone)).eval()
+        with torch.no_grad():
+            coords = model(torch.rand(1, 3, 60, 84))
+        assert coords.shape == (1, 3, 8, 11) and cell_pixels(60, 84).shape == (8, 11, 2)
+    assert cell_pixels(60, 84)[-1, -1].tolist() == [83.0, 59.0]  # clamped into the image
+    with pytest.raises(ValueError, match="needs a ResNet backbone"):
+        SceneCoordinateConfig(backbone="mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def scr_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scr")
+    assert main(["synth", "--quiet", str(root / "scene"), "width=96", "height=72", "hfov_deg=70",
+                 "frames_per_sequence=24", "train_sequences=2", "val_sequences=1", "outside_sequences=0",
+                 "variations=[]"]) == 0
+    args = ["device=cpu", "method=scr", "scr.backbone=resnet_tiny", "scr.head_channels=32",
+            "data.resize=72", "data.crop=null", "data.val_split=val", "batch_size=8", "lr=1e-3"]
+    assert main(["train", "--quiet", "--data", str(root / "scene"), "--out", str(root / "run"), "epochs=2",
+                 *args]) == 0
+    # Interrupted after one epoch and resumed: the same weights as the uninterrupted run.
+    assert main(["train", "--quiet", "--data", str(root / "scene"), "--out", str(root / "resumed"),
+                 "--stop-after-epoch", "1", "epochs=2", *args]) == 0
+    assert main(["train", "--quiet", "--out", str(root / "resumed"), "--resume"]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(root / "run"), "--data", str(root / "scene")]) == 0
+    return root
+
+
+def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relocalizer(scr_run):
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(scr_run / "run" / "model.safetensors")), \
+        load_file(str(scr_run / "resumed" / "model.safetensors"))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    history = json.loads((scr_run / "run" / "metrics.json").read_text())
+    assert history[-1]["loss_kind"] == "scr_auto"
+    assert history[-1]["scr_distance_m"] < history[0]["scr_distance_m"]
+    assert main(["eval", "--quiet", "--model", str(scr_run / "run"), "--data", str(scr_run / "scene"),
+                 "--out", str(scr_run / "eval")]) == 0
+    metrics = json.loads((scr_run / "eval" / "metrics.json").read_text())["overall"]
+    assert metrics["frames"] == 24 and "uncertainty" in metrics
+    relocalizer = Relocalizer(scr_run / "run", device="cpu")
+    record = load_frames(scr_run / "scene", "test")[0]
+    from posenet_ros.data.dataset import read_frame_rgb
+
+    rgb = read_frame_rgb(record.image_path)
+    try:
+        estimate = relocalizer.process(rgb, stamp_ns=1)
+    except ValueError as error:  # an untrained model may find no pose: a clear message
+        assert "no pose: RANSAC found none" in str(error)
+    else:
+        points = estimate.scene_points_N3
+        assert points is not None and points.shape[1] == 3 and len(points) >= 6
+        assert 0.0 <= estimate.score <= 1.0 and np.isfinite(estimate.covariance_66).all()
+    assert main(["make-bag", "--quiet", str(scr_run / "scene"), str(scr_run / "bag"), "--split", "test"]) == 0
+    assert main(["replay", "--quiet", str(scr_run / "bag"), "--model", str(scr_run / "run"), "--out",
+                 str(scr_run / "replay")]) == 0
+    replayed = json.loads((scr_run / "replay" / "metrics.json").read_text())
+    assert replayed["received"] == 24 and replayed["processed"] + replayed["failed"] == 24

@@ -229,7 +229,7 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
     report = {
         "data_root": str(data_root), "split": split, "frames": len(records),
         "train_split": train_split, "train_frames": len(seen),
-        "mc_samples": setting.mc_samples, "mc_mode": setting.mc_mode,
+        "mc_samples": setting.mc_samples, "mc_mode": setting.mc_mode, "method": loaded.method,
         "position_scale": fitted.position_scale, "rotation_scale": fitted.rotation_scale,
         "position_novelty": fitted.position_novelty, "rotation_novelty": fitted.rotation_novelty,
         "score_reference": reference,

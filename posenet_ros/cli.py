@@ -169,7 +169,9 @@ def _calibrate(args: argparse.Namespace) -> int:
                                   leave_percentile=args.leave_percentile, min_frames=args.min_frames,
                                   device=args.device, bag_options=_bag_options(args), progress=not args.quiet)
     print(f"calibrated on {report['frames']} frames of {report['split']!r} and {report['train_frames']} "
-          f"of {report['train_split']!r} with {report['mc_samples']} MC samples ({report['mc_mode']}): "
+          f"of {report['train_split']!r} with "
+          + ("the RANSAC poses' covariance" if report["method"] == "scr"
+             else f"{report['mc_samples']} MC samples ({report['mc_mode']})") + ": "
           f"covariance x scale · exp(novelty · (score - {report['score_reference']:.3f})), position "
           f"{report['position_scale']:.3g} · exp({report['position_novelty']:.3g} ...), rotation "
           f"{report['rotation_scale']:.3g} · exp({report['rotation_novelty']:.3g} ...)")

@@ -931,6 +931,9 @@ def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str 
     out = Path(out)
     resolved_device = resolve_device(device)
     loaded = load_model(model_path, resolved_device)
+    if not isinstance(loaded.model, PoseNet):
+        raise ValueError(f"{loaded.path}: saliency maps are drawn for pose regression models, not method "
+                         f"{loaded.method!r}")
     records = load_frames(data_root, split, bag=bag_config_for_checkpoint(loaded.config))
     count = len(records)
     if count == 0:

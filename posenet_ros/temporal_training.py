@@ -229,6 +229,9 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
     device = resolve_device(config.device)
     loaded = load_model(model_path, device)
     model = loaded.model
+    if not isinstance(model, PoseNet):
+        raise ValueError(f"{loaded.path}: temporal smoothing refines pose regression (PoseNet) models, not "
+                         f"method {loaded.method!r}")
     bag = bag_config_for_checkpoint(loaded.config)  # a rosbag2 is read as the model was trained on it
     records = load_frames(data_root, config.train_split, bag=bag)
     inputs = compute_inputs(model, records, loaded.config, device, progress=progress)

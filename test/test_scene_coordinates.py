@@ -148,3 +148,12 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
                  str(scr_run / "replay")]) == 0
     replayed = json.loads((scr_run / "replay" / "metrics.json").read_text())
     assert replayed["received"] == 24 and replayed["processed"] + replayed["failed"] == 24
+
+
+def test_pose_regression_only_commands_refuse_a_scene_coordinate_model(scr_run, capsys):
+    model, scene = str(scr_run / "run"), str(scr_run / "scene")
+    assert main(["train-temporal", "--quiet", "--model", model, "--data", scene, "device=cpu"]) == 2
+    assert "temporal smoothing refines pose regression (PoseNet) models, not method 'scr'" in \
+        capsys.readouterr().err
+    assert main(["saliency", "--model", model, "--data", scene, "--out", str(scr_run / "saliency")]) == 2
+    assert "saliency maps are drawn for pose regression models" in capsys.readouterr().err

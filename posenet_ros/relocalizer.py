@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from posenet_ros.checkpoint import load_model
-from posenet_ros.data.dataset import crop_box
+from posenet_ros.data.dataset import CropBox, crop_box
 from posenet_ros.device import resolve_device
 from posenet_ros.evaluation import eval_transform
 from posenet_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
@@ -140,7 +140,7 @@ class Relocalizer:
             raise ValueError(f"expected an RGB image as uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if rgb.shape[0] < 2 or rgb.shape[1] < 2:
             raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small")
-        box = self._box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
+        box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
         channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
         if self.needs_depth:
             if depth_HW is None:
@@ -163,7 +163,9 @@ class Relocalizer:
         images = self.prepare(rgb_HW3, depth_HW)
         prepared = time.perf_counter()
         if self.ransac is not None:
-            return self._process_scene_coordinates(images, stamp_ns, start, prepared)
+            rgb = np.asarray(rgb_HW3)
+            box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
+            return self._process_scene_coordinates(images, box, stamp_ns, start, prepared)
         autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
                                   enabled=self.precision != "fp32")
         with torch.inference_mode(), autocast:
@@ -196,13 +198,12 @@ class Relocalizer:
         # "summary" includes the temporal step when smoothing is on.
         return estimate_
 
-    def _process_scene_coordinates(self, images: torch.Tensor, stamp_ns: int, start: float,
+    def _process_scene_coordinates(self, images: torch.Tensor, box: CropBox, stamp_ns: int, start: float,
                                    prepared: float) -> PoseEstimate:
         """Scene coordinates and RANSAC (scr_localization.py): the pose and covariance of the
         refinement (calibrated), score 1 - inlier ratio, the inlier scene points. Raises ValueError
         when RANSAC finds no pose."""
         assert self.ransac is not None and self.camera is not None
-        box = self._box
         K = input_intrinsics(self.camera, box.width, box.height, box.new_width, box.new_height, box.x0,
                              box.y0, box.crop_width, box.crop_height)
         poses, coords = localize(self.model, images, K[None], self.ransac, seed=stamp_ns % (2**31))

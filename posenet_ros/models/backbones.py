@@ -383,9 +383,9 @@ def load_pretrained(backbone: nn.Module, path: str | Path, partial: bool = False
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
 
     expected = backbone.state_dict()
-    ignored = sorted(k for k in state
-                     if k.startswith(IGNORED_KEY_PREFIXES) or (partial and k not in expected))
-    kept = {k: v for k, v in state.items() if k not in set(ignored)}
+    kept = {k: v for k, v in state.items()
+            if not k.startswith(IGNORED_KEY_PREFIXES) and (not partial or k in expected)}
+    ignored = sorted(set(state) - set(kept))
     for key in FIRST_CONV_KEYS:  # RGB filters for a first convolution of other input channels
         if key in kept and key in expected and kept[key].ndim == 4 and kept[key].shape[1] == 3:
             channels, mean = expected[key].shape[1], kept[key].mean(1, keepdim=True)

@@ -37,7 +37,10 @@ setup(
         "rosbags>=0.10",
         "cyclonedds>=0.10.5",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5", "rosbags-image>=0.9"]},
+    extras_require={
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],  # posenet-ros export, runtime onnx
+        "test": ["pytest>=7", "ruff>=0.5", "rosbags-image>=0.9", "onnx>=1.14", "onnxruntime>=1.16"],
+    },
     zip_safe=True,
     entry_points={
         "console_scripts": [

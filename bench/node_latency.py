@@ -1,7 +1,8 @@
 """End-to-end latency of the relocalization node over Cyclone DDS, and the cost of the DDS path.
 
     python bench/node_latency.py [--backbone resnet18] [--size 224] [--samples 32] [--frames 100]
-                                 [--width 640] [--height 480] [--device cpu]
+                                 [--width 640] [--height 480] [--device cpu] [--runtime torch]
+                                 [--rate 60] [--seconds 10]
 
 1. DDS cost of one WIDTHxHEIGHT rgb8 sensor_msgs/Image: CDR serialise and deserialise (p50/p99), and
    publish -> callback between two processes on loopback (a child echoes each image's stamp back as
@@ -10,7 +11,12 @@
    SAMPLES Monte-Carlo samples, calibrated placeholder scales): each image is published after the
    previous pose came back, and the latency is image publish -> pose callback in this process
    (one clock), p50/p99 over FRAMES frames after 5 warm-up frames. The node's own per-stage
-   timings are not included separately: this is the figure a subscriber sees.
+   timings are not included separately (bench/pipeline_stages.py has them): this is the figure a
+   subscriber sees. RUNTIME onnx or torchscript: the node runs the network exported by
+   `posenet-ros export` (param runtime:=...).
+3. Throughput of the full node pipeline: images published at RATE Hz for SECONDS s (the node keeps
+   the newest unprocessed frame and drops older ones, as a live camera needs); frames/s = poses
+   received / time between the first and the last; the node process's peak RSS.
 
 Prints a table and writes JSON (default bench/results/node_latency.json).
 """
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 
 from posenet_ros.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.export import export_model
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.ros.conversions import (
@@ -111,6 +118,31 @@ def round_trips(publisher, msg, answers: Answers, frames: int, warmup: int = 5,
     return latencies
 
 
+def throughput(publisher, msg, answers: Answers, rate_hz: float, seconds: float) -> dict[str, float]:
+    """Publish `msg` at `rate_hz` for `seconds` (fresh stamps); poses answered per second."""
+    first_stamp = 1_800_000_000_000_000_000
+    count = int(rate_hz * seconds)
+    start = time.perf_counter()
+    for i in range(count):
+        sec, nanosec = ns_to_stamp(first_stamp + i * int(1e9 / rate_hz))
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+        publisher.publish(msg)
+        time.sleep(max(0.0, start + (i + 1) / rate_hz - time.perf_counter()))
+    time.sleep(1.0)  # the last frame's answer
+    with answers.condition:
+        arrivals = sorted(t for stamp, t in answers.arrived.items() if stamp >= first_stamp)
+    fps = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
+    return {"published": count, "answered": len(arrivals), "rate_hz": rate_hz, "frames_per_s": fps}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a running process (Linux /proc VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
@@ -120,6 +152,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "torchscript"])
+    parser.add_argument("--rate", type=float, default=60.0, help="input rate of the throughput phase, Hz")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the throughput phase")
     parser.add_argument("--out", type=Path, default=Path("bench/results/node_latency.json"))
     args = parser.parse_args()
     domain = 200 + os.getpid() % 30
@@ -164,27 +199,37 @@ def main() -> None:
             map_poses = np.array([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
             path = save_checkpoint(Path(folder) / "model.safetensors", model, config, map_poses)
             store_calibration(path, UncertaintyConfig(mc_samples=args.samples), LoopClosureConfig())
+            if args.runtime != "torch":
+                export_model(path, args.runtime)
             node_process = subprocess.Popen(
                 [sys.executable, "-m", "posenet_ros.cli", "node", "--model", str(path), "--params",
-                 str(REPO_ROOT / "config" / "relocalize.yaml"), "--param", f"device:={args.device}"],
+                 str(REPO_ROOT / "config" / "relocalize.yaml"), "--param", f"device:={args.device}",
+                 "--param", f"runtime:={args.runtime}"],
                 env=env, cwd=REPO_ROOT)
             try:
                 camera = node.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
                 camera.wait_for_subscribers(1, 120)
                 trips = round_trips(camera, msg, poses, args.frames)
                 results["node_image_to_pose"] = percentiles(trips)
+                results["node_throughput"] = throughput(camera, msg, poses, args.rate, args.seconds)
+                results["node_peak_rss_mb"] = peak_rss_mb(node_process.pid)
             finally:
                 node_process.terminate()
                 node_process.wait(60)
 
     results.update(backbone=args.backbone, size=args.size, mc_samples=args.samples, device=args.device,
+                   runtime=args.runtime,
                    torch_threads=torch.get_num_threads(), machine=platform.processor() or platform.machine(),
                    cpus=os.cpu_count())
     print(f"{'stage':<34}{'p50 ms':>10}{'p99 ms':>10}")
     for key in ("serialise", "deserialise", "dds_one_way", "node_image_to_pose"):
         print(f"{key:<34}{results[key]['p50_ms']:>10.2f}{results[key]['p99_ms']:>10.2f}")
+    rate = results["node_throughput"]
+    print(f"node throughput at {rate['rate_hz']:.0f} Hz input: {rate['frames_per_s']:.1f} frames/s "
+          f"({rate['answered']} of {rate['published']} answered); node peak RSS "
+          f"{results['node_peak_rss_mb']:.0f} MB")
     print(f"({results['image']}; node: {args.backbone} {args.size}x{args.size}, {args.samples} MC samples, "
-          f"{args.device}, {os.cpu_count()} CPUs)")
+          f"{args.device}, runtime {args.runtime}, {os.cpu_count()} CPUs)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -11,6 +11,7 @@
     posenet-ros play BAG [--rate R] [--topics T ...] [--loop] [--step-topic OUT]
     posenet-ros echo TOPIC [--type T] [--qos sensor_data] [--count N] [--format json]
     posenet-ros node --model M [--params config/relocalize.yaml] [--param NAME:=VALUE ...]
+    posenet-ros export --model M --format onnx|torchscript [--out FILE]
 
 D is a dataset folder or a rosbag2 (folder, .mcap or .db3). BAG OPTIONS, for a rosbag2 (the training
 config's data.bag; eval and calibrate default to the checkpoint's): [--image-topic T]
@@ -50,6 +51,15 @@ def _synth(args: argparse.Namespace) -> int:
               + (f"  ({outside} outside the mapped area)" if outside else ""))
     print(f"render time: {1000 * summary['render_seconds_per_frame']:.0f} ms per frame; "
           f"scene description in {Path(args.out) / 'synthetic.json'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from posenet_ros.export import export_model
+
+    path, difference = export_model(args.model, args.format, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); largest difference from PyTorch on a "
+          f"check input with 4 Monte-Carlo samples: {difference:.2e}")
     return 0
 
 
@@ -509,6 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
     saliency.add_argument("--frames", type=int, nargs="+", help="frame positions in the split (default: 4)")
     saliency.add_argument("--device", default="auto")
     saliency.set_defaults(func=_saliency)
+
+    export = commands.add_parser("export", help="export the network as ONNX or TorchScript",
+                                 description="Write the checkpoint's network (backbone and Monte-Carlo "
+                                 "head, dropout masks as an input) as ONNX or TorchScript, check it against "
+                                 "PyTorch, and print the difference. The node runs it with the parameter "
+                                 "runtime:=onnx (or torchscript); see posenet_ros/export.py.")
+    export.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
+    export.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    export.add_argument("--out", type=Path,
+                        help="output file (default beside the checkpoint: model.onnx, model.torchscript.pt)")
+    export.set_defaults(func=_export)
 
     _add_make_bag_parser(commands)
     _add_replay_parser(commands)

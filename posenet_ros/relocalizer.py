@@ -4,10 +4,19 @@
     estimate = relocalizer.process(rgb_HW3, stamp_ns=stamp)   # -> PoseEstimate
 
 Each frame is prepared exactly as `posenet-ros eval` prepares dataset frames (the checkpoint's
-resize and centre crop), then runs through `uncertainty.estimate` (Monte-Carlo dropout with the
-checkpoint's calibrated settings; its dropout masks are seeded by the frame's stamp, so the same frame
-gives the same estimate in every runtime), and the loop-closure detector with hysteresis.
-The ROS node, the DDS runtime and bag replay all call `process`; nothing else decides anything.
+resize and centre crop), then runs through the network with Monte-Carlo dropout (the checkpoint's
+calibrated settings; the head's dropout masks are seeded by the frame's stamp, so the same frame gives
+the same estimate in every runtime), the summary of uncertainty.py and the loop-closure detector with
+hysteresis. The ROS node, the DDS runtime and bag replay all call `process`; nothing else decides
+anything.
+
+The network runs in PyTorch (`runtime="torch"`) or from a file written by `posenet-ros export`
+("onnx": ONNX Runtime, the fastest on CPU; "torchscript"). On a CUDA device the fast path
+(`fast_path=True`) uploads the uint8 frame from pinned memory and resizes and crops it on the device
+(device_preprocess.py), runs the network in channels_last memory format as a CUDA graph
+(cuda_graphs.py) under the requested autocast precision, and synchronises once per frame: the copy of
+the samples and the loop-closure score to the host, where the float64 summary (mean pose and
+covariance) is computed.
 """
 
 from __future__ import annotations
@@ -23,17 +32,32 @@ import numpy as np
 import torch
 
 from posenet_ros.checkpoint import load_model
+from posenet_ros.cuda_graphs import CudaGraphNetwork
 from posenet_ros.data.dataset import CropBox, crop_box
 from posenet_ros.device import resolve_device
+from posenet_ros.device_preprocess import DevicePreprocessor
 from posenet_ros.evaluation import eval_transform
+from posenet_ros.export import ExportedNetwork, exported_path
 from posenet_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
 from posenet_ros.scr_localization import input_intrinsics, localize
 from posenet_ros.smoothing import CausalSmoother, head_inputs
-from posenet_ros.uncertainty import calibrated, estimate
+from posenet_ros.uncertainty import (
+    PoseDistribution,
+    PoseSamples,
+    SamplingNetwork,
+    calibrated,
+    estimate,
+    head_dropout_masks,
+    loop_closure_score,
+    summarise,
+    torch_network,
+)
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
+Runtime = Literal["torch", "torchscript", "onnx"]
+RUNTIMES = ("torch", "torchscript", "onnx")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -71,7 +95,10 @@ class Relocalizer:
     """Loads a checkpoint once and estimates the pose of each frame given to `process`.
 
     device: "auto" | "cpu" | "cuda" | "cuda:N". precision: "fp32", or "fp16" / "bf16" autocast on
-    CUDA. mc_samples: None = the checkpoint's (calibrated) setting, 0 = deterministic.
+    CUDA. runtime: "torch", or "onnx" / "torchscript" to run the network from `exported_model`
+    (default: the file `posenet-ros export` writes beside the checkpoint). fast_path: on CUDA, device
+    preprocessing, channels_last and CUDA graphs (module docstring); no effect on CPU.
+    mc_samples: None = the checkpoint's (calibrated) setting, 0 = deterministic.
     loop_closure: overrides the checkpoint's thresholds. smoothing: run the checkpoint's causal temporal
     model when it has one (the pose and covariance become the smoothed ones; the state resets with
     `reset()` and after `smoothing_reset_unknown` consecutive unknown-place frames, 0 = never).
@@ -80,13 +107,17 @@ class Relocalizer:
     def __init__(self, model_path: str | Path, *, device: str = "auto", precision: Precision = "fp32",
                  mc_samples: int | None = None, loop_closure: LoopClosureConfig | None = None,
                  smoothing: bool = True, smoothing_reset_unknown: int = 10,
-                 keep_temporal_inputs: bool = False) -> None:
+                 keep_temporal_inputs: bool = False, runtime: Runtime = "torch",
+                 exported_model: str | Path | None = None, fast_path: bool = True) -> None:
         self.device = resolve_device(device)
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         if precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"precision {precision} needs a CUDA device; this one is {self.device}")
         self.precision = precision
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime = runtime
         loaded = load_model(model_path, self.device)
         self.model = loaded.model
         self.model_path = loaded.path
@@ -109,10 +140,39 @@ class Relocalizer:
         if self.ransac is not None and self.camera is None:
             raise ValueError(f"{self.model_path} is a scene coordinate model without the training camera's "
                              "intrinsics; retrain it with this version of posenet_ros")
+        self.fast_path = fast_path and self.device.type == "cuda"
+        self._preprocessors: dict[CropBox, DevicePreprocessor] = {}
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self.network: SamplingNetwork | None = None
+        if self.ransac is None:
+            self.network = self._build_network(runtime, exported_model)
+            self._position_scale_m = float(self.model.position_scale)
+        elif runtime != "torch":
+            raise ValueError(f"{self.model_path} is a scene coordinate model (method scr): it runs with "
+                             "runtime torch only")
         if not self.calibrated:
             logger.warning("%s has no uncertainty calibration (run `posenet-ros calibrate`): covariances "
                            "are unscaled and every finite loop-closure score counts as a known place",
                            self.model_path)
+
+    def _build_network(self, runtime: Runtime, exported_model: str | Path | None) -> SamplingNetwork:
+        """The network of the pose-regression path: PyTorch or an exported file, in a CUDA graph on
+        the fast path (PyTorch and TorchScript)."""
+        if runtime != "torch" and self.uncertainty.mc_samples > 0 and self.uncertainty.mc_mode == "full":
+            raise ValueError(f"{self.model_path} samples the whole network (mc_mode full), which runs with "
+                             "runtime torch only")
+        if runtime == "torch":
+            if self.fast_path:
+                self.model.to(memory_format=torch.channels_last)
+            network = torch_network(self.model)
+        else:
+            path = exported_model or exported_path(self.model_path, runtime)
+            network = ExportedNetwork(path, self.model, self.device)
+            if network.format != runtime:
+                raise ValueError(f"{path} is a {network.format} file, not {runtime}")
+        if self.fast_path and runtime != "onnx":
+            network = CudaGraphNetwork(network, self.device)
+        return network
 
     @property
     def needs_depth(self) -> bool:
@@ -141,7 +201,7 @@ class Relocalizer:
         if rgb.shape[0] < 2 or rgb.shape[1] < 2:
             raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small")
         box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
-        channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
+        depth = None
         if self.needs_depth:
             if depth_HW is None:
                 raise ValueError(f"{self.model_path} is an RGB-D model: it needs a depth image with every "
@@ -150,9 +210,35 @@ class Relocalizer:
             if depth.shape != rgb.shape[:2]:
                 raise ValueError(f"depth image of shape {depth.shape} does not match the {rgb.shape[1]}x"
                                  f"{rgb.shape[0]} px colour image")
+        if self.fast_path:
+            return self._prepare_on_device(box, rgb, depth)
+        channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
+        if depth is not None:
             channels.append(box.apply_depth(depth)[None])
         image = np.ascontiguousarray(np.concatenate(channels))
         return torch.from_numpy(image)[None].to(self.device, non_blocking=True)
+
+    def _prepare_on_device(self, box: CropBox, rgb_HW3: np.ndarray,
+                           depth_HW: np.ndarray | None) -> torch.Tensor:
+        """The fast path's `prepare`: the frame as it is (uint8; depth float32) through a pinned buffer
+        to the device, resized and cropped there; channels_last."""
+        preprocessor = self._preprocessors.get(box)
+        if preprocessor is None:
+            preprocessor = self._preprocessors[box] = DevicePreprocessor(box, self.device)
+        images = preprocessor.rgb(self._upload(rgb_HW3)[None])
+        if depth_HW is not None:
+            images = torch.cat([images, preprocessor.depth(self._upload(depth_HW)[None])], dim=1)
+        return images.contiguous(memory_format=torch.channels_last)
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        """Copy `array` into a pinned host buffer (one per shape and dtype, reused: the previous frame's
+        copy has completed, its result was synchronised) and start the copy to the device."""
+        key = (*array.shape, array.dtype.str)
+        pinned = self._pinned.get(key)
+        if pinned is None:
+            pinned = self._pinned[key] = torch.from_numpy(np.empty_like(array)).pin_memory()
+        pinned.numpy()[...] = array
+        return pinned.to(self.device, non_blocking=True)
 
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
                 stamp_ns: int = 0) -> PoseEstimate:
@@ -166,22 +252,17 @@ class Relocalizer:
             rgb = np.asarray(rgb_HW3)
             box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
             return self._process_scene_coordinates(images, box, stamp_ns, start, prepared)
-        autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
-                                  enabled=self.precision != "fp32")
-        with torch.inference_mode(), autocast:
-            result = estimate(self.model, images, self.uncertainty, seed=stamp_ns % (2**31))
-            # One device-to-host copy (the one synchronisation) of everything the estimate holds:
-            # position 3, quaternion 4, score 1, then the three 6x6 matrices.
-            flat = torch.cat([result.position_B3[0], result.quat_B4[0], result.score_B[:1],
-                              result.covariance_B66[0].flatten(), result.epistemic_B66[0].flatten(),
-                              result.aleatoric_B66[0].flatten()]).cpu().numpy()
+        with torch.inference_mode(), self.autocast():
+            result, features = self._distribution(images, stamp_ns % (2**31))
             forwarded = time.perf_counter()
-            position, quat, score = flat[:3], flat[3:7], float(flat[7])
-            covariance, epistemic, aleatoric = flat[8:].reshape(3, 6, 6)
+            position, quat = result.position_B3[0].numpy(), result.quat_B4[0].numpy()
+            covariance = result.covariance_B66[0].numpy()
+            epistemic, aleatoric = result.epistemic_B66[0].numpy(), result.aleatoric_B66[0].numpy()
+            score = float(result.score_B[0])
             known = self._detector.update(score)
             inputs = None
-            if (self.smoother is not None or self.keep_temporal_inputs) and result.features_BF is not None:
-                features = result.features_BF.float()
+            if (self.smoother is not None or self.keep_temporal_inputs) and features is not None:
+                features = features.float()
                 inputs = (features, *head_inputs(self.model, features))
             if self.smoother is not None and inputs is not None:
                 smoothed = self.smoother.update(*inputs, known)
@@ -197,6 +278,45 @@ class Relocalizer:
                                 "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
         # "summary" includes the temporal step when smoothing is on.
         return estimate_
+
+    def _distribution(self, images: torch.Tensor, seed: int) -> tuple[PoseDistribution, torch.Tensor | None]:
+        """The frame's pose distribution on the host (float64) and its features on the device.
+
+        Head sampling: the network over the seeded dropout masks and the loop-closure score on the
+        device, then one device-to-host copy of the samples and the score (the one synchronisation), and
+        the summary on the host. Full-network sampling runs `uncertainty.estimate` on the device."""
+        assert self.network is not None
+        config = self.uncertainty
+        if config.mc_samples > 0 and config.mc_mode == "full":
+            result = estimate(self.model, images, config, seed=seed)
+            return PoseDistribution(**{name: value.cpu() if isinstance(value, torch.Tensor) else value
+                                       for name, value in vars(result).items()}), result.features_BF
+        samples = max(config.mc_samples, 1)
+        masks = head_dropout_masks(1, samples, self.model.head_dim, self.model.config.dropout,
+                                   config.seed + seed, self.device)
+        features, position, quat, log_var = self.network(images, masks)
+        return self.summarise_on_host(features, position, quat, log_var), features
+
+    def summarise_on_host(self, features_1F: torch.Tensor, position_N3: torch.Tensor, quat_N4: torch.Tensor,
+                          log_var_NK: torch.Tensor | None) -> PoseDistribution:
+        """The network's N samples of one frame -> its pose distribution on the host (float64): the
+        loop-closure score on the device, one device-to-host copy (the frame's one synchronisation),
+        the mean pose and covariance on the host."""
+        samples = position_N3.shape[0]
+        score = loop_closure_score(features_1F, self.model.feature_covariance, 1)
+        parts = [position_N3, quat_N4, score] + ([] if log_var_NK is None else [log_var_NK])
+        host = torch.cat([part.reshape(-1).to(torch.float64) for part in parts]).cpu()
+        sizes = [3 * samples, 4 * samples, 1, host.numel() - 7 * samples - 1]
+        position, quat, score_1, log_var = host.split(sizes)
+        on_host = PoseSamples(position_BN3=position.view(1, samples, 3), quat_BN4=quat.view(1, samples, 4),
+                              log_var_BNK=None if log_var_NK is None else log_var.view(1, samples, -1))
+        return summarise(on_host, self._position_scale_m, self.uncertainty, score_B=score_1)
+
+    def autocast(self) -> torch.autocast:
+        """The inference precision's autocast context (cache_enabled=False: autocast's weight cache must
+        not live across CUDA graph captures)."""
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
+                              enabled=self.precision != "fp32", cache_enabled=False)
 
     def _process_scene_coordinates(self, images: torch.Tensor, box: CropBox, stamp_ns: int, start: float,
                                    prepared: float) -> PoseEstimate:

@@ -29,6 +29,7 @@ notes), so it is kept only as a diagnostic (`mc_spread_B`); the feature-space va
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,18 +108,51 @@ class PoseDistribution:
     features_BF: torch.Tensor | None = None  # the head's input with dropout off (temporal smoothing)
 
 
+SamplingNetwork = Callable[[torch.Tensor, torch.Tensor],
+                           tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]
+"""(images_BCHW, masks_BNF) -> (features_BF, position_M3, quat_M4, log_var_MK or None), M = B * N rows
+(image-major): `PoseNet.forward_samples` as plain tensors. The PyTorch model (`torch_network`), an
+exported TorchScript or ONNX file (export.py) and a captured CUDA graph (cuda_graphs.py) all are one."""
+
+
+def torch_network(model: PoseNet) -> SamplingNetwork:
+    """The model's `forward_samples` as a SamplingNetwork (its dropout must be off)."""
+    def run(images_BCHW: torch.Tensor, masks_BNF: torch.Tensor):
+        features, output = model.forward_samples(images_BCHW, masks_BNF)
+        return features, output.position_B3, output.quat_B4, output.log_var_BK
+    return run
+
+
+def head_dropout_masks(batch: int, samples: int, features: int, p: float, seed: int,
+                       device: torch.device) -> torch.Tensor:
+    """The head's dropout masks (batch, samples, features) on `device`, scaled by 1 / (1 - p), drawn
+    on the CPU from a generator seeded with `seed` (the global RNG is untouched): equal seeds give equal
+    masks on every device and in every runtime. All ones for one sample (the deterministic head) or
+    p = 0."""
+    if samples == 1 or p == 0.0:
+        return torch.ones(batch, samples, features, device=device)
+    keep = 1.0 - p
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.bernoulli(torch.full((batch, samples, features), keep), generator=generator).div_(keep)
+    return masks.to(device, non_blocking=True)
+
+
 def sample_poses(model: PoseNet, images_BCHW: torch.Tensor, samples: int, *, mode: McMode = "head",
-                 seed: int = 0) -> PoseSamples:
+                 seed: int = 0, network: SamplingNetwork | None = None) -> PoseSamples:
     """`samples` Monte-Carlo dropout passes over `images_BCHW` (the model's input: RGB in [0, 1], then
     depth for RGB-D models) as one batched forward.
 
-    The dropout masks depend only on `seed` (the global RNG state is saved and restored), so equal
-    seeds give equal samples. The model's dropout mode is restored afterwards. Call under
-    `torch.inference_mode()` for speed.
+    "head" mode: the backbone once, the head over the features times `head_dropout_masks` (through
+    `network`, default the model itself). "full" mode: the whole model over `samples` copies of each
+    image with every dropout on. The dropout masks depend only on `seed` (the global RNG state is left
+    as it was), so equal seeds give equal samples. The model's dropout mode is restored afterwards.
+    Call under `torch.inference_mode()` for speed.
     """
     if samples < 2:
         raise ValueError(f"Monte-Carlo dropout needs at least 2 samples, got {samples}")
-    if mode == "full" and model.config.backbone_dropout <= 0:
+    if mode == "head":
+        return _head_samples(model, images_BCHW, samples, seed, network)
+    if model.config.backbone_dropout <= 0:
         raise ValueError("mc_mode 'full' samples the backbone's dropout, but this model has "
                          "backbone_dropout = 0; use mc_mode 'head' or train with model.backbone_dropout > 0")
     batch = images_BCHW.shape[0]
@@ -130,16 +164,33 @@ def sample_poses(model: PoseNet, images_BCHW: torch.Tensor, samples: int, *, mod
             model.set_dropout_mode("off")
             features = model.forward_features(images_BCHW)
             model.set_dropout_mode("mc")
-            if mode == "head":
-                output = model.forward_head(features.repeat_interleave(samples, dim=0))
-            else:
-                output = model(images_BCHW.repeat_interleave(samples, dim=0))
+            output = model(images_BCHW.repeat_interleave(samples, dim=0))
     finally:
         model.set_dropout_mode(previous_mode)
     log_var = output.log_var_BK
     return PoseSamples(
         position_BN3=output.position_B3.reshape(batch, samples, 3),
         quat_BN4=output.quat_B4.reshape(batch, samples, 4),
+        log_var_BNK=None if log_var is None else log_var.reshape(batch, samples, -1),
+        features_BF=features,
+    )
+
+
+def _head_samples(model: PoseNet, images_BCHW: torch.Tensor, samples: int, seed: int,
+                  network: SamplingNetwork | None) -> PoseSamples:
+    """Head sampling with explicit masks (one sample: the deterministic head)."""
+    batch = images_BCHW.shape[0]
+    masks = head_dropout_masks(batch, samples, model.head_dim, model.config.dropout, seed,
+                               images_BCHW.device)
+    previous_mode = model.dropout_mode
+    try:
+        model.set_dropout_mode("off")
+        features, position, quat, log_var = (network or torch_network(model))(images_BCHW, masks)
+    finally:
+        model.set_dropout_mode(previous_mode)
+    return PoseSamples(
+        position_BN3=position.reshape(batch, samples, 3),
+        quat_BN4=quat.reshape(batch, samples, 4),
         log_var_BNK=None if log_var is None else log_var.reshape(batch, samples, -1),
         features_BF=features,
     )
@@ -194,26 +245,37 @@ def calibrated(covariance_B66: torch.Tensor, position_factor: float | torch.Tens
 
 
 def summarise(samples: PoseSamples, position_scale_m: float, config: UncertaintyConfig,
-              feature_covariance_FF: torch.Tensor | None = None) -> PoseDistribution:
-    """Mean pose, covariances and loop-closure score of Monte-Carlo samples (N >= 2), in float64.
+              feature_covariance_FF: torch.Tensor | None = None,
+              score_B: torch.Tensor | None = None) -> PoseDistribution:
+    """Mean pose, covariances and loop-closure score of Monte-Carlo samples, in float64. One sample
+    (N = 1, the deterministic head) has no epistemic term (zeros, `mc_spread_B` -inf).
 
     `position_scale_m`: the model's scene position scale (`model.position_scale`, metres);
-    `feature_covariance_FF`: the model's `feature_covariance` (None: score NaN).
+    `feature_covariance_FF`: the model's `feature_covariance` (None: score NaN); `score_B`: the
+    loop-closure score when it is already computed (then the covariance is not used).
     """
     position = samples.position_BN3.to(torch.float64)
     quat = samples.quat_BN4.to(torch.float64)
     batch, count = position.shape[:2]
     mean_position = position.mean(dim=1)
-    mean_quat = average_quaternions(quat)
-    deviations_BN6 = torch.cat([position - mean_position[:, None], rotation_deviations(quat, mean_quat)], -1)
-    epistemic = deviations_BN6.transpose(1, 2) @ deviations_BN6 / (count - 1)
+    if count == 1:
+        mean_quat = quat[:, 0]
+        epistemic = torch.zeros(batch, 6, 6, dtype=torch.float64, device=position.device)
+    else:
+        mean_quat = average_quaternions(quat)
+        deviations_BN6 = torch.cat([position - mean_position[:, None], rotation_deviations(quat, mean_quat)],
+                                   -1)
+        epistemic = deviations_BN6.transpose(1, 2) @ deviations_BN6 / (count - 1)
     aleatoric = aleatoric_covariance(samples.log_var_BNK, position_scale_m, batch, torch.float64,
                                      position.device)
-    score = loop_closure_score(samples.features_BF, feature_covariance_FF, batch)
+    score = (loop_closure_score(samples.features_BF, feature_covariance_FF, batch) if score_B is None
+             else score_B.to(torch.float64))
     covariance = calibrated(epistemic + aleatoric, *config.block_factors(score))
     return PoseDistribution(position_B3=mean_position, quat_B4=mean_quat, covariance_B66=covariance,
                             epistemic_B66=epistemic, aleatoric_B66=aleatoric, score_B=score,
-                            mc_spread_B=mc_spread(epistemic, position_scale_m),
+                            mc_spread_B=(mc_spread(epistemic, position_scale_m) if count > 1 else
+                                         torch.full((batch,), -math.inf, dtype=torch.float64,
+                                                    device=position.device)),
                             features_BF=samples.features_BF)
 
 
@@ -226,13 +288,16 @@ def mc_spread(epistemic_B66: torch.Tensor, position_scale_m: float) -> torch.Ten
 
 def loop_closure_score(features_BF: torch.Tensor | None, feature_covariance_FF: torch.Tensor | None,
                        batch: int) -> torch.Tensor:
-    """log(φᵀ C φ) per frame (float64); NaN when C is missing or not fitted (all zeros)."""
-    if features_BF is None or feature_covariance_FF is None or not bool(feature_covariance_FF.any()):
+    """log(φᵀ C φ) per frame (float64); NaN when C is missing or not fitted (all zeros). Stays on the
+    features' device without a host synchronisation."""
+    if features_BF is None or feature_covariance_FF is None:
         device = features_BF.device if features_BF is not None else None
         return torch.full((batch,), math.nan, dtype=torch.float64, device=device)
     phi = features_BF.to(torch.float64)
-    variance = ((phi @ feature_covariance_FF.to(torch.float64)) * phi).sum(-1)
-    return torch.log(variance.clamp_min(1e-300))
+    covariance = feature_covariance_FF.to(torch.float64)
+    variance = ((phi @ covariance) * phi).sum(-1)
+    fitted = covariance.abs().sum() > 0
+    return torch.where(fitted, torch.log(variance.clamp_min(1e-300)), torch.full_like(variance, math.nan))
 
 
 def fit_feature_covariance(features_NF: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -248,35 +313,13 @@ def fit_feature_covariance(features_NF: torch.Tensor, ridge: float = 1e-3) -> to
     return torch.linalg.inv(gram + lam * eye).to(torch.float32)
 
 
-def deterministic_distribution(model: PoseNet, images_BCHW: torch.Tensor,
-                               config: UncertaintyConfig) -> PoseDistribution:
-    """One forward pass with dropout off (`mc_samples` = 0): the pose, the aleatoric covariance only
-    (no Monte-Carlo epistemic term) and the loop-closure score."""
-    previous_mode = model.dropout_mode
-    try:
-        features = model.set_dropout_mode("off").forward_features(images_BCHW)
-        output = model.forward_head(features)
-    finally:
-        model.set_dropout_mode(previous_mode)
-    batch = images_BCHW.shape[0]
-    position = output.position_B3.to(torch.float64)
-    log_var = None if output.log_var_BK is None else output.log_var_BK[:, None]
-    aleatoric = aleatoric_covariance(log_var, float(model.position_scale), batch, torch.float64,
-                                     position.device)
-    score = loop_closure_score(features, model.feature_covariance, batch)
-    return PoseDistribution(
-        position_B3=position, quat_B4=output.quat_B4.to(torch.float64),
-        covariance_B66=calibrated(aleatoric, *config.block_factors(score)),
-        epistemic_B66=torch.zeros_like(aleatoric), aleatoric_B66=aleatoric, score_B=score,
-        mc_spread_B=torch.full((batch,), -math.inf, dtype=torch.float64, device=position.device),
-        features_BF=features)
-
-
-def estimate(model: PoseNet, images_BCHW: torch.Tensor, config: UncertaintyConfig,
-             seed: int = 0) -> PoseDistribution:
-    """Pose and uncertainty of each image: MC dropout with `config.mc_samples` (or deterministic)."""
-    if config.mc_samples == 0:
-        return deterministic_distribution(model, images_BCHW, config)
-    samples = sample_poses(model, images_BCHW, config.mc_samples, mode=config.mc_mode,
-                           seed=config.seed + seed)
+def estimate(model: PoseNet, images_BCHW: torch.Tensor, config: UncertaintyConfig, seed: int = 0,
+             network: SamplingNetwork | None = None) -> PoseDistribution:
+    """Pose and uncertainty of each image: Monte-Carlo dropout with `config.mc_samples`, or the
+    deterministic head (0: the pose, the aleatoric covariance only and the loop-closure score).
+    `network` replaces the model's own forward in head mode (an exported file or a CUDA graph)."""
+    if config.mc_samples > 0 and config.mc_mode == "full":
+        samples = sample_poses(model, images_BCHW, config.mc_samples, mode="full", seed=config.seed + seed)
+    else:
+        samples = _head_samples(model, images_BCHW, max(config.mc_samples, 1), config.seed + seed, network)
     return summarise(samples, float(model.position_scale), config, model.feature_covariance)

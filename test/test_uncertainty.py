@@ -28,6 +28,7 @@ from posenet_ros.uncertainty import (
     calibrated,
     estimate,
     fit_feature_covariance,
+    head_dropout_masks,
     rotation_deviations,
     sample_poses,
     summarise,
@@ -120,13 +121,14 @@ def test_head_sampling_matches_per_sample_forward_passes():
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         samples = sample_poses(model, images, 4, seed=0)
-        # The same masks drawn one pass at a time: batching changes nothing but speed.
-        torch.manual_seed(0)
+        # The same masks applied one pass at a time: batching changes nothing but speed.
+        masks = head_dropout_masks(1, 4, model.head_dim, model.config.dropout, 0, images.device)[0]
         features = model.forward_features(images)
-        model.set_dropout_mode("mc")
-        one_by_one = [model.forward_head(features.repeat(4, 1))]
-        model.set_dropout_mode("off")
-    torch.testing.assert_close(samples.position_BN3[0], one_by_one[0].position_B3)
+        one_by_one = torch.cat([model.forward_head(features * mask).position_B3 for mask in masks])
+    torch.testing.assert_close(samples.position_BN3[0], one_by_one)
+    kept = masks > 0
+    assert 0.55 < kept.float().mean() < 0.85  # p = 0.3 of the small model
+    torch.testing.assert_close(masks[kept], torch.full_like(masks[kept], 1 / 0.7))  # scaled by 1 / (1 - p)
 
 
 def test_full_network_sampling_needs_backbone_dropout():

@@ -23,7 +23,9 @@ frames; encoded values are clipped to [0, 10] and holes are 0 in both channels.
 - Dropout is an explicit mode, never tied to `train()` / `eval()`: "off" (deterministic), "train"
   (on while training) or "mc" (on for Monte-Carlo sampling). `backbone_dropout` > 0 adds dropout after
   every backbone stage (full-network MC dropout, as in Bayesian PoseNet); otherwise only the head
-  is stochastic and `forward_features` / `forward_head` let the backbone run once per frame.
+  is stochastic and `forward_features` / `forward_head` let the backbone run once per frame;
+  `forward_samples` takes the head's dropout masks as an input (Monte-Carlo sampling as one
+  deterministic function, the same in PyTorch, TorchScript, ONNX and a CUDA graph).
 - `feature_covariance` (buffer, F x F with F the regressors' input width) is the posterior
   covariance of a Bayesian linear model on the training frames' features, (ΦᵀΦ + λI)⁻¹, fitted after
   training (`uncertainty.fit_feature_covariance`); φᵀ C φ is the last layer's epistemic variance of a
@@ -216,3 +218,14 @@ class PoseNet(nn.Module):
 
     def forward(self, images_BCHW: torch.Tensor) -> PoseOutput:
         return self.forward_head(self.forward_features(images_BCHW))
+
+    def forward_samples(self, images_BCHW: torch.Tensor,
+                        masks_BNF: torch.Tensor) -> tuple[torch.Tensor, PoseOutput]:
+        """Head Monte-Carlo dropout with explicit masks: the backbone once per image, the head over N
+        masked copies of its features. masks_BNF (N samples per image, F = head_dim) are the dropout
+        masks already scaled by 1 / (1 - p) (all ones: the deterministic head); the model's own dropout
+        must be off. Returns features_BF and the head's outputs for the B * N rows (image-major).
+        The exported network (export.py) is exactly this function."""
+        features = self.forward_features(images_BCHW)
+        masked = (features[:, None, :] * masks_BNF).reshape(-1, features.shape[-1])
+        return features, self.forward_head(masked)

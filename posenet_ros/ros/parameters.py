@@ -45,6 +45,13 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("device", "auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N"),
     ParameterSpec("precision", "fp32", "Inference precision; fp16 and bf16 need a CUDA device",
                   choices=("fp32", "fp16", "bf16")),
+    ParameterSpec("runtime", "torch",
+                  "Network runtime: torch, or onnx / torchscript (the file `posenet-ros export` wrote; "
+                  "onnx is the fastest on CPU)", choices=("torch", "onnx", "torchscript")),
+    ParameterSpec("exported_model", "",
+                  "Exported network file for runtime onnx or torchscript; empty: beside the checkpoint"),
+    ParameterSpec("fast_path", True,
+                  "On CUDA: preprocessing on the GPU, channels_last and CUDA graphs (no effect on CPU)"),
     ParameterSpec("image_topic", "/camera/image_raw",
                   "Camera image topic (sensor_msgs/Image; a name ending in /compressed: CompressedImage)"),
     ParameterSpec("depth_topic", "/camera/depth/image_raw",
@@ -91,6 +98,9 @@ class NodeSettings:
     model: str
     device: str = "auto"
     precision: str = "fp32"
+    runtime: str = "torch"
+    exported_model: str = ""
+    fast_path: bool = True
     image_topic: str = "/camera/image_raw"
     depth_topic: str = "/camera/depth/image_raw"
     use_depth: bool = False

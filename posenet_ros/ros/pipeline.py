@@ -102,12 +102,14 @@ class NodeLog(Protocol):
 
 
 def build_relocalizer(settings: NodeSettings) -> Relocalizer:
-    """The Relocalizer the parameters describe (checkpoint, device, precision, MC samples and
+    """The Relocalizer the parameters describe (checkpoint, device, precision, runtime, MC samples and
     loop-closure overrides). Raises ValueError when the model needs depth and use_depth is off."""
     relocalizer = Relocalizer(settings.model, device=settings.device, precision=settings.precision,  # type: ignore[arg-type]
                               mc_samples=None if settings.mc_samples < 0 else settings.mc_samples,
                               smoothing=settings.smoothing,
-                              smoothing_reset_unknown=settings.smoothing_reset_unknown)
+                              smoothing_reset_unknown=settings.smoothing_reset_unknown,
+                              runtime=settings.runtime,  # type: ignore[arg-type]
+                              exported_model=settings.exported_model or None, fast_path=settings.fast_path)
     overrides = {name: value for name, value in (("enter_score", settings.loop_closure_enter_score),
                                                  ("leave_score", settings.loop_closure_leave_score),
                                                  ("min_frames", settings.loop_closure_min_frames or math.nan))

@@ -30,6 +30,7 @@ bench/results/pipeline_stages_<device>.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -96,7 +97,7 @@ def write_checkpoint(folder: Path, backbone: str, size: int, samples: int) -> Pa
     path = save_checkpoint(folder / "model.safetensors", model, config, np.zeros((1, 7)))
     store_calibration(path, UncertaintyConfig(mc_samples=samples), LoopClosureConfig())
     temporal = TemporalModel(TemporalConfig(), model.head_dim)
-    store_temporal(path, temporal, {})
+    store_temporal(path, temporal, {"config": dataclasses.asdict(temporal.config), "calibration": {}})
     for export_format in ("onnx", "torchscript"):
         export_model(path, export_format)
     return path

@@ -259,7 +259,8 @@ def _replay(args: argparse.Namespace) -> int:
                      gt_topic=args.gt_topic, gt_tf=tuple(args.gt_tf) if args.gt_tf else None,
                      max_gap_s=args.max_gap, live=args.live, namespace=args.namespace,
                      domain_id=args.domain_id, storage=args.storage, in_map_radius_m=args.in_map_radius,
-                     in_map_angle_deg=args.in_map_angle, smooth=args.smooth, progress=not args.quiet)
+                     in_map_angle_deg=args.in_map_angle, smooth=args.smooth, progress=not args.quiet,
+                     batch_size=args.batch)
     print(f"replayed {metrics['frames']} frames of {args.bag} ({metrics['runtime']}, "
           f"{metrics['throughput_fps']:.1f} frames/s); "
           f"{metrics['frames_with_ground_truth']} with ground truth")
@@ -310,6 +311,8 @@ def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
     replay.add_argument("--smooth", choices=["node", "off", "offline"], default="node",
                         help="node: as the node (causal temporal model if the checkpoint has one and the "
                         "smoothing parameter is on); off; offline: the bidirectional temporal model")
+    replay.add_argument("--batch", type=int, default=1, metavar="N",
+                        help="frames per network call in-process (the same poses; use e.g. 64 on a GPU)")
     replay.add_argument("--live", action="store_true",
                         help="play the bag over DDS to a running node and record its answers")
     replay.add_argument("--namespace", default="/", help="the running node's namespace (--live)")

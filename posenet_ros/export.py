@@ -208,6 +208,9 @@ class ExportedNetwork:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: spinning ORT threads slow the PyTorch work that
+        # follows each run on a small CPU (measured 29 ms instead of 18 ms per frame on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for malformed files

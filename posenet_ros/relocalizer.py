@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,7 @@ import torch
 from posenet_ros.checkpoint import load_model
 from posenet_ros.cuda_graphs import CudaGraphNetwork
 from posenet_ros.data.dataset import CropBox, crop_box
-from posenet_ros.device import resolve_device
+from posenet_ros.device import resolve_device, torch_threads
 from posenet_ros.device_preprocess import DevicePreprocessor
 from posenet_ros.evaluation import eval_transform
 from posenet_ros.export import ExportedNetwork, exported_path
@@ -89,6 +90,18 @@ class PoseEstimate:
     # Scene coordinate regression (method scr): the inlier scene coordinates (N, 3) in the map frame,
     # metres, published as a PointCloud2 for RViz; None for pose regression.
     scene_points_N3: np.ndarray | None = None
+
+
+@dataclass
+class InferredBatch:
+    """The stateless results of B frames (`Relocalizer.infer_batch`): their stamps, pose
+    distributions (host, float64), features (device; the temporal model's input) and per-frame shares
+    of the preprocessing and network time (ms)."""
+
+    stamps_ns: list[int]
+    distribution: PoseDistribution
+    features_BF: torch.Tensor | None
+    timings_ms: dict[str, float]
 
 
 class Relocalizer:
@@ -195,50 +208,74 @@ class Relocalizer:
         the model's float32 input (1, C, h, w) on the device, prepared as evaluation prepares frames.
         Raises ValueError for an image that is not uint8 (H, W, 3) or is too small, and for a missing
         depth image or one of another size."""
+        return self.prepare_batch([rgb_HW3], [depth_HW])
+
+    def prepare_batch(self, rgbs_HW3: Sequence[np.ndarray],
+                      depths_HW: Sequence[np.ndarray | None]) -> torch.Tensor:
+        """`prepare` for B frames of one size -> (B, C, h, w). Raises ValueError as `prepare` does, and
+        for frames of different sizes."""
+        frames = [self._checked(rgb, depth) for rgb, depth in zip(rgbs_HW3, depths_HW, strict=True)]
+        if len({rgb.shape for rgb, _ in frames}) != 1:
+            raise ValueError("the frames of one batch must have one size, got "
+                             f"{sorted({rgb.shape for rgb, _ in frames})}")
+        box = crop_box(frames[0][0].shape[1], frames[0][0].shape[0], self.transform)
+        if self.fast_path:
+            return self._prepare_on_device(box, frames)
+        images = []
+        for rgb, depth in frames:
+            channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
+            if depth is not None:
+                channels.append(box.apply_depth(depth)[None])
+            images.append(np.concatenate(channels))
+        return torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+
+    def _checked(self, rgb_HW3: np.ndarray,
+                 depth_HW: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The frame as arrays the model can read (module docstring of `prepare` for the errors)."""
         rgb = np.asarray(rgb_HW3)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB image as uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if rgb.shape[0] < 2 or rgb.shape[1] < 2:
             raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small")
-        box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
-        depth = None
-        if self.needs_depth:
-            if depth_HW is None:
-                raise ValueError(f"{self.model_path} is an RGB-D model: it needs a depth image with every "
-                                 "frame")
-            depth = np.asarray(depth_HW, dtype=np.float32)
-            if depth.shape != rgb.shape[:2]:
-                raise ValueError(f"depth image of shape {depth.shape} does not match the {rgb.shape[1]}x"
-                                 f"{rgb.shape[0]} px colour image")
-        if self.fast_path:
-            return self._prepare_on_device(box, rgb, depth)
-        channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
-        if depth is not None:
-            channels.append(box.apply_depth(depth)[None])
-        image = np.ascontiguousarray(np.concatenate(channels))
-        return torch.from_numpy(image)[None].to(self.device, non_blocking=True)
+        if not self.needs_depth:
+            return rgb, None
+        if depth_HW is None:
+            raise ValueError(f"{self.model_path} is an RGB-D model: it needs a depth image with every frame")
+        depth = np.asarray(depth_HW, dtype=np.float32)
+        if depth.shape != rgb.shape[:2]:
+            raise ValueError(f"depth image of shape {depth.shape} does not match the {rgb.shape[1]}x"
+                             f"{rgb.shape[0]} px colour image")
+        return rgb, depth
 
-    def _prepare_on_device(self, box: CropBox, rgb_HW3: np.ndarray,
-                           depth_HW: np.ndarray | None) -> torch.Tensor:
-        """The fast path's `prepare`: the frame as it is (uint8; depth float32) through a pinned buffer
-        to the device, resized and cropped there; channels_last."""
+    def _prepare_on_device(self, box: CropBox,
+                           frames: list[tuple[np.ndarray, np.ndarray | None]]) -> torch.Tensor:
+        """The fast path's `prepare_batch`: the frames as they are (uint8; depth float32) through a
+        pinned buffer to the device, resized and cropped there; channels_last."""
         preprocessor = self._preprocessors.get(box)
         if preprocessor is None:
             preprocessor = self._preprocessors[box] = DevicePreprocessor(box, self.device)
-        images = preprocessor.rgb(self._upload(rgb_HW3)[None])
-        if depth_HW is not None:
-            images = torch.cat([images, preprocessor.depth(self._upload(depth_HW)[None])], dim=1)
+        images = preprocessor.rgb(self._upload(np.stack([rgb for rgb, _ in frames])))
+        if self.needs_depth:
+            depth = preprocessor.depth(self._upload(np.stack([depth for _, depth in frames])))
+            images = torch.cat([images, depth], dim=1)
         return images.contiguous(memory_format=torch.channels_last)
 
     def _upload(self, array: np.ndarray) -> torch.Tensor:
-        """Copy `array` into a pinned host buffer (one per shape and dtype, reused: the previous frame's
-        copy has completed, its result was synchronised) and start the copy to the device."""
+        """Copy `array` into a pinned host buffer (one per shape and dtype, reused: the previous
+        batch's copy has completed, its result was synchronised) and start the copy to the device."""
         key = (*array.shape, array.dtype.str)
         pinned = self._pinned.get(key)
         if pinned is None:
             pinned = self._pinned[key] = torch.from_numpy(np.empty_like(array)).pin_memory()
         pinned.numpy()[...] = array
         return pinned.to(self.device, non_blocking=True)
+
+    @property
+    def batches(self) -> bool:
+        """Whether `infer_batch` can take several frames (pose regression with head sampling; scene
+        coordinates and full-network sampling run frame by frame)."""
+        full = self.uncertainty.mc_samples > 0 and self.uncertainty.mc_mode == "full"
+        return self.ransac is None and not full
 
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
                 stamp_ns: int = 0) -> PoseEstimate:
@@ -247,70 +284,95 @@ class Relocalizer:
         """
         start = time.perf_counter()
         images = self.prepare(rgb_HW3, depth_HW)
-        prepared = time.perf_counter()
         if self.ransac is not None:
             rgb = np.asarray(rgb_HW3)
             box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
-            return self._process_scene_coordinates(images, box, stamp_ns, start, prepared)
+            return self._process_scene_coordinates(images, box, stamp_ns, start, time.perf_counter())
+        return self.finish(self.infer_batch(images, [stamp_ns], start), 0)
+
+    def infer_batch(self, images_BCHW: torch.Tensor, stamps_ns: Sequence[int],
+                    started: float | None = None) -> InferredBatch:
+        """The stateless part of `process` for B prepared frames (`prepare_batch`): the network with
+        each frame's dropout masks (seeded by its stamp, so a frame's result does not depend on the
+        batch it is in) and the pose distributions. `started`: when preparing began (timings)."""
+        prepared = time.perf_counter()
         with torch.inference_mode(), self.autocast():
-            result, features = self._distribution(images, stamp_ns % (2**31))
-            forwarded = time.perf_counter()
-            position, quat = result.position_B3[0].numpy(), result.quat_B4[0].numpy()
-            covariance = result.covariance_B66[0].numpy()
-            epistemic, aleatoric = result.epistemic_B66[0].numpy(), result.aleatoric_B66[0].numpy()
-            score = float(result.score_B[0])
-            known = self._detector.update(score)
-            inputs = None
-            if (self.smoother is not None or self.keep_temporal_inputs) and features is not None:
-                features = features.float()
+            distribution, features = self._distribution(images_BCHW, [stamp % (2**31) for stamp in stamps_ns])
+        done = time.perf_counter()
+        share = 1e3 / len(stamps_ns)
+        return InferredBatch(list(stamps_ns), distribution, features,
+                             {"preprocess": share * (prepared - (started or prepared)),
+                              "forward": share * (done - prepared)})
+
+    def finish(self, batch: InferredBatch, index: int) -> PoseEstimate:
+        """The stateful part of `process` for frame `index` of `batch`, called in stream order: the
+        loop-closure hysteresis and the temporal smoothing."""
+        start = time.perf_counter()
+        result = batch.distribution
+        position, quat = result.position_B3[index].numpy(), result.quat_B4[index].numpy()
+        covariance = result.covariance_B66[index].numpy()
+        score = float(result.score_B[index])
+        known = self._detector.update(score)
+        inputs = None
+        if (self.smoother is not None or self.keep_temporal_inputs) and batch.features_BF is not None:
+            with torch.inference_mode():
+                features = batch.features_BF[index:index + 1].float()
                 inputs = (features, *head_inputs(self.model, features))
-            if self.smoother is not None and inputs is not None:
-                smoothed = self.smoother.update(*inputs, known)
-                position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
-                covariance = smoothed.covariance_T66[0]
+                if self.smoother is not None:
+                    smoothed = self.smoother.update(*inputs, known)
+                    position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
+                    covariance = smoothed.covariance_T66[0]
         estimate_ = PoseEstimate(
-            stamp_ns=int(stamp_ns), position_3=position, quat_wxyz_4=quat,
-            covariance_66=covariance, epistemic_66=epistemic, aleatoric_66=aleatoric,
+            stamp_ns=int(batch.stamps_ns[index]), position_3=position, quat_wxyz_4=quat,
+            covariance_66=covariance, epistemic_66=result.epistemic_B66[index].numpy(),
+            aleatoric_66=result.aleatoric_B66[index].numpy(),
             uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))),
             known_place=known, score=score, temporal_inputs=inputs if self.keep_temporal_inputs else None)
-        done = time.perf_counter()
-        estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
-                                "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
-        # "summary" includes the temporal step when smoothing is on.
+        # "summary": loop closure, the temporal step when smoothing is on, and the copies.
+        estimate_.timings_ms = {**batch.timings_ms, "summary": 1e3 * (time.perf_counter() - start)}
         return estimate_
 
-    def _distribution(self, images: torch.Tensor, seed: int) -> tuple[PoseDistribution, torch.Tensor | None]:
-        """The frame's pose distribution on the host (float64) and its features on the device.
+    def _distribution(self, images: torch.Tensor,
+                      seeds: list[int]) -> tuple[PoseDistribution, torch.Tensor | None]:
+        """The frames' pose distributions on the host (float64) and their features on the device.
 
         Head sampling: the network over the seeded dropout masks and the loop-closure score on the
-        device, then one device-to-host copy of the samples and the score (the one synchronisation), and
-        the summary on the host. Full-network sampling runs `uncertainty.estimate` on the device."""
+        device, then one device-to-host copy of the samples and the scores (the one synchronisation),
+        and the summary on the host. Full-network sampling (one frame) runs `uncertainty.estimate`."""
         assert self.network is not None
         config = self.uncertainty
         if config.mc_samples > 0 and config.mc_mode == "full":
-            result = estimate(self.model, images, config, seed=seed)
+            result = estimate(self.model, images, config, seed=seeds[0])
             return PoseDistribution(**{name: value.cpu() if isinstance(value, torch.Tensor) else value
                                        for name, value in vars(result).items()}), result.features_BF
         samples = max(config.mc_samples, 1)
-        masks = head_dropout_masks(1, samples, self.model.head_dim, self.model.config.dropout,
-                                   config.seed + seed, self.device)
+        # ONNX Runtime on the CPU owns the cores; the PyTorch work around it runs on one thread
+        # (device.torch_threads: 20 instead of 24 ms per frame for ResNet-18 on 2 cores).
+        host_threads = 1 if self.runtime == "onnx" and self.device.type == "cpu" else None
+        with torch_threads(host_threads):
+            masks = torch.cat([head_dropout_masks(1, samples, self.model.head_dim, self.model.config.dropout,
+                                                  config.seed + seed, self.device) for seed in seeds])
         features, position, quat, log_var = self.network(images, masks)
-        return self.summarise_on_host(features, position, quat, log_var), features
+        with torch_threads(host_threads):
+            return self.summarise_on_host(features, position, quat, log_var), features
 
-    def summarise_on_host(self, features_1F: torch.Tensor, position_N3: torch.Tensor, quat_N4: torch.Tensor,
-                          log_var_NK: torch.Tensor | None) -> PoseDistribution:
-        """The network's N samples of one frame -> its pose distribution on the host (float64): the
-        loop-closure score on the device, one device-to-host copy (the frame's one synchronisation),
-        the mean pose and covariance on the host."""
-        samples = position_N3.shape[0]
-        score = loop_closure_score(features_1F, self.model.feature_covariance, 1)
-        parts = [position_N3, quat_N4, score] + ([] if log_var_NK is None else [log_var_NK])
+    def summarise_on_host(self, features_BF: torch.Tensor, position_M3: torch.Tensor, quat_M4: torch.Tensor,
+                          log_var_MK: torch.Tensor | None) -> PoseDistribution:
+        """The network's N samples of each of B frames (M = B * N rows) -> their pose distributions on
+        the host (float64): the loop-closure scores on the device, one device-to-host copy (the one
+        synchronisation), the mean poses and covariances on the host."""
+        batch = features_BF.shape[0]
+        rows = position_M3.shape[0]
+        score = loop_closure_score(features_BF, self.model.feature_covariance, batch)
+        parts = [position_M3, quat_M4, score] + ([] if log_var_MK is None else [log_var_MK])
         host = torch.cat([part.reshape(-1).to(torch.float64) for part in parts]).cpu()
-        sizes = [3 * samples, 4 * samples, 1, host.numel() - 7 * samples - 1]
-        position, quat, score_1, log_var = host.split(sizes)
-        on_host = PoseSamples(position_BN3=position.view(1, samples, 3), quat_BN4=quat.view(1, samples, 4),
-                              log_var_BNK=None if log_var_NK is None else log_var.view(1, samples, -1))
-        return summarise(on_host, self._position_scale_m, self.uncertainty, score_B=score_1)
+        sizes = [3 * rows, 4 * rows, batch, host.numel() - 7 * rows - batch]
+        position, quat, score_B, log_var = host.split(sizes)
+        samples = rows // batch
+        on_host = PoseSamples(position_BN3=position.view(batch, samples, 3),
+                              quat_BN4=quat.view(batch, samples, 4),
+                              log_var_BNK=None if log_var_MK is None else log_var.view(batch, samples, -1))
+        return summarise(on_host, self._position_scale_m, self.uncertainty, score_B=score_B)
 
     def autocast(self) -> torch.autocast:
         """The inference precision's autocast context (cache_enabled=False: autocast's weight cache must

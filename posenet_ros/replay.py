@@ -112,10 +112,14 @@ def _topic_name(name: str) -> str:
 
 
 def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams, *,
-                   offline_smoothing: bool = False, progress: bool = True) -> ReplayRun:
+                   offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1) -> ReplayRun:
     """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early.
     `offline_smoothing`: run per frame, then replace the poses of each stretch of the stream (split
-    where the node would reset) by the checkpoint's bidirectional temporal model."""
+    where the node would reset) by the checkpoint's bidirectional temporal model. `batch_size` > 1:
+    the network takes that many frames at once (`RelocalizationPipeline.process_batch`: the same poses,
+    more frames/s on a GPU); each frame's latency is then its share of its batch's time."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if offline_smoothing:
         settings = dataclasses.replace(settings, smoothing=False)
     relocalizer = build_relocalizer(settings)
@@ -139,21 +143,30 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
     pipeline.publish_map_poses()
     bar = tqdm(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
+
+    def step(frames: int) -> None:
+        began = time.perf_counter()
+        if batch_size == 1:
+            estimates = [estimate for estimate in [pipeline.process_next(timeout=0)] if estimate is not None]
+        else:
+            estimates = pipeline.process_batch(frames)
+        latency_ms = 1e3 * (time.perf_counter() - began) / max(frames, 1)
+        for estimate in estimates:
+            run.answers.append(Answer(estimate.stamp_ns, estimate.position_3, estimate.quat_wxyz_4,
+                                      estimate.covariance_66, estimate.known_place, estimate.score,
+                                      estimate.uncertainty_m, latency_ms))
+            if estimate.temporal_inputs is not None:
+                inputs.append(estimate.temporal_inputs)
+        bar.update(frames)
+
     try:
         with open_bag(bag) as reader:
             for kind, msg in stream_messages(reader, bag, streams):
                 (pipeline.on_image if kind == "image" else pipeline.on_depth)(msg)
-                while pipeline.queued():
-                    began = time.perf_counter()
-                    estimate = pipeline.process_next(timeout=0)
-                    if estimate is not None:
-                        run.answers.append(Answer(
-                            estimate.stamp_ns, estimate.position_3, estimate.quat_wxyz_4,
-                            estimate.covariance_66, estimate.known_place, estimate.score,
-                            estimate.uncertainty_m, 1e3 * (time.perf_counter() - began)))
-                        if estimate.temporal_inputs is not None:
-                            inputs.append(estimate.temporal_inputs)
-                    bar.update(1)
+                while pipeline.queued() >= batch_size:
+                    step(batch_size)
+        while pipeline.queued():
+            step(min(pipeline.queued(), batch_size))
     except KeyboardInterrupt:
         run.interrupted = True
     finally:
@@ -406,7 +419,7 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
            max_gap_s: float = DEFAULT_MAX_GAP_S, live: bool = False, namespace: str = "/",
            domain_id: int | None = None, dds_config: str | None = None, storage: str = "mcap",
            in_map_radius_m: float = 0.5, in_map_angle_deg: float = 30.0, smooth: str = "node",
-           progress: bool = True) -> dict[str, Any]:
+           progress: bool = True, batch_size: int = 1) -> dict[str, Any]:
     """Replay `bag` (see the module docstring) and write the results into `out`; returns the metrics.
 
     `settings`: the node's parameters (model, mc_samples, loop-closure overrides, ...); the image and
@@ -414,10 +427,13 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     on or the model is an RGB-D one. `smooth`: "node" (as the node does: the
     causal temporal model when the checkpoint has one and `settings.smoothing` is on), "off", or
     "offline" (the bidirectional temporal model over each stretch of the stream; in-process only).
-    Bag problems are ValueErrors naming them.
+    `batch_size`: frames per network call in-process (run_in_process). Bag problems are ValueErrors
+    naming them.
     """
     if smooth not in ("node", "off", "offline"):
         raise ValueError(f"smooth must be 'node', 'off' or 'offline', got {smooth!r}")
+    if live and batch_size != 1:
+        raise ValueError("--live records what the running node publishes: --batch applies in-process only")
     if live and smooth != "node":
         raise ValueError("--live records what the running node publishes: --smooth applies in-process only")
     if smooth == "off":
@@ -442,7 +458,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
         run = run_live(bag, streams, namespace=namespace, domain_id=domain_id, config=dds_config,
                        progress=progress)
     else:
-        run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress)
+        run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress,
+                             batch_size=batch_size)
     if not run.answers:
         raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
                          + (" (interrupted)" if run.interrupted else ""))

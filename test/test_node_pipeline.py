@@ -302,3 +302,49 @@ def test_unpublishable_map_poses_are_a_warning_not_a_crash(tmp_path):
     pipeline.relocalizer.map_poses_N7 = np.zeros((2, 7))  # zero quaternions
     pipeline.publish_map_poses()
     assert not outputs(sent, "map_poses") and "map poses cannot be published" in log.lines[-1][1]
+
+
+def test_process_batch_gives_the_frame_by_frame_poses_resets_and_rejections(model_path):
+    """Replay's batched step: one network call for the frames of one size, then each frame in stream
+    order (stream reset after a gap, loop-closure hysteresis), bad and odd-sized frames handled."""
+    truncated = image(2)
+    truncated.data = truncated.data[:100]
+    odd_size = image(3, width=48, height=36)
+    messages = [image(0), image(1), truncated, odd_size, image(4), image(100), image(101)]
+    results = {}
+    for mode in ("batch", "one by one"):
+        sent: list = []
+        log = ListLog()
+        settings = NodeSettings(model=str(model_path), device="cpu")
+        relocalizer = build_relocalizer(settings)
+        pipeline = RelocalizationPipeline(settings, relocalizer, TYPES,
+                                          lambda name, msg, sent=sent: sent.append((name, msg)), log, Clock(),
+                                          queue_size=None)
+        batch_sizes: list[int] = []
+        infer_batch = relocalizer.infer_batch
+
+        def counted(images, stamps, *args, infer_batch=infer_batch, batch_sizes=batch_sizes):
+            batch_sizes.append(len(stamps))
+            return infer_batch(images, stamps, *args)
+
+        relocalizer.infer_batch = counted
+        for msg in messages:
+            pipeline.on_image(msg)
+        if mode == "batch":
+            estimates = pipeline.process_batch(16)
+        else:
+            estimates = [e for e in (pipeline.process_next(timeout=0) for _ in messages) if e is not None]
+        assert pipeline.queued() == 0
+        results[mode] = (estimates, len(sent), dict(pipeline.diagnostics.counts),
+                         [line for _, line in log.lines if "stream reset" in line])
+        # One network call for the five 40x30 frames, one for the 48x36 frame; or one call per frame.
+        assert batch_sizes == ([5, 1] if mode == "batch" else [1] * 6)
+    batch, single = results["batch"], results["one by one"]
+    assert [e.stamp_ns for e in batch[0]] == [e.stamp_ns for e in single[0]] == [
+        stamp(i) for i in (0, 1, 3, 4, 100, 101)]
+    for a, b in zip(batch[0], single[0], strict=True):
+        np.testing.assert_allclose(a.position_3, b.position_3, atol=1e-5)
+        np.testing.assert_allclose(a.covariance_66, b.covariance_66, rtol=1e-3, atol=1e-9)
+        assert a.known_place == b.known_place and a.score == pytest.approx(b.score, rel=1e-5)
+    assert batch[1:] == single[1:]  # published messages, counts (one rejected), the reset log line
+    assert batch[2]["rejected"] == 1 and len(batch[3]) == 1

@@ -40,9 +40,10 @@ def test_estimate_equals_the_evaluation_path(setup):
     estimate = relocalizer.process(read_rgb(records[0].image_path), stamp_ns=0)
     reference = predict(relocalizer.model, records[:1], eval_transform(CONFIG),
                         uncertainty=relocalizer.uncertainty)
-    np.testing.assert_allclose(estimate.position_3, reference.position_pred_N3[0], rtol=1e-6)
-    np.testing.assert_allclose(estimate.quat_wxyz_4, reference.quat_pred_N4[0], rtol=1e-6)
-    np.testing.assert_allclose(estimate.covariance_66, reference.covariance_N66[0], rtol=1e-6)
+    # float32 network outputs: the two paths may round differently in the last bits.
+    np.testing.assert_allclose(estimate.position_3, reference.position_pred_N3[0], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(estimate.quat_wxyz_4, reference.quat_pred_N4[0], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(estimate.covariance_66, reference.covariance_N66[0], rtol=1e-5, atol=1e-9)
     assert np.all(np.linalg.eigvalsh(estimate.covariance_66) > 0)
     assert estimate.uncertainty_m == pytest.approx(np.sqrt(np.trace(estimate.covariance_66[:3, :3])))
     assert set(estimate.timings_ms) == {"preprocess", "forward", "summary"}

@@ -25,6 +25,7 @@ Relative names resolve in the node's namespace.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -407,16 +408,63 @@ class RelocalizationPipeline:
         frame = self._slot.take(timeout)
         if frame is None:
             return None
-        try:
-            rgb, depth = self._decode(frame)
-        except ValueError as error:  # ImageConversionError is a ValueError
-            self.diagnostics.count("rejected")
-            self.warnings.warn(f"rejected-{type(error).__name__}",
-                               f"dropped frame {_seconds(frame.stamp_ns)}: {error}")
+        decoded = self._decoded([frame])
+        if not decoded:
             return None
+        frame, rgb, depth = decoded[0]
+        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns))
+
+    def process_batch(self, max_frames: int) -> list[PoseEstimate]:
+        """Bag replay's batched step: up to `max_frames` queued frames through the network as one
+        batch (`Relocalizer.infer_batch`), then each in stream order through the stream checks, the
+        loop-closure hysteresis and smoothing, and published: the same poses as `process_next` frame by
+        frame. Frames of another size than the first, and models that cannot batch, go one by one.
+        Returns the estimates of the frames that were answered; never raises for a bad frame."""
+        frames = [frame for frame in (self._slot.take(0) for _ in range(min(max_frames, len(self._slot))))
+                  if frame is not None]
+        decoded = self._decoded(frames)
+        positions = [i for i, (_, rgb, _) in enumerate(decoded) if rgb.shape == decoded[0][1].shape]
+        batch, batched = None, {}  # batched: position in `decoded` -> index in the batch
+        if len(positions) > 1 and self.relocalizer.batches:
+            try:
+                start = time.perf_counter()
+                images = self.relocalizer.prepare_batch([decoded[i][1] for i in positions],
+                                                        [decoded[i][2] for i in positions])
+                stamps = [decoded[i][0].stamp_ns for i in positions]
+                batch = self.relocalizer.infer_batch(images, stamps, start)
+                batched = {position: index for index, position in enumerate(positions)}
+            except Exception:  # a frame the batch cannot take: every frame goes on its own below
+                batch = None
+        estimates = []
+        for position, (frame, rgb, depth) in enumerate(decoded):
+            if position in batched:
+                estimate_pose = functools.partial(self.relocalizer.finish, batch, batched[position])
+            else:
+                estimate_pose = functools.partial(self.relocalizer.process, rgb, depth,
+                                                  stamp_ns=frame.stamp_ns)
+            estimate = self._finish(frame, estimate_pose)
+            if estimate is not None:
+                estimates.append(estimate)
+        return estimates
+
+    def _decoded(self, frames: list[Frame]) -> list[tuple[Frame, np.ndarray, np.ndarray | None]]:
+        """The frames' images as arrays; the frames that cannot be decoded are counted and logged."""
+        decoded = []
+        for frame in frames:
+            try:
+                decoded.append((frame, *self._decode(frame)))
+            except ValueError as error:  # ImageConversionError is a ValueError
+                self.diagnostics.count("rejected")
+                self.warnings.warn(f"rejected-{type(error).__name__}",
+                                   f"dropped frame {_seconds(frame.stamp_ns)}: {error}")
+        return decoded
+
+    def _finish(self, frame: Frame, estimate_pose: Callable[[], PoseEstimate]) -> PoseEstimate | None:
+        """The stream checks, `estimate_pose()` and publishing for one frame, in stream order; a failure
+        is counted and logged and the node keeps running."""
         try:
             self._check_stream(frame.stamp_ns)
-            estimate = self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns)
+            estimate = estimate_pose()
             self._publish_estimate(estimate, frame)
         except Exception as error:  # the node keeps running; the problem is counted and logged
             self.diagnostics.count("failed")

@@ -21,7 +21,9 @@ after each stage):
     publish      PoseWithCovarianceStamped (+ Bool + Float64) built and CDR-serialised
 
 and `process`, Relocalizer.process end to end (preprocess .. covariance, without smoothing and
-without per-stage synchronisation), whose p50 gives `process_fps`. Also peak RSS of this process
+without per-stage synchronisation), whose p50 gives `process_fps`; the largest pose difference of
+each case from the first one (fp32, PyTorch) over 16 frames (the accuracy cost of bf16 / fp16 and
+the exported runtimes). Also peak RSS of this process
 and, on CUDA, peak GPU memory. Ratios are within one run; absolute times only mean something on the
 machine that printed them. Prints a table and writes JSON (default
 bench/results/pipeline_stages_<device>.json).
@@ -44,6 +46,7 @@ import torch
 
 from posenet_ros.checkpoint import save_checkpoint, store_calibration, store_temporal
 from posenet_ros.device import resolve_device
+from posenet_ros.evaluation import pose_errors
 from posenet_ros.export import export_model
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
@@ -161,6 +164,11 @@ def main() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     cdr = serialize(to_dds(image_msg(RosbagsTypes(), rgb, 0, "camera", "rgb8"), IMAGE_TYPE))
     cases: dict[str, dict] = {}
+    # Pose differences of each case from the first (fp32) one on the same frames: what reduced precision
+    # and the other runtimes change.
+    check_frames = [np.random.default_rng(i).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+                    for i in range(1, 17)]
+    reference = None
     with tempfile.TemporaryDirectory() as folder:
         path = write_checkpoint(Path(folder), args.backbone, args.size, args.samples)
         for runtime in args.runtimes:
@@ -175,6 +183,13 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     stages = stage_times(relocalizer, cdr, args.frames)
+                    poses = [relocalizer.process(frame, stamp_ns=i) for i, frame in enumerate(check_frames)]
+                    reference = reference or poses
+                    position_error, angle_error = pose_errors(
+                        [e.position_3 for e in poses], [e.quat_wxyz_4 for e in poses],
+                        [e.position_3 for e in reference], [e.quat_wxyz_4 for e in reference])
+                    stages["difference_from_first_case"] = {"max_position_m": float(np.max(position_error)),
+                                                            "max_rotation_deg": float(np.max(angle_error))}
                     stages["mc_ratio"] = stages["mc_sampling"]["p50_ms"] / stages["forward"]["p50_ms"]
                     stages["process_fps"] = 1e3 / stages["process"]["p50_ms"]
                     if device.type == "cuda":
@@ -194,6 +209,11 @@ def main() -> None:
     for name, stages in cases.items():
         cells = "".join(f"{stages[c]['p50_ms']:>8.2f} ({stages[c]['p99_ms']:>5.1f})" for c in columns)
         print(f"{name:<22}{cells}{stages['mc_ratio']:>10.3f}{stages['process_fps']:>8.1f}")
+    for name, stages in cases.items():
+        difference = stages["difference_from_first_case"]
+        print(f"{name:<22} pose difference from {next(iter(cases))}: position "
+              f"{difference['max_position_m']:.2e} m, rotation {difference['max_rotation_deg']:.2e}° "
+              "(max of 16 frames)")
     print(f"peak RSS {results['peak_rss_mb']:.0f} MB"
           + "".join(f"; {n} peak GPU {s['peak_gpu_memory_mb']:.0f} MB" for n, s in cases.items()
                     if "peak_gpu_memory_mb" in s))

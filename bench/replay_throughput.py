@@ -2,7 +2,8 @@
 pipeline) against the model's plain batched forward throughput, on the same machine in one run.
 
     python bench/replay_throughput.py [--backbone resnet18] [--size 224] [--samples 32] [--frames 200]
-                                      [--width 640] [--height 480] [--device cpu]
+                                      [--width 640] [--height 480] [--device cpu] [--runtime torch]
+                                      [--batches 1 64]
 
 1. Renders a synthetic test sequence of FRAMES frames at WIDTHxHEIGHT and writes it with
    `posenet-ros make-bag` (mcap, raw rgb8 images).
@@ -11,7 +12,9 @@ pipeline) against the model's plain batched forward throughput, on the same mach
    inference_mode (frames/s over 3 passes after a warm-up); also the same per frame (batch 1) with
    the Monte-Carlo head, which is what replay runs for each frame.
 4. `replay` of the bag (reading, decoding, preprocessing, network, covariance, loop closure, output
-   messages), frames/s over the whole bag; then the report writing time separately.
+   messages) with each of BATCHES frames per network call (`replay --batch`), frames/s over the whole
+   bag; then the report writing time separately. RUNTIME onnx / torchscript: the exported network.
+   Peak RSS of this process and, on CUDA, peak GPU memory.
 
 The overhead of replay is 1 - replay fps / plain batched forward fps. Prints a table and writes JSON
 (default bench/results/replay_throughput.json).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ import torch
 
 from posenet_ros.checkpoint import save_checkpoint, store_calibration
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
+from posenet_ros.export import export_model
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.replay import replay
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "torchscript"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--out", type=Path,
                         default=REPO_ROOT / "bench" / "results" / "replay_throughput.json")
     args = parser.parse_args()
@@ -98,34 +105,45 @@ def main() -> None:
 
         batched = forward_fps(model, args.size, 32, 0, device)
         per_frame_mc = forward_fps(model, args.size, 1, args.samples, device)
+        if args.runtime != "torch":
+            export_model(path, args.runtime)
         settings = load_settings(REPO_ROOT / "config" / "relocalize.yaml", str(path),
-                                 [f"device:={args.device}"])
-        start = time.perf_counter()
-        metrics = replay(root / "bag", root / "out", settings, progress=False)
-        total_s = time.perf_counter() - start
+                                 [f"device:={args.device}", f"runtime:={args.runtime}"])
+        by_batch = {}
+        for batch in args.batches:
+            start = time.perf_counter()
+            metrics = replay(root / "bag", root / f"out{batch}", settings, progress=False, batch_size=batch)
+            by_batch[batch] = {"replay_fps": metrics["throughput_fps"], "latency_ms": metrics["latency_ms"],
+                               "outputs_and_report_s": time.perf_counter() - start - metrics["elapsed_s"]}
+    for values in by_batch.values():
+        values["overhead_vs_plain_batched"] = 1.0 - values["replay_fps"] / batched
+        values["overhead_vs_per_frame_mc"] = 1.0 - values["replay_fps"] / per_frame_mc
     results = {
         "device": str(device), "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "backbone": args.backbone, "size": args.size,
         "mc_samples": args.samples, "frames": metrics["frames"], "image": f"{args.width}x{args.height} rgb8",
-        "plain_batched_forward_fps": batched, "per_frame_mc_forward_fps": per_frame_mc,
-        "replay_fps": metrics["throughput_fps"],
-        "replay_overhead_vs_plain_batched": 1.0 - metrics["throughput_fps"] / batched,
-        "replay_overhead_vs_per_frame_mc": 1.0 - metrics["throughput_fps"] / per_frame_mc,
-        "replay_latency_ms": metrics["latency_ms"],
-        "outputs_and_report_s": total_s - metrics["elapsed_s"],
+        "runtime": args.runtime, "plain_batched_forward_fps": batched,
+        "per_frame_mc_forward_fps": per_frame_mc,
+        "replay_by_batch": by_batch, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                               else None),
     }
     rows = [("plain batched forward (batch 32, no MC)", f"{batched:.1f} frames/s"),
-            (f"per-frame forward + {args.samples} MC samples (batch 1)", f"{per_frame_mc:.1f} frames/s"),
-            ("replay, whole pipeline", f"{metrics['throughput_fps']:.1f} frames/s"),
-            ("replay overhead vs plain batched", f"{100 * results['replay_overhead_vs_plain_batched']:.1f}%"),
-            ("replay overhead vs per-frame MC forward",
-             f"{100 * results['replay_overhead_vs_per_frame_mc']:.1f}%"),
-            ("replay per-frame latency p50 / p99",
-             f"{metrics['latency_ms']['p50']:.1f} / {metrics['latency_ms']['p99']:.1f} ms"),
-            ("metrics, CSV, output bag, HTML report", f"{results['outputs_and_report_s']:.1f} s")]
+            (f"per-frame forward + {args.samples} MC samples (batch 1)", f"{per_frame_mc:.1f} frames/s")]
+    for batch, values in by_batch.items():
+        rows += [(f"replay --batch {batch}, whole pipeline", f"{values['replay_fps']:.1f} frames/s"),
+                 ("  overhead vs plain batched / per-frame MC forward",
+                  f"{100 * values['overhead_vs_plain_batched']:.1f}% / "
+                  f"{100 * values['overhead_vs_per_frame_mc']:.1f}%"),
+                 ("  per-frame latency p50 / p99",
+                  f"{values['latency_ms']['p50']:.1f} / {values['latency_ms']['p99']:.1f} ms"),
+                 ("  metrics, CSV, output bag, HTML report", f"{values['outputs_and_report_s']:.1f} s")]
+    rows += [("peak RSS", f"{results['peak_rss_mb']:.0f} MB")]
+    if results["peak_gpu_memory_mb"] is not None:
+        rows += [("peak GPU memory", f"{results['peak_gpu_memory_mb']:.0f} MB")]
     width = max(len(name) for name, _ in rows)
     print(f"{args.backbone} {args.size}x{args.size}, {args.frames} frames {results['image']}, {device}, "
-          f"{results['threads']} threads")
+          f"{results['threads']} threads, runtime {args.runtime}")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

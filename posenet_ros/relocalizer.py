@@ -169,8 +169,8 @@ class Relocalizer:
                            self.model_path)
 
     def _build_network(self, runtime: Runtime, exported_model: str | Path | None) -> SamplingNetwork:
-        """The network of the pose-regression path: PyTorch or an exported file, in a CUDA graph on
-        the fast path (PyTorch and TorchScript)."""
+        """The network of the pose-regression path: PyTorch (in a CUDA graph on the fast path) or an
+        exported file."""
         if runtime != "torch" and self.uncertainty.mc_samples > 0 and self.uncertainty.mc_mode == "full":
             raise ValueError(f"{self.model_path} samples the whole network (mc_mode full), which runs with "
                              "runtime torch only")
@@ -183,7 +183,7 @@ class Relocalizer:
             network = ExportedNetwork(path, self.model, self.device)
             if network.format != runtime:
                 raise ValueError(f"{path} is a {network.format} file, not {runtime}")
-        if self.fast_path and runtime != "onnx":
+        if self.fast_path and runtime == "torch":  # TorchScript's profiling executor recompiles: no graphs
             network = CudaGraphNetwork(network, self.device)
         return network
 

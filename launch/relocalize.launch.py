@@ -11,14 +11,16 @@ Arguments:
     depth_topic  depth image topic (default /camera/depth/image_raw; used with use_depth:=true)
     use_depth    true: pair a depth image with every frame (default false)
     device       auto, cpu, cuda or cuda:N (default auto)
+    runtime      torch, onnx or torchscript (default torch; onnx and torchscript run the file
+                 `posenet-ros export` wrote beside the checkpoint; onnx is the fastest on CPU)
     namespace    namespace of the node and of its relative output topics (default: none)
 
 image_topic and depth_topic are remappings of the node's default topic names, the defaults of its
 image_topic and depth_topic parameters (/camera/image_raw, /camera/depth/image_raw): they apply as
 long as params_file keeps those defaults. A compressed image stream needs the parameter instead
 (image_topic: /my/camera/image_raw/compressed in params_file), because the node chooses
-CompressedImage by the parameter's name, before remapping. model, use_depth and device are passed
-as parameters and override the values of params_file, so set them here, not in the file.
+CompressedImage by the parameter's name, before remapping. model, use_depth, device and runtime are
+passed as parameters and override the values of params_file, so set them here, not in the file.
 
 ROS 2 applies a parameters file section to the node of that full name: the `relocalize_node:` section
 of the default file configures the node without a namespace; with namespace:=robot1 a custom
@@ -49,6 +51,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="true: pair a depth image with every frame"),
         DeclareLaunchArgument("device", default_value="auto",
                               description="inference device: auto, cpu, cuda or cuda:N"),
+        DeclareLaunchArgument("runtime", default_value="torch",
+                              description="network runtime: torch, onnx or torchscript (posenet-ros export)"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node and its relative topics"),
     ]
@@ -64,6 +68,7 @@ def generate_launch_description() -> LaunchDescription:
                 "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
                 "use_depth": ParameterValue(LaunchConfiguration("use_depth"), value_type=bool),
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                "runtime": ParameterValue(LaunchConfiguration("runtime"), value_type=str),
             },
         ],
         remappings=[

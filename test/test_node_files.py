@@ -384,13 +384,13 @@ def test_every_launch_argument_is_used_and_every_used_one_declared(launch_tree):
     assert len(declared) == len(set(declared))
     assert set(declared) == _launch_configurations(launch_tree)
     assert set(declared) == {"model", "params_file", "image_topic", "depth_topic", "use_depth", "device",
-                             "namespace"}
+                             "runtime", "namespace"}
 
 
 def test_launch_argument_defaults_are_the_parameter_defaults(launch_tree):
     defaults = {ast.literal_eval(call.args[0]): _keyword(call, "default_value")
                 for call in _calls(launch_tree, "DeclareLaunchArgument")}
-    for name in ("image_topic", "depth_topic", "device"):
+    for name in ("image_topic", "depth_topic", "device", "runtime"):
         assert ast.literal_eval(defaults[name]) == SPECS[name].default
     assert ast.literal_eval(defaults["use_depth"]) == str(SPECS["use_depth"].default).lower()
     assert ast.literal_eval(defaults["model"]) == ""

@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench
 
 $(BIN)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,15 @@ demo: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
+
+# The benchmarks (bench/*.py): each prints a table and writes bench/results/*.json. The device is
+# CUDA where there is one (BENCH_DEVICE=cpu to force the CPU). About 15 minutes on 2 CPU cores.
+BENCH_DEVICE ?= auto
+bench: $(BIN)/.installed
+	$(BIN)/python bench/pipeline_stages.py --device $(BENCH_DEVICE)
+	$(BIN)/python bench/mc_overhead.py --device $(BENCH_DEVICE)
+	$(BIN)/python bench/node_latency.py --device $(BENCH_DEVICE) --runtime torch
+	$(BIN)/python bench/node_latency.py --device cpu --runtime onnx --out bench/results/node_latency_onnx.json
+	$(BIN)/python bench/replay_throughput.py --device $(BENCH_DEVICE) --batches 1 64
+	$(BIN)/python bench/train_throughput.py --device $(BENCH_DEVICE)
+	$(BIN)/python bench/temporal_step.py --device $(BENCH_DEVICE)

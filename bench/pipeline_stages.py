@@ -47,7 +47,7 @@ import torch
 from posenet_ros.checkpoint import save_checkpoint, store_calibration, store_temporal
 from posenet_ros.device import resolve_device
 from posenet_ros.evaluation import pose_errors
-from posenet_ros.export import export_model
+from posenet_ros.export import export_model, onnx_cuda_available
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
@@ -172,6 +172,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = write_checkpoint(Path(folder), args.backbone, args.size, args.samples)
         for runtime in args.runtimes:
+            if runtime == "onnx" and device.type == "cuda" and not onnx_cuda_available():
+                print("skipping runtime onnx: ONNX Runtime has no CUDA provider here (onnxruntime-gpu)")
+                continue
             for precision in precisions:
                 if runtime == "onnx" and precision != "fp32":
                     continue  # autocast is a PyTorch feature

@@ -34,6 +34,7 @@ import torch
 
 from posenet_ros.checkpoint import save_checkpoint, store_calibration
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
+from posenet_ros.device import resolve_device
 from posenet_ros.export import export_model
 from posenet_ros.loop_closure import LoopClosureConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
@@ -80,14 +81,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "torchscript"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--out", type=Path,
                         default=REPO_ROOT / "bench" / "results" / "replay_throughput.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         scene = SceneConfig(width=args.width, height=args.height, frames_per_sequence=args.frames,
@@ -108,7 +109,7 @@ def main() -> None:
         if args.runtime != "torch":
             export_model(path, args.runtime)
         settings = load_settings(REPO_ROOT / "config" / "relocalize.yaml", str(path),
-                                 [f"device:={args.device}", f"runtime:={args.runtime}"])
+                                 [f"device:={device}", f"runtime:={args.runtime}"])
         by_batch = {}
         for batch in args.batches:
             start = time.perf_counter()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from posenet_ros.device import resolve_device
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
 from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, head_inputs
@@ -46,11 +47,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--feature-dim", type=int, default=0)
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "temporal_step.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     model = PoseNet(ModelConfig(backbone=args.backbone)).to(device).eval()
     temporal = TemporalModel(TemporalConfig(args.hidden, args.feature_dim), model.head_dim).to(device).eval()
     smoother = CausalSmoother(temporal, model, TemporalCalibration())

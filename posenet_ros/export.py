@@ -177,7 +177,7 @@ class ExportedNetwork:
         if not self.path.is_file():
             raise FileNotFoundError(f"no exported model at {self.path}: run `posenet-ros export`")
         self.format: ExportFormat = "onnx" if self.path.suffix == ".onnx" else "torchscript"
-        if self.format == "onnx" and device.type == "cuda" and not _onnx_cuda_available():
+        if self.format == "onnx" and device.type == "cuda" and not onnx_cuda_available():
             raise ValueError("running ONNX files on a CUDA device needs onnxruntime-gpu (its "
                              "CUDAExecutionProvider); install it, or use runtime torch or torchscript")
         try:
@@ -229,7 +229,8 @@ class ExportedNetwork:
         return features, position, quat, outputs[3] if self.aleatoric else None
 
 
-def _onnx_cuda_available() -> bool:
+def onnx_cuda_available() -> bool:
+    """Whether ONNX Runtime can run on CUDA here (onnxruntime-gpu installed)."""
     import onnxruntime
 
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()

@@ -101,8 +101,8 @@ def export_model(checkpoint: str | Path, export_format: ExportFormat, out: str |
                  tolerance: float = 1e-3) -> tuple[Path, float]:
     """Write the checkpoint's network as `export_format` (atomically) and check it: the exported file
     run by its runtime against PyTorch on a seeded input with 4 Monte-Carlo masks. Returns the path and
-    the largest absolute difference over all outputs; raises ValueError when it exceeds `tolerance`
-    or the checkpoint cannot be exported."""
+    the largest absolute difference over all outputs; raises ValueError (and removes the file) when
+    it exceeds `tolerance`, and when the checkpoint cannot be exported."""
     if export_format not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {export_format!r}")
     loaded = load_model(checkpoint, "cpu")
@@ -136,8 +136,9 @@ def export_model(checkpoint: str | Path, export_format: ExportFormat, out: str |
     got = [t.numpy() for t in exported(images, masks) if t is not None]
     difference = max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
     if not difference <= tolerance:
-        raise ValueError(f"{out}: the exported network differs from PyTorch by {difference:.3g} "
-                         f"(tolerance {tolerance})")
+        out.unlink()  # a runtime must never pick up a file that does not compute the model
+        raise ValueError(f"the {export_format} export differs from PyTorch by {difference:.3g} (tolerance "
+                         f"{tolerance}); nothing was written")
     return out, difference
 
 

@@ -127,6 +127,10 @@ def test_exported_files_that_do_not_fit_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="runtime must be one of"):
         Relocalizer(path, device="cpu", runtime="tensorrt")  # type: ignore[arg-type]
     assert main(["export", "--model", str(tmp_path / "missing"), "--format", "onnx"]) == 2
+    # An export that does not reproduce PyTorch (here: a tolerance nothing meets) leaves no file behind.
+    with pytest.raises(ValueError, match="nothing was written"):
+        export_model(path, "torchscript", tolerance=-1.0)
+    assert not exported_path(path, "torchscript").exists()
 
 
 def test_full_network_sampling_is_not_exported(tmp_path):

@@ -157,3 +157,24 @@ def test_pose_regression_only_commands_refuse_a_scene_coordinate_model(scr_run, 
         capsys.readouterr().err
     assert main(["saliency", "--model", model, "--data", scene, "--out", str(scr_run / "saliency")]) == 2
     assert "saliency maps are drawn for pose regression models" in capsys.readouterr().err
+
+
+def test_head_refit_on_shuffled_cells_retrains_only_the_head_and_lowers_the_error(scr_run):
+    """scr_refit (ACE-style): after the last epoch the head's 1x1 convolutions are retrained on
+    buffered encoder features of cells shuffled across images; the encoder and the head's first
+    convolution stay as trained."""
+    from safetensors.torch import load_file
+
+    args = ["device=cpu", "method=scr", "scr.backbone=resnet_tiny", "scr.head_channels=32", "data.resize=72",
+            "data.crop=null", "data.val_split=''", "batch_size=8", "lr=1e-3", "epochs=1"]
+    runs = {}
+    for name, refit in (("plain", []), ("refit", ["scr_refit.iterations=150", "scr_refit.batch_cells=512"])):
+        assert main(["train", "--quiet", "--data", str(scr_run / "scene"), "--out", str(scr_run / name),
+                     *args, *refit]) == 0
+        runs[name] = load_file(str(scr_run / name / "model.safetensors"))
+    history = json.loads((scr_run / "refit" / "metrics.json").read_text())
+    assert history[-1]["refit_seconds"] > 0
+    assert history[-1]["refit_distance_m"] < 0.8 * history[-1]["scr_distance_m"]
+    refitted = {key for key in runs["plain"] if not torch.equal(runs["plain"][key], runs["refit"][key])}
+    # Only the head's layers after its first convolution (and ReLU) changed.
+    assert refitted and all(key.startswith("head.") and int(key.split(".")[1]) >= 2 for key in refitted)

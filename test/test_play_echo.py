@@ -71,17 +71,26 @@ def _child_env() -> dict[str, str]:
 
 
 class _Child:
-    """A ``python -m posenet_ros.cli`` child process whose output is collected by threads."""
+    """A ``python -m posenet_ros.cli`` child process whose output is collected by threads.
+
+    The child starts with SIGINT at its default action, as a shell's foreground job does, so that
+    Python turns SIGINT into KeyboardInterrupt (Ctrl-C). Had the test run inherited SIGINT ignored
+    (a background job of a non-interactive shell), the child would inherit that and ignore it too.
+    """
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "posenet_ros.cli", *args],
-            cwd=REPO_ROOT,
-            env=_child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to default by exec
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "posenet_ros.cli", *args],
+                cwd=REPO_ROOT,
+                env=_child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, inherited)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._stderr_lines: queue.SimpleQueue[str] = queue.SimpleQueue()

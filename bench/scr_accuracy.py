@@ -2,11 +2,12 @@
 and a PoseNet trained on the same frames, both evaluated on the held-out test loop; plus the
 Relocalizer's per-frame latency of the scene-coordinate mode.
 
-    python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 30] [--posenet-epochs 60]
-                                 [--backbone resnet18] [--device cpu]
+    python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 32] [--posenet-epochs 60]
+                                 [--backbone resnet_tiny] [--refit-iterations 5000] [--device cpu]
 
 Renders a 160x120 scene (8 training loops, a val loop for calibration, a test loop), trains both
-models (`posenet-ros train method=scr ...` and a `resnet_tiny` PoseNet), calibrates both on the val
+models (`posenet-ros train method=scr ...` with the ACE-style head refit after the last epoch, and a
+`resnet_tiny` PoseNet), calibrates both on the val
 loop, evaluates both on the test loop and times `Relocalizer.process` on the test frames. Prints a
 table and writes JSON (default bench/results/scr_accuracy.json).
 """
@@ -44,10 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/scr_bench"))
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=32)
     parser.add_argument("--posenet-epochs", type=int, default=60)
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--backbone", default="resnet_tiny")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--refit-iterations", type=int, default=5000,
+                        help="scr_refit.iterations: head refit steps on buffered cells (0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "scr_accuracy.json")
     args = parser.parse_args()
@@ -59,7 +62,8 @@ def main() -> None:
     run("train", "--quiet", "--data", str(scene), "--out", str(out / "scr"), f"device={args.device}",
         "method=scr", f"scr.backbone={args.backbone}", "data.resize=120", "data.crop=null",
         "data.val_split=''",
-        f"epochs={args.epochs}", "batch_size=8", f"lr={args.lr}")
+        f"epochs={args.epochs}", "batch_size=8", f"lr={args.lr}", "weight_decay=0.01",
+        f"scr_refit.iterations={args.refit_iterations}", "ransac.threshold_px=4")
     timings["scr_train_s"] = time.perf_counter() - start
     run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene))
     run("eval", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--out", str(out / "scr_eval"))

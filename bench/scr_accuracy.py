@@ -2,12 +2,13 @@
 and a PoseNet trained on the same frames, both evaluated on the held-out test loop; plus the
 Relocalizer's per-frame latency of the scene-coordinate mode.
 
-    python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 32] [--posenet-epochs 60]
-                                 [--backbone resnet_tiny] [--refit-iterations 5000] [--device cpu]
+    python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 52] [--posenet-epochs 60]
+                                 [--backbone resnet_tiny] [--refit-iterations 7500] [--train-sequences 8]
+                                 [--device cpu]
 
-Renders a 160x120 scene (8 training loops, a val loop for calibration, a test loop), trains both
-models (`posenet-ros train method=scr ...` with the ACE-style head refit after the last epoch, and a
-`resnet_tiny` PoseNet), calibrates both on the val
+Renders a 160x120 scene (`--train-sequences` training loops, default 8; a val loop for calibration;
+a test loop), trains both models (`posenet-ros train method=scr ...` with the ACE-style head refit
+after the last epoch, and a `resnet_tiny` PoseNet) on the same frames, calibrates both on the val
 loop, evaluates both on the test loop and times `Relocalizer.process` on the test frames. Prints a
 table and writes JSON (default bench/results/scr_accuracy.json).
 """
@@ -28,7 +29,7 @@ from posenet_ros.data.loading import load_frames
 from posenet_ros.relocalizer import Relocalizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCENE = ["width=160", "height=120", "hfov_deg=70", "frames_per_sequence=96", "train_sequences=8",
+SCENE = ["width=160", "height=120", "hfov_deg=70", "frames_per_sequence=96",
          "val_sequences=1", "outside_sequences=0", "variations=[]"]
 
 
@@ -45,18 +46,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/scr_bench"))
-    parser.add_argument("--epochs", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=52)
     parser.add_argument("--posenet-epochs", type=int, default=60)
+    parser.add_argument("--train-sequences", type=int, default=8, help="training loops of the scene")
     parser.add_argument("--backbone", default="resnet_tiny")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--refit-iterations", type=int, default=5000,
+    parser.add_argument("--refit-iterations", type=int, default=7500,
                         help="scr_refit.iterations: head refit steps on buffered cells (0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "scr_accuracy.json")
     args = parser.parse_args()
     out, scene = args.out, args.out / "scene"
     if not scene.exists():
-        run("synth", "--quiet", str(scene), *SCENE)
+        run("synth", "--quiet", str(scene), *SCENE, f"train_sequences={args.train_sequences}")
     timings = {}
     start = time.perf_counter()
     run("train", "--quiet", "--data", str(scene), "--out", str(out / "scr"), f"device={args.device}",

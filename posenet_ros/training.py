@@ -432,7 +432,7 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
     with torch.no_grad():
         for batch in loader:
             images = batch["image"].to(device)
-            x = frozen(model.encoder((images - model.image_mean) / model.image_std))
+            x = frozen(model.encode(images))
             target, valid = depth_targets(batch["depth"].to(device), batch["K"].to(device),
                                           batch["world_from_cam"].to(device))
             if per_image is None:
@@ -449,8 +449,7 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
     if cells == 0:
         logger.warning("scr_refit: no training cell has valid depth; skipped")
         return {}
-    parameters = list(trained.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=refit.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=refit.lr, weight_decay=0.0)
     warm_up = max(1, refit.iterations // 50)
     mean, scale = model.scene_mean.view(1, 3), model.scene_scale
     order, position, distance_sum, counted = torch.randperm(cells, generator=generator), 0, 0.0, 0

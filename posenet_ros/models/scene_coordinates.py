@@ -85,8 +85,11 @@ class SceneCoordinateNet(nn.Module):
         self.scene_mean.copy_(torch.as_tensor(mean_3, dtype=torch.float32))
         self.scene_scale.fill_(float(scale))
 
-    def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+    def encode(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        """The encoder's features (B, C, H/8, W/8) of RGB images in [0, 1]."""
         if images_B3HW.ndim != 4 or images_B3HW.shape[1] != 3:
             raise ValueError(f"the model takes (B, 3, H, W) RGB images, got {tuple(images_B3HW.shape)}")
-        x = self.encoder((images_B3HW - self.image_mean) / self.image_std)
-        return self.scene_mean.view(1, 3, 1, 1) + self.scene_scale * self.head(x)
+        return self.encoder((images_B3HW - self.image_mean) / self.image_std)
+
+    def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        return self.scene_mean.view(1, 3, 1, 1) + self.scene_scale * self.head(self.encode(images_B3HW))

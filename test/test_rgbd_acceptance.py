@@ -24,10 +24,9 @@ def test_rgbd_against_rgb_with_the_same_budget(trained_scene, trained_rgbd):
     scene, rgb_run = trained_scene
     rgb = _median_position_error(rgb_run, scene, trained_rgbd.parent / "eval_rgb")
     rgbd = _median_position_error(trained_rgbd, scene, trained_rgbd.parent / "eval_rgbd")
-    print(f"\nmedian position error on the test loop: RGB {rgb:.4f} m, RGB-D {rgbd:.4f} m")
-    # 0.1600 -> 0.1422 m here (2 threads). The margin depends on the run: trained with one thread,
-    # 0.1525 -> 0.1517 m (seed 0) and 0.150 -> 0.142 m (seed 1); on three other test loops the two
-    # models are within 2% of each other, and the RGB-D orientation error is lower throughout.
+    print(f"\nmedian position error on the test loops: RGB {rgb:.4f} m, RGB-D {rgbd:.4f} m")
+    # 0.1966 -> 0.1715 m here (2 threads). On the first test loop alone the margin depended on the
+    # run: 0.1600 -> 0.1422 m (2 threads), 0.1525 -> 0.1517 m (one thread), 0.150 -> 0.142 m (seed 1).
     assert rgbd < rgb
 
 
@@ -56,7 +55,8 @@ def test_replay_feeds_depth_from_the_bag_as_eval_does(trained_scene, trained_rgb
     assert main(["replay", "--quiet", str(root / "bag"), "--model", str(trained_rgbd), "--out",
                  str(root / "replay"), "--mc-samples", "0"]) == 0
     metrics = json.loads((root / "replay" / "metrics.json").read_text())
-    assert metrics["depth_topic"] == "/camera/depth/image_raw" and metrics["frames"] == 96
+    assert metrics["depth_topic"] == "/camera/depth/image_raw"
+    assert metrics["frames"] == len(load_frames(scene, "test"))
     evaluated = _median_position_error(trained_rgbd, scene, root / "eval_replay_reference")
     assert metrics["median_position_error_m"] == pytest.approx(evaluated, abs=1e-6)
     # eval on the bag reads the depth topic too, and agrees with eval on the folder.

@@ -50,6 +50,20 @@ def test_rendering_is_deterministic_for_a_seed_and_differs_between_seeds():
     np.testing.assert_array_equal(a.sequences[2].world_from_cam[3], b.sequences[2].world_from_cam[3])
 
 
+
+def test_adding_test_loops_changes_no_other_sequence():
+    def plans(test_sequences: int) -> list:
+        return SyntheticScene(SceneConfig(width=16, height=12, frames_per_sequence=8, train_sequences=3,
+                                          test_sequences=test_sequences, variations=["blur"])).sequences
+    one, three = plans(1), plans(3)
+    assert [p.split for p in three] == [p.split for p in one] + ["test", "test"]
+    for a, b in zip(one, three, strict=False):  # same poses, and same index (the frames' render seeds)
+        np.testing.assert_array_equal(np.array(a.world_from_cam), np.array(b.world_from_cam))
+    loops = [np.array(p.world_from_cam)[:, :2, 3] for p in three if p.split == "test"]
+    radii = [np.linalg.norm(xy.std(axis=0)) for xy in loops]
+    assert len(set(np.round(radii, 3))) == 3  # the extra loops are other loops, between the training ones
+
+
 def test_images_are_textured_and_depth_is_inside_the_room(small_scene):
     frame = small_scene.render(small_scene.sequences[0].world_from_cam[0])
     assert frame.rgb_HW3.shape == (120, 160, 3) and frame.rgb_HW3.dtype == np.uint8

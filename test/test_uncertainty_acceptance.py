@@ -1,6 +1,6 @@
 """Acceptance of the uncertainty issue on the synthetic scene, through the CLI as a user runs it:
 the session's model trained with the heteroscedastic loss (conftest.py), `posenet-ros calibrate` on
-the held-out val loop, then `posenet-ros eval` on the test loop with the outside, occlusion and blur
+the held-out val loop, then `posenet-ros eval` on the four test loops with the outside, occlusion and blur
 sequences as unknown places.
 """
 
@@ -47,15 +47,13 @@ def test_calibrated_covariance_holds_on_held_out_frames(evaluated):
 
 
 def test_predicted_uncertainty_correlates_with_error(evaluated):
-    # The issue asks for Spearman > 0.3 in both blocks. Position meets it; rotation (0.20) does not
-    # since the novelty factor of the calibration, which makes the covariance hold across held-out
-    # loops, ranks frames within the single test loop worse than the raw Monte-Carlo spread (0.46).
-    # Issue 5 stays open on this; the bound below catches regressions.
+    # 0.44 (position) and 0.41 (rotation) here, over the four test loops. Within one loop of 96
+    # frames it ranges from -0.01 to 0.77 (two scenes, four loops each), which is why the scene has four.
     overall, _ = evaluated
-    for block, bound in (("position", 0.3), ("rotation", 0.15)):
+    for block in ("position", "rotation"):
         rho = overall["uncertainty"][block]["spearman_sigma_error"]
         print(f"{block}: Spearman {rho:.2f}")
-        assert rho > bound
+        assert rho > 0.3
 
 
 def test_loop_closure_score_separates_unseen_places(evaluated):

@@ -427,10 +427,8 @@ def _plan_sequences(config: SceneConfig, rng: np.random.Generator) -> list[Seque
     for k, scale in enumerate(train_scales):
         plans.append(_loop_plan("train", n, rng, scale=scale, height=1.35 + 0.15 * (k % 3 - 1),
                                 yaw_offset=math.radians(25.0) * (k % 3 - 1)))
-    for k in range(config.test_sequences):
-        scale = 0.55 + 0.4 * (k + 0.5) / max(config.test_sequences, 1)
-        plans.append(_loop_plan("test", n, rng, scale=scale, height=1.5 - 0.1 * (k % 2),
-                                yaw_offset=math.radians(12.0 + 7.0 * k)))
+    test_loops = range(config.test_sequences)
+    plans.extend(_test_loop_plan(k, n, rng) for k in test_loops[:1])
     for _ in range(config.outside_sequences):
         plans.append(_outside_plan(n, rng))
     for k in range(config.val_sequences):  # drawn after the others: adding them changes no other sequence
@@ -441,7 +439,19 @@ def _plan_sequences(config: SceneConfig, rng: np.random.Generator) -> list[Seque
     for variation in config.variations:
         plans.append(SequencePlan(split=variation, world_from_cam=first_test.world_from_cam,
                                   in_map=first_test.in_map, variation=variation))
+    # Further test loops come last, so that adding them changes no other sequence (nor its frame seeds).
+    plans.extend(_test_loop_plan(k, n, rng) for k in test_loops[1:])
     return plans
+
+
+def _test_loop_plan(k: int, n: int, rng: np.random.Generator) -> SequencePlan:
+    """Test loop k: between the training loops, its radius scale at the van der Corput point k of
+    [0.55, 0.95] (0.75, 0.65, 0.85, 0.6, ...), so that adding loops keeps the earlier ones."""
+    fraction, base, rest = 0.0, 0.5, k + 1
+    while rest:
+        fraction, base, rest = fraction + base * (rest % 2), base / 2, rest // 2
+    return _loop_plan("test", n, rng, scale=0.55 + 0.4 * fraction, height=1.5 - 0.1 * (k % 2),
+                      yaw_offset=math.radians(12.0 + 7.0 * k))
 
 
 def _smooth_wiggle(rng: np.random.Generator, phases: np.ndarray, amplitude: float) -> np.ndarray:

@@ -69,7 +69,7 @@ from posenet_ros.ros.conversions import (
     stamp_to_ns,
 )
 from posenet_ros.ros.parameters import NodeSettings
-from posenet_ros.ros.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer
+from posenet_ros.ros.pipeline import OUTPUTS, NodeDiagnostics, RelocalizationPipeline, build_relocalizer
 from posenet_ros.smoothing import smooth_sequence, temporal_jitter
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
                 stamp_to_ns(msg.header.stamp), position, quat, covariance_from_msg(msg),
                 flags[i] if i < len(flags) else False, math.nan,
                 sigmas[i] if i < len(sigmas) else math.nan, math.nan))
-    for key in ("received", "processed", "dropped", "rejected", "unpaired", "failed"):
+    for key in NodeDiagnostics.COUNTERS:
         if key in diagnostics:
             run.counts[key] = float(diagnostics[key])
     for key in ("latency_p50_ms", "latency_p99_ms"):
@@ -362,7 +362,7 @@ def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndar
                               "mean": float(latency.mean())} if latency.size else
                              {"p50": run.counts.get("latency_p50_ms", math.nan),
                               "p99": run.counts.get("latency_p99_ms", math.nan), "mean": math.nan})
-    for key in ("received", "processed", "dropped", "rejected", "unpaired", "failed"):
+    for key in NodeDiagnostics.COUNTERS:
         metrics[key] = int(run.counts[key]) if key in run.counts else None
     metrics["elapsed_s"] = run.elapsed_s
     metrics["throughput_fps"] = len(answers) / run.elapsed_s if run.elapsed_s > 0 else math.nan

@@ -171,11 +171,11 @@ def test_scene_points_go_into_the_replay_output_bag_unchanged(model_path, tmp_pa
 
 def test_bad_messages_are_dropped_counted_and_warned_at_a_throttled_rate(model_path):
     pipeline, sent, log = make_pipeline(model_path)
-    unknown = dataclasses.replace(image(0), encoding="xyz8")
+    unknown = [dataclasses.replace(image(i), encoding="xyz8") for i in (0, 4)]
     truncated = image(1)
     truncated = dataclasses.replace(truncated, data=truncated.data[: truncated.step * truncated.height - 1])
     zero_size = dataclasses.replace(image(2), width=0, height=0, step=0, data=np.zeros(0, np.uint8))
-    for bad in (unknown, unknown, truncated, zero_size):
+    for bad in (*unknown, truncated, zero_size):
         pipeline.on_image(bad)
         assert pipeline.process_next(timeout=0) is None
     assert pipeline.diagnostics.counts["rejected"] == 4
@@ -190,6 +190,23 @@ def test_bad_messages_are_dropped_counted_and_warned_at_a_throttled_rate(model_p
     estimate = pipeline.process_next(timeout=0)
     assert estimate is not None and estimate.stamp_ns == stamp(3)
     assert [stamp_to_ns(p.header.stamp) for p in outputs(sent, "pose")] == [stamp(3)]
+
+
+def test_a_message_with_the_stamp_of_the_one_before_is_ignored_and_counted(model_path):
+    pipeline, sent, log = make_pipeline(model_path, use_depth=True)
+    depth = depth_msg(TYPES, np.full((30, 40), 2.0), stamp(0), "camera")
+    for _ in range(2):  # a sender re-sending its frame: the node answers it once
+        pipeline.on_depth(depth)
+        pipeline.on_image(image(0))
+    assert pipeline.process_next(timeout=0).stamp_ns == stamp(0)
+    assert pipeline.process_next(timeout=0) is None
+    counts = pipeline.diagnostics.counts
+    assert (counts["received"], counts["duplicate"], counts["processed"], counts["unpaired"]) == (2, 2, 1, 0)
+    assert "stamp of the one before" in log.lines[-1][1]
+    pipeline.on_image(image(1))  # duplicates are per stream: an image and its depth share a stamp
+    pipeline.on_depth(dataclasses.replace(depth, header=image(1).header))
+    assert pipeline.process_next(timeout=0).stamp_ns == stamp(1)
+    assert [stamp_to_ns(p.header.stamp) for p in outputs(sent, "pose")] == [stamp(0), stamp(1)]
 
 
 def test_depth_of_another_size_is_rejected_and_pairs_by_stamp(model_path):

@@ -472,10 +472,14 @@ class _Answerer:
     Discovery is ordered so that no image can be lost: the answer publisher is created only once
     the image subscription has matched play's writer, and ``play --wait-subscribers`` waits for
     that publisher; each answer waits until its own writer has matched play's reader.
+    ``lose_first``: the first image received is ignored, as a reader that discovered play's writer
+    late never sees it (``received`` lists every stamp received, ``stamps`` those answered).
     """
 
-    def __init__(self, node: DdsNode) -> None:
+    def __init__(self, node: DdsNode, lose_first: bool = False) -> None:
         self.node = node
+        self.lose_first = lose_first
+        self.received: list[int] = []
         self.stamps: list[int] = []
         self.publisher: Any = None
         self._ready = threading.Event()
@@ -493,18 +497,22 @@ class _Answerer:
 
     def _on_image(self, image: Any) -> None:
         assert self._ready.wait(TIMEOUT_S) and self.publisher.wait_for_subscribers(1, TIMEOUT_S)
+        self.received.append(stamp_to_ns(image.header.stamp))
+        if self.lose_first and len(self.received) == 1:
+            return
         self.stamps.append(stamp_to_ns(image.header.stamp))
         answer = self._pose_type(header=image.header)
         answer.pose.pose.orientation.w = 1.0
         self.publisher.publish(answer)
 
 
-def test_lock_step_every_image_answered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lose_first", [False, True])
+def test_lock_step_every_image_answered(tmp_path: Path, lose_first: bool) -> None:
     bag_path = tmp_path / "bag"
     _write_bag(bag_path, StoragePlugin.MCAP)
     domain = _domain(5)
     with DdsNode("answerer", domain_id=domain, config=loopback_config()) as node:
-        answerer = _Answerer(node)
+        answerer = _Answerer(node, lose_first)
         player = _Child(
             "play",
             str(bag_path),
@@ -525,7 +533,10 @@ def test_lock_step_every_image_answered(tmp_path: Path) -> None:
             assert player.wait() == 0, "".join(player.stderr)
         finally:
             player.stop()
-    assert answerer.stamps == [T0_NS + i * 33_333_333 for i in range(FRAMES)]
+    expected = [T0_NS + i * 33_333_333 for i in range(FRAMES)]
+    assert answerer.stamps == expected
+    # Until the first answer, play re-sends the frame waiting for it (every RESEND_S seconds).
+    assert answerer.received == expected[:1] * lose_first + expected
     stderr = "".join(player.stderr)
     assert "no answer" not in stderr
     assert "".join(player.stdout).splitlines() == [

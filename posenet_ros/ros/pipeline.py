@@ -251,10 +251,12 @@ class NodeDiagnostics:
     received: image messages received; processed: poses published; dropped: frames replaced in the
     queue by a newer one before the worker took them; rejected: frames that could not be used;
     unpaired: images without a depth within the slop; failed: frames whose processing raised an
-    unexpected error. latency: callback receipt -> pose published (ms).
+    unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
+    (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it).
+    latency: callback receipt -> pose published (ms).
     """
 
-    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed")
+    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
@@ -321,6 +323,7 @@ class RelocalizationPipeline:
         self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
             round(settings.max_depth_stamp_diff * 1e9))
         self._pair_lock = threading.Lock()
+        self._last_received_ns: dict[str, int] = {}  # per kind ("image", "depth"), for duplicates
         self._last_stamp_ns: int | None = None
         self._reset_requested = threading.Event()
         self._thread: threading.Thread | None = None
@@ -357,13 +360,24 @@ class RelocalizationPipeline:
             self._reset_requested.set()
 
     def _stamp(self, msg: Any, kind: str) -> int | None:
+        """The message's stamp (ns); None for a message to ignore: no valid stamp (rejected) or the
+        stamp of the previous message of this kind (duplicate)."""
         try:
-            return stamp_to_ns(msg.header.stamp)
+            stamp = stamp_to_ns(msg.header.stamp)
         except (AttributeError, TypeError, ValueError) as error:
             self.diagnostics.count("rejected")
             self.warnings.warn(f"{kind}-stamp",
                                f"dropped a {kind} message without a valid header stamp: {error}")
             return None
+        with self._pair_lock:
+            duplicate = self._last_received_ns.get(kind) == stamp
+            self._last_received_ns[kind] = stamp
+        if duplicate:
+            self.diagnostics.count("duplicate")
+            self.warnings.warn(f"{kind}-duplicate", f"ignored a {kind} message with the stamp of the one "
+                               f"before ({_seconds(stamp)})")
+            return None
+        return stamp
 
     def _queue_pairs(self, pairs: list[tuple[tuple[Any, int, float], Any]], lost: int) -> None:
         if lost:

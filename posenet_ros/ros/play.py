@@ -26,7 +26,9 @@ matched the readers, but a remote reader accepts samples only once it has discov
 itself, which may happen a few milliseconds later; best-effort samples sent in between are lost.
 ``delay`` (seconds, slept once after the wait) covers that gap, like ``ros2 bag play --delay``.
 In lock-step mode the wait also covers the answering side: a publisher on ``step_topic`` must be
-matched before playback starts.
+matched before playback starts, and until the first answer arrives the messages of the frame waiting
+for it (the image and those since the previous image) are re-sent every ``RESEND_S`` seconds, so the
+first frame is not lost to discovery; the node ignores a message with the stamp of the one before.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ STEP_IMAGE_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/Compress
 DEFAULT_STEP_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
 _LATCHED_TOPICS = frozenset({"/tf_static"})
 _MAX_PENDING_ANSWERS = 1000  # answer stamps remembered in lock-step mode (oldest forgotten first)
+RESEND_S = 1.0  # lock-step: seconds between re-sends of a frame until the node first answers
 
 
 def qos_for_topic(topic: str, type_name: str) -> str:
@@ -141,11 +144,13 @@ class _StepWaiter:
             raise ValueError(f"lock-step answer type {type_name} has no header to match stamps by")
         self._condition = threading.Condition()
         self._answered: OrderedDict[int, None] = OrderedDict()
+        self.heard = False  # any answer arrived
         self.subscription: Subscription = node.subscription(topic, type_name, "default", self._on_answer)
 
     def _on_answer(self, sample: Any) -> None:
         stamp = stamp_to_ns(sample.header.stamp)
         with self._condition:
+            self.heard = True
             self._answered[stamp] = None
             while len(self._answered) > _MAX_PENDING_ANSWERS:
                 self._answered.popitem(last=False)
@@ -184,6 +189,23 @@ def _wait_for_matches(
         )
 
 
+def _wait_for_answer(
+    step: _StepWaiter, stamp_ns: int, timeout: float, frame_messages: list[tuple[Publisher, Any]]
+) -> bool:
+    """Wait up to ``timeout`` s for the answer to the image stamped ``stamp_ns``; until any answer has
+    arrived, re-send ``frame_messages`` every RESEND_S seconds."""
+    deadline = time.monotonic() + timeout
+    while not step.heard:
+        remaining = deadline - time.monotonic()
+        if step.wait(stamp_ns, min(RESEND_S, remaining)):
+            return True
+        if remaining <= RESEND_S:
+            return False
+        for publisher, sample in frame_messages:
+            publisher.publish(sample)
+    return step.wait(stamp_ns, max(0.0, deadline - time.monotonic()))
+
+
 def _play_pass(
     reader: AnyReader,
     publishers: dict[str, Publisher],
@@ -198,6 +220,7 @@ def _play_pass(
     ]
     first_time: int | None = None
     start = 0.0
+    frame_messages: list[tuple[Publisher, Any]] = []  # lock-step: published since the previous image
     for connection, recorded_ns, raw in reader.messages(connections=connections):
         publisher = publishers.get(connection.topic)
         if publisher is None:
@@ -228,7 +251,14 @@ def _play_pass(
             step.forget(stamp_ns)
         publisher.publish(sample)
         counts[connection.topic] += 1
-        if step is not None and stamp_ns is not None and not step.wait(stamp_ns, step_timeout):
+        if step is None:
+            continue
+        frame_messages.append((publisher, sample))
+        if stamp_ns is None:
+            continue
+        answered = _wait_for_answer(step, stamp_ns, step_timeout, frame_messages)
+        frame_messages = []
+        if not answered:
             logger.warning(
                 "no answer on %s for the %s message stamped %d.%09d within %g s; going on",
                 step.subscription.topic,

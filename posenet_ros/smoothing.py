@@ -10,7 +10,9 @@ temporal consistency.
 
 Smoothed covariances are diagonal: exp(log-variance) of the temporal model, position variances in
 metres² (normalised variance x scene scale²), rotation variances in rad² about the world axes,
-multiplied per block by the scales fitted on the validation split (`TemporalCalibration`).
+multiplied per block by the scales fitted on the validation split (`TemporalCalibration`). A block
+that smoothing made less accurate on the validation split is passed through: the per-frame position
+(or orientation) with the smoothed, calibrated variances.
 """
 
 from __future__ import annotations
@@ -29,16 +31,26 @@ from posenet_ros.models.temporal import SmoothMode, State, TemporalModel, Tempor
 
 @dataclass
 class TemporalCalibration:
-    """Covariance scales of the smoothed poses per mode and block (1.0 = uncalibrated)."""
+    """Fitted on the validation split per mode and block: covariance scales of the smoothed poses
+    (1.0 = uncalibrated), and whether the block is smoothed or the per-frame one passed through."""
 
     causal_position: float = 1.0
     causal_rotation: float = 1.0
     offline_position: float = 1.0
     offline_rotation: float = 1.0
+    causal_position_smoothed: bool = True
+    causal_rotation_smoothed: bool = True
+    offline_position_smoothed: bool = True
+    offline_rotation_smoothed: bool = True
 
     def scales(self, mode: SmoothMode) -> tuple[float, float]:
         return ((self.causal_position, self.causal_rotation) if mode == "causal"
                 else (self.offline_position, self.offline_rotation))
+
+    def smoothed(self, mode: SmoothMode) -> tuple[bool, bool]:
+        """(position, rotation): whether each block takes the temporal model's output."""
+        return ((self.causal_position_smoothed, self.causal_rotation_smoothed) if mode == "causal"
+                else (self.offline_position_smoothed, self.offline_rotation_smoothed))
 
 
 @dataclass
@@ -74,18 +86,21 @@ def head_inputs(model: PoseNet, features_BF: torch.Tensor) -> tuple[torch.Tensor
     return output.position_norm_B3, output.quat_B4
 
 
-def _to_poses(output: TemporalOutput, model: PoseNet, calibration: TemporalCalibration,
-              mode: SmoothMode) -> SmoothedPoses:
-    """TemporalOutput of one sequence (1, T, ...) -> metres, unit quaternions, covariances."""
+def _to_poses(output: TemporalOutput, model: PoseNet, calibration: TemporalCalibration, mode: SmoothMode,
+              position_norm_T3: torch.Tensor, quat_T4: torch.Tensor) -> SmoothedPoses:
+    """TemporalOutput of one sequence (1, T, ...) -> metres, unit quaternions, covariances; the blocks
+    not smoothed in `mode` from the per-frame inputs (position_norm_T3, quat_T4)."""
+    smooth_position, smooth_rotation = calibration.smoothed(mode)
+    position_norm = output.position_norm_BT3[0] if smooth_position else position_norm_T3
+    quat = output.quat_BT4[0] if smooth_rotation else quat_T4
     scale = float(model.position_scale)
-    position = (model.position_mean + model.position_scale * output.position_norm_BT3[0]).double()
+    position = (model.position_mean + model.position_scale * position_norm).double()
     variance = output.log_var_BT6[0].double().exp()
     position_scale, rotation_scale = calibration.scales(mode)
     factors = torch.tensor([scale**2 * position_scale] * 3 + [rotation_scale] * 3, dtype=torch.float64,
                            device=variance.device)
     covariance = torch.diag_embed(variance * factors)
-    return SmoothedPoses(position.cpu().numpy(), output.quat_BT4[0].double().cpu().numpy(),
-                         covariance.cpu().numpy())
+    return SmoothedPoses(position.cpu().numpy(), quat.double().cpu().numpy(), covariance.cpu().numpy())
 
 
 def smooth_sequence(temporal: TemporalModel, model: PoseNet, calibration: TemporalCalibration,
@@ -94,7 +109,7 @@ def smooth_sequence(temporal: TemporalModel, model: PoseNet, calibration: Tempor
     """Smooth one sequence of T frames (in time order) at once."""
     with torch.inference_mode():
         output, _ = temporal(features_TF[None], position_norm_T3[None], quat_T4[None], mode)
-    return _to_poses(output, model, calibration, mode)
+    return _to_poses(output, model, calibration, mode, position_norm_T3, quat_T4)
 
 
 class CausalSmoother:
@@ -122,7 +137,7 @@ class CausalSmoother:
             self._state = None
         with torch.inference_mode():
             output, self._state = self.temporal.step(features_1F, position_norm_13, quat_14, self._state)
-        return _to_poses(output, self.model, self.calibration, "causal")
+        return _to_poses(output, self.model, self.calibration, "causal", position_norm_13, quat_14)
 
 
 def temporal_jitter(position_pred_N3: np.ndarray, quat_pred_N4: np.ndarray, position_true_N3: np.ndarray,

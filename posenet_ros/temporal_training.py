@@ -12,18 +12,23 @@ On its own training frames the per-frame model is far more accurate than on new 
 trained on those predictions would learn to trust them blindly. The input poses are therefore
 perturbed with noise that is correlated along the window, as the per-frame errors on new views are
 (an AR(1) process with coefficient `noise_correlation`, standard deviation `position_noise` in
-scene-normalised units and `rotation_noise_deg`), the motion estimates with white noise
-(`motion_noise`, `motion_rotation_noise_deg`; the motion MLP is overfit on its training pairs too),
-the CNN features (when `model.feature_dim` > 0) pass a dropout (`feature_dropout`), and each window
-may be shifted by a random translation (input and truth alike, `translation_augmentation`; the
-filters read only pose differences, so this matters only to custom variants). The loss is the
+scene-normalised units and `rotation_noise_deg`) plus, on a share `outlier_rate` of the frames, a far
+larger error (`outlier_position_noise`, `outlier_rotation_deg`: new views sometimes get a pose far
+off, e.g. a yaw error of tens of degrees), the motion estimates with noise of the size and
+correlation of the motion MLP's errors on `val_split` (`measured_motion_noise`: the MLP is overfit on
+its training pairs; without a val split, `motion_noise`, `motion_rotation_noise_deg` and
+`motion_noise_correlation`), the CNN features (when `model.feature_dim` > 0) pass a dropout
+(`feature_dropout`), and each window may be shifted by a random translation (input and truth alike,
+`translation_augmentation`; the filters read only pose differences, so this matters only to custom
+variants). The loss is the
 heteroscedastic Gaussian negative log-likelihood of the true pose under the output (position in
 normalised units, rotation vector in radians), summed over the causal, the backward and the offline
 outputs.
 
-After training, the covariance of each mode is calibrated on `val_split` when the data has it (one
-scale per block making the mean NEES 3), and the model is stored in the checkpoint
-(`checkpoint.store_temporal`).
+After training, each mode is calibrated on `val_split` when the data has it: per block, the smoothed
+block is used only if it has a lower median error there than the per-frame one (else the per-frame
+block is passed through), and one covariance scale makes the block's mean NEES 3. Then the model is
+stored in the checkpoint (`checkpoint.store_temporal`).
 """
 
 from __future__ import annotations
@@ -75,11 +80,18 @@ class TemporalTrainConfig:
     position_noise: float = 0.2  # std of the input position noise, scene-normalised units
     rotation_noise_deg: float = 3.0  # std of the input rotation noise per axis
     noise_correlation: float = 0.8  # AR(1) coefficient of the noise between consecutive window frames
+    outlier_rate: float = 0.05  # share of the input poses with an outlier error added besides
+    outlier_position_noise: float = 0.5  # std of an outlier's position error, scene-normalised units
+    outlier_rotation_deg: float = 20.0  # std of an outlier's rotation error per axis
     translation_augmentation: float = 0.0  # std of a random shift of each window (scene-normalised units)
     motion_epochs: int = 300  # full-batch steps fitting the relative-motion MLP
     motion_lr: float = 1e-3
     motion_noise: float = 0.015  # std of the noise on the estimated motion, scene-normalised units per axis
     motion_rotation_noise_deg: float = 0.5  # std of the noise on the estimated rotation per axis
+    motion_noise_correlation: float = 0.0  # AR(1) coefficient of the motion noise along the window
+    # Measure the three motion noise values above per axis on `val_split` instead (the motion MLP's
+    # errors on new views), when the data has it.
+    motion_noise_from_val: bool = True
     train_split: str = "train"
     val_split: str = "val"  # calibration of the smoothed covariance; "" or missing: uncalibrated
     model: TemporalConfig = field(default_factory=TemporalConfig)
@@ -88,9 +100,12 @@ class TemporalTrainConfig:
         if self.window < 2 or self.stride < 1 or self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("train-temporal needs window >= 2, stride >= 1, epochs >= 1, batch_size >= 1 "
                              "and lr > 0")
-        if not 0 <= self.noise_correlation < 1 or min(self.position_noise, self.rotation_noise_deg,
-                                                      self.motion_noise, self.motion_rotation_noise_deg) < 0:
-            raise ValueError("noise_correlation must be in [0, 1) and the noise levels >= 0")
+        correlations = (self.noise_correlation, self.motion_noise_correlation)
+        levels = (self.position_noise, self.rotation_noise_deg, self.motion_noise,
+                  self.motion_rotation_noise_deg, self.outlier_position_noise, self.outlier_rotation_deg)
+        if not all(0 <= value < 1 for value in (*correlations, self.outlier_rate)) or min(levels) < 0:
+            raise ValueError("noise_correlation, motion_noise_correlation and outlier_rate must be in [0, 1) "
+                             "and the noise levels >= 0")
         if self.motion_epochs < 0 or not self.motion_lr > 0:
             raise ValueError("train-temporal needs motion_epochs >= 0 and motion_lr > 0")
 
@@ -142,15 +157,70 @@ def _windows(sequences: list[list[int]], window: int, stride: int) -> torch.Tens
     return torch.tensor(rows, dtype=torch.int64)
 
 
-def _ar1_noise(shape: tuple[int, ...], correlation: float, std: float, generator: torch.Generator,
-               device: torch.device) -> torch.Tensor:
-    """Noise (B, T, K) following x_t = ρ x_{t-1} + √(1-ρ²) ε_t, stationary with standard deviation `std`."""
+def _ar1_noise(shape: tuple[int, ...], correlation: float | torch.Tensor, std: float | torch.Tensor,
+               generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Noise (B, T, K) following x_t = ρ x_{t-1} + √(1-ρ²) ε_t, stationary with standard deviation `std`
+    (ρ and std: scalars or per component, (K,))."""
     innovations = torch.randn(shape, generator=generator).to(device)
+    rho = torch.as_tensor(correlation, dtype=innovations.dtype, device=device)
     noise = torch.empty_like(innovations)
     noise[:, 0] = innovations[:, 0]
     for t in range(1, shape[1]):
-        noise[:, t] = correlation * noise[:, t - 1] + math.sqrt(1 - correlation**2) * innovations[:, t]
-    return std * noise
+        noise[:, t] = rho * noise[:, t - 1] + torch.sqrt(1 - rho**2) * innovations[:, t]
+    return torch.as_tensor(std, dtype=innovations.dtype, device=device) * noise
+
+
+@dataclass
+class NoiseModel:
+    """What the filters are trained against, per component (position_norm x, y, z; rotation about the
+    world x, y, z in radians): the per-frame pose errors and the motion MLP's errors, each an AR(1)
+    process along the window with these standard deviations and lag-1 correlations ((6,) tensors)."""
+
+    pose_std: torch.Tensor
+    pose_correlation: torch.Tensor
+    motion_std: torch.Tensor
+    motion_correlation: torch.Tensor
+    outlier_std: torch.Tensor  # of the error added to the share `outlier_rate` of the input poses
+
+    @classmethod
+    def from_config(cls, config: TemporalTrainConfig, device: torch.device) -> NoiseModel:
+        def per_axis(position: float, rotation_deg: float) -> torch.Tensor:
+            return torch.tensor([position] * 3 + [math.radians(rotation_deg)] * 3, device=device)
+
+        return cls(per_axis(config.position_noise, config.rotation_noise_deg),
+                   torch.full((6,), config.noise_correlation, device=device),
+                   per_axis(config.motion_noise, config.motion_rotation_noise_deg),
+                   torch.full((6,), config.motion_noise_correlation, device=device),
+                   per_axis(config.outlier_position_noise, config.outlier_rotation_deg))
+
+
+def measured_motion_noise(temporal: TemporalModel, inputs: FrameInputs,
+                          stride: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Standard deviation about zero and lag-1 correlation (clamped to [0, 0.99]), per component (6,), of
+    the motion MLP's errors between frames `stride` apart in `inputs` (held-out sequences); None when
+    no sequence has three such frames.
+
+    The MLP is fitted on the training pairs, so its errors there are far smaller than on new views (on
+    the synthetic scene the yaw error is several degrees per frame on the val loop, 1° on training
+    frames), and they persist along the trajectory (lag-1 correlation about 0.95): a filter trained
+    against smaller, white motion noise follows the estimated turn and drifts in yaw.
+    """
+    errors = []
+    with torch.no_grad():
+        for members in (m[start::stride] for m in inputs.sequences for start in range(stride)):
+            if len(members) < 3:
+                continue
+            index = torch.tensor(members, device=inputs.features_NF.device)
+            position, quat = inputs.true_position_norm_N3[index], inputs.true_quat_N4[index]
+            estimate = temporal.estimate_motion(inputs.features_NF[index][None])[0, 1:]
+            errors.append(estimate - relative_motion(position[:-1], quat[:-1], position[1:], quat[1:]))
+    if not errors:
+        return None
+    values = torch.cat(errors)
+    std = values.square().mean(0).sqrt()
+    products = torch.cat([e[1:] * e[:-1] for e in errors])
+    correlation = (products.mean(0) / std.square().clamp_min(1e-30)).clamp(0.0, 0.99)
+    return std, correlation
 
 
 def fit_motion(temporal: TemporalModel, inputs: FrameInputs, config: TemporalTrainConfig,
@@ -198,25 +268,42 @@ def gaussian_nll(position_norm_pred: torch.Tensor, quat_pred: torch.Tensor, log_
 
 def _calibrate(temporal: TemporalModel, model: PoseNet, inputs: FrameInputs,
                records: list[FrameRecord]) -> tuple[TemporalCalibration, dict[str, Any]]:
-    """One scale per mode and block making the mean NEES of the validation frames 3."""
-    from posenet_ros.calibration import pose_error_vectors
+    """Per mode and block on the validation frames: smooth the block only if that lowers its median
+    error there (else pass the per-frame block through), and one covariance scale making its mean
+    NEES 3."""
+    from posenet_ros.calibration import BLOCKS, pose_error_vectors
 
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     report: dict[str, Any] = {}
     truth = np.stack([pose_vector(r.world_from_cam) for r in records])
+    variants = {"smoothed": TemporalCalibration(),
+                "per_frame": TemporalCalibration(**{f"{mode}_{block}_smoothed": False
+                                                    for mode in ("causal", "offline")
+                                                    for block in ("position", "rotation")})}
     for mode in ("causal", "offline"):
-        errors, covariances = [], []
+        errors: dict[str, list[np.ndarray]] = {name: [] for name in variants}
+        covariances = []
         for members in inputs.sequences:
             index = torch.tensor(members, device=inputs.features_NF.device)
-            smoothed = smooth_sequence(temporal, model, TemporalCalibration(), inputs.features_NF[index],
-                                       inputs.position_norm_N3[index], inputs.quat_N4[index], mode)  # type: ignore[arg-type]
-            errors.append(pose_error_vectors(smoothed.position_T3, smoothed.quat_T4, truth[members, :3],
-                                             truth[members, 3:]))
-            covariances.append(smoothed.covariance_T66)
-        error, covariance = np.concatenate(errors), np.concatenate(covariances)
+            for name, variant in variants.items():
+                poses = smooth_sequence(temporal, model, variant, inputs.features_NF[index],
+                                        inputs.position_norm_N3[index], inputs.quat_N4[index], mode)  # type: ignore[arg-type]
+                errors[name].append(pose_error_vectors(poses.position_T3, poses.quat_T4, truth[members, :3],
+                                                       truth[members, 3:]))
+            covariances.append(poses.covariance_T66)  # the same in both variants
+        covariance = np.concatenate(covariances)
+        chosen = np.concatenate(errors["smoothed"])
         for block in ("position", "rotation"):
-            mean = float(np.mean(nees(error, covariance, block)))
+            index = BLOCKS[block]
+            median = {name: float(np.median(np.linalg.norm(np.concatenate(e)[:, index], axis=1)))
+                      for name, e in errors.items()}
+            smoothed = median["smoothed"] <= median["per_frame"]
+            if not smoothed:
+                chosen[:, index] = np.concatenate(errors["per_frame"])[:, index]
+            mean = float(np.mean(nees(chosen, covariance, block)))
             values[f"{mode}_{block}"] = max(mean / 3.0, 1e-12)
+            values[f"{mode}_{block}_smoothed"] = smoothed
+            report[f"{mode}_{block}_median_error"] = median
             report[f"{mode}_{block}_mean_nees_before"] = mean
     return TemporalCalibration(**values), report
 
@@ -240,12 +327,22 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
     temporal.feature_dropout.p = config.feature_dropout
     generator = torch.Generator().manual_seed(config.seed)
     motion_N6 = fit_motion(temporal, inputs, config, generator)
+    val_records: list[FrameRecord] = []
+    if config.val_split:
+        try:
+            val_records = load_frames(data_root, config.val_split, bag=bag)
+        except DatasetError:
+            logger.warning("no %r split in %s: the noise levels are the configured ones and the smoothed "
+                           "covariance stays uncalibrated", config.val_split, data_root)
+    val_inputs = compute_inputs(model, val_records, loaded.config, device) if val_records else None
+    noise = NoiseModel.from_config(config, device)
+    measured = (measured_motion_noise(temporal, val_inputs, config.stride)
+                if config.motion_noise_from_val and val_inputs is not None and temporal.motion is not None
+                else None)
+    if measured is not None:
+        noise.motion_std, noise.motion_correlation = measured
     optimizer = torch.optim.Adam([p for p in temporal.parameters() if p.requires_grad], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    rotation_std = math.radians(config.rotation_noise_deg)
-    turn_std = math.radians(config.motion_rotation_noise_deg)
-    motion_std = torch.tensor([config.motion_noise] * 3 + [turn_std] * 3,
-                              device=device)
     history = []
     temporal.train()
     for _ in tqdm(range(config.epochs), desc="train-temporal", unit="epoch", disable=not progress):
@@ -257,12 +354,18 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
             shift = config.translation_augmentation * torch.randn(len(index), 1, 3,
                                                                   generator=generator).to(device)
             position_in = inputs.position_norm_N3[index] + shift + _ar1_noise(
-                shape, config.noise_correlation, config.position_noise, generator, device)
-            rotation_noise = _ar1_noise(shape, config.noise_correlation, rotation_std, generator, device)
+                shape, noise.pose_correlation[:3], noise.pose_std[:3], generator, device)
+            rotation_noise = _ar1_noise(shape, noise.pose_correlation[3:], noise.pose_std[3:], generator,
+                                        device)
+            if config.outlier_rate > 0:
+                outlier = (torch.rand(index.shape, generator=generator) < config.outlier_rate)[..., None]
+                jump = noise.outlier_std * torch.randn(*index.shape, 6, generator=generator).to(device)
+                jump = outlier.to(device) * jump
+                position_in, rotation_noise = position_in + jump[..., :3], rotation_noise + jump[..., 3:]
             quat_in = quat_multiply_torch(quat_exp_torch(rotation_noise), inputs.quat_N4[index])
             quat_in = torch.where(quat_in[..., :1] < 0, -quat_in, quat_in)
-            motion_in = motion_N6[index] + motion_std * torch.randn(*index.shape, MOTION,
-                                                                    generator=generator).to(device)
+            motion_in = motion_N6[index] + _ar1_noise((*index.shape, MOTION), noise.motion_correlation,
+                                                      noise.motion_std, generator, device)
             loss = torch.zeros((), device=device)
             outputs = temporal.offline_outputs(inputs.features_NF[index], position_in, quat_in, motion_in)
             for output in outputs:
@@ -277,17 +380,10 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
         history.append(total / batches)
     temporal.eval()
     calibration, calibration_report = TemporalCalibration(), {}
-    val_records: list[FrameRecord] = []
-    if config.val_split:
-        try:
-            val_records = load_frames(data_root, config.val_split, bag=bag)
-        except DatasetError:
-            logger.warning("no %r split in %s: the smoothed covariance stays uncalibrated", config.val_split,
-                           data_root)
-    if val_records:
-        val_inputs = compute_inputs(model, val_records, loaded.config, device)
+    if val_inputs is not None:
         calibration, calibration_report = _calibrate(temporal, model, val_inputs, val_records)
     report = {"windows": len(windows), "frames": len(records), "final_loss": history[-1], "loss": history,
+              "noise": {key: value.tolist() for key, value in dataclasses.asdict(noise).items()},
               "calibration": dataclasses.asdict(calibration), **calibration_report}
     store_temporal(loaded.path, temporal, {"config": dataclasses.asdict(config.model),
                                            "calibration": dataclasses.asdict(calibration),

@@ -20,7 +20,8 @@ from posenet_ros.relocalizer import Relocalizer
 from posenet_ros.ros.conversions import bool_msg
 from posenet_ros.ros.dds_node import load_settings
 from posenet_ros.ros.pipeline import RelocalizationPipeline, build_relocalizer
-from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, temporal_jitter
+from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, smooth_sequence, temporal_jitter
+from posenet_ros.temporal_training import FrameInputs, measured_motion_noise
 
 
 def _random_temporal(feature_dim: int, cnn_feature_dim: int = 64) -> TemporalModel:
@@ -57,6 +58,43 @@ def test_causal_steps_equal_the_whole_sequence(feature_dim):
     # An untrained model (zero output layers) returns the per-frame poses.
     fresh, _ = TemporalModel(TemporalConfig(hidden=16, feature_dim=feature_dim), 64)(features, position, quat)
     torch.testing.assert_close(fresh.position_norm_BT3, position)
+
+
+def test_a_block_not_smoothed_passes_the_per_frame_one_through(tmp_path):
+    model = load_model(make_checkpoint(tmp_path / "model.safetensors")).model
+    temporal = _random_temporal(0, model.head_dim)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(6, model.head_dim, generator=generator)
+    position = torch.randn(6, 3, generator=generator)
+    quat = torch.nn.functional.normalize(torch.randn(6, 4, generator=generator), dim=-1).abs()
+    both = smooth_sequence(temporal, model, TemporalCalibration(), features, position, quat, "causal")
+    calibration = TemporalCalibration(causal_rotation_smoothed=False, offline_position_smoothed=False)
+    mixed = smooth_sequence(temporal, model, calibration, features, position, quat, "causal")
+    np.testing.assert_array_equal(mixed.position_T3, both.position_T3)
+    np.testing.assert_array_equal(mixed.covariance_T66, both.covariance_T66)
+    np.testing.assert_allclose(mixed.quat_T4, quat.double().numpy(), rtol=0, atol=1e-7)
+    assert np.abs(both.quat_T4 - mixed.quat_T4).max() > 1e-3
+    offline = smooth_sequence(temporal, model, calibration, features, position, quat, "offline")
+    metres = (model.position_mean + model.position_scale * position).double().numpy()
+    np.testing.assert_allclose(offline.position_T3, metres, rtol=0, atol=1e-6)
+
+
+def test_motion_noise_is_measured_per_axis_on_held_out_sequences():
+    temporal = TemporalModel(TemporalConfig(hidden=4), 8)
+    with torch.no_grad():
+        for parameter in temporal.motion.parameters():
+            parameter.zero_()  # the motion estimate is 0: its error is minus the true motion
+    generator = torch.Generator().manual_seed(0)
+    steps = torch.cumsum(torch.randn(2, 40, 3, generator=generator), dim=1) * 0.01  # correlated motion
+    position = torch.cumsum(steps, dim=1).reshape(80, 3)
+    identity = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(80, 1)
+    inputs = FrameInputs(torch.randn(80, 8, generator=generator), position, identity, position, identity,
+                         [list(range(40)), list(range(40, 80))])
+    std, correlation = measured_motion_noise(temporal, inputs, stride=1)
+    motion = steps[:, 1:]
+    torch.testing.assert_close(std[:3], motion.square().mean((0, 1)).sqrt())
+    assert torch.all(std[3:] == 0) and torch.all(correlation[:3] > 0.8)
+    assert measured_motion_noise(temporal, inputs, stride=20) is None  # two frames per sequence: no pairs
 
 
 def test_a_stamp_gap_and_unknown_places_reset_the_state(tmp_path):
@@ -141,10 +179,12 @@ def test_smoothing_lowers_error_and_jitter_on_held_out_frames(smoothed):
     assert offline["median_jitter_position_m"] <= 0.7 * off["median_jitter_position_m"]
     assert offline["median_position_error_m"] <= causal["median_position_error_m"]
     assert offline["median_position_error_m"] <= 0.9 * off["median_position_error_m"]
-    # The issue asks the causal model for 10% lower median position error. With this fixture it
-    # reaches 12% (0.1525 -> 0.1340 m, one thread), but only 3% on a scene and model of seed 1, so the
-    # issue stays open on this; the bound below catches regressions.
-    assert causal["median_position_error_m"] <= 0.97 * off["median_position_error_m"]
+    # The issue asks the causal model for 10% lower median position error: 0.1966 -> 0.1699 m here
+    # (-14%). On the test loops of seed 1's scene and model it is -7%, so the issue stays open on that.
+    assert causal["median_position_error_m"] <= 0.9 * off["median_position_error_m"]
+    # Smoothing made the orientation less accurate on the val loop, so it is passed through.
+    for mode in (causal, offline):
+        assert mode["median_orientation_error_deg"] <= 1.02 * off["median_orientation_error_deg"]
     assert math.isfinite(offline["median_jitter_rotation_deg"])
 
 

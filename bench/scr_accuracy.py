@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--refit-iterations", type=int, default=7500,
                         help="scr_refit.iterations: head refit steps on buffered cells (0: none)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cpu-amp", action="store_true",
+                        help="train the scene coordinate model with bfloat16 autocast on the CPU (cpu_amp)")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "scr_accuracy.json")
     args = parser.parse_args()
     out, scene = args.out, args.out / "scene"
@@ -65,7 +67,8 @@ def main() -> None:
         "method=scr", f"scr.backbone={args.backbone}", "data.resize=120", "data.crop=null",
         "data.val_split=''",
         f"epochs={args.epochs}", "batch_size=8", f"lr={args.lr}", "weight_decay=0.01",
-        f"scr_refit.iterations={args.refit_iterations}", "ransac.threshold_px=4")
+        f"scr_refit.iterations={args.refit_iterations}", "ransac.threshold_px=4",
+        f"cpu_amp={str(args.cpu_amp).lower()}")
     timings["scr_train_s"] = time.perf_counter() - start
     run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene))
     run("eval", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--out", str(out / "scr_eval"))

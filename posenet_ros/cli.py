@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,6 +169,14 @@ def _train_temporal(args: argparse.Namespace) -> int:
         print(f"  covariance scales on {config.val_split!r}: causal {scales['causal_position']:.3g} / "
               f"{scales['causal_rotation']:.3g}, offline {scales['offline_position']:.3g} / "
               f"{scales['offline_rotation']:.3g} (position / rotation)")
+        for mode in ("causal", "offline"):
+            blocks = []
+            for block, unit, factor in (("position", " m", 1.0), ("rotation", "°", math.degrees(1.0))):
+                median = report[f"{mode}_{block}_median_error"]  # metres, radians
+                blocks.append(f"{block} {'smoothed' if scales[f'{mode}_{block}_smoothed'] else 'per-frame'} "
+                              f"(val median error {factor * median['smoothed']:.3g}{unit} smoothed, "
+                              f"{factor * median['per_frame']:.3g}{unit} per-frame)")
+            print(f"  {mode}: " + "; ".join(blocks))
     return 0
 
 

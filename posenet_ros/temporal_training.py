@@ -20,10 +20,9 @@ its training pairs; without a val split, `motion_noise`, `motion_rotation_noise_
 `motion_noise_correlation`), the CNN features (when `model.feature_dim` > 0) pass a dropout
 (`feature_dropout`), and each window may be shifted by a random translation (input and truth alike,
 `translation_augmentation`; the filters read only pose differences, so this matters only to custom
-variants). The loss is the
-heteroscedastic Gaussian negative log-likelihood of the true pose under the output (position in
-normalised units, rotation vector in radians), summed over the causal, the backward and the offline
-outputs.
+variants). The loss is the heteroscedastic Gaussian negative log-likelihood of the true pose under the
+output (position in normalised units, rotation vector in radians), summed over the causal, the
+backward and the offline outputs.
 
 After training, each mode is calibrated on `val_split` when the data has it: per block, the smoothed
 block is used only if it has a lower median error there than the per-frame one (else the per-frame
@@ -80,7 +79,7 @@ class TemporalTrainConfig:
     position_noise: float = 0.2  # std of the input position noise, scene-normalised units
     rotation_noise_deg: float = 3.0  # std of the input rotation noise per axis
     noise_correlation: float = 0.8  # AR(1) coefficient of the noise between consecutive window frames
-    outlier_rate: float = 0.05  # share of the input poses with an outlier error added besides
+    outlier_rate: float = 0.05  # share of the input poses that get an outlier error on top
     outlier_position_noise: float = 0.5  # std of an outlier's position error, scene-normalised units
     outlier_rotation_deg: float = 20.0  # std of an outlier's rotation error per axis
     translation_augmentation: float = 0.0  # std of a random shift of each window (scene-normalised units)
@@ -294,12 +293,12 @@ def _calibrate(temporal: TemporalModel, model: PoseNet, inputs: FrameInputs,
         covariance = np.concatenate(covariances)
         chosen = np.concatenate(errors["smoothed"])
         for block in ("position", "rotation"):
-            index = BLOCKS[block]
-            median = {name: float(np.median(np.linalg.norm(np.concatenate(e)[:, index], axis=1)))
+            columns = BLOCKS[block]
+            median = {name: float(np.median(np.linalg.norm(np.concatenate(e)[:, columns], axis=1)))
                       for name, e in errors.items()}
             smoothed = median["smoothed"] <= median["per_frame"]
             if not smoothed:
-                chosen[:, index] = np.concatenate(errors["per_frame"])[:, index]
+                chosen[:, columns] = np.concatenate(errors["per_frame"])[:, columns]
             mean = float(np.mean(nees(chosen, covariance, block)))
             values[f"{mode}_{block}"] = max(mean / 3.0, 1e-12)
             values[f"{mode}_{block}_smoothed"] = smoothed

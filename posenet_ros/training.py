@@ -100,7 +100,10 @@ class ScrRefitConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bfloat16 autocast on CUDA
+    # bfloat16 autocast on the CPU too (training steps and the scr head refit): about 1.9x faster on
+    # CPUs with AVX512-BF16 or AMX, slower on others, so off by default
+    cpu_amp: bool = False
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-4
@@ -328,8 +331,7 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
                          f"{per_process_batch * world}; lower batch_size")
     bar = tqdm(total=max(0, last_epoch - start_epoch) * steps_per_epoch, desc="train", unit="batch",
                disable=not progress)
-    use_amp = config.amp and device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+    autocast = _autocast(config, device)
     for epoch in range(start_epoch, last_epoch):
         kind = config.loss_kind(epoch)
         if epoch > 0 and kind != config.loss_kind(epoch - 1):
@@ -398,6 +400,12 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
     return out / MODEL_FILE
 
 
+def _autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast of the training steps: `amp` on CUDA, `cpu_amp` on the CPU."""
+    enabled = config.amp if device.type == "cuda" else config.cpu_amp and device.type == "cpu"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def _cells_through(layers: nn.Sequential, x_NC: torch.Tensor) -> torch.Tensor:
     """The head's 1x1 convolutions and ReLUs applied to N independent cells (N, C) as linear layers
     (faster than a convolution over a column image)."""
@@ -453,6 +461,7 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
     warm_up = max(1, refit.iterations // 50)
     mean, scale = model.scene_mean.view(1, 3), model.scene_scale
     order, position, distance_sum, counted = torch.randperm(cells, generator=generator), 0, 0.0, 0
+    autocast = _autocast(config, device)
     trained.train()
     for iteration in range(refit.iterations):
         fraction = (iteration - warm_up) / max(1, refit.iterations - warm_up)
@@ -464,7 +473,9 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
             order, position = torch.randperm(cells, generator=generator), 0
         index = order[position:position + refit.batch_cells].to(features_MC.device)
         position += refit.batch_cells
-        coords = mean + scale * _cells_through(trained, features_MC[index].float())
+        with autocast:
+            cells_N3 = _cells_through(trained, features_MC[index].float())
+        coords = mean + scale * cells_N3.float()
         distance = (coords - targets_M3[index]).norm(dim=1).mean()
         optimizer.zero_grad(set_to_none=True)
         distance.backward()

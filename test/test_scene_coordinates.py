@@ -168,13 +168,16 @@ def test_head_refit_on_shuffled_cells_retrains_only_the_head_and_lowers_the_erro
     args = ["device=cpu", "method=scr", "scr.backbone=resnet_tiny", "scr.head_channels=32", "data.resize=72",
             "data.crop=null", "data.val_split=''", "batch_size=8", "lr=1e-3", "epochs=1"]
     runs = {}
-    for name, refit in (("plain", []), ("refit", ["scr_refit.iterations=150", "scr_refit.batch_cells=512"])):
+    refit = ["scr_refit.iterations=150", "scr_refit.batch_cells=512"]
+    for name, extra in (("plain", []), ("refit", refit), ("refit_bf16", [*refit, "cpu_amp=true"])):
         assert main(["train", "--quiet", "--data", str(scr_run / "scene"), "--out", str(scr_run / name),
-                     *args, *refit]) == 0
+                     *args, *extra]) == 0
         runs[name] = load_file(str(scr_run / name / "model.safetensors"))
-    history = json.loads((scr_run / "refit" / "metrics.json").read_text())
-    assert history[-1]["refit_seconds"] > 0
-    assert history[-1]["refit_distance_m"] < 0.8 * history[-1]["scr_distance_m"]
+    for name in ("refit", "refit_bf16"):  # cpu_amp: the epoch and the refit in bfloat16 autocast
+        history = json.loads((scr_run / name / "metrics.json").read_text())
+        assert history[-1]["refit_seconds"] > 0
+        assert history[-1]["refit_distance_m"] < 0.8 * history[-1]["scr_distance_m"]
+    assert not torch.equal(runs["refit"]["head.2.weight"], runs["refit_bf16"]["head.2.weight"])
     refitted = {key for key in runs["plain"] if not torch.equal(runs["plain"][key], runs["refit"][key])}
     # Only the head's layers after its first convolution (and ReLU) changed.
     assert refitted and all(key.startswith("head.") and int(key.split(".")[1]) >= 2 for key in refitted)

@@ -275,30 +275,27 @@ def _calibrate(temporal: TemporalModel, model: PoseNet, inputs: FrameInputs,
     values: dict[str, Any] = {}
     report: dict[str, Any] = {}
     truth = np.stack([pose_vector(r.world_from_cam) for r in records])
-    variants = {"smoothed": TemporalCalibration(),
-                "per_frame": TemporalCalibration(**{f"{mode}_{block}_smoothed": False
-                                                    for mode in ("causal", "offline")
-                                                    for block in ("position", "rotation")})}
+    order = [i for members in inputs.sequences for i in members]  # the frames in sequence order
+    position = (model.position_mean + model.position_scale * inputs.position_norm_N3[order]).double()
+    per_frame = pose_error_vectors(position.cpu().numpy(), inputs.quat_N4[order].double().cpu().numpy(),
+                                   truth[order, :3], truth[order, 3:])
     for mode in ("causal", "offline"):
-        errors: dict[str, list[np.ndarray]] = {name: [] for name in variants}
-        covariances = []
+        errors, covariances = [], []
         for members in inputs.sequences:
             index = torch.tensor(members, device=inputs.features_NF.device)
-            for name, variant in variants.items():
-                poses = smooth_sequence(temporal, model, variant, inputs.features_NF[index],
-                                        inputs.position_norm_N3[index], inputs.quat_N4[index], mode)  # type: ignore[arg-type]
-                errors[name].append(pose_error_vectors(poses.position_T3, poses.quat_T4, truth[members, :3],
-                                                       truth[members, 3:]))
-            covariances.append(poses.covariance_T66)  # the same in both variants
-        covariance = np.concatenate(covariances)
-        chosen = np.concatenate(errors["smoothed"])
+            poses = smooth_sequence(temporal, model, TemporalCalibration(), inputs.features_NF[index],
+                                    inputs.position_norm_N3[index], inputs.quat_N4[index], mode)  # type: ignore[arg-type]
+            errors.append(pose_error_vectors(poses.position_T3, poses.quat_T4, truth[members, :3],
+                                             truth[members, 3:]))
+            covariances.append(poses.covariance_T66)
+        chosen, covariance = np.concatenate(errors), np.concatenate(covariances)
         for block in ("position", "rotation"):
             columns = BLOCKS[block]
-            median = {name: float(np.median(np.linalg.norm(np.concatenate(e)[:, columns], axis=1)))
-                      for name, e in errors.items()}
+            median = {name: float(np.median(np.linalg.norm(e[:, columns], axis=1)))
+                      for name, e in (("smoothed", chosen), ("per_frame", per_frame))}
             smoothed = median["smoothed"] <= median["per_frame"]
             if not smoothed:
-                chosen[:, columns] = np.concatenate(errors["per_frame"])[:, columns]
+                chosen[:, columns] = per_frame[:, columns]
             mean = float(np.mean(nees(chosen, covariance, block)))
             values[f"{mode}_{block}"] = max(mean / 3.0, 1e-12)
             values[f"{mode}_{block}_smoothed"] = smoothed

@@ -53,7 +53,8 @@ def main() -> None:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     model = PoseNet(ModelConfig(backbone=args.backbone)).to(device).eval()
-    temporal = TemporalModel(TemporalConfig(args.hidden, args.feature_dim), model.head_dim).to(device).eval()
+    # On the host, as checkpoint.load_model places it; the step's inputs come from the device.
+    temporal = TemporalModel(TemporalConfig(args.hidden, args.feature_dim), model.head_dim).eval()
     smoother = CausalSmoother(temporal, model, TemporalCalibration())
     image = torch.rand(1, 3, args.size, args.size, device=device)
     with torch.inference_mode():

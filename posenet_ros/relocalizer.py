@@ -95,12 +95,13 @@ class PoseEstimate:
 @dataclass
 class InferredBatch:
     """The stateless results of B frames (`Relocalizer.infer_batch`): their stamps, pose
-    distributions (host, float64), features (device; the temporal model's input) and per-frame shares
-    of the preprocessing and network time (ms)."""
+    distributions (host, float64), the temporal model's inputs (host, float32: features_BF,
+    position_norm_B3, quat_B4; None without smoothing) and per-frame shares of the preprocessing and
+    network time (ms)."""
 
     stamps_ns: list[int]
     distribution: PoseDistribution
-    features_BF: torch.Tensor | None
+    temporal_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     timings_ms: dict[str, float]
 
 
@@ -298,9 +299,14 @@ class Relocalizer:
         prepared = time.perf_counter()
         with torch.inference_mode(), self.autocast():
             distribution, features = self._distribution(images_BCHW, [stamp % (2**31) for stamp in stamps_ns])
+        temporal_inputs = None
+        if (self.smoother is not None or self.keep_temporal_inputs) and features is not None:
+            with torch.inference_mode():  # the deterministic head in float32, then one copy to the host
+                features = features.float()
+                temporal_inputs = tuple(x.cpu() for x in (features, *head_inputs(self.model, features)))
         done = time.perf_counter()
         share = 1e3 / len(stamps_ns)
-        return InferredBatch(list(stamps_ns), distribution, features,
+        return InferredBatch(list(stamps_ns), distribution, temporal_inputs,
                              {"preprocess": share * (prepared - (started or prepared)),
                               "forward": share * (done - prepared)})
 
@@ -314,14 +320,12 @@ class Relocalizer:
         score = float(result.score_B[index])
         known = self._detector.update(score)
         inputs = None
-        if (self.smoother is not None or self.keep_temporal_inputs) and batch.features_BF is not None:
-            with torch.inference_mode():
-                features = batch.features_BF[index:index + 1].float()
-                inputs = (features, *head_inputs(self.model, features))
-                if self.smoother is not None:
-                    smoothed = self.smoother.update(*inputs, known)
-                    position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
-                    covariance = smoothed.covariance_T66[0]
+        if batch.temporal_inputs is not None:
+            inputs = tuple(x[index:index + 1] for x in batch.temporal_inputs)
+            if self.smoother is not None:
+                smoothed = self.smoother.update(*inputs, known)
+                position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
+                covariance = smoothed.covariance_T66[0]
         estimate_ = PoseEstimate(
             stamp_ns=int(batch.stamps_ns[index]), position_3=position, quat_wxyz_4=quat,
             covariance_66=covariance, epistemic_66=result.epistemic_B66[index].numpy(),

@@ -86,15 +86,16 @@ def head_inputs(model: PoseNet, features_BF: torch.Tensor) -> tuple[torch.Tensor
     return output.position_norm_B3, output.quat_B4
 
 
-def _to_poses(output: TemporalOutput, model: PoseNet, calibration: TemporalCalibration, mode: SmoothMode,
-              position_norm_T3: torch.Tensor, quat_T4: torch.Tensor) -> SmoothedPoses:
-    """TemporalOutput of one sequence (1, T, ...) -> metres, unit quaternions, covariances; the blocks
-    not smoothed in `mode` from the per-frame inputs (position_norm_T3, quat_T4)."""
+def _to_poses(output: TemporalOutput, position_mean_3: torch.Tensor, scale: float,
+              calibration: TemporalCalibration, mode: SmoothMode, position_norm_T3: torch.Tensor,
+              quat_T4: torch.Tensor) -> SmoothedPoses:
+    """TemporalOutput of one sequence (1, T, ...) -> metres (position_mean_3 + scale x normalised
+    position), unit quaternions, covariances; the blocks not smoothed in `mode` from the per-frame
+    inputs (position_norm_T3, quat_T4)."""
     smooth_position, smooth_rotation = calibration.smoothed(mode)
     position_norm = output.position_norm_BT3[0] if smooth_position else position_norm_T3
     quat = output.quat_BT4[0] if smooth_rotation else quat_T4
-    scale = float(model.position_scale)
-    position = (model.position_mean + model.position_scale * position_norm).double()
+    position = (position_mean_3 + scale * position_norm).double()
     variance = output.log_var_BT6[0].double().exp()
     position_scale, rotation_scale = calibration.scales(mode)
     factors = torch.tensor([scale**2 * position_scale] * 3 + [rotation_scale] * 3, dtype=torch.float64,
@@ -103,21 +104,39 @@ def _to_poses(output: TemporalOutput, model: PoseNet, calibration: TemporalCalib
     return SmoothedPoses(position.cpu().numpy(), quat.double().cpu().numpy(), covariance.cpu().numpy())
 
 
+def _float32(tensor: torch.Tensor) -> torch.autocast:
+    """Autocast off on the tensor's device: the temporal model and its state stay float32 whatever
+    precision the caller's network ran in (an LSTM state carried in bfloat16 drifts)."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def smooth_sequence(temporal: TemporalModel, model: PoseNet, calibration: TemporalCalibration,
                     features_TF: torch.Tensor, position_norm_T3: torch.Tensor, quat_T4: torch.Tensor,
                     mode: SmoothMode) -> SmoothedPoses:
-    """Smooth one sequence of T frames (in time order) at once."""
-    with torch.inference_mode():
-        output, _ = temporal(features_TF[None], position_norm_T3[None], quat_T4[None], mode)
-    return _to_poses(output, model, calibration, mode, position_norm_T3, quat_T4)
+    """Smooth one sequence of T frames (in time order) at once, on the temporal model's device."""
+    device = _device(temporal)
+    features, position_norm, quat = (x.to(device, torch.float32)
+                                     for x in (features_TF, position_norm_T3, quat_T4))
+    with torch.inference_mode(), _float32(features):
+        output, _ = temporal(features[None], position_norm[None], quat[None], mode)
+    return _to_poses(output, model.position_mean.to(device), float(model.position_scale), calibration, mode,
+                     position_norm, quat)
+
+
+def _device(temporal: TemporalModel) -> torch.device:
+    return next(temporal.parameters()).device
 
 
 class CausalSmoother:
-    """The causal temporal model over one live stream of frames (`update` per frame, in order)."""
+    """The causal temporal model over one live stream of frames (`update` per frame, in order), on the
+    temporal model's device (the inputs are moved there)."""
 
     def __init__(self, temporal: TemporalModel, model: PoseNet, calibration: TemporalCalibration,
                  reset_after_unknown: int = 10) -> None:
-        self.temporal, self.model, self.calibration = temporal, model, calibration
+        self.temporal, self.calibration = temporal, calibration
+        self._device = _device(temporal)
+        self._position_mean = model.position_mean.detach().to(self._device)
+        self._position_scale = float(model.position_scale)
         self.reset_after_unknown = reset_after_unknown
         self._state: State | None = None
         self._unknown_streak = 0
@@ -135,9 +154,12 @@ class CausalSmoother:
         self._unknown_streak = 0 if known_place else self._unknown_streak + 1
         if self.reset_after_unknown and self._unknown_streak >= self.reset_after_unknown:
             self._state = None
-        with torch.inference_mode():
-            output, self._state = self.temporal.step(features_1F, position_norm_13, quat_14, self._state)
-        return _to_poses(output, self.model, self.calibration, "causal", position_norm_13, quat_14)
+        features, position_norm, quat = (x.to(self._device, torch.float32)
+                                         for x in (features_1F, position_norm_13, quat_14))
+        with torch.inference_mode(), _float32(features):
+            output, self._state = self.temporal.step(features, position_norm, quat, self._state)
+        return _to_poses(output, self._position_mean, self._position_scale, self.calibration, "causal",
+                         position_norm, quat)
 
 
 def temporal_jitter(position_pred_N3: np.ndarray, quat_pred_N4: np.ndarray, position_true_N3: np.ndarray,

@@ -71,7 +71,10 @@ def test_fast_path_estimates_equal_the_cpu_path(checkpoint, runtime):
         # Resizing on the GPU differs from OpenCV's fixed-point resize by at most 1/255 per pixel.
         np.testing.assert_allclose(got.position_3, expected.position_3, atol=2e-3)
         np.testing.assert_allclose(got.quat_wxyz_4, expected.quat_wxyz_4, atol=2e-3)
-        np.testing.assert_allclose(got.covariance_66, expected.covariance_66, rtol=5e-2, atol=1e-8)
+        # Entries below 1e-5 of the largest variance (cross terms of ~1e-7 against variances of ~1) are
+        # rounding noise of the float32 network.
+        scale = np.abs(np.diag(expected.covariance_66)).max()
+        np.testing.assert_allclose(got.covariance_66, expected.covariance_66, rtol=5e-2, atol=1e-5 * scale)
     if runtime == "torch":
         assert gpu.network.captured == 1  # one camera size, one graph
 

@@ -58,7 +58,9 @@ def _check_rgb(box: CropBox, device: torch.device, seed: int) -> None:
     assert diff.max() <= 1.0 / 255.0 + 1e-6
     assert diff.mean() < 0.2 / 255.0
     if (box.new_width, box.new_height) == (box.width, box.height):
-        assert diff.max() == 0.0  # a crop alone is exact
+        # A crop alone is exact up to one float32 rounding: CUDA divides by a scalar as a multiplication
+        # by its reciprocal (6e-8 seen on an H200), the CPU divides.
+        assert diff.max() <= 2.0**-23
 
 
 def _check_depth(box: CropBox, device: torch.device, seed: int) -> None:

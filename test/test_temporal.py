@@ -60,6 +60,26 @@ def test_causal_steps_equal_the_whole_sequence(feature_dim):
     torch.testing.assert_close(fresh.position_norm_BT3, position)
 
 
+def test_the_smoother_runs_in_float32_inside_a_reduced_precision_autocast(tmp_path):
+    """The Relocalizer's network may run under bfloat16 autocast; the temporal state must not."""
+    model = load_model(make_checkpoint(tmp_path / "model.safetensors")).model
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(5, 1, model.head_dim, generator=generator)
+    position = torch.randn(5, 1, 3, generator=generator)
+    quat = torch.nn.functional.normalize(torch.randn(5, 1, 4, generator=generator), dim=-1)
+
+    def run(autocast: bool) -> np.ndarray:
+        smoother = CausalSmoother(_random_temporal(8, model.head_dim), model, TemporalCalibration())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return np.concatenate([smoother.update(features[t], position[t], quat[t]).position_T3
+                                   for t in range(5)])
+
+    np.testing.assert_array_equal(run(True), run(False))
+    whole = smooth_sequence(_random_temporal(8, model.head_dim), model, TemporalCalibration(), features[:, 0],
+                            position[:, 0], quat[:, 0], "causal")
+    np.testing.assert_allclose(whole.position_T3, run(False), rtol=0, atol=1e-6)
+
+
 def test_a_block_not_smoothed_passes_the_per_frame_one_through(tmp_path):
     model = load_model(make_checkpoint(tmp_path / "model.safetensors")).model
     temporal = _random_temporal(0, model.head_dim)

@@ -58,6 +58,7 @@ from posenet_ros.models.temporal import (
     MOTION,
     TemporalConfig,
     TemporalModel,
+    TemporalOutput,
     pair_motion_inputs,
     relative_motion,
 )
@@ -258,11 +259,25 @@ def fit_motion(temporal: TemporalModel, inputs: FrameInputs, config: TemporalTra
 
 def gaussian_nll(position_norm_pred: torch.Tensor, quat_pred: torch.Tensor, log_var_6: torch.Tensor,
                  position_norm_true: torch.Tensor, quat_true: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood (up to a constant) of the true poses; (..., 3), (..., 4), (..., 6)."""
+    """Negative log-likelihood (up to a constant) of each true pose; (..., 3), (..., 4), (..., 6) ->
+    (...)."""
     relative = quat_multiply_torch(quat_true, quat_conjugate_torch(quat_pred))
     rotation = quat_log_torch(torch.where(relative[..., :1] < 0, -relative, relative))
     error = torch.cat([position_norm_true - position_norm_pred, rotation], dim=-1)
-    return 0.5 * (error.square() * torch.exp(-log_var_6) + log_var_6).sum(-1).mean()
+    return 0.5 * (error.square() * torch.exp(-log_var_6) + log_var_6).sum(-1)
+
+
+def output_nll(output: TemporalOutput, position_norm_true: torch.Tensor,
+               quat_true: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood (up to a constant) of the true poses (B, T, 3), (B, T, 4) under the
+    output's Gaussian, or under its mixture: -log Σ_k w_k N_k."""
+    mixture = output.components
+    if mixture is None:
+        return gaussian_nll(output.position_norm_BT3, output.quat_BT4, output.log_var_BT6, position_norm_true,
+                            quat_true).mean()
+    per_component = gaussian_nll(mixture.position_norm_BTK3, mixture.quat_BTK4, mixture.log_var_BTK6,
+                                 position_norm_true[..., None, :], quat_true[..., None, :])
+    return -torch.logsumexp(mixture.log_weight_BTK - per_component, dim=-1).mean()
 
 
 def _calibrate(temporal: TemporalModel, model: PoseNet, inputs: FrameInputs,
@@ -365,9 +380,8 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
             loss = torch.zeros((), device=device)
             outputs = temporal.offline_outputs(inputs.features_NF[index], position_in, quat_in, motion_in)
             for output in outputs:
-                loss = loss + gaussian_nll(output.position_norm_BT3, output.quat_BT4, output.log_var_BT6,
-                                           inputs.true_position_norm_N3[index] + shift,
-                                           inputs.true_quat_N4[index])
+                loss = loss + output_nll(output, inputs.true_position_norm_N3[index] + shift,
+                                         inputs.true_quat_N4[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

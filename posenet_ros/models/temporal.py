@@ -15,7 +15,9 @@ estimated motion, and reads the innovation (the per-frame pose relative to that 
 motion, the orientation and optionally the projected features (`feature_dim`). Its output corrects the
 per-frame pose: position_norm = input position_norm + Δp, quat = exp(δ) ⊗ input quat (δ a rotation
 vector about the world axes), plus per-axis log-variances (normalised position x, y, z; rotation about
-the world axes, rad²) of the corrected pose. The innovations make the filter independent of where in
+the world axes, rad²) of the corrected pose; or, with `mixture_components` K > 1, K such Gaussians
+and their weights (a mixture density output, as VidLoc's), of which the most probable is the estimate
+(and the pose the filter carries to the next frame). The innovations make the filter independent of where in
 the map it runs. The output layers start at zero, so an untrained temporal model returns the per-frame
 poses.
 
@@ -50,21 +52,60 @@ class TemporalConfig:
     feature_dim: int = 0  # > 0: the per-frame CNN features, projected to this width, are inputs too
     # (0: none; with few training sequences the features let the LSTM memorise places)
     motion_hidden: int = 128  # width of the relative-motion MLP over consecutive features (0: no motion)
+    # Gaussians in the output (VidLoc's mixture density output): 1 = one Gaussian per frame; K > 1 = a
+    # mixture of K, trained on its likelihood; the most probable component is the estimate.
+    mixture_components: int = 1
 
     def __post_init__(self) -> None:
-        if self.hidden < 1 or self.feature_dim < 0 or self.motion_hidden < 0:
-            raise ValueError("temporal.hidden must be >= 1, temporal.feature_dim and temporal.motion_hidden "
-                             ">= 0")
+        if self.hidden < 1 or self.feature_dim < 0 or self.motion_hidden < 0 or self.mixture_components < 1:
+            raise ValueError("temporal.hidden and temporal.mixture_components must be >= 1, "
+                             "temporal.feature_dim and temporal.motion_hidden >= 0")
 
 
 @dataclass
 class TemporalOutput:
     """Smoothed poses of B sequences of T frames: position_norm_BT3 (scene-normalised), quat_BT4
-    (unit, w >= 0), log_var_BT6 (normalised position x, y, z and rotation rx, ry, rz in rad²)."""
+    (unit, w >= 0), log_var_BT6 (normalised position x, y, z and rotation rx, ry, rz in rad²). With a
+    mixture output these are the most probable component's, and `components` holds all K."""
 
     position_norm_BT3: torch.Tensor
     quat_BT4: torch.Tensor
     log_var_BT6: torch.Tensor
+    components: MixtureComponents | None = None
+
+
+@dataclass
+class MixtureComponents:
+    """The K Gaussians of a mixture output: position_norm_BTK3, quat_BTK4, log_var_BTK6 as in
+    TemporalOutput, and log_weight_BTK (log-softmax of the component logits)."""
+
+    position_norm_BTK3: torch.Tensor
+    quat_BTK4: torch.Tensor
+    log_var_BTK6: torch.Tensor
+    log_weight_BTK: torch.Tensor
+
+
+def _output_layer(inputs: int, components: int) -> nn.Linear:
+    """Per component OUTPUTS numbers, plus K logits when K > 1. Zero weights, so an untrained model
+    returns the per-frame poses; the components' log-variance biases are spread over [-1, 1] so that
+    their gradients differ from the first step (identical components would stay identical)."""
+    layer = nn.Linear(inputs, components * OUTPUTS + (components if components > 1 else 0))
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    if components > 1:
+        with torch.no_grad():
+            spread = torch.linspace(-1.0, 1.0, components)
+            layer.bias[:components * OUTPUTS].view(components, OUTPUTS)[:, 6:] = spread[:, None]
+    return layer
+
+
+def _top_component(raw_BK: torch.Tensor, components: int) -> torch.Tensor:
+    """The raw outputs (..., OUTPUTS) of the most probable component (all of them when K = 1)."""
+    if components == 1:
+        return raw_BK
+    per_component = raw_BK[..., :components * OUTPUTS].unflatten(-1, (components, OUTPUTS))
+    top = raw_BK[..., components * OUTPUTS:].argmax(-1)
+    return per_component.gather(-2, top[..., None, None].expand(*top.shape, 1, OUTPUTS)).squeeze(-2)
 
 
 # Causal state: LSTM (h, c), each (B, hidden); the previous frame's features (B, F), output
@@ -92,12 +133,11 @@ def relative_motion(position_norm_a: torch.Tensor, quat_a: torch.Tensor, positio
 class _Filter(nn.Module):
     """One direction: an LSTM cell over innovations and motion, and its output layer."""
 
-    def __init__(self, inputs: int, hidden: int) -> None:
+    def __init__(self, inputs: int, hidden: int, components: int) -> None:
         super().__init__()
         self.cell = nn.LSTMCell(inputs, hidden)
-        self.head = nn.Linear(hidden + 6, OUTPUTS)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = _output_layer(hidden + 6, components)
+        self.components = components
 
     def run(self, extra_BTE: torch.Tensor, position_norm_BT3: torch.Tensor, quat_BT4: torch.Tensor,
             motion_BT6: torch.Tensor, first_valid: bool, state: tuple | None
@@ -124,8 +164,9 @@ class _Filter(nn.Module):
             x = torch.cat([extra_BTE[:, t], innovation, motion, flag, quat], dim=-1)
             hc = self.cell(x, hc)
             raw = self.head(torch.cat([hc[0], innovation], dim=-1))
-            out_position = position + raw[:, :3]
-            out_quat = _canonical(quat_multiply_torch(quat_exp_torch(raw[:, 3:6]), quat))
+            top = _top_component(raw, self.components)
+            out_position = position + top[:, :3]
+            out_quat = _canonical(quat_multiply_torch(quat_exp_torch(top[:, 3:6]), quat))
             previous = (out_position, out_quat)
             hidden_states.append(hc[0])
             innovations.append(innovation)
@@ -146,11 +187,10 @@ class TemporalModel(nn.Module):
                                      nn.Linear(config.motion_hidden, MOTION))
                        if config.motion_hidden else None)
         inputs = config.feature_dim + 6 + MOTION + 1 + 4
-        self.forward_filter = _Filter(inputs, config.hidden)
-        self.backward_filter = _Filter(inputs, config.hidden)
-        self.offline_head = nn.Linear(2 * config.hidden + 12, OUTPUTS)
-        nn.init.zeros_(self.offline_head.weight)
-        nn.init.zeros_(self.offline_head.bias)
+        components = config.mixture_components
+        self.forward_filter = _Filter(inputs, config.hidden, components)
+        self.backward_filter = _Filter(inputs, config.hidden, components)
+        self.offline_head = _output_layer(2 * config.hidden + 12, components)
         self.feature_dropout = nn.Dropout(0.0)  # set by training; identity in eval mode
 
     @property
@@ -176,12 +216,21 @@ class TemporalModel(nn.Module):
             return features_BTF.new_zeros(*features_BTF.shape[:2], 0)
         return torch.relu(self.project(self.feature_dropout(features_BTF)))
 
-    @staticmethod
-    def _output(raw_BTK: torch.Tensor, position_norm_BT3: torch.Tensor,
+    def _output(self, raw_BTR: torch.Tensor, position_norm_BT3: torch.Tensor,
                 quat_BT4: torch.Tensor) -> TemporalOutput:
-        quat = _canonical(quat_multiply_torch(quat_exp_torch(raw_BTK[..., 3:6]), quat_BT4))
-        return TemporalOutput(position_norm_BT3=position_norm_BT3 + raw_BTK[..., :3], quat_BT4=quat,
-                              log_var_BT6=raw_BTK[..., 6:].clamp(-20.0, 20.0))
+        """The corrected poses of the raw outputs (the most probable component's, and all K)."""
+        def corrected(raw: torch.Tensor, position: torch.Tensor, quat: torch.Tensor):
+            turned = _canonical(quat_multiply_torch(quat_exp_torch(raw[..., 3:6]), quat))
+            return position + raw[..., :3], turned, raw[..., 6:].clamp(-20.0, 20.0)
+
+        k = self.config.mixture_components
+        output = TemporalOutput(*corrected(_top_component(raw_BTR, k), position_norm_BT3, quat_BT4))
+        if k > 1:
+            per_component = raw_BTR[..., :k * OUTPUTS].unflatten(-1, (k, OUTPUTS))
+            output.components = MixtureComponents(
+                *corrected(per_component, position_norm_BT3[..., None, :], quat_BT4[..., None, :]),
+                log_weight_BTK=torch.log_softmax(raw_BTR[..., k * OUTPUTS:], dim=-1))
+        return output
 
     def forward(self, features_BTF: torch.Tensor, position_norm_BT3: torch.Tensor, quat_BT4: torch.Tensor,
                 mode: SmoothMode = "causal", state: State | None = None,

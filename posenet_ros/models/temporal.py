@@ -17,9 +17,9 @@ per-frame pose: position_norm = input position_norm + Δp, quat = exp(δ) ⊗ in
 vector about the world axes), plus per-axis log-variances (normalised position x, y, z; rotation about
 the world axes, rad²) of the corrected pose; or, with `mixture_components` K > 1, K such Gaussians
 and their weights (a mixture density output, as VidLoc's), of which the most probable is the estimate
-(and the pose the filter carries to the next frame). The innovations make the filter independent of where in
-the map it runs. The output layers start at zero, so an untrained temporal model returns the per-frame
-poses.
+(and the pose the filter carries to the next frame). The innovations make the filter independent of
+where in the map it runs. The output layers start at zero, so an untrained temporal model returns the
+per-frame poses.
 
 Two modes:
 - causal (live): the forward filter; `step` feeds one frame and carries the state (LSTM (h, c), the
@@ -99,12 +99,12 @@ def _output_layer(inputs: int, components: int) -> nn.Linear:
     return layer
 
 
-def _top_component(raw_BK: torch.Tensor, components: int) -> torch.Tensor:
+def _top_component(raw_BR: torch.Tensor, components: int) -> torch.Tensor:
     """The raw outputs (..., OUTPUTS) of the most probable component (all of them when K = 1)."""
     if components == 1:
-        return raw_BK
-    per_component = raw_BK[..., :components * OUTPUTS].unflatten(-1, (components, OUTPUTS))
-    top = raw_BK[..., components * OUTPUTS:].argmax(-1)
+        return raw_BR
+    per_component = raw_BR[..., :components * OUTPUTS].unflatten(-1, (components, OUTPUTS))
+    top = raw_BR[..., components * OUTPUTS:].argmax(-1)
     return per_component.gather(-2, top[..., None, None].expand(*top.shape, 1, OUTPUTS)).squeeze(-2)
 
 

@@ -161,6 +161,8 @@ class Relocalizer:
         if self.ransac is None:
             self.network = self._build_network(runtime, exported_model)
             self._position_scale_m = float(self.model.position_scale)
+            # Converted once: a float32 -> float64 copy of the F x F matrix per frame cost 1.3 ms on the CPU.
+            self._feature_covariance_FF = self.model.feature_covariance.to(torch.float64)
         elif runtime != "torch":
             raise ValueError(f"{self.model_path} is a scene coordinate model (method scr): it runs with "
                              "runtime torch only")
@@ -367,7 +369,7 @@ class Relocalizer:
         synchronisation), the mean poses and covariances on the host."""
         batch = features_BF.shape[0]
         rows = position_M3.shape[0]
-        score = loop_closure_score(features_BF, self.model.feature_covariance, batch)
+        score = loop_closure_score(features_BF, self._feature_covariance_FF, batch)
         parts = [position_M3, quat_M4, score] + ([] if log_var_MK is None else [log_var_MK])
         host = torch.cat([part.reshape(-1).to(torch.float64) for part in parts]).cpu()
         sizes = [3 * rows, 4 * rows, batch, host.numel() - 7 * rows - batch]

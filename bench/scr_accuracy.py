@@ -4,7 +4,7 @@ Relocalizer's per-frame latency of the scene-coordinate mode.
 
     python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 52] [--posenet-epochs 60]
                                  [--backbone resnet_tiny] [--refit-iterations 7500] [--train-sequences 8]
-                                 [--device cpu]
+                                 [--device cpu] [--seed 0]
 
 Renders a 160x120 scene (`--train-sequences` training loops, default 8; a val loop for calibration;
 a test loop), trains both models (`posenet-ros train method=scr ...` with the ACE-style head refit
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--refit-iterations", type=int, default=7500,
                         help="scr_refit.iterations: head refit steps on buffered cells (0: none)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed of both models (the scene is always seed 0's; the SCR accuracy "
+                             "varies a lot with it)")
     parser.add_argument("--cpu-amp", action="store_true",
                         help="train the scene coordinate model with bfloat16 autocast on the CPU (cpu_amp)")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "scr_accuracy.json")
@@ -68,7 +71,7 @@ def main() -> None:
         "data.val_split=''",
         f"epochs={args.epochs}", "batch_size=8", f"lr={args.lr}", "weight_decay=0.01",
         f"scr_refit.iterations={args.refit_iterations}", "ransac.threshold_px=4",
-        f"cpu_amp={str(args.cpu_amp).lower()}")
+        f"cpu_amp={str(args.cpu_amp).lower()}", f"seed={args.seed}")
     timings["scr_train_s"] = time.perf_counter() - start
     run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene))
     run("eval", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--out", str(out / "scr_eval"))
@@ -76,7 +79,7 @@ def main() -> None:
     run("train", "--quiet", "--data", str(scene), "--out", str(out / "posenet"), f"device={args.device}",
         "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=60", "data.crop=[56,76]",
         "batch_size=16", "lr=1e-3", f"epochs={args.posenet_epochs}", "data.val_split=''",
-        "loss.kind=aleatoric", "model.aleatoric=per_axis")
+        "loss.kind=aleatoric", "model.aleatoric=per_axis", f"seed={args.seed}")
     timings["posenet_train_s"] = time.perf_counter() - start
     run("calibrate", "--quiet", "--model", str(out / "posenet"), "--data", str(scene))
     run("eval", "--quiet", "--model", str(out / "posenet"), "--data", str(scene), "--out",
@@ -103,7 +106,7 @@ def main() -> None:
         "scr_latency_ms": {"p50": float(np.percentile(latencies, 50)),
                            "p99": float(np.percentile(latencies, 99))},
         "scr_frames_without_pose": failures,
-        "device": str(relocalizer.device), "threads": torch.get_num_threads(), **timings,
+        "device": str(relocalizer.device), "threads": torch.get_num_threads(), "seed": args.seed, **timings,
     }
     print(f"{'':<10}{'median position':>17}{'median rotation':>17}{'5cm/5°':>9}")
     for name in ("scr", "posenet"):

@@ -110,6 +110,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     reprojection_after_epochs: int | None = None  # the seed's schedule: `loss.kind` first, then reprojection
+    # From this epoch (0-based) on, batch norm uses and keeps its running statistics (eval mode), the ones
+    # the model is evaluated with; with small batches the per-batch statistics differ from them (None:
+    # never; the reprojection epochs always do)
+    batchnorm_frozen_after: int | None = None
     pretrained: str | None = None  # backbone weights (.safetensors, torchvision key names)
     method: Literal["posenet", "scr"] = "posenet"  # pose regression, or scene coordinates + RANSAC
     model: ModelConfig = field(default_factory=ModelConfig)  # posenet
@@ -123,8 +127,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if self.reprojection_after_epochs is not None and self.reprojection_after_epochs < 0:
-            raise ValueError("reprojection_after_epochs must be >= 0")
+        if any(value is not None and value < 0 for value in (self.reprojection_after_epochs,
+                                                              self.batchnorm_frozen_after)):
+            raise ValueError("reprojection_after_epochs and batchnorm_frozen_after must be >= 0")
         if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
             raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
 
@@ -346,8 +351,9 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
         loader = DataLoader(dataset, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
                             generator=generator, num_workers=config.data.workers, drop_last=True)
         model.train()
-        if kind == "reprojection":
-            # Fine-tuning: batch norm keeps the pretrained statistics (eval mode), so the model's
+        if kind == "reprojection" or (config.batchnorm_frozen_after is not None
+                                      and epoch >= config.batchnorm_frozen_after):
+            # Fine-tuning: batch norm keeps the statistics it has (eval mode), so the model's
             # normalisation no longer drifts with the last batches' random crops.
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -474,8 +480,9 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
         index = order[position:position + refit.batch_cells].to(features_MC.device)
         position += refit.batch_cells
         with autocast:
-            cells_N3 = _cells_through(trained, features_MC[index].float())
-        coords = mean + scale * cells_N3.float()
+            hidden_NC = _cells_through(trained[:-1], features_MC[index].float())
+        cells_N3 = _cells_through(trained[-1:], hidden_NC.float())  # float32, as in the model's forward
+        coords = mean + scale * cells_N3
         distance = (coords - targets_M3[index]).norm(dim=1).mean()
         optimizer.zero_grad(set_to_none=True)
         distance.backward()

@@ -181,3 +181,37 @@ def test_head_refit_on_shuffled_cells_retrains_only_the_head_and_lowers_the_erro
     refitted = {key for key in runs["plain"] if not torch.equal(runs["plain"][key], runs["refit"][key])}
     # Only the head's layers after its first convolution (and ReLU) changed.
     assert refitted and all(key.startswith("head.") and int(key.split(".")[1]) >= 2 for key in refitted)
+
+
+def test_coordinates_keep_float32_precision_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    model = SceneCoordinateNet(SceneCoordinateConfig(backbone="resnet_tiny", head_channels=32)).eval()
+    model.set_scene_statistics(torch.tensor([3.0, 2.0, 1.0]), 3.0)
+    with torch.no_grad():
+        model.head[-1].bias.fill_(0.7)  # outputs where the bfloat16 grid is 2^-8 (1.2 cm at scale 3 m)
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = model(images)
+    # A bfloat16 output layer is off by 7 mm (median); in float32 the hidden layers' rounding is left.
+    assert float((reduced - exact).norm(dim=1).median()) < 1e-3
+
+
+def test_batchnorm_frozen_after_keeps_the_running_statistics_of_that_epoch(scr_run):
+    from safetensors.torch import load_file
+
+    args = ["device=cpu", "method=scr", "scr.backbone=resnet_tiny", "scr.head_channels=32", "data.resize=72",
+            "data.crop=null", "data.val_split=''", "batch_size=8", "lr=1e-3", "epochs=2",
+            "batchnorm_frozen_after=1"]
+    for name, extra in (("frozen_1", ["--stop-after-epoch", "1"]), ("frozen_2", [])):
+        assert main(["train", "--quiet", "--data", str(scr_run / "scene"), "--out", str(scr_run / name),
+                     *extra, *args]) == 0
+    after_1, after_2 = (load_file(str(scr_run / name / "model.safetensors"))
+                        for name in ("frozen_1", "frozen_2"))
+    statistics = [key for key in after_1 if key.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(after_1[key], after_2[key]) for key in statistics)
+    assert not torch.equal(after_1["encoder.conv1.weight"], after_2["encoder.conv1.weight"])
+    # The unfrozen run's second epoch moves them.
+    unfrozen = load_file(str(scr_run / "run" / "model.safetensors"))
+    assert not all(torch.equal(after_1[key], unfrozen[key]) for key in statistics)

@@ -92,4 +92,9 @@ class SceneCoordinateNet(nn.Module):
         return self.encoder((images_B3HW - self.image_mean) / self.image_std)
 
     def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
-        return self.scene_mean.view(1, 3, 1, 1) + self.scene_scale * self.head(self.encode(images_B3HW))
+        features = self.head[:-1](self.encode(images_B3HW))
+        # The output layer runs in float32 under autocast: bfloat16 outputs (8 bits of mantissa) would
+        # put the coordinates on a grid of about 1 cm (scene_scale 3 m).
+        with torch.autocast(images_B3HW.device.type, enabled=False):
+            output = self.head[-1](features.float())
+        return self.scene_mean.view(1, 3, 1, 1) + self.scene_scale * output

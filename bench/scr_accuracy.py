@@ -4,7 +4,7 @@ Relocalizer's per-frame latency of the scene-coordinate mode.
 
     python bench/scr_accuracy.py [--out /tmp/scr_bench] [--epochs 52] [--posenet-epochs 60]
                                  [--backbone resnet_tiny] [--refit-iterations 7500] [--train-sequences 8]
-                                 [--device cpu] [--seed 0]
+                                 [--device cpu] [--seed 0] [--batchnorm-frozen-after 32]
 
 Renders a 160x120 scene (`--train-sequences` training loops, default 8; a val loop for calibration;
 a test loop), trains both models (`posenet-ros train method=scr ...` with the ACE-style head refit
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed of both models (the scene is always seed 0's; the SCR accuracy "
                              "varies a lot with it)")
+    parser.add_argument("--batchnorm-frozen-after", type=int, default=32,
+                        help="batchnorm_frozen_after of the scene coordinate model (-1: never)")
     parser.add_argument("--cpu-amp", action="store_true",
                         help="train the scene coordinate model with bfloat16 autocast on the CPU (cpu_amp)")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "scr_accuracy.json")
@@ -65,13 +67,15 @@ def main() -> None:
     if not scene.exists():
         run("synth", "--quiet", str(scene), *SCENE, f"train_sequences={args.train_sequences}")
     timings = {}
+    frozen = "null" if args.batchnorm_frozen_after < 0 else args.batchnorm_frozen_after
     start = time.perf_counter()
     run("train", "--quiet", "--data", str(scene), "--out", str(out / "scr"), f"device={args.device}",
         "method=scr", f"scr.backbone={args.backbone}", "data.resize=120", "data.crop=null",
         "data.val_split=''",
         f"epochs={args.epochs}", "batch_size=8", f"lr={args.lr}", "weight_decay=0.01",
         f"scr_refit.iterations={args.refit_iterations}", "ransac.threshold_px=4",
-        f"cpu_amp={str(args.cpu_amp).lower()}", f"seed={args.seed}")
+        f"cpu_amp={str(args.cpu_amp).lower()}", f"seed={args.seed}",
+        f"batchnorm_frozen_after={frozen}")
     timings["scr_train_s"] = time.perf_counter() - start
     run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene))
     run("eval", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--out", str(out / "scr_eval"))
@@ -106,7 +110,8 @@ def main() -> None:
         "scr_latency_ms": {"p50": float(np.percentile(latencies, 50)),
                            "p99": float(np.percentile(latencies, 99))},
         "scr_frames_without_pose": failures,
-        "device": str(relocalizer.device), "threads": torch.get_num_threads(), "seed": args.seed, **timings,
+        "device": str(relocalizer.device), "threads": torch.get_num_threads(), "seed": args.seed,
+        "batchnorm_frozen_after": args.batchnorm_frozen_after, **timings,
     }
     print(f"{'':<10}{'median position':>17}{'median rotation':>17}{'5cm/5°':>9}")
     for name in ("scr", "posenet"):

@@ -353,8 +353,9 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
         model.train()
         if kind == "reprojection" or (config.batchnorm_frozen_after is not None
                                       and epoch >= config.batchnorm_frozen_after):
-            # Fine-tuning: batch norm keeps the statistics it has (eval mode), so the model's
-            # normalisation no longer drifts with the last batches' random crops.
+            # Batch norm keeps the statistics it has (eval mode): in reprojection fine-tuning so that the
+            # normalisation no longer drifts with the last batches' random crops; after
+            # `batchnorm_frozen_after` so that the model trains with the statistics it is evaluated with.
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()

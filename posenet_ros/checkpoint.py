@@ -75,6 +75,12 @@ class LoadedModel:
         """The pose solver settings of a scene coordinate model."""
         return config_from_dict(RansacConfig, self.config.get("ransac") or {}, prefix="ransac.")
 
+    @property
+    def needs_depth(self) -> bool:
+        """Whether every frame needs a depth image: an RGB-D network, or scene coordinates solved with
+        depth (`ransac.use_depth`)."""
+        return self.model.config.needs_depth or (self.method == "scr" and self.ransac.use_depth)
+
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any],
                     map_poses_N7: np.ndarray, extra_metadata: dict[str, str] | None = None) -> Path:

@@ -123,7 +123,9 @@ def _train(args: argparse.Namespace) -> int:
     # JSON is YAML: the values arrive as typed (strings quoted, so '' stays a string).
     overrides += [f"data.bag.{key}={json.dumps(value)}" for key, value in _bag_options(args).items()]
     config = load_config(TrainConfig, args.config, overrides, base=base)
-    if args.use_depth and not config.model.needs_depth:  # the seed's dual-stream RGB-D PoseNet
+    if args.use_depth and config.method == "scr":  # the seed's forests: pose from 3D-3D correspondences
+        config = dataclasses.replace(config, ransac=dataclasses.replace(config.ransac, use_depth=True))
+    elif args.use_depth and not config.model.needs_depth:  # the seed's dual-stream RGB-D PoseNet
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, depth="dual_stream"))
     path = train(config, data, args.out, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
                  progress=not args.quiet)
@@ -459,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after-epoch", type=int, help="stop once this many epochs are done")
     train.add_argument("--use-depth", action="store_true",
                        help="train an RGB-D model on the data's depth images (model.depth=dual_stream unless "
-                       "the config chooses early_fusion)")
+                       "the config chooses early_fusion; method=scr: ransac.use_depth=true, the pose from "
+                       "3D-3D correspondences)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
     _add_bag_arguments(train, "data.bag of the config")

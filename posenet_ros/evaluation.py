@@ -194,7 +194,8 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
     """Run `model` over `records` in their order and compare with the true poses.
 
     A scene coordinate model (`SceneCoordinateNet`) solves each frame's pose with RANSAC (`ransac`,
-    default settings if None; the records need intrinsics) and always returns covariances (scaled by
+    default settings if None; the records need intrinsics, and depth images with `ransac.use_depth`)
+    and always returns covariances (scaled by
     `uncertainty`'s calibration when given), its uncalibrated covariance as `epistemic_N66` and the
     score 1 - inlier ratio. A frame without a pose has NaN pose and infinite errors.
 
@@ -221,7 +222,8 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
         raise ValueError(f"the model is on {model_device} but device {target} was requested; move the "
                          "model first (model.to(device))")
     records = list(records)
-    dataset = PoseDataset(records, transform, with_depth=model.config.needs_depth)
+    scr_depth = isinstance(model, SceneCoordinateNet) and ransac is not None and ransac.use_depth
+    dataset = PoseDataset(records, transform, with_depth=model.config.needs_depth or scr_depth)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     parts: dict[str, list[np.ndarray]] = {}
     state = _set_eval(model)
@@ -235,7 +237,8 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
                         raise DatasetError("scene coordinate regression needs the camera intrinsics of "
                                            "every frame")
                     features = None
-                    poses, _ = localize(model, images, batch["K"], ransac or RansacConfig(), seed=first)
+                    poses, _ = localize(model, images, batch["K"], ransac or RansacConfig(), seed=first,
+                                        depth_B1HW=batch["depth"] if scr_depth else None)
                     values = _scr_values(poses, uncertainty)
                 elif uncertainty is None:
                     features = model.forward_features(images)

@@ -150,6 +150,7 @@ class Relocalizer:
                                         smoothing_reset_unknown)
                          if smoothing and loaded.temporal is not None else None)
         self.ransac = loaded.ransac if loaded.method == "scr" else None
+        self._needs_depth = loaded.needs_depth
         self.camera = loaded.camera
         if self.ransac is not None and self.camera is None:
             raise ValueError(f"{self.model_path} is a scene coordinate model without the training camera's "
@@ -192,8 +193,9 @@ class Relocalizer:
 
     @property
     def needs_depth(self) -> bool:
-        """Whether the model needs a depth image with every frame (an RGB-D model)."""
-        return self.model.config.needs_depth
+        """Whether the model needs a depth image with every frame (an RGB-D network, or scene
+        coordinates solved with depth)."""
+        return self._needs_depth
 
     def set_loop_closure(self, config: LoopClosureConfig) -> None:
         """Use other loop-closure thresholds from now on (the flag's history is kept)."""
@@ -227,7 +229,7 @@ class Relocalizer:
         images = []
         for rgb, depth in frames:
             channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
-            if depth is not None:
+            if self.model.config.needs_depth:
                 channels.append(box.apply_depth(depth)[None])
             images.append(np.concatenate(channels))
         return torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
@@ -258,7 +260,7 @@ class Relocalizer:
         if preprocessor is None:
             preprocessor = self._preprocessors[box] = DevicePreprocessor(box, self.device)
         images = preprocessor.rgb(self._upload(np.stack([rgb for rgb, _ in frames])))
-        if self.needs_depth:
+        if self.model.config.needs_depth:
             depth = preprocessor.depth(self._upload(np.stack([depth for _, depth in frames])))
             images = torch.cat([images, depth], dim=1)
         return images.contiguous(memory_format=torch.channels_last)
@@ -290,7 +292,9 @@ class Relocalizer:
         if self.ransac is not None:
             rgb = np.asarray(rgb_HW3)
             box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
-            return self._process_scene_coordinates(images, box, stamp_ns, start, time.perf_counter())
+            depth = (torch.from_numpy(box.apply_depth(np.asarray(depth_HW, np.float32)))[None, None]
+                     if self.ransac.use_depth else None)  # prepare checked it
+            return self._process_scene_coordinates(images, depth, box, stamp_ns, start, time.perf_counter())
         return self.finish(self.infer_batch(images, [stamp_ns], start), 0)
 
     def infer_batch(self, images_BCHW: torch.Tensor, stamps_ns: Sequence[int],
@@ -386,20 +390,23 @@ class Relocalizer:
         return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
                               enabled=self.precision != "fp32", cache_enabled=False)
 
-    def _process_scene_coordinates(self, images: torch.Tensor, box: CropBox, stamp_ns: int, start: float,
-                                   prepared: float) -> PoseEstimate:
-        """Scene coordinates and RANSAC (scr_localization.py): the pose and covariance of the
-        refinement (calibrated), score 1 - inlier ratio, the inlier scene points. Raises ValueError
-        when RANSAC finds no pose."""
+    def _process_scene_coordinates(self, images: torch.Tensor, depth_11HW: torch.Tensor | None, box: CropBox,
+                                   stamp_ns: int, start: float, prepared: float) -> PoseEstimate:
+        """Scene coordinates and RANSAC (scr_localization.py; with the input-size depth when the solver
+        uses it): the pose and covariance of the refinement (calibrated), score 1 - inlier ratio, the
+        inlier scene points. Raises ValueError when RANSAC finds no pose."""
         assert self.ransac is not None and self.camera is not None
         K = input_intrinsics(self.camera, box.width, box.height, box.new_width, box.new_height, box.x0,
                              box.y0, box.crop_width, box.crop_height)
-        poses, coords = localize(self.model, images, K[None], self.ransac, seed=stamp_ns % (2**31))
+        poses, coords = localize(self.model, images, K[None], self.ransac, seed=stamp_ns % (2**31),
+                                 depth_B1HW=depth_11HW)
         forwarded = time.perf_counter()
         pose = poses[0]
         if pose is None:
+            threshold = (f"{self.ransac.threshold_m} m" if self.ransac.use_depth
+                         else f"{self.ransac.threshold_px} px")
             raise ValueError(f"no pose: RANSAC found none with {self.ransac.min_inliers} inliers within "
-                             f"{self.ransac.threshold_px} px (a place the model has not learned?)")
+                             f"{threshold} (a place the model has not learned?)")
         score = 1.0 - pose.inlier_ratio
         factors = self.uncertainty.block_factors(torch.tensor([score]))
         covariance = calibrated(torch.from_numpy(pose.covariance_66)[None], *factors)[0].numpy()

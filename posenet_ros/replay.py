@@ -442,7 +442,7 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
         raise ValueError(f"max_gap_s must be > 0, got {max_gap_s}")
     bag, out = Path(bag), Path(out)
     loaded = load_model(settings.model, "cpu")  # training camera poses ("in the map"), depth need
-    if loaded.model.config.needs_depth:  # an RGB-D model: the depth images go with the colour ones
+    if loaded.needs_depth:  # the depth images go with the colour ones
         settings = dataclasses.replace(settings, use_depth=True)
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag, image_topic, depth_topic, settings.use_depth)

@@ -1,16 +1,26 @@
-"""Camera pose from predicted scene coordinates: RANSAC PnP, refinement on the inliers, covariance.
+"""Camera pose from predicted scene coordinates: RANSAC PnP or, with depth, RANSAC Kabsch; refinement
+on the inliers; covariance.
 
 Input: N 2D-3D correspondences, pixels_N2 (u, v: column, row, pixel centres at integers) of the
 network's input image and their predicted scene coordinates coords_N3 (map frame, metres), and the
-input image's pinhole matrix K_33. OpenCV's `solvePnPRansac` (AP3P minimal sets) finds the pose with
-the most inliers (reprojection error <= `threshold_px`), `solvePnPRefineLM` refines it on them, the
-inliers are re-selected with the refined pose and it is refined once more.
+input image's pinhole matrix K_33.
 
-Covariance: Gauss-Newton on the inlier reprojection residuals r (2n values) with Jacobian J over the
-camera-from-world parameters p (OpenCV's rvec, tvec): Σ_p = σ² (JᵀJ)⁻¹ with σ² = |r|² / (2n - 6).
-It is mapped to the published parameters (camera position in the map, metres; rotation of
+- RGB (2D-3D): OpenCV's `solvePnPRansac` (AP3P minimal sets) finds the pose with the most inliers
+  (reprojection error <= `threshold_px`), `solvePnPRefineLM` refines it on them, the inliers are
+  re-selected with the refined pose and it is refined once more.
+- RGB-D (3D-3D, the seed's regression forests): each cell also has its depth pixel back-projected,
+  points_cam_N3 (camera frame, metres). Hypotheses are Kabsch fits of `world_from_cam` to 3 random
+  cells (batched in numpy); the one with the most inliers (|world_from_cam · p - coord| <=
+  `threshold_m`) is refitted on its inliers by least squares (Kabsch), the inliers are re-selected
+  and it is refitted once more. Depth removes PnP's rotation-translation ambiguity, and the pose
+  averages the coordinate errors of all inliers.
+
+Covariance: Gauss-Newton on the inlier residuals r with Jacobian J, Σ_p = σ² (JᵀJ)⁻¹ with σ² =
+|r|² / (len(r) - 6). RGB: reprojection residuals (2n) over the camera-from-world parameters (OpenCV's
+rvec, tvec), mapped to the published parameters (camera position in the map, metres; rotation of
 `world_from_cam` about the fixed map axes, radians: q = exp(δ) q_est) through the numerical Jacobian
-of that map. `calibration` later scales it per block on validation frames.
+of that map. RGB-D: 3D residuals (3n) directly over the published parameters (∂r/∂position = I,
+∂r/∂δ = -[R p]ₓ). `calibration` later scales it per block on validation frames.
 """
 
 from __future__ import annotations
@@ -36,11 +46,17 @@ class RansacConfig:
     threshold_px: float = 2.0  # inlier reprojection error, pixels of the network's input image
     iterations: int = 256  # RANSAC hypotheses
     min_inliers: int = 6  # fewer: the frame has no pose
+    # RGB-D: solve from 3D-3D correspondences with each frame's depth image (the model then needs one
+    # with every frame); cells without valid depth are left out, and a frame with fewer than
+    # min_inliers such cells is solved by PnP.
+    use_depth: bool = False
+    threshold_m: float = 0.1  # RGB-D inlier distance of a cell's coordinate to its depth point, metres
 
     def __post_init__(self) -> None:
-        if not self.threshold_px > 0 or self.iterations < 1 or self.min_inliers < MIN_CORRESPONDENCES:
-            raise ValueError(f"ransac needs threshold_px > 0, iterations >= 1 and min_inliers >= "
-                             f"{MIN_CORRESPONDENCES}")
+        if not (self.threshold_px > 0 and self.threshold_m > 0 and self.iterations >= 1
+                and self.min_inliers >= MIN_CORRESPONDENCES):
+            raise ValueError(f"ransac needs threshold_px > 0, threshold_m > 0, iterations >= 1 and "
+                             f"min_inliers >= {MIN_CORRESPONDENCES}")
 
 
 @dataclass
@@ -81,19 +97,94 @@ def _published_jacobian(rvec: np.ndarray, tvec: np.ndarray, step: float = 1e-6) 
 
 
 def _residuals(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.ndarray,
-               tvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(reprojection errors N (px; inf behind the camera), residual Jacobian 2N x 6)."""
-    projected, jacobian = cv2.projectPoints(coords, rvec, tvec, K, None)
+               tvec: np.ndarray) -> np.ndarray:
+    """Reprojection errors N (px; inf behind the camera)."""
+    projected, _ = cv2.projectPoints(coords, rvec, tvec, K, None)
     rotation, _ = cv2.Rodrigues(rvec)
     depth = coords @ rotation[2] + tvec.reshape(3)[2]
     errors = np.linalg.norm(projected.reshape(-1, 2) - pixels, axis=1)
-    return np.where(depth > 0, errors, np.inf), jacobian[:, :6]
+    return np.where(depth > 0, errors, np.inf)
+
+
+def _gauss_newton_covariance(residuals: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+    """σ² (JᵀJ)⁻¹ with σ² = |r|² / (len(r) - 6) (at least 1e-6); NaN where JᵀJ is singular."""
+    sigma2 = float(np.sum(residuals**2) / max(residuals.size - 6, 1))
+    with np.errstate(all="ignore"):
+        try:
+            return max(sigma2, 1e-6) * np.linalg.inv(jacobian.T @ jacobian)
+        except np.linalg.LinAlgError:
+            return np.full((6, 6), np.nan)
+
+
+def _kabsch(points_cam: np.ndarray, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rotations ...x3x3, positions ...x3) of the `world_from_cam` that maps points_cam (..., n, 3)
+    onto coords (..., n, 3) with the least squared error (Kabsch; batched over the leading axes)."""
+    mean_cam, mean_world = points_cam.mean(axis=-2), coords.mean(axis=-2)
+    cross = np.swapaxes(points_cam - mean_cam[..., None, :], -1, -2) @ (coords - mean_world[..., None, :])
+    u, _, vt = np.linalg.svd(cross)
+    v, ut = np.swapaxes(vt, -1, -2), np.swapaxes(u, -1, -2)
+    reflection = np.ones((*cross.shape[:-2], 3))
+    reflection[..., 2] = np.where(np.linalg.det(v @ ut) < 0, -1.0, 1.0)
+    rotation = (v * reflection[..., None, :]) @ ut
+    return rotation, mean_world - np.einsum("...ij,...j->...i", rotation, mean_cam)
+
+
+def _solve_rgbd(coords: np.ndarray, points_cam: np.ndarray, pixels: np.ndarray, K: np.ndarray,
+                index: np.ndarray, config: RansacConfig, seed: int) -> ScrPose:
+    """RANSAC Kabsch over the cells `index` (finite coordinates and valid depth); module docstring."""
+    world, cam = coords[index], points_cam[index]
+    rng = np.random.default_rng(seed)
+    samples = rng.random((config.iterations, len(index))).argsort(axis=1)[:, :3]
+    rotations, positions = _kabsch(cam[samples], world[samples])
+    distances = np.linalg.norm(np.einsum("hij,nj->hni", rotations, cam) + positions[:, None] - world, axis=-1)
+    counts = (distances <= config.threshold_m).sum(axis=1)
+    best = int(np.argmax(counts))
+    if counts[best] < config.min_inliers:
+        raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
+                             f"{config.threshold_m} m ({int(counts[best])} found)")
+    inlier = distances[best] <= config.threshold_m
+    for _ in range(2):  # refit on the inliers, then re-select them with the refitted pose
+        rotation, position = _kabsch(cam[inlier], world[inlier])
+        errors = np.linalg.norm(cam @ rotation.T + position - world, axis=1)
+        if (errors <= config.threshold_m).sum() < config.min_inliers:
+            break
+        inlier = errors <= config.threshold_m
+    rotated = cam[inlier] @ rotation.T
+    residuals = rotated + position - world[inlier]
+    jacobian = np.zeros((len(rotated), 3, 6))
+    jacobian[:, :, :3] = np.eye(3)
+    x, y, z = rotated.T
+    jacobian[:, 0, 4], jacobian[:, 0, 5] = -z, y  # -[R p]x: ∂r/∂δ of r = exp(δ) R p + position - coord
+    jacobian[:, 1, 3], jacobian[:, 1, 5] = z, -x
+    jacobian[:, 2, 3], jacobian[:, 2, 4] = -y, x
+    covariance = _gauss_newton_covariance(residuals.reshape(-1), jacobian.reshape(-1, 6))
+    rvec, _ = cv2.Rodrigues(rotation.T)
+    tvec = -rotation.T @ position
+    return _result(coords, pixels, K, index, inlier, rvec, tvec, covariance)
+
+
+def _result(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, index: np.ndarray, inlier: np.ndarray,
+            rvec: np.ndarray, tvec: np.ndarray, covariance: np.ndarray) -> ScrPose:
+    """The ScrPose of camera-from-world (rvec, tvec) with `covariance` over the published parameters;
+    `inlier` is the mask over the candidate cells `index`."""
+    count = int(inlier.sum())
+    if not np.isfinite(covariance).all():
+        raise PoseSolveError(f"the {count} inliers do not constrain the pose (degenerate configuration)")
+    errors = _residuals(coords[index[inlier]], pixels[index[inlier]], K, rvec, tvec)
+    position, rotation = _world_pose(rvec.reshape(3), tvec.reshape(3))
+    mask = np.zeros(len(coords), bool)
+    mask[index[inlier]] = True
+    return ScrPose(position_3=position, quat_wxyz_4=matrix_to_quat(rotation),
+                   covariance_66=0.5 * (covariance + covariance.T), inliers_N=mask,
+                   inlier_ratio=count / len(index), rms_px=float(np.sqrt(np.mean(errors**2))))
 
 
 def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, config: RansacConfig,
-               seed: int = 0) -> ScrPose:
+               seed: int = 0, points_cam_N3: np.ndarray | None = None) -> ScrPose:
     """The pose of the camera that saw scene points `coords_N3` at `pixels_N2` (see the module
-    docstring). Non-finite coordinates are ignored. Raises PoseSolveError when no pose has
+    docstring): from 3D-3D correspondences when `points_cam_N3` (each cell's depth point in the camera
+    frame, metres; NaN or z <= 0 where the depth is invalid) is given and at least `min_inliers` cells
+    have one, else by PnP. Non-finite coordinates are ignored. Raises PoseSolveError when no pose has
     `config.min_inliers` inliers. The RANSAC sampling is seeded by `seed`."""
     coords = np.asarray(coords_N3, np.float64).reshape(-1, 3)
     pixels = np.asarray(pixels_N2, np.float64).reshape(-1, 2)
@@ -102,6 +193,12 @@ def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, c
     if finite.sum() < config.min_inliers:
         raise PoseSolveError(f"{int(finite.sum())} finite correspondences, fewer than the "
                              f"{config.min_inliers} a pose needs")
+    if points_cam_N3 is not None:
+        points_cam = np.asarray(points_cam_N3, np.float64).reshape(-1, 3)
+        with np.errstate(invalid="ignore"):
+            with_depth = finite & np.isfinite(points_cam).all(axis=1) & (points_cam[:, 2] > 0)
+        if with_depth.sum() >= config.min_inliers:
+            return _solve_rgbd(coords, points_cam, pixels, K, np.flatnonzero(with_depth), config, seed)
     index = np.flatnonzero(finite)
     cv2.setRNGSeed(int(seed) % (2**31))
     found, rvec, tvec, inliers = cv2.solvePnPRansac(
@@ -114,26 +211,14 @@ def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, c
     inlier[inliers.reshape(-1)] = True
     for _ in range(2):  # refine on the inliers, then re-select them with the refined pose
         rvec, tvec = cv2.solvePnPRefineLM(coords[index[inlier]], pixels[index[inlier]], K, None, rvec, tvec)
-        errors, _ = _residuals(coords[index], pixels[index], K, rvec, tvec)
+        errors = _residuals(coords[index], pixels[index], K, rvec, tvec)
         if (errors <= config.threshold_px).sum() < config.min_inliers:
             break
         inlier = errors <= config.threshold_px
-    errors, jacobian = _residuals(coords[index[inlier]], pixels[index[inlier]], K, rvec, tvec)
-    count = int(inlier.sum())
-    sigma2 = float(np.sum(errors**2) / max(2 * count - 6, 1))
-    information = jacobian.T @ jacobian
+    projected, jacobian = cv2.projectPoints(coords[index[inlier]], rvec, tvec, K, None)
+    residuals = projected.reshape(-1, 2) - pixels[index[inlier]]
+    published = _published_jacobian(rvec.reshape(3), tvec.reshape(3))
+    covariance_p = _gauss_newton_covariance(residuals.reshape(-1), jacobian[:, :6])
     with np.errstate(all="ignore"):
-        try:
-            covariance_p = max(sigma2, 1e-6) * np.linalg.inv(information)
-        except np.linalg.LinAlgError:
-            covariance_p = np.full((6, 6), np.nan)
-        published = _published_jacobian(rvec.reshape(3), tvec.reshape(3))
         covariance = published @ covariance_p @ published.T
-    if not np.isfinite(covariance).all():
-        raise PoseSolveError(f"the {count} inliers do not constrain the pose (degenerate configuration)")
-    position, rotation = _world_pose(rvec.reshape(3), tvec.reshape(3))
-    mask = np.zeros(len(coords), bool)
-    mask[index[inlier]] = True
-    return ScrPose(position_3=position, quat_wxyz_4=matrix_to_quat(rotation),
-                   covariance_66=0.5 * (covariance + covariance.T), inliers_N=mask,
-                   inlier_ratio=count / len(index), rms_px=float(np.sqrt(np.mean(errors**2))))
+    return _result(coords, pixels, K, index, inlier, rvec, tvec, covariance)

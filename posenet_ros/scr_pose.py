@@ -133,16 +133,19 @@ def _solve_rgbd(coords: np.ndarray, points_cam: np.ndarray, pixels: np.ndarray, 
                 index: np.ndarray, config: RansacConfig, seed: int) -> ScrPose:
     """RANSAC Kabsch over the cells `index` (finite coordinates and valid depth); module docstring."""
     world, cam = coords[index], points_cam[index]
-    rng = np.random.default_rng(seed)
-    samples = rng.random((config.iterations, len(index))).argsort(axis=1)[:, :3]
+    # Minimal sets of 3 cells (a repeated cell makes a degenerate hypothesis, which scores low).
+    samples = np.random.default_rng(seed).integers(0, len(index), (config.iterations, 3))
     rotations, positions = _kabsch(cam[samples], world[samples])
-    distances = np.linalg.norm(np.einsum("hij,nj->hni", rotations, cam) + positions[:, None] - world, axis=-1)
-    counts = (distances <= config.threshold_m).sum(axis=1)
+    # |R c + p - x|² expanded into matrix products over (hypotheses, cells): 10x faster than the residuals.
+    squared = ((cam**2).sum(axis=1) + (world**2).sum(axis=1) + (positions**2).sum(axis=1)[:, None]
+               - 2 * positions @ world.T + 2 * np.einsum("hji,hj->hi", rotations, positions) @ cam.T
+               - 2 * rotations.reshape(-1, 9) @ (world[:, :, None] * cam[:, None, :]).reshape(-1, 9).T)
+    counts = (squared <= config.threshold_m**2).sum(axis=1)
     best = int(np.argmax(counts))
     if counts[best] < config.min_inliers:
         raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
                              f"{config.threshold_m} m ({int(counts[best])} found)")
-    inlier = distances[best] <= config.threshold_m
+    inlier = np.linalg.norm(cam @ rotations[best].T + positions[best] - world, axis=1) <= config.threshold_m
     for _ in range(2):  # refit on the inliers, then re-select them with the refitted pose
         rotation, position = _kabsch(cam[inlier], world[inlier])
         errors = np.linalg.norm(cam @ rotation.T + position - world, axis=1)
@@ -153,10 +156,10 @@ def _solve_rgbd(coords: np.ndarray, points_cam: np.ndarray, pixels: np.ndarray, 
     residuals = rotated + position - world[inlier]
     jacobian = np.zeros((len(rotated), 3, 6))
     jacobian[:, :, :3] = np.eye(3)
-    x, y, z = rotated.T
-    jacobian[:, 0, 4], jacobian[:, 0, 5] = -z, y  # -[R p]x: ∂r/∂δ of r = exp(δ) R p + position - coord
-    jacobian[:, 1, 3], jacobian[:, 1, 5] = z, -x
-    jacobian[:, 2, 3], jacobian[:, 2, 4] = -y, x
+    x, y, z = rotated.T  # ∂r/∂δ of r = exp(δ) R p + position - coord: δ x Rp = -[Rp]x δ
+    jacobian[:, 0, 4], jacobian[:, 0, 5] = z, -y
+    jacobian[:, 1, 3], jacobian[:, 1, 5] = -z, x
+    jacobian[:, 2, 3], jacobian[:, 2, 4] = y, -x
     covariance = _gauss_newton_covariance(residuals.reshape(-1), jacobian.reshape(-1, 6))
     rvec, _ = cv2.Rodrigues(rotation.T)
     tvec = -rotation.T @ position

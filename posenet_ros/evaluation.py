@@ -19,6 +19,8 @@ Metric names (`pose_metrics`, `metrics.json`):
 Files written by `evaluate` into its output folder:
 
     metrics.json      {"model", "split", "device", "transform", "thresholds": [[M, D], ...],
+                       "method", "mc_samples", "ransac" (method scr: the pose solver), "calibrated",
+                       "smoothing",
                        "scenes": {name: {"data_root", metrics..., "mean_pose_baseline": {metrics...}}},
                        "overall": {metrics..., "mean_pose_baseline": {...}}}
                       (the baseline entries only when the checkpoint holds training poses)
@@ -195,9 +197,9 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
 
     A scene coordinate model (`SceneCoordinateNet`) solves each frame's pose with RANSAC (`ransac`,
     default settings if None; the records need intrinsics, and depth images with `ransac.use_depth`)
-    and always returns covariances (scaled by
-    `uncertainty`'s calibration when given), its uncalibrated covariance as `epistemic_N66` and the
-    score 1 - inlier ratio. A frame without a pose has NaN pose and infinite errors.
+    and always returns covariances (scaled by `uncertainty`'s calibration when given), its
+    uncalibrated covariance as `epistemic_N66` and the score 1 - inlier ratio. A frame without a pose
+    has NaN pose and infinite errors.
 
     Deterministic by default; with `uncertainty` the poses are Monte-Carlo dropout means with
     covariances and loop-closure scores (`uncertainty.estimate`, the dropout masks of a batch seeded
@@ -735,7 +737,9 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         "device": str(resolved_device),
         "transform": {"resize": transform.resize, "crop": transform.crop, "centre_crop": True},
         "thresholds": [[metres, degrees] for metres, degrees in checked_thresholds],
-        "mc_samples": 0 if uncertainty is None else uncertainty.mc_samples,
+        "method": loaded.method,
+        "mc_samples": 0 if uncertainty is None or loaded.method == "scr" else uncertainty.mc_samples,
+        **({"ransac": dataclasses.asdict(loaded.ransac)} if loaded.method == "scr" else {}),
         "calibrated": loaded.calibrated,
         "smoothing": smooth,
         "scenes": scene_metrics,
@@ -844,8 +848,8 @@ def format_table(metrics: dict[str, Any]) -> str:
 def format_uncertainty(metrics: dict[str, Any]) -> str:
     """Lines summarising `evaluate`'s overall uncertainty and loop-closure metrics."""
     overall = metrics["overall"]
-    lines = [f"Uncertainty ({metrics['mc_samples']} MC samples, "
-             f"{'calibrated' if metrics.get('calibrated') else 'not calibrated'}):"]
+    source = "RANSAC covariance" if metrics.get("method") == "scr" else f"{metrics['mc_samples']} MC samples"
+    lines = [f"Uncertainty ({source}, {'calibrated' if metrics.get('calibrated') else 'not calibrated'}):"]
     for block, values in overall["uncertainty"].items():
         coverage_text = ", ".join(f"{k}σ {100 * values[f'within_{k}sigma']:.0f}% "
                                   f"({100 * values[f'expected_{k}sigma']:.0f}%)" for k in (1, 2, 3))

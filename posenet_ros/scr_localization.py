@@ -1,9 +1,9 @@
 """Scene coordinate regression at test time: network forward, then one RANSAC pose per frame.
 
 `localize` runs the network on a batch and `scr_pose.solve_pose` on each frame's cells (with the
-frame's depth points when the solver uses depth). The
-loop-closure score of a frame is 1 - inlier ratio (0 when every cell agrees with the pose; a place
-the network has not learned gives scattered coordinates and few inliers).
+frame's depth points when the solver uses depth). The loop-closure score of a frame is 1 - inlier
+ratio (0 when every cell agrees with the pose; a place the network has not learned gives scattered
+coordinates and few inliers).
 """
 
 from __future__ import annotations

@@ -256,7 +256,9 @@ def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume
 def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int, progress: bool,
            device: torch.device, rank: int, world: int) -> Path:
     needs_depth = config.model.needs_depth
-    bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth or needs_depth)
+    scr_depth = config.method == "scr" and config.ransac.use_depth  # poses solved with depth
+    bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth or needs_depth
+                              or scr_depth)
     train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad, bag=bag)
     val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad, bag=bag)
                    if config.data.val_split else [])
@@ -297,6 +299,9 @@ def _scr_setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray
     has_depth = all(record.depth_path is not None for record in records)
     if config.scr_loss.kind == "depth" and not has_depth:
         raise DatasetError("scr_loss.kind 'depth' needs depth images; use 'reprojection' (or 'auto')")
+    if config.ransac.use_depth and not has_depth:
+        raise DatasetError("ransac.use_depth (train --use-depth) solves poses with depth images, and the "
+                           "training frames have none")
     use_depth = has_depth and config.scr_loss.kind != "reprojection"
     model = SceneCoordinateNet(config.scr)
     reach = median_depth(records) if use_depth else config.scr_loss.prior_depth

@@ -228,6 +228,17 @@ def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_th
     assert replayed["processed"] + replayed["failed"] == 48 and replayed["processed"] >= 44
 
 
+def test_rgbd_scene_coordinates_refuse_training_data_without_depth(tmp_path, capsys):
+    assert main(["synth", "--quiet", "--layout", "cambridge", str(tmp_path / "scene"), "width=48",
+                 "height=36", "frames_per_sequence=4", "train_sequences=1", "test_sequences=1",
+                 "val_sequences=0", "outside_sequences=0", "variations=[]"]) == 0
+    assert main(["train", "--quiet", "--use-depth", "--data", str(tmp_path / "scene"), "--out",
+                 str(tmp_path / "run"), "device=cpu", "method=scr", "scr.backbone=resnet_tiny", "epochs=1",
+                 "data.resize=36", "data.crop=null", "data.val_split=''"]) == 2
+    assert "ransac.use_depth (train --use-depth) solves poses with depth images, and the training frames " \
+        "have none" in capsys.readouterr().err
+
+
 def test_pose_regression_only_commands_refuse_a_scene_coordinate_model(scr_run, capsys):
     model, scene = str(scr_run / "run"), str(scr_run / "scene")
     assert main(["train-temporal", "--quiet", "--model", model, "--data", scene, "device=cpu"]) == 2

@@ -32,7 +32,7 @@ from posenet_ros.checkpoint import load_model
 from posenet_ros.cli import main as cli
 from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation import eval_transform, pose_errors, predict
+from posenet_ros.evaluation import eval_transform, pose_errors, pose_metrics, predict
 from posenet_ros.relocalizer import Relocalizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,8 @@ def overall(path: Path) -> dict:
 
 def accuracy(position_error_N: np.ndarray, orientation_error_N: np.ndarray) -> dict:
     """The `KEYS` of a set of errors (metres, degrees; inf where a frame has no pose)."""
-    return {"frames": len(position_error_N), "median_position_error_m": float(np.median(position_error_N)),
-            "median_orientation_error_deg": float(np.median(orientation_error_N)),
-            "within_0.05m_5deg": float(np.mean((position_error_N <= 0.05) & (orientation_error_N <= 5)))}
+    metrics = pose_metrics(position_error_N, orientation_error_N)
+    return {key: metrics[key] for key in KEYS}
 
 
 def kinect_noise(depth_HW: np.ndarray, rng: np.random.Generator) -> np.ndarray:

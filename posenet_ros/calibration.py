@@ -191,7 +191,7 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
     scr = isinstance(loaded.model, SceneCoordinateNet)  # covariance from the pose refinement
     if not scr and setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
         raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
-    bag = bag_config_for_checkpoint(loaded.config, bag_options)
+    bag = bag_config_for_checkpoint(loaded.config, loaded.needs_depth, bag_options)
     train_records = load_frames(data_root, train_split, bag=bag)
     if not scr:
         fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),

@@ -690,7 +690,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     transform = eval_transform(loaded.config)
     uncertainty = _uncertainty_setting(loaded, mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
-    bag = bag_config_for_checkpoint(loaded.config, bag_options)
+    bag = bag_config_for_checkpoint(loaded.config, loaded.needs_depth, bag_options)
     logger.info("evaluating %s on %d scene(s), split %r, device %s, resize %s, crop %s, MC samples %d",
                 loaded.path, len(roots), split, resolved_device, transform.resize, transform.crop,
                 0 if uncertainty is None else uncertainty.mc_samples)
@@ -941,7 +941,7 @@ def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str 
     if not isinstance(loaded.model, PoseNet):
         raise ValueError(f"{loaded.path}: saliency maps are drawn for pose regression models, not method "
                          f"{loaded.method!r}")
-    records = load_frames(data_root, split, bag=bag_config_for_checkpoint(loaded.config))
+    records = load_frames(data_root, split, bag=bag_config_for_checkpoint(loaded.config, loaded.needs_depth))
     count = len(records)
     if count == 0:
         raise ValueError(f"{data_root}: the {split!r} split has no frames")

@@ -150,7 +150,6 @@ class Relocalizer:
                                         smoothing_reset_unknown)
                          if smoothing and loaded.temporal is not None else None)
         self.ransac = loaded.ransac if loaded.method == "scr" else None
-        self._needs_depth = loaded.needs_depth
         self.camera = loaded.camera
         if self.ransac is not None and self.camera is None:
             raise ValueError(f"{self.model_path} is a scene coordinate model without the training camera's "
@@ -195,7 +194,7 @@ class Relocalizer:
     def needs_depth(self) -> bool:
         """Whether the model needs a depth image with every frame (an RGB-D network, or scene
         coordinates solved with depth)."""
-        return self._needs_depth
+        return self.model.config.needs_depth or (self.ransac is not None and self.ransac.use_depth)
 
     def set_loop_closure(self, config: LoopClosureConfig) -> None:
         """Use other loop-closure thresholds from now on (the flag's history is kept)."""

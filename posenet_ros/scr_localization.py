@@ -48,7 +48,7 @@ def localize(model: SceneCoordinateNet, images_B3HW: torch.Tensor, K_B33: np.nda
     if depth_B1HW is not None and ransac.use_depth:
         identity = torch.eye(4, dtype=torch.float64).expand(len(coords_BN3), 4, 4)
         points, valid = depth_targets(depth_B1HW.double().cpu(), torch.from_numpy(K), identity)
-        points_cam_BN3 = list(np.where(_cells(valid[:, None].expand_as(points)), _cells(points), np.nan))
+        points_cam_BN3 = list(_cells(points.masked_fill(~valid[:, None], float("nan"))))
     poses: list[ScrPose | None] = []
     for b in range(len(coords_BN3)):
         try:

@@ -330,7 +330,8 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
     if not isinstance(model, PoseNet):
         raise ValueError(f"{loaded.path}: temporal smoothing refines pose regression (PoseNet) models, not "
                          f"method {loaded.method!r}")
-    bag = bag_config_for_checkpoint(loaded.config)  # a rosbag2 is read as the model was trained on it
+    # A rosbag2 is read as the model was trained on it.
+    bag = bag_config_for_checkpoint(loaded.config, loaded.needs_depth)
     records = load_frames(data_root, config.train_split, bag=bag)
     inputs = compute_inputs(model, records, loaded.config, device, progress=progress)
     windows = _windows(inputs.sequences, config.window, config.stride)

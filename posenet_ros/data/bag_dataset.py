@@ -114,16 +114,15 @@ class BagDataConfig:
         return ranges
 
 
-def bag_config_for_checkpoint(config: Mapping[str, Any],
+def bag_config_for_checkpoint(config: Mapping[str, Any], needs_depth: bool,
                               overrides: Mapping[str, Any] | None = None) -> BagDataConfig:
     """The bag options a checkpoint was trained with (its config's `data.bag`; the defaults where it
     has none) with `overrides` (field name -> value) applied and `use_depth` on exactly when the
-    model needs depth (an RGB-D model, or scene coordinates solved with depth): evaluation and
-    calibration read what the model needs."""
+    model needs depth (`LoadedModel.needs_depth`): evaluation and calibration read what the model
+    needs."""
     stored = dict((config.get("data") or {}).get("bag") or {})
     stored.update(overrides or {})
-    scr_depth = config.get("method") == "scr" and bool((config.get("ransac") or {}).get("use_depth"))
-    stored["use_depth"] = (config.get("model") or {}).get("depth", "none") != "none" or scr_depth
+    stored["use_depth"] = needs_depth
     return config_from_dict(BagDataConfig, stored, prefix="data.bag.")
 
 

@@ -45,7 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "posenet-ros = posenet_ros.cli:main",
-            "relocalize_node = posenet_ros.ros.node:main",
+            "relocalize_node = posenet_ros.node.rclpy_node:main",
         ],
     },
 )

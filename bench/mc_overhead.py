@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.device import resolve_device
+from posenet_ros.core.device import resolve_device
+from posenet_ros.inference.uncertainty import UncertaintyConfig, estimate
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.uncertainty import UncertaintyConfig, estimate
 
 
 def timed(fn, device: torch.device) -> float:

@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint, store_calibration
-from posenet_ros.export import export_model
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.ros.conversions import (
     RosbagsTypes,
@@ -50,7 +49,8 @@ from posenet_ros.ros.conversions import (
 )
 from posenet_ros.ros.dds import DdsNode, loopback_config
 from posenet_ros.ros.dds_types import deserialize, serialize, to_dds
-from posenet_ros.uncertainty import UncertaintyConfig
+from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.runtime.export import export_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSE_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"

@@ -44,14 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint, store_calibration, store_temporal
-from posenet_ros.device import resolve_device
-from posenet_ros.evaluation import pose_errors
-from posenet_ros.export import export_model, onnx_cuda_available
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.core.device import resolve_device
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.metrics import pose_errors
+from posenet_ros.inference.temporal import head_inputs
+from posenet_ros.inference.uncertainty import UncertaintyConfig, head_dropout_masks
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
-from posenet_ros.relocalizer import Relocalizer
 from posenet_ros.ros.conversions import (
     RosbagsTypes,
     bool_msg,
@@ -61,8 +60,9 @@ from posenet_ros.ros.conversions import (
     pose_with_covariance_stamped,
 )
 from posenet_ros.ros.dds_types import deserialize, from_dds, serialize, to_dds
-from posenet_ros.smoothing import head_inputs
-from posenet_ros.uncertainty import UncertaintyConfig, head_dropout_masks
+from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration, store_temporal
+from posenet_ros.runtime.export import export_model, onnx_cuda_available
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TYPE = "sensor_msgs/msg/Image"

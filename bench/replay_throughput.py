@@ -32,16 +32,16 @@ from pathlib import Path
 
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.core.device import resolve_device
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
-from posenet_ros.device import resolve_device
-from posenet_ros.export import export_model
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.evaluation.replay import replay
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.uncertainty import UncertaintyConfig, estimate
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.replay import replay
-from posenet_ros.ros.bag_writing import make_bag
-from posenet_ros.ros.dds_node import load_settings
-from posenet_ros.uncertainty import UncertaintyConfig, estimate
+from posenet_ros.node.dds_node import load_settings
+from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.runtime.export import export_model
+from posenet_ros.tools.make_bag import make_bag
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

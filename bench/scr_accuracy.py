@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.checkpoint import load_model
 from posenet_ros.cli import main as cli
+from posenet_ros.core.camera import eval_transform
 from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation import eval_transform, pose_errors, pose_metrics, predict
-from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.evaluation.predict import predict
+from posenet_ros.inference.metrics import pose_errors, pose_metrics
+from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCENE = ["width=160", "height=120", "hfov_deg=70", "frames_per_sequence=96",

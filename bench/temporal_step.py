@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.device import resolve_device
+from posenet_ros.core.device import resolve_device
+from posenet_ros.inference.temporal import CausalSmoother, TemporalCalibration, head_inputs
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
-from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, head_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

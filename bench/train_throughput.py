@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from posenet_ros.device import resolve_device
-from posenet_ros.losses import LossConfig, PoseLoss
+from posenet_ros.core.device import resolve_device
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.training.losses import LossConfig, PoseLoss
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Launch relocalize_node (posenet_ros/ros/node.py) with the parameters of config/relocalize.yaml.
+"""Launch relocalize_node (posenet_ros/node/rclpy_node.py) with the parameters of config/relocalize.yaml.
 
     ros2 launch posenet_ros relocalize.launch.py model:=/path/to/run image_topic:=/my/camera/image_raw
     ros2 launch posenet_ros relocalize.launch.py --show-args

@@ -28,9 +28,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from posenet_ros.checkpoint import CheckpointError
-from posenet_ros.config import ConfigError, load_config
+from posenet_ros.core.config import ConfigError, load_config
 from posenet_ros.data.frames import DatasetError
+from posenet_ros.runtime.checkpoint import CheckpointError
 
 logger = logging.getLogger("posenet_ros")
 
@@ -56,7 +56,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from posenet_ros.export import export_model
+    from posenet_ros.runtime.export import export_model
 
     path, difference = export_model(args.model, args.format, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); largest difference from PyTorch on a "
@@ -107,7 +107,7 @@ def _bag_options(args: argparse.Namespace) -> dict[str, object]:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from posenet_ros.training import STATE_FILE, TrainConfig, read_train_state_metadata, train
+    from posenet_ros.training.train import STATE_FILE, TrainConfig, read_train_state_metadata, train
 
     base, data = None, args.data
     if args.resume:
@@ -142,7 +142,8 @@ def _threshold(text: str) -> tuple[float, float]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from posenet_ros.evaluation import DEFAULT_THRESHOLDS, evaluate, format_table, format_uncertainty
+    from posenet_ros.evaluation.evaluate import evaluate, format_table, format_uncertainty
+    from posenet_ros.inference.metrics import DEFAULT_THRESHOLDS
 
     thresholds = list(dict.fromkeys([*DEFAULT_THRESHOLDS, *args.threshold]))
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
@@ -160,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train_temporal(args: argparse.Namespace) -> int:
-    from posenet_ros.temporal_training import TemporalTrainConfig, train_temporal
+    from posenet_ros.training.temporal import TemporalTrainConfig, train_temporal
 
     config = load_config(TemporalTrainConfig, args.config, args.overrides)
     report = train_temporal(args.model, args.data, config, progress=not args.quiet)
@@ -183,7 +184,7 @@ def _train_temporal(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from posenet_ros.calibration import calibrate_checkpoint
+    from posenet_ros.evaluation.calibrate import calibrate_checkpoint
 
     report = calibrate_checkpoint(args.model, args.data, split=args.split, mc_samples=args.mc_samples,
                                   mc_mode=args.mc_mode, enter_percentile=args.enter_percentile,
@@ -209,7 +210,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _saliency(args: argparse.Namespace) -> int:
-    from posenet_ros.evaluation import write_saliency
+    from posenet_ros.evaluation.saliency import write_saliency
 
     paths = write_saliency(args.model, args.data, split=args.split, frames=args.frames, out=args.out,
                            device=args.device)
@@ -219,7 +220,7 @@ def _saliency(args: argparse.Namespace) -> int:
 
 
 def _make_bag(args: argparse.Namespace) -> int:
-    from posenet_ros.ros.bag_writing import make_bag
+    from posenet_ros.tools.make_bag import make_bag
 
     summary = make_bag(args.data, args.out, splits=args.split or ["test"], storage=args.storage,
                        compressed=args.compressed, compressed_format=args.compressed_format,
@@ -256,8 +257,8 @@ def _add_make_bag_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from posenet_ros.replay import replay
-    from posenet_ros.ros.dds_node import load_settings
+    from posenet_ros.evaluation.replay import replay
+    from posenet_ros.node.dds_node import load_settings
 
     overrides = list(args.param)
     for flag, key in ((args.mc_samples, "mc_samples"), (args.device, "device")):
@@ -333,10 +334,10 @@ def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from posenet_ros.ros.play import play
+    from posenet_ros.tools.play import play
 
     if args.quiet:
-        logging.getLogger("posenet_ros.ros.play").setLevel(logging.WARNING)
+        logging.getLogger("posenet_ros.tools.play").setLevel(logging.WARNING)
     counts = play(args.bag, rate=args.rate, topics=args.topics, loop=args.loop, domain_id=args.domain_id,
                   wait_subscribers=args.wait_subscribers, wait_timeout=args.wait_timeout, delay=args.delay,
                   step_topic=args.step_topic, step_type=args.step_type, step_timeout=args.step_timeout)
@@ -377,7 +378,7 @@ def _add_play_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    from posenet_ros.ros.echo import echo
+    from posenet_ros.tools.echo import echo
 
     printed = echo(args.topic, type_name=args.type, qos=args.qos, count=args.count, timeout=args.timeout,
                    wait_timeout=args.wait_timeout, domain_id=args.domain_id, fmt=args.format,
@@ -413,7 +414,7 @@ def _add_echo_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from posenet_ros.ros.dds_node import main as run
+    from posenet_ros.node.dds_node import main as run
 
     return run(args.model, args.params, args.param, args.namespace, args.domain_id)
 
@@ -450,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
 
     train = commands.add_parser("train", help="train a PoseNet on a dataset folder or a rosbag2",
-                                description="Train a pose regressor (config: posenet_ros.training."
+                                description="Train a pose regressor (config: posenet_ros.training.train."
                                 "TrainConfig; see config/train.yaml). Checkpoints every epoch into OUT.")
     train.add_argument("--config", type=Path, help="YAML training config")
     train.add_argument("--data", type=Path, help="dataset folder (7-Scenes or Cambridge layout) or rosbag2")
@@ -539,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Write the checkpoint's network (backbone and Monte-Carlo "
                                  "head, dropout masks as an input) as ONNX or TorchScript, check it against "
                                  "PyTorch, and print the difference. The node runs it with the parameter "
-                                 "runtime:=onnx (or torchscript); see posenet_ros/export.py.")
+                                 "runtime:=onnx (or torchscript); see posenet_ros/runtime/export.py.")
     export.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
     export.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     export.add_argument("--out", type=Path,

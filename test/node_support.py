@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint, store_calibration
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.ros.conversions import RosbagsTypes, image_msg
-from posenet_ros.uncertainty import UncertaintyConfig
+from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
 
 TYPES = RosbagsTypes()
 STAMP0_NS = 1_700_000_000_000_000_000  # 2023-11-14, a realistic ROS time

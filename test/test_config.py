@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from posenet_ros.config import ConfigError, config_to_dict, load_config
+from posenet_ros.core.config import ConfigError, config_to_dict, load_config
 
 
 @dataclass
@@ -67,7 +67,7 @@ def test_bad_files_are_named(tmp_path):
 
 
 @pytest.mark.parametrize(("file", "module", "name"), [
-    ("config/train.yaml", "posenet_ros.training", "TrainConfig"),
+    ("config/train.yaml", "posenet_ros.training.train", "TrainConfig"),
     ("config/synthetic_scene.yaml", "posenet_ros.data.synthetic", "SceneConfig"),
 ])
 def test_shipped_yaml_files_hold_exactly_the_defaults(file, module, name):
@@ -78,7 +78,7 @@ def test_shipped_yaml_files_hold_exactly_the_defaults(file, module, name):
     path = Path(__file__).resolve().parents[1] / file
     assert config_to_dict(load_config(cls, path)) == config_to_dict(cls())
     # Every key is written out, so the file documents the whole configuration.
-    from posenet_ros.config import read_yaml
+    from posenet_ros.core.config import read_yaml
 
     def keys(values, prefix=""):
         return {prefix + k for k, v in values.items() if not isinstance(v, dict)} | {

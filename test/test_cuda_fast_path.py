@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint, store_calibration
-from posenet_ros.cuda_graphs import CudaGraphNetwork
-from posenet_ros.export import export_model
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.uncertainty import UncertaintyConfig, head_dropout_masks, torch_network
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.uncertainty import UncertaintyConfig, head_dropout_masks, torch_network
+from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.runtime.cuda_graphs import CudaGraphNetwork
+from posenet_ros.runtime.export import export_model
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

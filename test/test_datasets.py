@@ -15,9 +15,10 @@ import pytest
 import torch
 import transforms3d.quaternions as tq
 
+from posenet_ros.core.camera import FrameTransform, Intrinsics
 from posenet_ros.data.cambridge import load_cambridge, pose_to_world_from_cam, write_cambridge
-from posenet_ros.data.dataset import FrameTransform, PoseDataset, read_depth_mm, read_rgb
-from posenet_ros.data.frames import DatasetError, Intrinsics, RenderedFrame, SequenceToWrite
+from posenet_ros.data.dataset import PoseDataset, read_depth_mm, read_rgb
+from posenet_ros.data.frames import DatasetError, RenderedFrame, SequenceToWrite
 from posenet_ros.data.loading import detect_layouts, load_frames
 from posenet_ros.data.seven_scenes import (
     SEVEN_SCENES_INTRINSICS,

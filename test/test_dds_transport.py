@@ -45,7 +45,7 @@ from posenet_ros.ros.dds_types import (
     to_dds,
     typestore,
 )
-from posenet_ros.ros.echo import message_to_dict
+from posenet_ros.tools.echo import message_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 20.0

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.data.dataset import CropBox, FrameTransform, crop_box
-from posenet_ros.device_preprocess import DevicePreprocessor, area_weights, linear_weights
+from posenet_ros.core.camera import CropBox, FrameTransform, crop_box
+from posenet_ros.runtime.device_preprocess import DevicePreprocessor, area_weights, linear_weights
 
 # (frame width, height, FrameTransform.resize, FrameTransform.crop)
 CASES = [

@@ -16,29 +16,25 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint
 from posenet_ros.cli import main as cli_main
-from posenet_ros.config import config_to_dict
-from posenet_ros.data.dataset import FrameTransform, PoseDataset
+from posenet_ros.core.camera import FrameTransform, eval_transform
+from posenet_ros.core.config import config_to_dict
+from posenet_ros.core.geometry import angular_error_deg, translation_error
+from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation import (
-    PREDICTION_COLUMNS,
-    UNCERTAINTY_COLUMNS,
-    eval_transform,
-    evaluate,
-    format_table,
+from posenet_ros.evaluation.evaluate import PREDICTION_COLUMNS, UNCERTAINTY_COLUMNS, evaluate, format_table
+from posenet_ros.evaluation.predict import predict
+from posenet_ros.evaluation.saliency import saliency_maps, write_saliency
+from posenet_ros.inference.metrics import (
     mean_pose_baseline,
     mean_quaternion,
     pose_errors,
     pose_metrics,
-    predict,
-    saliency_maps,
     threshold_key,
     threshold_label,
-    write_saliency,
 )
-from posenet_ros.geometry import angular_error_deg, translation_error
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.runtime.checkpoint import save_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODEL_CONFIG = ModelConfig(backbone="resnet18", feature_dim=32)

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.checkpoint import CheckpointError, load_model, save_checkpoint, store_calibration
 from posenet_ros.cli import main
-from posenet_ros.export import ExportedNetwork, export_model, exported_path
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.uncertainty import UncertaintyConfig, head_dropout_masks, torch_network
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.ros.parameters import NodeSettings
-from posenet_ros.ros.pipeline import build_relocalizer
-from posenet_ros.uncertainty import UncertaintyConfig, head_dropout_masks, torch_network
+from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.node.pipeline import build_relocalizer
+from posenet_ros.runtime.checkpoint import CheckpointError, load_model, save_checkpoint, store_calibration
+from posenet_ros.runtime.export import ExportedNetwork, export_model, exported_path
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 DATA = {"resize": 24, "crop": [20, 28]}
 MODELS = {

@@ -1,4 +1,5 @@
-"""Tests for posenet_ros.geometry: transforms3d agreement, round trips, numpy/torch agreement, gradients."""
+"""Tests for posenet_ros.core.geometry: transforms3d agreement, round trips, numpy/torch agreement,
+gradients."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import transforms3d.axangles as taa
 import transforms3d.quaternions as tq
 
-from posenet_ros import geometry as g
+import posenet_ros.core.geometry as g
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64]

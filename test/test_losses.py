@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from posenet_ros.geometry import pose_from_position_quat_torch, quat_exp_torch
-from posenet_ros.losses import (
+from posenet_ros.core.geometry import pose_from_position_quat_torch, quat_exp_torch
+from posenet_ros.training.losses import (
     LossConfig,
     PoseLoss,
     quaternion_distance,

@@ -17,7 +17,7 @@ from posenet_ros.data.dataset import pose_vector, read_depth_mm, read_rgb
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
-from posenet_ros.ros import bag_writing
+from posenet_ros.tools import make_bag as make_bag_module
 from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,
@@ -27,9 +27,9 @@ from posenet_ros.ros.bag_writing import (
     POSE_TOPIC,
     TF_TOPIC,
     TOPIC_TYPES,
-    make_bag,
 )
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
+from posenet_ros.tools.make_bag import make_bag
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3
 SPLITS = ("train", "test")  # two train sequences and one test sequence: 9 frames
@@ -180,7 +180,7 @@ def test_depth_and_camera_info_follow_the_records(scene: Path, tmp_path: Path,
     def bare_frames(root, split):
         return [dataclasses.replace(r, depth_path=None, intrinsics=None) for r in load_frames(root, split)]
 
-    monkeypatch.setattr(bag_writing, "load_frames", bare_frames)
+    monkeypatch.setattr(make_bag_module, "load_frames", bare_frames)
     bare = make_bag(scene, tmp_path / "bare", progress=False)
     assert list(bare.topics) == [IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC]
     assert sorted(_read_bag(bare.path)) == sorted(bare.topics)
@@ -234,7 +234,7 @@ def test_failure_while_writing_removes_the_partial_bag(scene: Path, tmp_path: Pa
             raise error
         return read_rgb(path)
 
-    monkeypatch.setattr(bag_writing, "read_frame_rgb", failing_read_rgb)
+    monkeypatch.setattr(make_bag_module, "read_frame_rgb", failing_read_rgb)
     with pytest.raises(type(error)):
         make_bag(scene, tmp_path / "bag", splits=SPLITS, progress=False)
     assert len(calls) == 4

@@ -27,9 +27,9 @@ from node_support import TYPES, depth_frame, image, make_checkpoint, rgb_frame, 
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
-from posenet_ros.relocalizer import Relocalizer
 from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = REPO_ROOT / "config" / "relocalize.yaml"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from posenet_ros.ros.parameters import (
+from posenet_ros.node.parameters import (
     NODE_NAME,
     NODE_PARAMETERS,
     NodeSettings,
@@ -22,7 +22,7 @@ from posenet_ros.ros.parameters import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-NODE_PY = REPO / "posenet_ros" / "ros" / "node.py"
+NODE_PY = REPO / "posenet_ros" / "node" / "rclpy_node.py"
 LAUNCH_PY = REPO / "launch" / "relocalize.launch.py"
 CONFIG = REPO / "config" / "relocalize.yaml"
 SETUP_PY = REPO / "setup.py"
@@ -82,15 +82,15 @@ def test_node_compiles_and_defines_main_and_the_node_class(node_tree):
 
 
 def test_console_script_runs_node_main():
-    assert _console_scripts()["relocalize_node"] == "posenet_ros.ros.node:main"
+    assert _console_scripts()["relocalize_node"] == "posenet_ros.node.rclpy_node:main"
 
 
 def test_node_takes_names_from_the_shared_tables(node_tree):
     imported = {alias.name for node in ast.walk(node_tree) if isinstance(node, ast.ImportFrom)
-                and node.module == "posenet_ros.ros.parameters" for alias in node.names}
+                and node.module == "posenet_ros.node.parameters" for alias in node.names}
     assert {"NODE_NAME", "NODE_PARAMETERS", "NodeSettings"} <= imported
     pipeline_imports = {alias.name for node in ast.walk(node_tree) if isinstance(node, ast.ImportFrom)
-                        and node.module == "posenet_ros.ros.pipeline" for alias in node.names}
+                        and node.module == "posenet_ros.node.pipeline" for alias in node.names}
     assert {"OUTPUTS", "input_topics", "build_relocalizer", "RelocalizationPipeline"} <= pipeline_imports
 
 
@@ -136,7 +136,7 @@ def test_node_wires_the_pipeline_topics(node_tree):
 
 
 def test_node_maps_every_qos_profile_name_the_pipeline_uses(node_tree):
-    from posenet_ros.ros.pipeline import OUTPUTS, input_topics
+    from posenet_ros.node.pipeline import OUTPUTS, input_topics
 
     qos_dicts = [node.value for node in node_tree.body if isinstance(node, ast.AnnAssign | ast.Assign)
                  and isinstance(node.value, ast.Dict) and "QOS" in ast.unparse(node)]
@@ -155,7 +155,7 @@ def test_only_node_py_imports_ros_python_packages():
                        else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(module.split(".")[0] in ROS_MODULES for module in modules):
                 importers.append(path.relative_to(REPO).as_posix())
-    assert set(importers) == {"posenet_ros/ros/node.py"}
+    assert set(importers) == {"posenet_ros/node/rclpy_node.py"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,7 +401,8 @@ def test_launch_node_runs_the_console_script_with_the_node_name(launch_tree):
     (node,) = _calls(launch_tree, "Node")
     assert ast.literal_eval(_keyword(node, "package")) == "posenet_ros"
     assert ast.literal_eval(_keyword(node, "executable")) in _console_scripts()
-    assert _console_scripts()[ast.literal_eval(_keyword(node, "executable"))] == "posenet_ros.ros.node:main"
+    entry_point = _console_scripts()[ast.literal_eval(_keyword(node, "executable"))]
+    assert entry_point == "posenet_ros.node.rclpy_node:main"
     assert ast.literal_eval(_keyword(node, "name")) == NODE_NAME
     assert _launch_configurations(_keyword(node, "namespace")) == {"namespace"}
 

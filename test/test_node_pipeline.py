@@ -12,8 +12,18 @@ import numpy as np
 import pytest
 from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
 
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.replay import RECORDED_OUTPUTS
+from posenet_ros.evaluation.replay import RECORDED_OUTPUTS
+from posenet_ros.node.dds_node import load_settings
+from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.node.pipeline import (
+    OUTPUTS,
+    LatestSlot,
+    RelocalizationPipeline,
+    StampPairer,
+    ThrottledWarnings,
+    build_relocalizer,
+    input_topics,
+)
 from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.conversions import (
@@ -23,17 +33,7 @@ from posenet_ros.ros.conversions import (
     pose_from_msg,
     stamp_to_ns,
 )
-from posenet_ros.ros.dds_node import load_settings
-from posenet_ros.ros.parameters import NodeSettings
-from posenet_ros.ros.pipeline import (
-    OUTPUTS,
-    LatestSlot,
-    RelocalizationPipeline,
-    StampPairer,
-    ThrottledWarnings,
-    build_relocalizer,
-    input_topics,
-)
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 
 class ListLog:

@@ -32,9 +32,9 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from posenet_ros.cli import build_parser, main
 from posenet_ros.ros.conversions import RosbagsTypes, image_msg, pose_stamped, stamp_to_ns
-from posenet_ros.ros.dds import QOS_PROFILES, DdsNode, loopback_config
+from posenet_ros.ros.dds import QOS_PROFILES, DdsNode, loopback_config, qos_for_topic
 from posenet_ros.ros.dds_types import dds_type, to_dds
-from posenet_ros.ros.echo import (
+from posenet_ros.tools.echo import (
     FORMATS,
     MAX_LISTED_BYTES,
     echo,
@@ -42,7 +42,7 @@ from posenet_ros.ros.echo import (
     message_to_dict,
     ros_type_from_dds_name,
 )
-from posenet_ros.ros.play import DEFAULT_STEP_TYPE, open_bag, play, qos_for_topic
+from posenet_ros.tools.play import DEFAULT_STEP_TYPE, open_bag, play
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60.0
@@ -550,7 +550,7 @@ def test_lock_step_without_answers_times_out_and_finishes(
 ) -> None:
     bag_path = tmp_path / "bag"
     _write_bag(bag_path, StoragePlugin.SQLITE3, frames=3)
-    with caplog.at_level(logging.WARNING, logger="posenet_ros.ros.play"):
+    with caplog.at_level(logging.WARNING, logger="posenet_ros.tools.play"):
         counts = play(
             bag_path,
             step_topic=ANSWER_TOPIC,
@@ -610,7 +610,7 @@ def test_play_skips_topics_without_dds_mapping(tmp_path: Path, caplog: pytest.Lo
                 T0_NS + i,
                 store.serialize_cdr(store.types["std_msgs/msg/Bool"](data=True), "std_msgs/msg/Bool"),
             )
-    with caplog.at_level(logging.WARNING, logger="posenet_ros.ros.play"):
+    with caplog.at_level(logging.WARNING, logger="posenet_ros.tools.play"):
         counts = play(bag_path, rate=0.0, domain_id=_domain(8), config=loopback_config())
     assert counts == {"/flag": 3}
     assert any("skipping topic /custom" in record.getMessage() for record in caplog.records)

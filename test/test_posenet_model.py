@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.checkpoint import CheckpointError, load_model, save_checkpoint
-from posenet_ros.config import config_to_dict
+from posenet_ros.core.config import config_to_dict
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.runtime.checkpoint import CheckpointError, load_model, save_checkpoint
 
 
 def make_model(**kw) -> PoseNet:

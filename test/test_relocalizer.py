@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.checkpoint import save_checkpoint, store_calibration
 from posenet_ros.cli import main
+from posenet_ros.core.camera import eval_transform
 from posenet_ros.data.dataset import read_rgb
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation import eval_transform, predict
-from posenet_ros.loop_closure import LoopClosureConfig
+from posenet_ros.evaluation.predict import predict
+from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.uncertainty import UncertaintyConfig
+from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 CONFIG = {"model": {"backbone": "resnet_tiny", "feature_dim": 64, "aleatoric": "per_axis"},
           "data": {"resize": 24, "crop": [20, 28]}}

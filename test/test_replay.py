@@ -14,11 +14,11 @@ import pytest
 from test_node_dds import PARAMS, Process, _domain_id
 
 from posenet_ros.cli import main
-from posenet_ros.replay import replay
+from posenet_ros.evaluation.replay import replay
+from posenet_ros.node.dds_node import load_settings
 from posenet_ros.ros.bag_reading import Trajectory, open_bag
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.dds import loopback_config
-from posenet_ros.ros.dds_node import load_settings
 
 SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=24", "train_sequences=3",
          "val_sequences=1", "test_sequences=2", "outside_sequences=1", "variations=[]"]
@@ -140,7 +140,7 @@ def test_live_replay_equals_in_process(trained):
 
 
 def test_interrupted_replay_still_writes_everything(trained, monkeypatch):
-    from posenet_ros.relocalizer import Relocalizer
+    from posenet_ros.runtime.relocalizer import Relocalizer
 
     original, calls = Relocalizer.process, []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posenet_ros.report import PLOTS, ReportFrames, headline_rows, write_report
+from posenet_ros.evaluation.report import PLOTS, ReportFrames, headline_rows, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,12 +12,13 @@ import torch
 from node_support import depth_frame, make_checkpoint, rgb_frame, stamp
 from safetensors.torch import save_file
 
-from posenet_ros.checkpoint import load_model
-from posenet_ros.data.dataset import FrameTransform, PoseDataset, hole_mask, network_input
+from posenet_ros.core.camera import FrameTransform
+from posenet_ros.data.dataset import PoseDataset, hole_mask, network_input
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.models.backbones import build_backbone, load_pretrained
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 
 def _model(depth: str, encoding: str = "inverse") -> PoseNet:

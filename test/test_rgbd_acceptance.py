@@ -11,7 +11,7 @@ import pytest
 from posenet_ros.cli import main
 from posenet_ros.data.dataset import hole_mask, read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
-from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.runtime.relocalizer import Relocalizer
 
 
 def _median_position_error(run, scene, out) -> float:

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from posenet_ros.cli import main
-from posenet_ros.data.dataset import FrameTransform, PoseDataset
+from posenet_ros.core.camera import FrameTransform
+from posenet_ros.core.geometry import quat_conjugate, quat_log, quat_multiply, quat_to_matrix
+from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.loading import load_frames
-from posenet_ros.geometry import quat_conjugate, quat_log, quat_multiply, quat_to_matrix
+from posenet_ros.inference.pose_solving import PoseSolveError, RansacConfig, solve_pose
+from posenet_ros.inference.scene_coordinates import depth_targets
 from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet, cell_pixels
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.scr_losses import ScrLossConfig, depth_loss, depth_targets, reprojection_loss
-from posenet_ros.scr_pose import PoseSolveError, RansacConfig, solve_pose
+from posenet_ros.runtime.relocalizer import Relocalizer
+from posenet_ros.training.scene_coordinate_losses import ScrLossConfig, depth_loss, reprojection_loss
 
 K = np.array([[80.0, 0.0, 79.5], [0.0, 80.0, 59.5], [0.0, 0.0, 1.0]])
 
@@ -184,9 +186,10 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
 
 def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_the_relocalizer(tmp_path):
     """train --use-depth with method=scr: the same network, poses from 3D-3D correspondences."""
-    from posenet_ros.checkpoint import load_model
+    from posenet_ros.core.camera import eval_transform
     from posenet_ros.data.dataset import read_frame_depth, read_frame_rgb
-    from posenet_ros.evaluation import eval_transform, predict
+    from posenet_ros.evaluation.predict import predict
+    from posenet_ros.runtime.checkpoint import load_model
 
     scene, model = tmp_path / "scene", tmp_path / "rgbd"
     assert main(["synth", "--quiet", str(scene), "width=96", "height=72", "hfov_deg=70",

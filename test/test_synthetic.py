@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from posenet_ros.cli import main
+from posenet_ros.core.geometry import backproject_depth, pose_invert, project_points, transform_points
 from posenet_ros.data.cambridge import load_cambridge
 from posenet_ros.data.dataset import read_depth_mm
 from posenet_ros.data.seven_scenes import load_seven_scenes
 from posenet_ros.data.synthetic import PARTITION_X, SceneConfig, SyntheticScene
-from posenet_ros.geometry import backproject_depth, pose_invert, project_points, transform_points
 
 SMALL = ["width=160", "height=120", "frames_per_sequence=30", "train_sequences=1", "outside_sequences=0",
          "val_sequences=0", "variations=[]"]

@@ -13,16 +13,21 @@ import pytest
 import torch
 from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
 
-from posenet_ros.checkpoint import load_model, store_temporal
 from posenet_ros.cli import main
 from posenet_ros.data.loading import load_frames
+from posenet_ros.inference.temporal import (
+    CausalSmoother,
+    TemporalCalibration,
+    smooth_sequence,
+    temporal_jitter,
+)
 from posenet_ros.models.temporal import MixtureComponents, TemporalConfig, TemporalModel, TemporalOutput
-from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.node.dds_node import load_settings
+from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer
 from posenet_ros.ros.conversions import bool_msg
-from posenet_ros.ros.dds_node import load_settings
-from posenet_ros.ros.pipeline import RelocalizationPipeline, build_relocalizer
-from posenet_ros.smoothing import CausalSmoother, TemporalCalibration, smooth_sequence, temporal_jitter
-from posenet_ros.temporal_training import FrameInputs, measured_motion_noise, output_nll
+from posenet_ros.runtime.checkpoint import load_model, store_temporal
+from posenet_ros.runtime.relocalizer import Relocalizer
+from posenet_ros.training.temporal import FrameInputs, measured_motion_noise, output_nll
 
 
 def _random_temporal(feature_dim: int, cnn_feature_dim: int = 64, components: int = 1) -> TemporalModel:

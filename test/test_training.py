@@ -19,10 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from posenet_ros.checkpoint import load_model
 from posenet_ros.cli import main
+from posenet_ros.core.camera import eval_transform
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation import eval_transform, mean_pose_baseline, predict
+from posenet_ros.evaluation.predict import predict
+from posenet_ros.inference.metrics import mean_pose_baseline
+from posenet_ros.runtime.checkpoint import load_model
 
 # 64x48 images from a wide-angle (90 degree) camera, eight training loops and one test loop through the
 # mapped room; the small CPU backbone with PoseNet's random crops (44x60 of 48x64) as augmentation.

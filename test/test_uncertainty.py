@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.calibration import coverage, fit_block_calibration, nees, pose_error_vectors, spearman
-from posenet_ros.checkpoint import CheckpointError, load_model, save_checkpoint, store_calibration
-from posenet_ros.geometry import quat_exp, quat_multiply
-from posenet_ros.loop_closure import (
+from posenet_ros.core.geometry import quat_exp, quat_multiply
+from posenet_ros.inference.calibration import (
+    coverage,
+    fit_block_calibration,
+    nees,
+    pose_error_vectors,
+    spearman,
+)
+from posenet_ros.inference.loop_closure import (
     LoopClosureConfig,
     LoopClosureDetector,
     calibrate_thresholds,
     roc_auc,
     run_detector,
 )
-from posenet_ros.losses import LossConfig, PoseLoss, aleatoric_nll
-from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.uncertainty import (
+from posenet_ros.inference.uncertainty import (
     PoseSamples,
     UncertaintyConfig,
     aleatoric_covariance,
@@ -33,6 +36,9 @@ from posenet_ros.uncertainty import (
     sample_poses,
     summarise,
 )
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.runtime.checkpoint import CheckpointError, load_model, save_checkpoint, store_calibration
+from posenet_ros.training.losses import LossConfig, PoseLoss, aleatoric_nll
 
 
 def small_model(**kwargs) -> PoseNet:
@@ -62,7 +68,7 @@ def test_rotation_deviations_are_left_perturbations_about_world_axes():
     rng = np.random.default_rng(1)
     mean = torch.from_numpy(random_quat(rng, 3))
     delta = torch.from_numpy(rng.normal(scale=0.3, size=(3, 5, 3)))
-    from posenet_ros.geometry import quat_exp_torch, quat_multiply_torch
+    from posenet_ros.core.geometry import quat_exp_torch, quat_multiply_torch
 
     samples = quat_multiply_torch(quat_exp_torch(delta), mean[:, None, :].expand(3, 5, 4))
     torch.testing.assert_close(rotation_deviations(samples, mean), delta)

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from posenet_ros.checkpoint import load_model
 from posenet_ros.cli import main
+from posenet_ros.runtime.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,10 @@ from typing import Any
 
 import numpy as np
 
-from posenet_ros.config import config_from_dict
-from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord, Intrinsics
+from posenet_ros.core.camera import Intrinsics
+from posenet_ros.core.config import config_from_dict
+from posenet_ros.core.geometry import pose_from_position_quat
+from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +162,6 @@ def _bag_index(bag: Path, modified_ns: int, options: BagDataConfig) -> _BagIndex
     """Index `bag` in one pass over its image, depth, camera-info and ground-truth topics, keeping only
     stamps, the ground-truth poses and the first CameraInfo; cached per bag, modification time and
     options (without split_times)."""
-    from posenet_ros.geometry import pose_from_position_quat
     from posenet_ros.ros.bag_reading import (
         IMAGE,
         check_overlap,

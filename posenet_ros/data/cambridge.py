@@ -45,19 +45,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from posenet_ros.core.camera import Intrinsics
+from posenet_ros.core.geometry import matrix_to_quat, quat_to_matrix
 from posenet_ros.data.frames import (
     CAMERA_JSON,
     BadFrames,
     DatasetError,
     FrameRecord,
-    Intrinsics,
     SequenceToWrite,
     image_file_problem,
     read_camera_json,
     read_text_file,
 )
-from posenet_ros.geometry import matrix_to_quat, quat_to_matrix
 
 logger = logging.getLogger(__name__)
 

@@ -36,126 +36,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord, Intrinsics
-from posenet_ros.geometry import matrix_to_quat
+from posenet_ros.core.camera import FrameTransform, Intrinsics, crop_box
+from posenet_ros.core.geometry import matrix_to_quat
+from posenet_ros.data.bag_dataset import read_bag_depth, read_bag_rgb
+from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
 
 logger = logging.getLogger(__name__)
 
 _LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-@dataclass
-class FrameTransform:
-    """How frames are prepared for a network.
-
-    resize: length in pixels of the shorter image side after resizing (aspect kept; PoseNet uses
-        256); None keeps the size.
-    crop: square side, or (height, width), in pixels after resizing; None = no crop.
-    random_crop: True for training (uniform random position); False = centre crop.
-    brightness, contrast, saturation: jitter amounts a; each factor is uniform in [max(0, 1-a), 1+a]
-        (0 = off). hue: shift uniform in [-hue, hue] turns (<= 0.5), a rotation about the grey axis.
-    window: T consecutive frames (in frame-index order) of one sequence per item; 1 = single frames.
-    window_stride: step in frames between the members of a window.
-    depth_holes: largest share of depth pixels turned into holes (training augmentation for RGB-D
-        models: blobs like a sensor's missing returns, a share uniform in [0, depth_holes] per item).
-    """
-
-    resize: int | None = 256
-    crop: int | tuple[int, int] | None = None
-    random_crop: bool = False
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    window: int = 1
-    window_stride: int = 1
-    depth_holes: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.resize is not None and self.resize < 1:
-            raise ValueError(f"resize must be >= 1 or None, got {self.resize}")
-        if isinstance(self.crop, Sequence):
-            self.crop = (int(self.crop[0]), int(self.crop[1]))  # YAML gives lists
-        size = self.crop_size()
-        if size is not None and min(size) < 1:
-            raise ValueError(f"crop must be positive, got {self.crop}")
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        if not 0.0 <= self.depth_holes < 1.0:
-            raise ValueError(f"depth_holes must be in [0, 1), got {self.depth_holes}")
-        if self.window < 1 or self.window_stride < 1:
-            raise ValueError(f"window and window_stride must be >= 1, got {self.window}, "
-                             f"{self.window_stride}")
-
-    def crop_size(self) -> tuple[int, int] | None:
-        """(height, width) of the crop, or None."""
-        if self.crop is None:
-            return None
-        if isinstance(self.crop, int):
-            return self.crop, self.crop
-        return int(self.crop[0]), int(self.crop[1])
-
-
-def resized_size(width: int, height: int, shorter_side: int | None) -> tuple[int, int]:
-    """(width, height) after scaling so the shorter side is `shorter_side` px (rounded); None keeps it."""
-    if shorter_side is None:
-        return width, height
-    scale = shorter_side / min(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """Where a frame of `width` x `height` px goes: resized to `new_width` x `new_height`, then the
-    crop of `crop_width` x `crop_height` at (`x0`, `y0`) is kept."""
-
-    width: int
-    height: int
-    new_width: int
-    new_height: int
-    crop_width: int
-    crop_height: int
-    x0: int
-    y0: int
-
-    def _apply(self, image: np.ndarray, interpolation: int) -> np.ndarray:
-        if image.shape[:2] != (self.height, self.width):
-            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} px, expected "
-                             f"{self.width}x{self.height}")
-        if (self.new_width, self.new_height) != (self.width, self.height):
-            image = cv2.resize(image, (self.new_width, self.new_height), interpolation=interpolation)
-        return image[self.y0:self.y0 + self.crop_height, self.x0:self.x0 + self.crop_width]
-
-    def apply_rgb(self, rgb_HW3: np.ndarray) -> np.ndarray:
-        """uint8 RGB (H, W, 3) -> float32 RGB in [0, 1] (h, w, 3): area resampling when shrinking."""
-        interpolation = cv2.INTER_AREA if self.new_width < self.width else cv2.INTER_LINEAR
-        return self._apply(rgb_HW3, interpolation).astype(np.float32) / 255.0
-
-    def apply_depth(self, depth_HW: np.ndarray) -> np.ndarray:
-        """float32 metres (H, W) -> (h, w): exact nearest neighbour, so invalid zeros never blend."""
-        return self._apply(depth_HW, cv2.INTER_NEAREST_EXACT)
-
-
-def crop_box(width: int, height: int, transform: FrameTransform,
-             rng: np.random.Generator | None = None) -> CropBox:
-    """The resize and crop `transform` applies to a `width` x `height` frame (random position with
-    `transform.random_crop`, drawn from `rng`; centred otherwise)."""
-    new_width, new_height = resized_size(width, height, transform.resize)
-    crop = transform.crop_size() or (new_height, new_width)
-    if crop[0] > new_height or crop[1] > new_width:
-        raise ValueError(f"crop {crop[1]}x{crop[0]} is larger than the resized image "
-                         f"{new_width}x{new_height}")
-    if transform.random_crop:
-        if rng is None:
-            raise ValueError("a random crop needs a random generator")
-        y0 = int(rng.integers(0, new_height - crop[0] + 1))
-        x0 = int(rng.integers(0, new_width - crop[1] + 1))
-    else:
-        y0, x0 = (new_height - crop[0]) // 2, (new_width - crop[1]) // 2
-    return CropBox(width, height, new_width, new_height, crop[1], crop[0], x0, y0)
 
 
 def pose_vector(world_from_cam: np.ndarray) -> np.ndarray:
@@ -186,7 +74,6 @@ def read_frame_rgb(source: Path | BagMessage) -> np.ndarray:
     """uint8 RGB (H, W, 3) of a record's `image_path`: an image file (`read_rgb`) or a message in a
     rosbag2 (`bag_dataset.read_bag_rgb`)."""
     if isinstance(source, BagMessage):
-        from posenet_ros.data.bag_dataset import read_bag_rgb
 
         return read_bag_rgb(source)
     return read_rgb(source)
@@ -196,7 +83,6 @@ def read_frame_depth(source: Path | BagMessage) -> np.ndarray:
     """float32 depth in metres (H, W), 0 = invalid, of a record's `depth_path`: a millimetre PNG
     (`read_depth_mm`) or a depth Image in a rosbag2 (`bag_dataset.read_bag_depth`)."""
     if isinstance(source, BagMessage):
-        from posenet_ros.data.bag_dataset import read_bag_depth
 
         return read_bag_depth(source)
     return read_depth_mm(source)

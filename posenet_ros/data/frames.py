@@ -16,50 +16,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from posenet_ros.core.camera import Intrinsics
+
 
 class DatasetError(ValueError):
     """A dataset file is missing, unreadable or holds invalid values; the message names the file."""
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels for an image of `width` x `height` (pixel centres at integers)."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    def matrix(self) -> np.ndarray:
-        """The 3x3 calibration matrix K (float64)."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    def resized(self, width: int, height: int) -> Intrinsics:
-        """Intrinsics of the same camera after resizing the whole image to `width` x `height`."""
-        sx, sy = width / self.width, height / self.height
-        return Intrinsics(
-            width=width,
-            height=height,
-            fx=self.fx * sx,
-            fy=self.fy * sy,
-            cx=(self.cx + 0.5) * sx - 0.5,
-            cy=(self.cy + 0.5) * sy - 0.5,
-        )
-
-    def cropped(self, x0: int, y0: int, width: int, height: int) -> Intrinsics:
-        """Intrinsics after cropping the window with top-left pixel (x0, y0) and the given size."""
-        return Intrinsics(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0)
-
-    def to_dict(self) -> dict:
-        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
-                "cx": self.cx, "cy": self.cy}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Intrinsics:
-        return cls(int(values["width"]), int(values["height"]), float(values["fx"]),
-                   float(values["fy"]), float(values["cx"]), float(values["cy"]))
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posenet_ros.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.data.frames import (
     CAMERA_JSON,
     BadFrames,
     DatasetError,
     FrameRecord,
-    Intrinsics,
     RenderedFrame,
     SequenceToWrite,
     image_file_problem,

@@ -38,9 +38,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from posenet_ros.atomic_io import atomic_write_json
-from posenet_ros.config import config_to_dict
-from posenet_ros.data.frames import Intrinsics, RenderedFrame, SequenceToWrite
+from posenet_ros.core.atomic_io import atomic_write_json
+from posenet_ros.core.camera import Intrinsics
+from posenet_ros.core.config import config_to_dict
+from posenet_ros.data.cambridge import write_cambridge
+from posenet_ros.data.frames import RenderedFrame, SequenceToWrite
+from posenet_ros.data.seven_scenes import write_seven_scenes
 
 logger = logging.getLogger(__name__)
 
@@ -508,8 +511,6 @@ def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambr
     `in_map` flags, and the measured render time. Returns that summary. `out` must not exist or be
     empty, so frames of an earlier, larger scene are never mixed in.
     """
-    from posenet_ros.data.cambridge import write_cambridge
-    from posenet_ros.data.seven_scenes import write_seven_scenes
 
     writers = {"7scenes": write_seven_scenes, "cambridge": write_cambridge}
     if layout not in writers:

@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from posenet_ros.geometry import quat_normalize_torch
+from posenet_ros.core.geometry import quat_normalize_torch
 from posenet_ros.models.backbones import BACKBONES, ExplicitDropout, build_backbone, set_explicit_dropout
 
 DropoutMode = Literal["off", "train", "mc"]

@@ -37,7 +37,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from posenet_ros.geometry import quat_conjugate_torch, quat_exp_torch, quat_log_torch, quat_multiply_torch
+from posenet_ros.core.geometry import (
+    quat_conjugate_torch,
+    quat_exp_torch,
+    quat_log_torch,
+    quat_multiply_torch,
+)
 
 SmoothMode = Literal["causal", "offline"]
 OUTPUTS = 3 + 3 + 6  # Δ position_norm, rotation vector, log-variances (x, y, z, rx, ry, rz)

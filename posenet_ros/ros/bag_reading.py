@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from rosbags.highlevel import AnyReader, AnyReaderError
 
-from posenet_ros.geometry import quat_conjugate, quat_exp, quat_log, quat_multiply, quat_normalize
+from posenet_ros.core.geometry import quat_conjugate, quat_exp, quat_log, quat_multiply, quat_normalize
 from posenet_ros.ros.conversions import intrinsics_from_camera_info, pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds_types import typestore
 

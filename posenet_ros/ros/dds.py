@@ -94,6 +94,27 @@ QOS_PROFILES: dict[str, tuple[bool, int, bool]] = {
     "default": (True, 10, False),
     "transient_local": (True, 1, True),
 }
+SENSOR_DATA_TYPES = frozenset(
+    {
+        "sensor_msgs/msg/Image",
+        "sensor_msgs/msg/CompressedImage",
+        "sensor_msgs/msg/CameraInfo",
+        "sensor_msgs/msg/PointCloud2",
+    }
+)
+_LATCHED_TOPICS = frozenset({"/tf_static"})
+
+
+def qos_for_topic(topic: str, type_name: str) -> str:
+    """The QoS profile name (of `QOS_PROFILES`) that ``play`` publishes ``topic`` of ROS 2 type
+    ``type_name`` with, and that `make-bag` records as the topic's offered QoS."""
+    if topic in _LATCHED_TOPICS:
+        return "transient_local"
+    if type_name in SENSOR_DATA_TYPES:
+        return "sensor_data"
+    return "default"
+
+
 _MAX_BLOCKING_TIME = duration(seconds=1)  # a reliable write waits at most this long for resources
 _TAKE_BATCH = 32
 _WAIT_PERIOD = duration(seconds=1)  # the dispatcher also wakes this often to check for close()

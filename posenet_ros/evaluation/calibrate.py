@@ -1,0 +1,141 @@
+"""Covariance calibration and its diagnostics: NEES, σ-region coverage, uncertainty-error correlation.
+
+A covariance is calibrated when the normalised estimation error squared, NEES = eᵀ Σ⁻¹ e, averages
+its dimension d (3 for the position block, 3 for the rotation block, 6 for the whole pose), and the
+share of errors inside the kσ region (NEES <= k²) matches the Gaussian value P(χ²_d <= k²).
+
+A single multiplier per block fitted on a validation split is not enough: held-out
+views far from the training images have errors several times larger than views close to them, while
+the Monte-Carlo spread barely changes, so a constant scale is too small for some sequences and too
+large for others (on the synthetic scene the per-loop mean NEES varied from 3 to 30 under one scale).
+`fit_block_calibration` therefore also fits how the block grows with the frame's novelty, the
+loop-closure score s (log feature-space variance, uncertainty.py): the block is multiplied by
+f(s) = scale · exp(novelty · (s - s_ref)), with scale and novelty >= 0 the maximum-likelihood
+values under a Gaussian error model over two groups of frames weighted equally: the validation split
+(held-out views of mapped places) and training frames (the views the network has seen, with low s
+and small errors). Given novelty, the scale is in closed form (the weighted mean NEES of both groups
+equals the dimension); novelty is a bounded 1-D search. `posenet-ros calibrate` stores the result in
+the checkpoint (`UncertaintyConfig`). Without finite scores the fit is a single
+scale per block that makes the validation split's mean NEES equal its dimension.
+
+Errors are e = (position_true - position_est in metres, δ in radians with
+q_true = exp(δ) q_est about the world axes), the convention of `uncertainty.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from posenet_ros.core.camera import eval_transform
+from posenet_ros.core.device import resolve_device
+from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
+from posenet_ros.data.loading import load_frames
+from posenet_ros.evaluation.evaluate import prediction_errors_N6
+from posenet_ros.evaluation.predict import Predictions, fit_feature_memory, predict
+from posenet_ros.inference.calibration import fit_block_calibration, nees, uncertainty_metrics
+from posenet_ros.inference.loop_closure import LoopClosureConfig, calibrate_thresholds
+from posenet_ros.inference.uncertainty import UncertaintyConfig, calibrated
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet
+from posenet_ros.runtime.checkpoint import load_model, store_calibration
+
+BLOCKS: dict[str, slice] = {"position": slice(0, 3), "rotation": slice(3, 6), "pose": slice(0, 6)}
+MAX_TRAIN_FRAMES = 2000  # training frames predicted by `calibrate_checkpoint` (evenly subsampled)
+
+
+def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split: str = "val",
+                         train_split: str = "train",
+                         mc_samples: int | None = None, mc_mode: str | None = None,
+                         enter_percentile: float = 90.0, leave_percentile: float = 99.0,
+                         min_frames: int = 3, batch_size: int = 32, device: str = "auto",
+                         bag_options: Mapping[str, Any] | None = None,
+                         progress: bool = True) -> dict[str, Any]:
+    """Fit the covariance calibration and loop-closure thresholds and store them in the checkpoint
+    at `model_path`, with the feature memory of the loop-closure score refitted on `train_split`
+    (the training frames). The covariance is fitted on `split` of `data_root` (frames of mapped places
+    not used for training) together with up to MAX_TRAIN_FRAMES training frames
+    (`fit_block_calibration`); the thresholds on `split` alone. A rosbag2 `data_root` is read with
+    the checkpoint's training bag options (`data.bag`), `bag_options` (field -> value) replacing some.
+
+    Returns the report stored with them: the fitted values and the uncertainty metrics of the split
+    before and after calibration, and of the training frames after it.
+    """
+
+    loaded = load_model(model_path, resolve_device(device))
+    stored = loaded.uncertainty
+    setting = UncertaintyConfig(mc_samples=stored.mc_samples if mc_samples is None else mc_samples,
+                                mc_mode=stored.mc_mode if mc_mode is None else mc_mode,  # type: ignore[arg-type]
+                                seed=stored.seed)
+    scr = isinstance(loaded.model, SceneCoordinateNet)  # covariance from the pose refinement
+    if not scr and setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
+        raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
+    bag = bag_config_for_checkpoint(loaded.config, loaded.needs_depth, bag_options)
+    train_records = load_frames(data_root, train_split, bag=bag)
+    if not scr:
+        fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),
+                           batch_size=batch_size, progress=progress)
+    records = load_frames(data_root, split, bag=bag)
+    if len(records) < 10:
+        raise ValueError(f"{data_root}: the {split!r} split has {len(records)} frames; calibration "
+                         "needs at least 10 frames of mapped places not used for training")
+    transform = eval_transform(loaded.config)
+    predictions = predict(loaded.model, records, transform, batch_size=batch_size, progress=progress,
+                          description=f"calibrate on {split}", uncertainty=setting, ransac=loaded.ransac)
+    step = max(1, math.ceil(len(train_records) / MAX_TRAIN_FRAMES))
+    seen = predict(loaded.model, train_records[::step], transform, batch_size=batch_size, progress=progress,
+                   description=f"calibrate on {train_split}", uncertainty=setting, ransac=loaded.ransac)
+    if scr:  # frames without a pose have no error to fit
+        predictions, seen = _with_pose(predictions), _with_pose(seen)
+    errors, seen_errors = prediction_errors_N6(predictions), prediction_errors_N6(seen)
+    finite_scores = predictions.score_N[np.isfinite(predictions.score_N)]
+    reference = float(np.median(finite_scores)) if finite_scores.size else 0.0
+    fit = {block: fit_block_calibration(nees(errors, predictions.covariance_N66, block), predictions.score_N,
+                                        nees(seen_errors, seen.covariance_N66, block), seen.score_N, 3,
+                                        reference)
+           for block in ("position", "rotation")}
+    (position_scale, position_novelty), (rotation_scale, rotation_novelty) = fit["position"], fit["rotation"]
+    fitted = dataclasses.replace(setting, position_scale=position_scale, rotation_scale=rotation_scale,
+                                 position_novelty=position_novelty, rotation_novelty=rotation_novelty,
+                                 score_reference=reference)
+    loop_closure = (calibrate_thresholds(predictions.score_N, enter_percentile, leave_percentile, min_frames)
+                    if setting.mc_samples > 0 or scr else LoopClosureConfig(min_frames=min_frames))
+
+    def after(part: Predictions) -> np.ndarray:
+        factors = fitted.block_factors(torch.from_numpy(part.score_N))
+        return calibrated(torch.from_numpy(part.covariance_N66), *factors).numpy()
+
+    report = {
+        "data_root": str(data_root), "split": split, "frames": len(records),
+        "train_split": train_split, "train_frames": len(seen),
+        "mc_samples": setting.mc_samples, "mc_mode": setting.mc_mode, "method": loaded.method,
+        "position_scale": fitted.position_scale, "rotation_scale": fitted.rotation_scale,
+        "position_novelty": fitted.position_novelty, "rotation_novelty": fitted.rotation_novelty,
+        "score_reference": reference,
+        "loop_closure": dataclasses.asdict(loop_closure),
+        "before": uncertainty_metrics(errors, predictions.covariance_N66),
+        "after": uncertainty_metrics(errors, after(predictions)),
+        "after_train": uncertainty_metrics(seen_errors, after(seen)),
+    }
+    store_calibration(loaded.path, fitted, loop_closure, report,
+                      {} if scr else {"feature_covariance": loaded.model.feature_covariance})
+    return report
+
+
+def _with_pose(predictions: Any) -> Any:
+    """The frames of `predictions` that have a pose (scene coordinates: RANSAC found one)."""
+    keep = np.flatnonzero(np.isfinite(predictions.position_error_N))
+    values = {}
+    for field in dataclasses.fields(predictions):
+        value = getattr(predictions, field.name)
+        if isinstance(value, np.ndarray) and len(value) == len(predictions):
+            value = value[keep]
+        elif isinstance(value, list):
+            value = [value[i] for i in keep]
+        values[field.name] = value
+    return type(predictions)(**values)

@@ -1,0 +1,488 @@
+"""Bag replay evaluation: `posenet-ros replay BAG --model M --out DIR`.
+
+Every camera frame of a rosbag2 goes through exactly the node's pipeline (`ros/pipeline.py`: the same
+message conversions, Relocalizer, stream resets and loop-closure hysteresis), stepped frame by frame
+so that nothing is dropped, as fast as the machine allows. With `live=True` the bag is instead played
+over DDS, in lock-step, to a node that is already running (`posenet-ros node` or
+`ros2 launch posenet_ros relocalize.launch.py`), and its answers are recorded: an end-to-end check of
+a deployment. Either way the estimates are associated with the bag's ground truth by stamp
+(`ros/bag_reading.py`) and DIR receives:
+
+    metrics.json     median errors, threshold accuracies, NEES and σ coverage, loop-closure precision
+                     and recall, latency, frames dropped / rejected / failed, throughput
+    frames.csv       one row per answered frame
+    output_bag/      a rosbag2 of the node's outputs (/relocalized_pose, ...; with a scene-coordinate
+                     model also /relocalization/scene_points) for other tools
+    report/          index.html with the plots of `report.py`
+
+Frames count as "in the map" (for the loop-closure precision / recall) when their ground-truth pose
+is within `in_map_radius_m` and `in_map_angle_deg` of a training camera pose of the checkpoint.
+Ctrl-C stops the replay; everything above is still written for the frames processed so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from posenet_ros.core.atomic_io import atomic_write_text
+from posenet_ros.core.geometry import angular_error_deg
+from posenet_ros.evaluation.report import ReportFrames, write_report
+from posenet_ros.inference.calibration import pose_error_vectors, uncertainty_metrics
+from posenet_ros.inference.metrics import (
+    DEFAULT_THRESHOLDS,
+    pose_errors,
+    pose_metrics,
+    threshold_key,
+    threshold_label,
+)
+from posenet_ros.inference.temporal import smooth_sequence, temporal_jitter
+from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.node.pipeline import OUTPUTS, NodeDiagnostics, RelocalizationPipeline, build_relocalizer
+from posenet_ros.ros.bag_reading import (
+    DEFAULT_MAX_GAP_S,
+    BagStreams,
+    Trajectory,
+    check_overlap,
+    open_bag,
+    read_trajectory,
+    select_streams,
+    stream_messages,
+)
+from posenet_ros.ros.bag_writing import write_messages
+from posenet_ros.ros.conversions import (
+    RosbagsTypes,
+    covariance_from_msg,
+    float64_msg,
+    pose_from_msg,
+    pose_with_covariance_stamped,
+    stamp_to_ns,
+)
+from posenet_ros.ros.dds import DdsNode
+from posenet_ros.ros.dds_types import from_dds
+from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.tools.play import play
+
+logger = logging.getLogger(__name__)
+
+RECORDED_OUTPUTS = ("pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses")
+
+
+@dataclass
+class Answer:
+    """One answered frame, from either runtime: the pose (metres, unit wxyz quaternion, map frame),
+    its 6x6 covariance, the loop-closure flag and score (NaN where the runtime does not publish it),
+    √trace of the position covariance (metres) and the processing latency (ms; NaN when unknown)."""
+
+    stamp_ns: int
+    position_3: np.ndarray
+    quat_wxyz_4: np.ndarray
+    covariance_66: np.ndarray
+    known_place: bool
+    score: float
+    uncertainty_m: float
+    latency_ms: float
+
+
+@dataclass
+class ReplayRun:
+    """What a replay produced: answers in stream order, the output messages (topic, type, stamp ns,
+    message) for the output bag, pipeline counts, and whether it was interrupted."""
+
+    answers: list[Answer] = field(default_factory=list)
+    messages: list[tuple[str, str, int, Any]] = field(default_factory=list)
+    counts: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    runtime: str = "in-process"
+    loop_closure: dict[str, float] = field(default_factory=dict)  # the thresholds in use
+
+
+def _topic_name(name: str) -> str:
+    return name if name.startswith("/") else "/" + name
+
+
+def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams, *,
+                   offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1) -> ReplayRun:
+    """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early.
+    `offline_smoothing`: run per frame, then replace the poses of each stretch of the stream (split
+    where the node would reset) by the checkpoint's bidirectional temporal model. `batch_size` > 1:
+    the network takes that many frames at once (`RelocalizationPipeline.process_batch`: the same poses,
+    more frames/s on a GPU); each frame's latency is then its share of its batch's time."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if offline_smoothing:
+        settings = dataclasses.replace(settings, smoothing=False)
+    relocalizer = build_relocalizer(settings)
+    if offline_smoothing:
+        if relocalizer.temporal is None:
+            raise ValueError(f"{relocalizer.model_path} has no temporal model for --smooth offline: run "
+                             "`posenet-ros train-temporal` first")
+        relocalizer.keep_temporal_inputs = True
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    run = ReplayRun(loop_closure=dataclasses.asdict(relocalizer.loop_closure))
+    last_stamp = [0]
+
+    def publish(name: str, msg: Any) -> None:
+        if name in RECORDED_OUTPUTS:
+            topic = OUTPUTS[name]
+            if hasattr(msg, "header"):  # Bool and Float64 follow the pose of their frame
+                last_stamp[0] = stamp_to_ns(msg.header.stamp)
+            run.messages.append((_topic_name(topic.name), topic.type_name, last_stamp[0], msg))
+
+    pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None)
+    pipeline.publish_map_poses()
+    bar = tqdm(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
+    start = time.perf_counter()
+
+    def step(frames: int) -> None:
+        began = time.perf_counter()
+        if batch_size == 1:
+            estimates = [estimate for estimate in [pipeline.process_next(timeout=0)] if estimate is not None]
+        else:
+            estimates = pipeline.process_batch(frames)
+        latency_ms = 1e3 * (time.perf_counter() - began) / max(frames, 1)
+        for estimate in estimates:
+            run.answers.append(Answer(estimate.stamp_ns, estimate.position_3, estimate.quat_wxyz_4,
+                                      estimate.covariance_66, estimate.known_place, estimate.score,
+                                      estimate.uncertainty_m, latency_ms))
+            if estimate.temporal_inputs is not None:
+                inputs.append(estimate.temporal_inputs)
+        bar.update(frames)
+
+    try:
+        with open_bag(bag) as reader:
+            for kind, msg in stream_messages(reader, bag, streams):
+                (pipeline.on_image if kind == "image" else pipeline.on_depth)(msg)
+                while pipeline.queued() >= batch_size:
+                    step(batch_size)
+        while pipeline.queued():
+            step(min(pipeline.queued(), batch_size))
+    except KeyboardInterrupt:
+        run.interrupted = True
+    finally:
+        bar.close()
+    if offline_smoothing:
+        _smooth_offline(run, relocalizer, inputs, settings)
+    run.elapsed_s = time.perf_counter() - start
+    run.counts = {key: float(value) for key, value in pipeline.diagnostics.counts.items()}
+    return run
+
+
+def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.Tensor, torch.Tensor,
+                    torch.Tensor]], settings: NodeSettings) -> None:
+    """Replace the answers' poses, covariances and uncertainties (and the published messages) by the
+    bidirectional temporal model's, stretch by stretch (split at stamp gaps over reset_gap)."""
+    stamps = np.array([answer.stamp_ns for answer in run.answers], np.int64)
+    breaks = np.flatnonzero((np.diff(stamps) > settings.reset_gap * 1e9) | (np.diff(stamps) < 0)) + 1
+    types = RosbagsTypes()
+    replaced: dict[tuple[str, int], Any] = {}
+    for members in np.split(np.arange(len(stamps)), breaks):
+        if not len(members):
+            continue
+        features, position_norm, quat = (torch.cat([inputs[i][k] for i in members]) for k in range(3))
+        smoothed = smooth_sequence(relocalizer.temporal, relocalizer.model, relocalizer.temporal_calibration,
+                                   features, position_norm, quat, "offline")
+        for row, i in enumerate(members):
+            answer = run.answers[i]
+            answer.position_3, answer.quat_wxyz_4 = smoothed.position_T3[row], smoothed.quat_T4[row]
+            answer.covariance_66 = smoothed.covariance_T66[row]
+            answer.uncertainty_m = float(np.sqrt(max(np.trace(answer.covariance_66[:3, :3]), 0.0)))
+            replaced["pose", answer.stamp_ns] = pose_with_covariance_stamped(
+                types, answer.stamp_ns, settings.map_frame, answer.position_3, answer.quat_wxyz_4,
+                answer.covariance_66)
+            replaced["uncertainty", answer.stamp_ns] = float64_msg(types, answer.uncertainty_m)
+    topics = {_topic_name(OUTPUTS[name].name): name for name in ("pose", "uncertainty")}
+    run.messages = [(topic, type_name, stamp, replaced.get((topics.get(topic, ""), stamp), msg))
+                    for topic, type_name, stamp, msg in run.messages]
+
+
+def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", domain_id: int | None = None,
+             config: str | None = None, wait_timeout: float = 30.0, step_timeout: float = 30.0,
+             progress: bool = True) -> ReplayRun:
+    """Play the camera topics of `bag` over DDS in lock-step with a running node's /relocalized_pose
+    and record its outputs (pose, loop-closure flag, uncertainty, diagnostics)."""
+
+    run = ReplayRun(runtime="live")
+    lock = threading.Lock()
+    poses: list[tuple[float, Any]] = []
+    flags: list[bool] = []
+    sigmas: list[float] = []
+    diagnostics: dict[str, str] = {}
+
+    def resolve(name: str) -> str:
+        return _topic_name(name) if namespace in ("", "/") else f"{namespace.rstrip('/')}/{name.lstrip('/')}"
+
+    def record(name: str, sink: Any) -> Any:
+        topic = OUTPUTS[name]
+
+        def callback(sample: Any) -> None:
+            msg = from_dds(sample, topic.type_name)
+            with lock:
+                stamp = stamp_to_ns(msg.header.stamp) if hasattr(msg, "header") else (
+                    stamp_to_ns(poses[-1][1].header.stamp) if poses else 0)
+                run.messages.append((resolve(topic.name), topic.type_name, stamp, msg))
+                sink(msg)
+        return callback
+
+    def on_diagnostics(msg: Any) -> None:
+        for status in msg.status:
+            diagnostics.update({kv.key: kv.value for kv in status.values})
+
+    topics = [streams.image_topic] + ([streams.depth_topic] if streams.depth_topic else [])
+    bar = tqdm(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
+    start = time.perf_counter()
+    with DdsNode("posenet_ros_replay", domain_id=domain_id, config=config) as node:
+        sinks = {"pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),
+                 "loop_closure": lambda msg: flags.append(bool(msg.data)),
+                 "uncertainty": lambda msg: sigmas.append(float(msg.data)),
+                 "scene_points": lambda msg: None,  # recorded into the output bag only
+                 "diagnostics": on_diagnostics}
+        subscriptions = {}
+        for name, sink in sinks.items():
+            topic = OUTPUTS[name]
+            subscriptions[name] = node.subscription(
+                resolve(topic.name), topic.type_name, topic.qos,
+                record(name, sink) if name != "diagnostics" else
+                lambda sample, s=sink, t=topic: s(from_dds(sample, t.type_name)))
+        # The recorder must hear the node's first answers: wait until the node's publishers match.
+        for name in ("pose", "loop_closure", "uncertainty"):
+            if not subscriptions[name].wait_for_publishers(1, wait_timeout):
+                raise ValueError(f"no node publishes {subscriptions[name].topic} within {wait_timeout:g} s: "
+                                 "start the relocalization node on the same DDS domain first")
+        try:
+            play(bag, rate=0.0, topics=topics, domain_id=domain_id, wait_subscribers=1,
+                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["pose"].name),
+                 step_timeout=step_timeout, config=config)
+            # The last frame's flag and uncertainty may trail its pose, and the node's counts come with
+            # its next /diagnostics message (every diagnostics_period, 1 s by default).
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                with lock:
+                    if (len(flags) >= len(poses) and len(sigmas) >= len(poses)
+                            and float(diagnostics.get("processed", -1)) >= len(poses)):
+                        break
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            run.interrupted = True
+        finally:
+            bar.close()
+    run.elapsed_s = time.perf_counter() - start
+    with lock:
+        for i, (_, msg) in enumerate(poses):
+            position, quat = pose_from_msg(msg)
+            run.answers.append(Answer(
+                stamp_to_ns(msg.header.stamp), position, quat, covariance_from_msg(msg),
+                flags[i] if i < len(flags) else False, math.nan,
+                sigmas[i] if i < len(sigmas) else math.nan, math.nan))
+    for key in NodeDiagnostics.COUNTERS:
+        if key in diagnostics:
+            run.counts[key] = float(diagnostics[key])
+    for key in ("latency_p50_ms", "latency_p99_ms"):
+        if key in diagnostics:
+            run.counts[key] = float(diagnostics[key])
+    return run
+
+
+def _in_map(position_N3: np.ndarray, quat_N4: np.ndarray, map_poses_M7: np.ndarray, radius_m: float,
+            angle_deg: float) -> np.ndarray:
+    """Whether each ground-truth pose is within radius and angle of some training camera pose."""
+    result = np.zeros(len(position_N3), dtype=bool)
+    if not len(map_poses_M7):
+        return result
+    for i, (position, quat) in enumerate(zip(position_N3, quat_N4, strict=True)):
+        if not np.all(np.isfinite(position)):
+            continue
+        near = np.linalg.norm(map_poses_M7[:, :3] - position, axis=1) <= radius_m
+        if near.any():
+            result[i] = bool((angular_error_deg(map_poses_M7[near, 3:], quat) <= angle_deg).any())
+    return result
+
+
+def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndarray, *,
+                   max_gap_s: float = DEFAULT_MAX_GAP_S, thresholds: Sequence[tuple[float, float]] =
+                   DEFAULT_THRESHOLDS, in_map_radius_m: float = 0.5,
+                   in_map_angle_deg: float = 30.0) -> tuple[dict[str, Any], ReportFrames, np.ndarray]:
+    """(metrics, per-frame report table, in_map_N) of the answers against the ground truth."""
+    answers = run.answers
+    if not answers:
+        raise ValueError("no frame was answered: nothing to evaluate")
+    stamps = np.array([a.stamp_ns for a in answers], np.int64)
+    position = np.stack([a.position_3 for a in answers]).astype(np.float64)
+    quat = np.stack([a.quat_wxyz_4 for a in answers]).astype(np.float64)
+    covariance = np.stack([a.covariance_66 for a in answers]).astype(np.float64)
+    true_position, true_quat, valid = trajectory.at(stamps, max_gap_s)
+    position_error, orientation_error = pose_errors(position, quat, true_position, true_quat)
+    position_error[~valid] = np.nan
+    orientation_error[~valid] = np.nan
+    sigma_position = np.sqrt(np.clip(np.trace(covariance[:, :3, :3], axis1=1, axis2=2), 0, None))
+    sigma_rotation = np.degrees(np.sqrt(np.clip(np.trace(covariance[:, 3:, 3:], axis1=1, axis2=2), 0, None)))
+    known = np.array([a.known_place for a in answers], bool)
+    score = np.array([a.score for a in answers], np.float64)
+    in_map = _in_map(true_position, true_quat, map_poses_M7, in_map_radius_m, in_map_angle_deg)
+
+    metrics: dict[str, Any] = {"frames": len(answers), "frames_with_ground_truth": int(valid.sum())}
+    if valid.any():
+        summary = pose_metrics(position_error[valid], orientation_error[valid], thresholds)
+        metrics.update({key: value for key, value in summary.items() if key != "frames"})
+        metrics["accuracy"] = {threshold_label(m, d): summary[threshold_key(m, d)] for m, d in thresholds}
+        stretch = np.cumsum(np.r_[0, np.abs(np.diff(stamps)) > 10**9])  # split where the node resets
+        metrics.update(temporal_jitter(position[valid], quat[valid], true_position[valid], true_quat[valid],
+                                       [str(label) for label in stretch[valid]]))
+        errors = pose_error_vectors(position[valid], quat[valid], true_position[valid], true_quat[valid])
+        if np.all(np.isfinite(covariance[valid])) and np.any(covariance[valid]):
+            metrics["uncertainty"] = uncertainty_metrics(errors, covariance[valid])
+    labelled = valid
+    true_positive = int((known & in_map & labelled).sum())
+    flagged = int((known & labelled).sum())
+    metrics["loop_closure"] = {
+        "in_map_frames": int((in_map & labelled).sum()),
+        "out_of_map_frames": int((~in_map & labelled).sum()),
+        "known_place_frames": int(known.sum()),
+        "precision": true_positive / flagged if flagged else math.nan,
+        "recall": true_positive / int((in_map & labelled).sum()) if (in_map & labelled).any() else math.nan,
+        "in_map_radius_m": in_map_radius_m, "in_map_angle_deg": in_map_angle_deg, **run.loop_closure,
+    }
+    latency = np.array([a.latency_ms for a in answers], np.float64)
+    latency = latency[np.isfinite(latency)]
+    metrics["latency_ms"] = ({"p50": float(np.percentile(latency, 50)),
+                              "p99": float(np.percentile(latency, 99)),
+                              "mean": float(latency.mean())} if latency.size else
+                             {"p50": run.counts.get("latency_p50_ms", math.nan),
+                              "p99": run.counts.get("latency_p99_ms", math.nan), "mean": math.nan})
+    for key in NodeDiagnostics.COUNTERS:
+        metrics[key] = int(run.counts[key]) if key in run.counts else None
+    metrics["elapsed_s"] = run.elapsed_s
+    metrics["throughput_fps"] = len(answers) / run.elapsed_s if run.elapsed_s > 0 else math.nan
+    metrics["interrupted"] = run.interrupted
+    metrics["runtime"] = run.runtime
+    metrics["ground_truth"] = trajectory.source
+    frames = ReportFrames(stamp_ns=stamps, position_est_N3=position, quat_est_N4=quat,
+                          position_true_N3=true_position, quat_true_N4=true_quat,
+                          position_error_N=position_error, orientation_error_N=orientation_error,
+                          sigma_position_m_N=sigma_position, sigma_rotation_deg_N=sigma_rotation,
+                          known_place_N=known, score_N=score)
+    return metrics, frames, in_map
+
+
+CSV_COLUMNS = ("stamp_ns", "x", "y", "z", "qw", "qx", "qy", "qz", "gt_x", "gt_y", "gt_z", "gt_qw", "gt_qx",
+               "gt_qy", "gt_qz", "position_error_m", "orientation_error_deg", "sigma_position_m",
+               "sigma_rotation_deg", "known_place", "in_map", "score", "latency_ms")
+
+
+def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndarray) -> str:
+    """The per-frame table as CSV text (full float precision, empty cells for NaN)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, (bool, np.bool_)):
+            return str(int(value))
+        if isinstance(value, (int, np.integer)):
+            return str(int(value))
+        return "" if not math.isfinite(float(value)) else repr(float(value))
+
+    lines = [",".join(CSV_COLUMNS)]
+    for i in range(len(frames.stamp_ns)):
+        row = [frames.stamp_ns[i], *frames.position_est_N3[i], *frames.quat_est_N4[i],
+               *frames.position_true_N3[i], *frames.quat_true_N4[i], frames.position_error_N[i],
+               frames.orientation_error_N[i],
+               frames.sigma_position_m_N[i], frames.sigma_rotation_deg_N[i], frames.known_place_N[i],
+               in_map_N[i], frames.score_N[i], latency_ms_N[i]]
+        lines.append(",".join(cell(value) for value in row))
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_topic: str | None = None,
+           depth_topic: str | None = None, gt_topic: str | None = None, gt_tf: tuple[str, str] | None = None,
+           max_gap_s: float = DEFAULT_MAX_GAP_S, live: bool = False, namespace: str = "/",
+           domain_id: int | None = None, dds_config: str | None = None, storage: str = "mcap",
+           in_map_radius_m: float = 0.5, in_map_angle_deg: float = 30.0, smooth: str = "node",
+           progress: bool = True, batch_size: int = 1) -> dict[str, Any]:
+    """Replay `bag` (see the module docstring) and write the results into `out`; returns the metrics.
+
+    `settings`: the node's parameters (model, mc_samples, loop-closure overrides, ...); the image and
+    depth topics are those found in the bag unless given; depth is read when `settings.use_depth` is
+    on or the model is an RGB-D one. `smooth`: "node" (as the node does: the
+    causal temporal model when the checkpoint has one and `settings.smoothing` is on), "off", or
+    "offline" (the bidirectional temporal model over each stretch of the stream; in-process only).
+    `batch_size`: frames per network call in-process (run_in_process). Bag problems are ValueErrors
+    naming them.
+    """
+    if smooth not in ("node", "off", "offline"):
+        raise ValueError(f"smooth must be 'node', 'off' or 'offline', got {smooth!r}")
+    if live and batch_size != 1:
+        raise ValueError("--live records what the running node publishes: --batch applies in-process only")
+    if live and smooth != "node":
+        raise ValueError("--live records what the running node publishes: --smooth applies in-process only")
+    if smooth == "off":
+        settings = dataclasses.replace(settings, smoothing=False)
+    if not max_gap_s > 0:
+        raise ValueError(f"max_gap_s must be > 0, got {max_gap_s}")
+    bag, out = Path(bag), Path(out)
+    loaded = load_model(settings.model, "cpu")  # training camera poses ("in the map"), depth need
+    if loaded.needs_depth:  # the depth images go with the colour ones
+        settings = dataclasses.replace(settings, use_depth=True)
+    with open_bag(bag) as reader:
+        streams = select_streams(reader, bag, image_topic, depth_topic, settings.use_depth)
+        trajectory = read_trajectory(reader, bag, gt_topic, gt_tf)
+        image_stamps = np.array([stamp_to_ns(msg.header.stamp) for kind, msg in
+                                 stream_messages(reader, bag, dataclasses.replace(streams, depth_topic=None))
+                                 if kind == "image"], np.int64)
+    _, _, with_truth = trajectory.at(image_stamps, max_gap_s)
+    check_overlap(trajectory, image_stamps, with_truth, bag, streams.image_topic)
+    settings = dataclasses.replace(settings, image_topic=streams.image_topic,
+                                   depth_topic=streams.depth_topic or settings.depth_topic)
+    if live:
+        run = run_live(bag, streams, namespace=namespace, domain_id=domain_id, config=dds_config,
+                       progress=progress)
+    else:
+        run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress,
+                             batch_size=batch_size)
+    if not run.answers:
+        raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
+                         + (" (interrupted)" if run.interrupted else ""))
+    map_poses = loaded.map_poses_N7
+    if not run.loop_closure:  # live: the checkpoint's thresholds (unless the node overrides them)
+        run.loop_closure = dataclasses.asdict(loaded.loop_closure)
+    metrics, frames, in_map = replay_results(run, trajectory, map_poses, max_gap_s=max_gap_s,
+                                             in_map_radius_m=in_map_radius_m,
+                                             in_map_angle_deg=in_map_angle_deg)
+    if smooth == "node":
+        smooth = "causal" if settings.smoothing and loaded.temporal is not None else "off"
+    metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
+                   depth_topic=streams.depth_topic, image_messages=len(image_stamps))
+    out.mkdir(parents=True, exist_ok=True)
+    latency = np.array([a.latency_ms for a in run.answers], np.float64)
+    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, latency))
+    write_messages(out / "output_bag", run.messages, storage=storage, replace=True)
+    notes = [f"bag {bag}: {len(image_stamps)} images on {streams.image_topic}; "
+             f"ground truth {trajectory.source}",
+             f"runtime: {run.runtime}; model {settings.model}"]
+    if run.interrupted:
+        notes.append(f"interrupted after {len(run.answers)} frames: the figures cover those only")
+    write_report(out / "report", frames, _json_safe(metrics), title=f"posenet_ros replay of {bag.name}",
+                 map_poses_N7=map_poses, notes=notes)
+    return metrics

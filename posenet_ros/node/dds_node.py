@@ -1,0 +1,87 @@
+"""The relocalization node on Cyclone DDS, without ROS: `posenet-ros node`.
+
+    posenet-ros node --model run/ --params config/relocalize.yaml [--param use_depth:=true]
+                     [--namespace /robot1] [--domain-id 3]
+
+It reads the same parameters file as the rclpy node (`relocalize_node: ros__parameters:`) and runs
+the same `RelocalizationPipeline` (pipeline.py) over `dds.DdsNode`, so its topics, QoS, stamps and
+messages are those of `ros2 run posenet_ros relocalize_node`; ROS 2 nodes on the same domain
+subscribe to them as usual. The TF output goes to /tf as a tf2_msgs/TFMessage, as a
+TransformBroadcaster sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from posenet_ros.node.parameters import NODE_NAME, NodeSettings, parse_override, read_parameters_file
+from posenet_ros.node.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer, input_topics
+from posenet_ros.ros.conversions import RosbagsTypes
+from posenet_ros.ros.dds import DdsNode
+
+logger = logging.getLogger("posenet_ros.node")
+
+
+def load_settings(params_file: str | Path | None, model: str | None = None,
+                  overrides: list[str] | tuple[str, ...] = (), namespace: str = "/") -> NodeSettings:
+    """Node settings from a parameters file (the section of this node in `namespace`), then
+    `NAME:=VALUE` overrides, then `model`."""
+    values = read_parameters_file(params_file, NODE_NAME, namespace) if params_file is not None else {}
+    values.update(parse_override(text) for text in overrides)
+    if model is not None:
+        values["model"] = str(model)
+    return NodeSettings.from_values(values)
+
+
+def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | None = None,
+             config: str | None = None, stop: threading.Event | None = None,
+             on_ready: Callable[[RelocalizationPipeline], None] | None = None) -> RelocalizationPipeline:
+    """Run the node until `stop` is set (or KeyboardInterrupt); returns the pipeline (its
+    diagnostics hold the final counts). `config`: Cyclone XML (e.g. `dds.loopback_config()`)."""
+    stop = stop or threading.Event()
+    relocalizer = build_relocalizer(settings)
+    with DdsNode(NODE_NAME, namespace=namespace, domain_id=domain_id, config=config) as node:
+        publishers = {name: node.publisher(topic.name, topic.type_name, topic.qos)
+                      for name, topic in OUTPUTS.items() if name != "tf" or settings.publish_tf}
+        pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(),
+                                          lambda name, msg: publishers[name].publish(msg), logger)
+        callbacks = {"image": pipeline.on_image, "depth": pipeline.on_depth, "reset": pipeline.on_reset}
+        for key, topic in input_topics(settings).items():
+            node.subscription(topic.name, topic.type_name, topic.qos, callbacks[key])
+        pipeline.start()
+        try:
+            if on_ready is not None:
+                on_ready(pipeline)
+            while not stop.wait(settings.diagnostics_period):
+                pipeline.publish_diagnostics()
+        except KeyboardInterrupt:
+            logger.info("interrupted: stopping the node")
+        finally:
+            pipeline.stop()
+            pipeline.publish_diagnostics()
+    return pipeline
+
+
+def main(model: str | None, params_file: str | None, overrides: list[str], namespace: str,
+         domain_id: int | None) -> int:
+    """The `posenet-ros node` command: run until Ctrl-C or SIGTERM, then print the counts."""
+    import signal
+
+    settings = load_settings(params_file, model, overrides, namespace)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def ready(pipeline: RelocalizationPipeline) -> None:
+        topics = ", ".join(topic.name for topic in input_topics(settings).values())
+        print(f"node: ready on {pipeline.relocalizer.device}; listening to {topics}", file=sys.stderr,
+              flush=True)
+
+    pipeline = run_node(settings, namespace=namespace, domain_id=domain_id, stop=stop, on_ready=ready)
+    counts = pipeline.diagnostics.counts
+    summary = ", ".join(f"{key} {value}" for key, value in counts.items())
+    print(f"node: {summary}", file=sys.stderr, flush=True)
+    return 0

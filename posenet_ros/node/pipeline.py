@@ -1,0 +1,564 @@
+"""The relocalization node's logic, shared by the rclpy node (`node.py`) and the Cyclone DDS runtime
+(`dds_node.py`): everything except creating publishers and subscriptions is decided here.
+
+Data flow (one stream of camera frames):
+
+    image / depth callbacks --(stamps only; RGB-depth pairing)--> LatestSlot (depth 1, drop-oldest)
+        --> worker thread: decode, check, Relocalizer.process --> publish(output name, message)
+
+Callbacks never block: they read the header stamp, pair RGB with depth by stamp (`StampPairer`)
+and put the frame into a slot that holds only the newest frame; a frame still waiting when a newer
+one arrives is dropped and counted. The worker decodes the messages (`conversions.py`), so a bad
+message costs the callback nothing; a frame that cannot be used (unknown encoding, truncated data,
+zero size, depth of another size than the image) is rejected, counted, and logged at most once per
+`WARNING_PERIOD_S` per kind of problem; the next good frame is answered as usual.
+
+Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
+image's stamp: the pose with covariance in the map frame, the loop-closure flag, the scalar
+uncertainty (√trace of the position covariance, metres), optionally the map -> camera transform,
+for scene coordinate regression the frame's inlier scene coordinates (a PointCloud2 in the map
+frame, metres; nothing for pose regression), `/diagnostics`, and once at start (transient local) the
+training camera poses as a PoseArray.
+Relative names resolve in the node's namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.ros.conversions import (
+    MessageTypes,
+    bool_msg,
+    depth_to_metres,
+    diagnostic_array,
+    float64_msg,
+    message_to_rgb,
+    point_cloud2,
+    pose_array,
+    pose_with_covariance_stamped,
+    stamp_to_ns,
+    tf_message,
+    transform_stamped,
+)
+from posenet_ros.runtime.relocalizer import PoseEstimate, Relocalizer
+
+T = TypeVar("T")
+WARNING_PERIOD_S = 5.0  # at most one warning per kind of rejected input in this time
+LATENCY_WINDOW = 1000  # frames over which latency percentiles are reported
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic of the node: name (relative names resolve in the node's namespace), ROS 2 type, QoS
+    profile name (`dds.QOS_PROFILES`; the rclpy node maps the same names to rclpy profiles)."""
+
+    name: str
+    type_name: str
+    qos: str
+
+
+OUTPUTS: dict[str, Topic] = {
+    "pose": Topic("relocalized_pose", "geometry_msgs/msg/PoseWithCovarianceStamped", "default"),
+    "loop_closure": Topic("relocalization/loop_closure", "std_msgs/msg/Bool", "default"),
+    "uncertainty": Topic("relocalization/uncertainty", "std_msgs/msg/Float64", "default"),
+    "map_poses": Topic("relocalization/map_poses", "geometry_msgs/msg/PoseArray", "transient_local"),
+    "scene_points": Topic("relocalization/scene_points", "sensor_msgs/msg/PointCloud2", "default"),
+    "tf": Topic("/tf", "tf2_msgs/msg/TFMessage", "default"),
+    "diagnostics": Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "default"),
+}
+
+
+def input_topics(settings: NodeSettings) -> dict[str, Topic]:
+    """The subscriptions: "image" (CompressedImage when the name ends in /compressed, as
+    image_transport names it) and, with use_depth, "depth", both with sensor-data QoS; and "reset"
+    (std_msgs/Bool: true drops the stream's state - temporal smoothing, loop-closure history - before
+    the next frame, e.g. after the robot was carried elsewhere)."""
+    image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
+                  else "sensor_msgs/msg/Image")
+    topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
+    if settings.use_depth:
+        topics["depth"] = Topic(settings.depth_topic, "sensor_msgs/msg/Image", "sensor_data")
+    topics["reset"] = Topic("relocalization/reset", "std_msgs/msg/Bool", "default")
+    return topics
+
+
+class NodeLog(Protocol):
+    """What the pipeline logs through: rclpy's node logger or a `logging.Logger`."""
+
+    def info(self, message: str) -> Any: ...
+
+    def warning(self, message: str) -> Any: ...
+
+
+def build_relocalizer(settings: NodeSettings) -> Relocalizer:
+    """The Relocalizer the parameters describe (checkpoint, device, precision, runtime, MC samples and
+    loop-closure overrides). Raises ValueError when the model needs depth and use_depth is off."""
+    relocalizer = Relocalizer(settings.model, device=settings.device, precision=settings.precision,  # type: ignore[arg-type]
+                              mc_samples=None if settings.mc_samples < 0 else settings.mc_samples,
+                              smoothing=settings.smoothing,
+                              smoothing_reset_unknown=settings.smoothing_reset_unknown,
+                              runtime=settings.runtime,  # type: ignore[arg-type]
+                              exported_model=settings.exported_model or None, fast_path=settings.fast_path)
+    overrides = {name: value for name, value in (("enter_score", settings.loop_closure_enter_score),
+                                                 ("leave_score", settings.loop_closure_leave_score),
+                                                 ("min_frames", settings.loop_closure_min_frames or math.nan))
+                 if not math.isnan(value)}
+    if overrides:
+        relocalizer.set_loop_closure(dataclasses.replace(relocalizer.loop_closure, **overrides))
+    if relocalizer.needs_depth and not settings.use_depth:
+        raise ValueError(f"{relocalizer.model_path} needs a depth image with every frame: set use_depth "
+                         "to true and depth_topic to the depth image topic")
+    return relocalizer
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class LatestSlot(Generic[T]):
+    """A drop-oldest FIFO queue, by default of depth 1 (it keeps the newest item): `put` on a full
+    queue displaces (and returns) the oldest waiting item. `capacity=None`: unbounded (bag replay,
+    where every frame is processed)."""
+
+    def __init__(self, capacity: int | None = 1) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"queue capacity must be >= 1 or None, got {capacity}")
+        self._items: deque[T] = deque()
+        self._capacity = capacity
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def put(self, item: T) -> T | None:
+        """Store `item`; returns the item it displaced (dropped unprocessed), if any."""
+        with self._condition:
+            displaced = None
+            if self._capacity is not None and len(self._items) >= self._capacity:
+                displaced = self._items.popleft()
+            self._items.append(item)
+            self._condition.notify()
+            return displaced
+
+    def take(self, timeout: float | None = None) -> T | None:
+        """The oldest waiting item, waiting up to `timeout` seconds (None: forever); None if there
+        is none or the queue is closed."""
+        with self._condition:
+            self._condition.wait_for(lambda: bool(self._items) or self._closed, timeout)
+            return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._items)
+
+    def close(self) -> None:
+        """Wake every waiting `take` (which then returns what is left, or None)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+class StampPairer(Generic[T]):
+    """Approximate-time pairing of two streams (image, depth) by stamp.
+
+    An image is paired with the buffered depth of nearest stamp within `slop_ns`, as soon as one is
+    there (depth usually arrives after the image, or just before). Pairing consumes both and
+    discards everything older on both sides. An image that can no longer be paired (a depth newer
+    than its stamp + slop has arrived, so assuming in-order depth, no closer one will) and items
+    pushed out of the buffers (`capacity` each) are returned by `add_*` as unpaired.
+    """
+
+    def __init__(self, slop_ns: int, capacity: int = 8) -> None:
+        self.slop_ns = int(slop_ns)
+        self._images: deque[tuple[int, T]] = deque(maxlen=capacity)
+        self._depths: deque[tuple[int, T]] = deque(maxlen=capacity)
+
+    def add_image(self, stamp_ns: int, item: T) -> tuple[list[tuple[T, T]], int]:
+        """Buffer an image; returns (pairs (image, depth) now complete, images given up)."""
+        lost = int(len(self._images) == self._images.maxlen)
+        self._images.append((stamp_ns, item))
+        return self._match(lost)
+
+    def add_depth(self, stamp_ns: int, item: T) -> tuple[list[tuple[T, T]], int]:
+        """Buffer a depth image; returns (pairs (image, depth) now complete, images given up)."""
+        self._depths.append((stamp_ns, item))
+        return self._match(0)
+
+    def _match(self, lost: int) -> tuple[list[tuple[T, T]], int]:
+        pairs: list[tuple[T, T]] = []
+        while self._images and self._depths:
+            stamp, image = self._images[0]
+            j = min(range(len(self._depths)), key=lambda k: abs(self._depths[k][0] - stamp))
+            if abs(self._depths[j][0] - stamp) <= self.slop_ns:
+                pairs.append((image, self._depths[j][1]))
+                self._images.popleft()
+                for _ in range(j + 1):
+                    self._depths.popleft()
+            elif self._depths[-1][0] > stamp + self.slop_ns:
+                self._images.popleft()  # every later depth is further away
+                lost += 1
+            else:
+                break
+        return pairs, lost
+
+
+class ThrottledWarnings:
+    """At most one warning per `key` every `period_s` seconds, saying how many were suppressed."""
+
+    def __init__(self, log: NodeLog, period_s: float = WARNING_PERIOD_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log, self._period, self._clock = log, period_s, clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, key: str, message: str) -> bool:
+        """Log `message` unless `key` was logged less than `period_s` ago; True if logged."""
+        now = self._clock()
+        if now - self._last.get(key, -math.inf) < self._period:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        suppressed = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        self._log.warning(message + (f" ({suppressed} more since the last warning)" if suppressed else ""))
+        return True
+
+
+@dataclass
+class Frame:
+    """One input frame waiting for the worker: the raw messages, the image's stamp (ns) and when
+    the callback received it (`time.monotonic()` seconds)."""
+
+    image_msg: Any
+    depth_msg: Any | None
+    stamp_ns: int
+    received_s: float
+
+
+class NodeDiagnostics:
+    """Thread-safe counters and latencies of the node, reported on /diagnostics.
+
+    received: image messages received; processed: poses published; dropped: frames replaced in the
+    queue by a newer one before the worker took them; rejected: frames that could not be used;
+    unpaired: images without a depth within the slop; failed: frames whose processing raised an
+    unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
+    (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it).
+    latency: callback receipt -> pose published (ms).
+    """
+
+    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.counts = dict.fromkeys(self.COUNTERS, 0)
+        self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._period_start = clock()
+        self._period_counts = dict(self.counts)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def processed(self, latency_ms: float) -> None:
+        with self._lock:
+            self.counts["processed"] += 1
+            self._latencies_ms.append(latency_ms)
+
+    def snapshot(self) -> dict[str, float]:
+        """Counts, processing rate (poses/s) since the previous snapshot, latency p50/p99 (ms)."""
+        with self._lock:
+            now = self._clock()
+            elapsed = now - self._period_start
+            delta = {k: self.counts[k] - self._period_counts[k] for k in self.COUNTERS}
+            self._period_start, self._period_counts = now, dict(self.counts)
+            latencies = np.asarray(self._latencies_ms, np.float64)
+            result: dict[str, float] = dict(self.counts)
+            result["rate_hz"] = delta["processed"] / elapsed if elapsed > 0 else 0.0
+            result["input_rate_hz"] = delta["received"] / elapsed if elapsed > 0 else 0.0
+            result["latency_p50_ms"] = float(np.percentile(latencies, 50)) if latencies.size else math.nan
+            result["latency_p99_ms"] = float(np.percentile(latencies, 99)) if latencies.size else math.nan
+            result["dropped_in_period"] = delta["dropped"] + delta["unpaired"]
+            result["rejected_in_period"] = delta["rejected"] + delta["failed"]
+            return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+class RelocalizationPipeline:
+    """Callbacks, worker and outputs of the node over one Relocalizer.
+
+    `publish(output_name, message)` sends a message built with `types` on `OUTPUTS[output_name]`;
+    the runtime supplies it (rclpy publishers, DDS publishers, or a list in tests). Call `start()`
+    to run the worker thread (or `process_next()` to step it yourself), `stop()` to end it.
+    `queue_size`: frames waiting for the worker (1 in the node: a newer frame displaces a waiting
+    one; None in bag replay, which steps the pipeline itself and drops nothing).
+    """
+
+    def __init__(self, settings: NodeSettings, relocalizer: Relocalizer, types: MessageTypes,
+                 publish: Callable[[str, Any], None], log: NodeLog | None = None,
+                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1) -> None:
+        self.settings = settings
+        self.relocalizer = relocalizer
+        self.types = types
+        self.publish = publish
+        self.log: NodeLog = log or logging.getLogger("posenet_ros.node")
+        self.clock = clock
+        self.diagnostics = NodeDiagnostics(clock)
+        self.warnings = ThrottledWarnings(self.log, clock=clock)
+        self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
+        self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
+            round(settings.max_depth_stamp_diff * 1e9))
+        self._pair_lock = threading.Lock()
+        self._last_received_ns: dict[str, int] = {}  # per kind ("image", "depth"), for duplicates
+        self._last_stamp_ns: int | None = None
+        self._reset_requested = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- callbacks (never block) ---------------------------------------------------------------
+
+    def on_image(self, msg: Any) -> None:
+        """Image callback: queue the frame (paired with depth when use_depth is on)."""
+        received = self.clock()
+        self.diagnostics.count("received")
+        stamp = self._stamp(msg, "image")
+        if stamp is None:
+            return
+        if not self.settings.use_depth:
+            self._queue(Frame(msg, None, stamp, received))
+            return
+        with self._pair_lock:
+            pairs, lost = self._pairer.add_image(stamp, (msg, stamp, received))
+        self._queue_pairs(pairs, lost)
+
+    def on_depth(self, msg: Any) -> None:
+        """Depth callback: complete the pairs this depth image belongs to."""
+        stamp = self._stamp(msg, "depth")
+        if stamp is None:
+            return
+        with self._pair_lock:
+            pairs, lost = self._pairer.add_depth(stamp, msg)
+        self._queue_pairs(pairs, lost)
+
+    def on_reset(self, msg: Any) -> None:
+        """Reset callback (std_msgs/Bool): true makes the worker reset the stream before the next frame."""
+        if getattr(msg, "data", False):
+            self._reset_requested.set()
+
+    def _stamp(self, msg: Any, kind: str) -> int | None:
+        """The message's stamp (ns); None for a message to ignore: no valid stamp (rejected) or the
+        stamp of the previous message of this kind (duplicate)."""
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+        except (AttributeError, TypeError, ValueError) as error:
+            self.diagnostics.count("rejected")
+            self.warnings.warn(f"{kind}-stamp",
+                               f"dropped a {kind} message without a valid header stamp: {error}")
+            return None
+        with self._pair_lock:
+            duplicate = self._last_received_ns.get(kind) == stamp
+            self._last_received_ns[kind] = stamp
+        if duplicate:
+            self.diagnostics.count("duplicate")
+            self.warnings.warn(f"{kind}-duplicate", f"ignored a {kind} message with the stamp of the one "
+                               f"before ({_seconds(stamp)})")
+            return None
+        return stamp
+
+    def _queue_pairs(self, pairs: list[tuple[tuple[Any, int, float], Any]], lost: int) -> None:
+        if lost:
+            self.diagnostics.count("unpaired", lost)
+            self.warnings.warn("unpaired", f"dropped {lost} image(s) without a depth image within "
+                               f"{self.settings.max_depth_stamp_diff} s of their stamp")
+        for (image, stamp, received), depth in pairs:
+            self._queue(Frame(image, depth, stamp, received))
+
+    def _queue(self, frame: Frame) -> None:
+        if self._slot.put(frame) is not None:
+            self.diagnostics.count("dropped")
+
+    # -- worker --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Publish the map poses, then run the worker thread."""
+        self.publish_map_poses()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="relocalization-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker after the frame it is processing."""
+        self._stop.set()
+        self._slot.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.process_next(timeout=0.1)
+
+    def queued(self) -> int:
+        """Frames waiting for the worker."""
+        return len(self._slot)
+
+    def process_next(self, timeout: float | None = None) -> PoseEstimate | None:
+        """Take the next queued frame (waiting up to `timeout` s) and publish its pose; None if
+        there was no frame or it was rejected. Never raises for a bad frame."""
+        frame = self._slot.take(timeout)
+        if frame is None:
+            return None
+        decoded = self._decoded([frame])
+        if not decoded:
+            return None
+        frame, rgb, depth = decoded[0]
+        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns))
+
+    def process_batch(self, max_frames: int) -> list[PoseEstimate]:
+        """Bag replay's batched step: up to `max_frames` queued frames through the network as one
+        batch (`Relocalizer.infer_batch`), then each in stream order through the stream checks, the
+        loop-closure hysteresis and smoothing, and published: the same poses as `process_next` frame by
+        frame. Frames of another size than the first, and models that cannot batch, go one by one.
+        Returns the estimates of the frames that were answered; never raises for a bad frame."""
+        frames = [frame for frame in (self._slot.take(0) for _ in range(min(max_frames, len(self._slot))))
+                  if frame is not None]
+        decoded = self._decoded(frames)
+        positions = [i for i, (_, rgb, _) in enumerate(decoded) if rgb.shape == decoded[0][1].shape]
+        batch, batched = None, {}  # batched: position in `decoded` -> index in the batch
+        if len(positions) > 1 and self.relocalizer.batches:
+            try:
+                start = time.perf_counter()
+                images = self.relocalizer.prepare_batch([decoded[i][1] for i in positions],
+                                                        [decoded[i][2] for i in positions])
+                stamps = [decoded[i][0].stamp_ns for i in positions]
+                batch = self.relocalizer.infer_batch(images, stamps, start)
+                batched = {position: index for index, position in enumerate(positions)}
+            except Exception:  # a frame the batch cannot take: every frame goes on its own below
+                batch = None
+        estimates = []
+        for position, (frame, rgb, depth) in enumerate(decoded):
+            if position in batched:
+                estimate_pose = functools.partial(self.relocalizer.finish, batch, batched[position])
+            else:
+                estimate_pose = functools.partial(self.relocalizer.process, rgb, depth,
+                                                  stamp_ns=frame.stamp_ns)
+            estimate = self._finish(frame, estimate_pose)
+            if estimate is not None:
+                estimates.append(estimate)
+        return estimates
+
+    def _decoded(self, frames: list[Frame]) -> list[tuple[Frame, np.ndarray, np.ndarray | None]]:
+        """The frames' images as arrays; the frames that cannot be decoded are counted and logged."""
+        decoded = []
+        for frame in frames:
+            try:
+                decoded.append((frame, *self._decode(frame)))
+            except ValueError as error:  # ImageConversionError is a ValueError
+                self.diagnostics.count("rejected")
+                self.warnings.warn(f"rejected-{type(error).__name__}",
+                                   f"dropped frame {_seconds(frame.stamp_ns)}: {error}")
+        return decoded
+
+    def _finish(self, frame: Frame, estimate_pose: Callable[[], PoseEstimate]) -> PoseEstimate | None:
+        """The stream checks, `estimate_pose()` and publishing for one frame, in stream order; a failure
+        is counted and logged and the node keeps running."""
+        try:
+            self._check_stream(frame.stamp_ns)
+            estimate = estimate_pose()
+            self._publish_estimate(estimate, frame)
+        except Exception as error:  # the node keeps running; the problem is counted and logged
+            self.diagnostics.count("failed")
+            self.warnings.warn(f"failed-{type(error).__name__}",
+                               f"processing frame {_seconds(frame.stamp_ns)} failed: "
+                               f"{type(error).__name__}: {error}")
+            return None
+        self.diagnostics.processed(1e3 * (self.clock() - frame.received_s))
+        return estimate
+
+    def _decode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
+        rgb = message_to_rgb(frame.image_msg)
+        if frame.depth_msg is None:
+            return rgb, None
+        depth = depth_to_metres(frame.depth_msg)
+        if depth.shape != rgb.shape[:2]:
+            raise ValueError(f"depth image of {depth.shape[1]}x{depth.shape[0]} px does not match the "
+                             f"{rgb.shape[1]}x{rgb.shape[0]} px image it is paired with")
+        return rgb, depth
+
+    def _check_stream(self, stamp_ns: int) -> None:
+        """Reset the stream state on request, or after a gap longer than reset_gap or a stamp going
+        backwards."""
+        if self._reset_requested.is_set():
+            self._reset_requested.clear()
+            self.relocalizer.reset()
+            self.log.info(f"stream reset on request before {_seconds(stamp_ns)}")
+            self._last_stamp_ns = None
+        last, self._last_stamp_ns = self._last_stamp_ns, stamp_ns
+        if last is not None and not 0 <= stamp_ns - last <= self.settings.reset_gap * 1e9:
+            self.relocalizer.reset()
+            self.log.info(f"stream reset: stamp {_seconds(stamp_ns)} after {_seconds(last)}")
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def _publish_estimate(self, estimate: PoseEstimate, frame: Frame) -> None:
+        types, settings, stamp = self.types, self.settings, frame.stamp_ns
+        self.publish("pose", pose_with_covariance_stamped(
+            types, stamp, settings.map_frame, estimate.position_3, estimate.quat_wxyz_4,
+            estimate.covariance_66))
+        self.publish("loop_closure", bool_msg(types, estimate.known_place))
+        self.publish("uncertainty", float64_msg(types, estimate.uncertainty_m))
+        if estimate.scene_points_N3 is not None:  # scene coordinate regression: its inliers, map frame
+            self.publish("scene_points", point_cloud2(types, stamp, settings.map_frame,
+                                                      estimate.scene_points_N3))
+        if settings.publish_tf:
+            child = settings.camera_frame or getattr(frame.image_msg.header, "frame_id", "") or "camera"
+            transform = transform_stamped(types, stamp, settings.map_frame, child,
+                                          estimate.position_3, estimate.quat_wxyz_4)
+            self.publish("tf", tf_message(types, [transform]))
+
+    def publish_map_poses(self) -> None:
+        """The training camera poses stored in the checkpoint, as a PoseArray in the map frame."""
+        poses = self.relocalizer.map_poses_N7
+        if not len(poses):
+            return
+        try:
+            message = pose_array(self.types, time.time_ns(), self.settings.map_frame, poses)
+        except ValueError as error:  # e.g. a zero quaternion: the node still relocalizes
+            self.log.warning(f"the checkpoint's map poses cannot be published: {error}")
+            return
+        self.publish("map_poses", message)
+
+    def publish_diagnostics(self) -> dict[str, float]:
+        """Publish one DiagnosticArray (call every diagnostics_period); returns the figures."""
+        figures = self.diagnostics.snapshot()
+        device = str(self.relocalizer.device)
+        level, message = "OK", f"{figures['rate_hz']:.1f} poses/s"
+        if figures["rejected_in_period"] or figures["dropped_in_period"]:
+            level = "WARN"
+            message += (f", {figures['dropped_in_period']:.0f} frames dropped, "
+                        f"{figures['rejected_in_period']:.0f} rejected in the last period")
+        values = {key: f"{value:.3f}" if isinstance(value, float) else str(value)
+                  for key, value in figures.items()}
+        values.update(device=device, model=str(self.relocalizer.model_path),
+                      mc_samples=str(self.relocalizer.uncertainty.mc_samples))
+        self.publish("diagnostics", diagnostic_array(
+            self.types, time.time_ns(), "posenet_ros: relocalization", device, level, message, values))
+        return figures
+
+
+def _seconds(stamp_ns: int) -> str:
+    return f"{stamp_ns / 1e9:.3f} s"

@@ -1,0 +1,159 @@
+"""The relocalization node on rclpy (ROS 2 Humble, Jazzy): `ros2 run posenet_ros relocalize_node`.
+
+Run it with the launch file (parameters from `config/relocalize.yaml`, topic remappings):
+
+    ros2 launch posenet_ros relocalize.launch.py model:=/path/to/run image_topic:=/my/camera/image_raw
+
+or directly, with a parameters file and overrides:
+
+    ros2 run posenet_ros relocalize_node --ros-args \\
+        --params-file config/relocalize.yaml -p model:=/path/to/run -p image_topic:=/my/camera/image_raw
+
+Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in the node's namespace):
+
+    subscribes  image_topic (sensor_msgs/Image, or CompressedImage when the name ends in /compressed)
+                depth_topic (sensor_msgs/Image, only with use_depth)            both sensor-data QoS
+    publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped
+                relocalization/loop_closure    std_msgs/Bool
+                relocalization/uncertainty     std_msgs/Float64
+                relocalization/map_poses       geometry_msgs/PoseArray (once, transient local)
+                relocalization/scene_points    sensor_msgs/PointCloud2 (scene coordinate regression only)
+                /tf                            map_frame -> camera (only with publish_tf)
+                /diagnostics                   diagnostic_msgs/DiagnosticArray (every diagnostics_period)
+
+Parameters: every entry of `parameters.NODE_PARAMETERS` (read-only, with its description and range;
+`ros2 param describe /relocalize_node <name>`), validated by `NodeSettings.from_values`.
+
+This module is wiring only: the decisions (settings, topics, QoS profile names, what is published
+when) are made by `parameters.py` and `pipeline.py`, which the Cyclone DDS runtime
+(`posenet-ros node`) shares. It is the only module that imports rclpy. The messages are built by
+`conversions.py` with `RclpyTypes` (rclpy's message classes; point clouds by sensor_msgs_py's
+`create_cloud_xyz32`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from tf2_ros import TransformBroadcaster
+
+from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings, ParameterSpec
+from posenet_ros.node.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer, input_topics
+from posenet_ros.ros.conversions import RclpyTypes
+
+# The rclpy profile of each QoS profile name that `pipeline.Topic.qos` uses.
+QOS: dict[str, QoSProfile] = {
+    "sensor_data": qos_profile_sensor_data,
+    "default": QoSProfile(depth=10),  # reliable, volatile
+    "transient_local": QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                  reliability=ReliabilityPolicy.RELIABLE),
+}
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (invalid parameters, a checkpoint that cannot be used); already logged."""
+
+
+def parameter_descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """The read-only descriptor of one parameter: description, range, allowed values."""
+    descriptor = ParameterDescriptor(description=spec.description, read_only=True)
+    if spec.minimum is not None and spec.maximum is not None:
+        if isinstance(spec.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0)]
+        else:
+            descriptor.integer_range = [IntegerRange(
+                from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)]
+    if spec.choices:
+        descriptor.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    return descriptor
+
+
+class RelocalizeNode(Node):
+    """Declares the parameters, loads the checkpoint, and connects `RelocalizationPipeline` to rclpy
+    publishers, subscriptions and a diagnostics timer. Raises `StartupError` (after logging it) when
+    the parameters are invalid or the checkpoint cannot be used."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.pipeline: RelocalizationPipeline | None = None
+        try:
+            for spec in NODE_PARAMETERS:
+                self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec))
+            settings = NodeSettings.from_values(
+                {spec.name: self.get_parameter(spec.name).value for spec in NODE_PARAMETERS})
+        except (ParameterException, ValueError) as error:
+            self._fail(f"invalid parameters: {error}")
+        try:
+            relocalizer = build_relocalizer(settings)
+        except (ValueError, OSError, RuntimeError) as error:  # no such file, bad checkpoint, needs depth
+            self._fail(f"cannot use model {settings.model!r}: {error}")
+
+        self.types = RclpyTypes()
+        self.publishers_by_output = {
+            name: self.create_publisher(self.types.get(topic.type_name), topic.name, QOS[topic.qos])
+            for name, topic in OUTPUTS.items() if name != "tf"}
+        # /tf through tf2_ros (its QoS); the pipeline publishes "tf" only with publish_tf
+        self.tf_broadcaster = TransformBroadcaster(self) if settings.publish_tf else None
+        self.pipeline = RelocalizationPipeline(settings, relocalizer, self.types, self._publish,
+                                               log=self.get_logger())
+        handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth,
+                    "reset": self.pipeline.on_reset}
+        inputs = input_topics(settings)
+        self.subscriptions_by_input = {
+            name: self.create_subscription(self.types.get(topic.type_name), topic.name, handlers[name],
+                                           QOS[topic.qos])
+            for name, topic in inputs.items()}
+        self.diagnostics_timer = self.create_timer(settings.diagnostics_period,
+                                                   self.pipeline.publish_diagnostics)
+        self.pipeline.start()
+        self.get_logger().info(f"relocalizing {', '.join(topic.name for topic in inputs.values())} "
+                               f"with {relocalizer.model_path} on {relocalizer.device}")
+
+    def _publish(self, output: str, msg: Any) -> None:
+        if output == "tf":
+            if self.tf_broadcaster is not None:
+                self.tf_broadcaster.sendTransform(msg.transforms)
+        else:
+            self.publishers_by_output[output].publish(msg)
+
+    def _fail(self, message: str) -> NoReturn:
+        self.get_logger().fatal(message)
+        raise StartupError(message)
+
+    def destroy_node(self) -> None:
+        """Stop the worker (after the frame it is processing), then destroy the node."""
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """`relocalize_node`: run until Ctrl-C or shutdown; exit code 1 if the node cannot start."""
+    rclpy.init(args=args)
+    node: RelocalizeNode | None = None
+    try:
+        node = RelocalizeNode()
+        rclpy.spin(node)  # the single-threaded executor: callbacks never block
+    except StartupError:
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        if node is not None:
+            node.get_logger().info("shutting down")
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

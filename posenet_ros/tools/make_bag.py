@@ -1,0 +1,254 @@
+"""Write dataset frames as a rosbag2 (``posenet-ros make-bag DATA OUT``), as a camera driver records them.
+
+Each frame of the chosen splits (``load_frames``, in split order, then record order) becomes one
+message per topic, all with the same ``header.stamp``, which is also the bag's log time:
+
+- ``/camera/camera_info`` (sensor_msgs/msg/CameraInfo): K of the record's intrinsics in pixels, zero
+  distortion; only when the records have intrinsics.
+- ``/camera/image_raw`` (sensor_msgs/msg/Image): rgb8, exactly the pixels ``read_frame_rgb`` returns; or,
+  with ``compressed=True``, ``/camera/image_raw/compressed`` (sensor_msgs/msg/CompressedImage, jpeg or
+  png, image_transport's topic name and format string) instead.
+- ``/camera/depth/image_raw`` (sensor_msgs/msg/Image): 16UC1 millimetres, 0 invalid; only when the
+  records have depth (and ``with_depth`` is not False).
+- ``/ground_truth/pose`` (geometry_msgs/msg/PoseStamped): the record's world_from_cam in ``map_frame``.
+- ``/tf`` (tf2_msgs/msg/TFMessage): one TransformStamped ``map_frame`` -> ``camera_frame``, the same pose.
+
+``header.frame_id`` is ``camera_frame`` for the images and camera info and ``map_frame`` for the
+pose and the transform (whose ``child_frame_id`` is ``camera_frame``). Poses are metres, quaternions
+normalised with w >= 0 (the sign is a choice; q and -q are the same rotation).
+
+Timing (integer nanoseconds): frame k of a sequence is stamped ``sequence start + round(k * 1e9 /
+rate_hz)``; the first sequence starts at ``start_ns`` and every later sequence (of the same split or
+the next one) ``round(sequence_gap_s * 1e9)`` after the last frame of the previous sequence, so that
+a node replaying the bag sees a gap and resets its stream between sequences.
+
+The bag is a rosbag2 folder (``metadata.yaml`` and one ``.mcap`` or ``.db3`` file), metadata
+version 8, whose QoS strings ROS 2 Humble and later read; each topic records the offered QoS profile
+``posenet-ros play`` publishes it with (``qos_for_topic``). Message definitions come from rosbags'
+ROS 2 Humble typestore. Writing is atomic: the bag is written into a temporary folder next to
+``out`` and renamed at the end; on any error or interruption the temporary folder is removed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
+from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.loading import load_frames
+from posenet_ros.ros.bag_writing import (
+    CAMERA_INFO_TOPIC,
+    COMPRESSED_FORMATS,
+    COMPRESSED_IMAGE_TOPIC,
+    DEPTH_TOPIC,
+    IMAGE_TOPIC,
+    POSE_TOPIC,
+    STORAGES,
+    TF_TOPIC,
+    TOPIC_TYPES,
+    write_messages,
+)
+from posenet_ros.ros.conversions import (
+    RosbagsTypes,
+    camera_info_msg,
+    compressed_image_msg,
+    depth_msg,
+    image_msg,
+    pose_stamped,
+    tf_message,
+    transform_stamped,
+)
+
+
+@dataclass
+class BagSummary:
+    """What `make_bag` wrote.
+
+    `topics`: topic -> message count, in the order of `TOPIC_TYPES`. Stamps are integer nanoseconds
+    since the epoch (header stamps, equal to the bag's log times). `frame_stamps` has one entry per
+    frame in writing order: (stamp_ns, split, sequence, frame_index), so a stamp maps back to the
+    dataset frame it came from.
+    """
+
+    path: Path
+    storage: str
+    frames: int
+    topics: dict[str, int]
+    first_stamp_ns: int
+    last_stamp_ns: int
+    frame_stamps: list[tuple[int, str, str, int]] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first to the last frame."""
+        return (self.last_stamp_ns - self.first_stamp_ns) / 1e9
+
+
+def _check_arguments(splits: Sequence[str], storage: str, compressed_format: str, rate_hz: float,
+                     start_ns: int, sequence_gap_s: float, map_frame: str, camera_frame: str) -> None:
+    if isinstance(splits, str) or not splits:
+        raise ValueError(f"splits must be a non-empty list of split names, got {splits!r}")
+    repeated = sorted({split for split in splits if list(splits).count(split) > 1})
+    if repeated:
+        raise ValueError(f"split(s) {', '.join(repeated)} given more than once")
+    if storage not in STORAGES:
+        raise ValueError(f"unsupported bag storage {storage!r}; choose from {', '.join(STORAGES)}")
+    if compressed_format not in COMPRESSED_FORMATS:
+        raise ValueError(f"unsupported compressed image format {compressed_format!r}; "
+                         f"choose from {', '.join(COMPRESSED_FORMATS)}")
+    if not (math.isfinite(rate_hz) and rate_hz > 0):
+        raise ValueError(f"rate_hz must be a positive number of frames per second, got {rate_hz}")
+    if not (math.isfinite(sequence_gap_s) and sequence_gap_s > 0):
+        raise ValueError(f"sequence_gap_s must be a positive number of seconds, got {sequence_gap_s}")
+    if isinstance(start_ns, bool) or not isinstance(start_ns, int) or start_ns < 0:
+        raise ValueError(f"start_ns must be a non-negative integer (nanoseconds), got {start_ns!r}")
+    for name, frame in (("map_frame", map_frame), ("camera_frame", camera_frame)):
+        if not frame:
+            raise ValueError(f"{name} must not be empty")
+
+
+def _frame_stamps(records_by_split: list[tuple[str, list[FrameRecord]]], rate_hz: float, start_ns: int,
+                  sequence_gap_s: float) -> list[tuple[int, str, str, int]]:
+    """(stamp_ns, split, sequence, frame_index) of every frame; see the module docstring for the timing."""
+    gap_ns = round(sequence_gap_s * 1e9)
+    stamps: list[tuple[int, str, str, int]] = []
+    current: tuple[str, str] | None = None
+    sequence_start = start_ns
+    k = 0
+    for split, records in records_by_split:
+        for record in records:
+            if (split, record.sequence) != current:
+                if current is not None:
+                    sequence_start = stamps[-1][0] + gap_ns
+                current, k = (split, record.sequence), 0
+            stamps.append((sequence_start + round(k * 1e9 / rate_hz), split, record.sequence,
+                           record.frame_index))
+            k += 1
+    return stamps
+
+
+def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: bool | None) -> list[str]:
+    """The topics of the bag, in `TOPIC_TYPES` order; ValueError if depth is asked for but missing."""
+    lacking_depth = sum(record.depth_path is None for record in records)
+    if with_depth is None:
+        with_depth = lacking_depth == 0
+    elif with_depth and lacking_depth:
+        raise ValueError(f"with_depth=True but {lacking_depth} of {len(records)} frames have no depth image")
+    lacking_intrinsics = sum(record.intrinsics is None for record in records)
+    if 0 < lacking_intrinsics < len(records):
+        raise DatasetError(f"{lacking_intrinsics} of {len(records)} frames have no intrinsics; the bag "
+                           "needs intrinsics for all frames (one camera_info topic) or none")
+    wanted = {
+        CAMERA_INFO_TOPIC: lacking_intrinsics == 0,
+        IMAGE_TOPIC: not compressed,
+        COMPRESSED_IMAGE_TOPIC: compressed,
+        DEPTH_TOPIC: bool(with_depth),
+        POSE_TOPIC: True,
+        TF_TOPIC: True,
+    }
+    return [topic for topic in TOPIC_TYPES if wanted[topic]]
+
+
+def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, topics: list[str],
+                    compressed_format: str, map_frame: str, camera_frame: str) -> dict[str, object]:
+    """topic -> message (rosbags class) of one frame, for the topics in `topics`."""
+    rgb = read_frame_rgb(record.image_path)
+    height, width = rgb.shape[:2]
+    pose = pose_vector(record.world_from_cam)
+    messages: dict[str, object] = {}
+    if CAMERA_INFO_TOPIC in topics:
+        intrinsics = record.intrinsics
+        assert intrinsics is not None  # _topics_to_write checked it
+        if (intrinsics.width, intrinsics.height) != (width, height):
+            raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are for "
+                               f"{intrinsics.width}x{intrinsics.height}")
+        messages[CAMERA_INFO_TOPIC] = camera_info_msg(types, stamp_ns, camera_frame, width, height,
+                                                      intrinsics.matrix())
+    if IMAGE_TOPIC in topics:
+        messages[IMAGE_TOPIC] = image_msg(types, rgb, stamp_ns, camera_frame, "rgb8")
+    if COMPRESSED_IMAGE_TOPIC in topics:
+        messages[COMPRESSED_IMAGE_TOPIC] = compressed_image_msg(types, rgb, stamp_ns, camera_frame,
+                                                                format=compressed_format)
+    if DEPTH_TOPIC in topics:
+        assert record.depth_path is not None  # _topics_to_write checked it
+        depth = read_frame_depth(record.depth_path)
+        messages[DEPTH_TOPIC] = depth_msg(types, depth, stamp_ns, camera_frame, encoding="16UC1")
+    messages[POSE_TOPIC] = pose_stamped(types, stamp_ns, map_frame, pose[:3], pose[3:])
+    transform = transform_stamped(types, stamp_ns, map_frame, camera_frame, pose[:3], pose[3:])
+    messages[TF_TOPIC] = tf_message(types, [transform])
+    return messages
+
+
+def make_bag(
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    splits: Sequence[str] = ("test",),
+    storage: str = "mcap",
+    compressed: bool = False,
+    compressed_format: str = "jpeg",
+    with_depth: bool | None = None,
+    rate_hz: float = 30.0,
+    start_ns: int = 1_700_000_000 * 10**9,
+    sequence_gap_s: float = 5.0,
+    map_frame: str = "map",
+    camera_frame: str = "camera",
+    progress: bool = True,
+) -> BagSummary:
+    """Write the frames of `splits` of the dataset in `data_root` as a rosbag2 folder `out`.
+
+    `storage`: "mcap" or "sqlite3". `compressed`: send the colour image as a CompressedImage
+    (`compressed_format` "jpeg" or "png") on `COMPRESSED_IMAGE_TOPIC` instead of rgb8 on `IMAGE_TOPIC`.
+    `with_depth`: None writes depth when every frame has a depth image, False never, True requires
+    it. `rate_hz` (frames per second), `start_ns` (first stamp, ns since the epoch) and
+    `sequence_gap_s` (seconds between sequences) set the stamps; `map_frame` and `camera_frame` the
+    frame ids. See the module docstring for the topics and the timing.
+
+    Raises FileExistsError if `out` exists; ValueError for a bad argument (before anything is read
+    or written); DatasetError (a ValueError) for a split without frames or an unreadable frame.
+    On any error the partly written bag is removed and `out` is left as it was.
+    """
+    out = Path(out)
+    _check_arguments(splits, storage, compressed_format, rate_hz, start_ns, sequence_gap_s, map_frame,
+                     camera_frame)
+    if out.exists() or out.is_symlink():
+        raise FileExistsError(f"{out} exists; choose a new bag folder")
+    records_by_split: list[tuple[str, list[FrameRecord]]] = []
+    for split in splits:
+        try:
+            records = load_frames(data_root, split)
+        except DatasetError as err:
+            raise DatasetError(f"split {split!r}: {err}") from err
+        if not records:
+            raise DatasetError(f"{data_root}: split {split!r} has no frames")
+        records_by_split.append((split, records))
+    all_records = [record for _, records in records_by_split for record in records]
+    topics = _topics_to_write(all_records, compressed, with_depth)
+    frame_stamps = _frame_stamps(records_by_split, rate_hz, start_ns, sequence_gap_s)
+    # Every frame must fit builtin_interfaces/Time (int32 seconds) before anything is written.
+    if frame_stamps[-1][0] >= 2**31 * 10**9:
+        raise ValueError(f"the last frame's stamp {frame_stamps[-1][0]} ns does not fit "
+                         "builtin_interfaces/Time (int32 seconds); lower start_ns")
+
+    types = RosbagsTypes()
+
+    def messages() -> Iterator[tuple[str, str, int, Any]]:
+        with tqdm(total=len(all_records), desc="make-bag", unit="frame", disable=not progress) as bar:
+            for record, (stamp_ns, _, _, _) in zip(all_records, frame_stamps, strict=True):
+                frame = _frame_messages(types, record, stamp_ns, topics, compressed_format, map_frame,
+                                        camera_frame)
+                for topic, message in frame.items():
+                    yield topic, TOPIC_TYPES[topic], stamp_ns, message
+                bar.update(1)
+
+    counts = write_messages(out, messages(), storage=storage)
+    counts = {topic: counts.get(topic, 0) for topic in topics}
+    return BagSummary(path=out, storage=storage, frames=len(all_records), topics=counts,
+                      first_stamp_ns=frame_stamps[0][0], last_stamp_ns=frame_stamps[-1][0],
+                      frame_stamps=frame_stamps)

@@ -19,7 +19,8 @@ import torch
 
 from posenet_ros.core.device import resolve_device
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.training.losses import LossConfig, PoseLoss
+from posenet_ros.runtime.train_config import LossConfig
+from posenet_ros.training.losses import PoseLoss
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ config's data.bag; eval and calibrate default to the checkpoint's): [--image-top
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
@@ -107,7 +106,8 @@ def _bag_options(args: argparse.Namespace) -> dict[str, object]:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from posenet_ros.training.train import STATE_FILE, TrainConfig, read_train_state_metadata, train
+    from posenet_ros.runtime.train_config import TrainConfig
+    from posenet_ros.training.train import STATE_FILE, read_train_state_metadata, train, with_depth
 
     base, data = None, args.data
     if args.resume:
@@ -123,10 +123,8 @@ def _train(args: argparse.Namespace) -> int:
     # JSON is YAML: the values arrive as typed (strings quoted, so '' stays a string).
     overrides += [f"data.bag.{key}={json.dumps(value)}" for key, value in _bag_options(args).items()]
     config = load_config(TrainConfig, args.config, overrides, base=base)
-    if args.use_depth and config.method == "scr":  # the seed's forests: pose from 3D-3D correspondences
-        config = dataclasses.replace(config, ransac=dataclasses.replace(config.ransac, use_depth=True))
-    elif args.use_depth and not config.model.needs_depth:  # the seed's dual-stream RGB-D PoseNet
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, depth="dual_stream"))
+    if args.use_depth:
+        config = with_depth(config)
     path = train(config, data, args.out, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
                  progress=not args.quiet)
     print(f"model written to {path}")
@@ -192,8 +190,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                                   device=args.device, bag_options=_bag_options(args), progress=not args.quiet)
     print(f"calibrated on {report['frames']} frames of {report['split']!r} and {report['train_frames']} "
           f"of {report['train_split']!r} with "
-          + ("the RANSAC poses' covariance" if report["method"] == "scr"
-             else f"{report['mc_samples']} MC samples ({report['mc_mode']})") + ": "
+          f"{report['uncertainty_source']}: "
           f"covariance x scale · exp(novelty · (score - {report['score_reference']:.3f})), position "
           f"{report['position_scale']:.3g} · exp({report['position_novelty']:.3g} ...), rotation "
           f"{report['rotation_scale']:.3g} · exp({report['rotation_novelty']:.3g} ...)")

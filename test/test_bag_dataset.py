@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader
 
 from posenet_ros.cli import main
 from posenet_ros.core.camera import FrameTransform
-from posenet_ros.data.bag_dataset import BagDataConfig, load_bag_frames
+from posenet_ros.data.bag_dataset import load_bag_frames
 from posenet_ros.data.dataset import PoseDataset, read_depth_mm, read_frame_depth, read_frame_rgb, read_rgb
 from posenet_ros.data.frames import BagMessage, DatasetError
 from posenet_ros.data.loading import detect_layouts, load_frames
 from posenet_ros.evaluation.evaluate import unknown_place_records
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.conversions import RosbagsTypes, image_msg, pose_stamped
+from posenet_ros.runtime.train_config import BagDataConfig
 
 SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=24", "train_sequences=3",
          "val_sequences=0", "test_sequences=2", "outside_sequences=0", "variations=[]"]

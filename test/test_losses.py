@@ -5,13 +5,8 @@ import math
 import torch
 
 from posenet_ros.core.geometry import pose_from_position_quat_torch, quat_exp_torch
-from posenet_ros.training.losses import (
-    LossConfig,
-    PoseLoss,
-    quaternion_distance,
-    reprojection_loss,
-    sample_depth_points,
-)
+from posenet_ros.runtime.train_config import LossConfig
+from posenet_ros.training.losses import PoseLoss, quaternion_distance, reprojection_loss, sample_depth_points
 
 Q_ID = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
 

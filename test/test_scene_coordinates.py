@@ -19,7 +19,8 @@ from posenet_ros.inference.pose_solving import PoseSolveError, RansacConfig, sol
 from posenet_ros.inference.scene_coordinates import depth_targets
 from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet, cell_pixels
 from posenet_ros.runtime.relocalizer import Relocalizer
-from posenet_ros.training.scene_coordinate_losses import ScrLossConfig, depth_loss, reprojection_loss
+from posenet_ros.runtime.train_config import ScrLossConfig
+from posenet_ros.training.scene_coordinate_losses import depth_loss, reprojection_loss
 
 K = np.array([[80.0, 0.0, 79.5], [0.0, 80.0, 59.5], [0.0, 0.0, 1.0]])
 

@@ -38,7 +38,8 @@ from posenet_ros.inference.uncertainty import (
 )
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.runtime.checkpoint import CheckpointError, load_model, save_checkpoint, store_calibration
-from posenet_ros.training.losses import LossConfig, PoseLoss, aleatoric_nll
+from posenet_ros.runtime.train_config import LossConfig
+from posenet_ros.training.losses import PoseLoss, aleatoric_nll
 
 
 def small_model(**kwargs) -> PoseNet:

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
-
-DEFAULT_RESIZE = 256  # PoseNet's test-time preparation when a checkpoint names none
-DEFAULT_CROP = 224
 
 
 @dataclass(frozen=True)
@@ -174,20 +170,9 @@ def crop_box(width: int, height: int, transform: FrameTransform,
     return CropBox(width, height, new_width, new_height, crop[1], crop[0], x0, y0)
 
 
-def eval_transform(config: dict[str, Any]) -> FrameTransform:
-    """The test-time FrameTransform of a checkpoint's config: its `data.resize` (shorter side, px)
-    and `data.crop` (square side or [height, width], px) with a centre crop and no jitter; a missing
-    key falls back to PoseNet's 256 / 224."""
-    data = config.get("data") or {}
-    resize = data["resize"] if "resize" in data else DEFAULT_RESIZE
-    crop = data["crop"] if "crop" in data else DEFAULT_CROP
-    return FrameTransform(resize=resize, crop=crop, random_crop=False)
-
-
-def input_intrinsics(camera: Intrinsics, width: int, height: int, new_width: int, new_height: int,
-                     x0: int, y0: int, crop_width: int, crop_height: int) -> np.ndarray:
-    """K (3x3) of the network input made from a `width` x `height` image of the checkpoint's camera
-    (its intrinsics scaled to that size, as for a lower or higher resolution stream of the same
-    camera), resized to `new_width` x `new_height` and cropped at (x0, y0)."""
-    scaled = camera.resized(width, height).resized(new_width, new_height)
-    return scaled.cropped(x0, y0, crop_width, crop_height).matrix()
+def input_intrinsics(camera: Intrinsics, box: CropBox) -> np.ndarray:
+    """K (3x3, float64, pixels) of the network input that `box` makes from a frame of `camera`: its
+    intrinsics scaled to the frame's size (a lower or higher resolution stream of the same camera),
+    resized and cropped as the frame is."""
+    scaled = camera.resized(box.width, box.height).resized(box.new_width, box.new_height)
+    return scaled.cropped(box.x0, box.y0, box.crop_width, box.crop_height).matrix()

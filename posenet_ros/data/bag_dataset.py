@@ -53,76 +53,24 @@ from typing import Any
 import numpy as np
 
 from posenet_ros.core.camera import Intrinsics
-from posenet_ros.core.config import config_from_dict
+from posenet_ros.core.config import config_from_dict, config_to_dict
 from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
+from posenet_ros.runtime.train_config import BagDataConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-SEQUENCE_GAP_S = 1.0  # a longer gap between consecutive frames starts a new sequence
 DEPTH_SLOP_S = 0.02  # largest image-depth stamp difference of a pair (the node's max_depth_stamp_diff)
-SPLIT_TIMES_FORMAT = "SPLIT=START:END[,SPLIT=START:END ...] in seconds since the bag's first image"
+SEQUENCE_GAP_S = 1.0  # a longer gap between consecutive frames starts a new sequence
 
 
-@dataclass(frozen=True)
-class BagDataConfig:
-    """How frames are read from a rosbag2 (see the module docstring). Empty strings: the defaults."""
-
-    image_topic: str = ""  # "": /camera/image_raw, else .../compressed, else the only image topic
-    gt_topic: str = ""  # "": /ground_truth/pose (unless gt_tf)
-    gt_tf: str = ""  # "PARENT CHILD": ground truth from this /tf transform instead of gt_topic
-    max_gap_s: float = 0.1  # longest gap between ground-truth poses to interpolate across (s)
-    use_depth: bool = False  # read depth images (the reprojection loss needs them)
-    depth_topic: str = ""  # "": /camera/depth/image_raw
-    split_times: str = ""  # "train=0:120,test=120:180" (s since the first image); "": whole bag
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.max_gap_s) and self.max_gap_s > 0):
-            raise ValueError(f"bag max_gap_s must be a positive number of seconds, got {self.max_gap_s}")
-        if self.gt_tf and len(self.gt_tf.split()) != 2:
-            raise ValueError(f"bag gt_tf must be 'PARENT CHILD' (two frame names), got {self.gt_tf!r}")
-        if self.gt_tf and self.gt_topic:
-            raise ValueError(f"bag gt_topic ({self.gt_topic!r}) and gt_tf ({self.gt_tf!r}) are both set; "
-                             "choose one source of ground truth")
-        self.ranges()  # raises for a malformed split_times
-
-    def tf_pair(self) -> tuple[str, str] | None:
-        """(parent, child) of `gt_tf`, or None."""
-        if not self.gt_tf:
-            return None
-        parent, child = self.gt_tf.split()
-        return parent, child
-
-    def ranges(self) -> dict[str, list[tuple[float, float]]]:
-        """split -> [(start_s, end_s), ...] of `split_times` (end may be inf); {} without ranges."""
-        ranges: dict[str, list[tuple[float, float]]] = {}
-        for item in (part.strip() for part in self.split_times.split(",")):
-            if not item:
-                continue
-            name, equals, span = item.partition("=")
-            start_text, colon, end_text = span.partition(":")
-            if not equals or not colon or not name.strip():
-                raise ValueError(f"bag split_times item {item!r} is not {SPLIT_TIMES_FORMAT}, "
-                                 "e.g. train=0:120,test=120:")
-            try:
-                start = float(start_text) if start_text.strip() else 0.0
-                end = float(end_text) if end_text.strip() else math.inf
-            except ValueError:
-                raise ValueError(f"bag split_times item {item!r}: START and END must be numbers of "
-                                 "seconds") from None
-            if not 0.0 <= start < end:
-                raise ValueError(f"bag split_times item {item!r}: need 0 <= START < END")
-            ranges.setdefault(name.strip(), []).append((start, end))
-        return ranges
-
-
-def bag_config_for_checkpoint(config: Mapping[str, Any], needs_depth: bool,
+def bag_config_for_checkpoint(config: TrainConfig, needs_depth: bool,
                               overrides: Mapping[str, Any] | None = None) -> BagDataConfig:
     """The bag options a checkpoint was trained with (its config's `data.bag`; the defaults where it
     has none) with `overrides` (field name -> value) applied and `use_depth` on exactly when the
     model needs depth (`LoadedModel.needs_depth`): evaluation and calibration read what the model
     needs."""
-    stored = dict((config.get("data") or {}).get("bag") or {})
+    stored = config_to_dict(config.data.bag)
     stored.update(overrides or {})
     stored["use_depth"] = needs_depth
     return config_from_dict(BagDataConfig, stored, prefix="data.bag.")

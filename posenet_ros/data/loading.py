@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from posenet_ros.data.bag_dataset import BagDataConfig, load_bag_frames
+from posenet_ros.data.bag_dataset import load_bag_frames
 from posenet_ros.data.cambridge import load_cambridge
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.seven_scenes import load_seven_scenes
+from posenet_ros.runtime.train_config import BagDataConfig
 
 LAYOUTS = ("7scenes", "cambridge", "rosbag2")
 BAG_SUFFIXES = (".mcap", ".db3")

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.core.device import resolve_device
 from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
 from posenet_ros.data.loading import load_frames
@@ -42,8 +41,8 @@ from posenet_ros.evaluation.predict import Predictions, fit_feature_memory, pred
 from posenet_ros.inference.calibration import fit_block_calibration, nees, uncertainty_metrics
 from posenet_ros.inference.loop_closure import LoopClosureConfig, calibrate_thresholds
 from posenet_ros.inference.uncertainty import UncertaintyConfig, calibrated
-from posenet_ros.models.scene_coordinates import SceneCoordinateNet
 from posenet_ros.runtime.checkpoint import load_model, store_calibration
+from posenet_ros.runtime.methods import inference_method
 
 BLOCKS: dict[str, slice] = {"position": slice(0, 3), "rotation": slice(3, 6), "pose": slice(0, 6)}
 MAX_TRAIN_FRAMES = 2000  # training frames predicted by `calibrate_checkpoint` (evenly subsampled)
@@ -72,26 +71,26 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
     setting = UncertaintyConfig(mc_samples=stored.mc_samples if mc_samples is None else mc_samples,
                                 mc_mode=stored.mc_mode if mc_mode is None else mc_mode,  # type: ignore[arg-type]
                                 seed=stored.seed)
-    scr = isinstance(loaded.model, SceneCoordinateNet)  # covariance from the pose refinement
-    if not scr and setting.mc_samples == 0 and loaded.model.config.aleatoric == "none":
+    method = inference_method(loaded.method, loaded.model, uncertainty=setting, ransac=loaded.ransac)
+    if not method.estimates_uncertainty and loaded.model.config.aleatoric == "none":
         raise ValueError("nothing to calibrate: mc_samples is 0 and the model has no aleatoric outputs")
     bag = bag_config_for_checkpoint(loaded.config, loaded.needs_depth, bag_options)
     train_records = load_frames(data_root, train_split, bag=bag)
-    if not scr:
-        fit_feature_memory(loaded.model, train_records, eval_transform(loaded.config),
+    if method.has_feature_memory:
+        fit_feature_memory(loaded.model, train_records, loaded.config.eval_transform(),
                            batch_size=batch_size, progress=progress)
     records = load_frames(data_root, split, bag=bag)
     if len(records) < 10:
         raise ValueError(f"{data_root}: the {split!r} split has {len(records)} frames; calibration "
                          "needs at least 10 frames of mapped places not used for training")
-    transform = eval_transform(loaded.config)
-    predictions = predict(loaded.model, records, transform, batch_size=batch_size, progress=progress,
-                          description=f"calibrate on {split}", uncertainty=setting, ransac=loaded.ransac)
+    transform = loaded.config.eval_transform()
+    predictions = predict(method, records, transform, batch_size=batch_size, progress=progress,
+                          description=f"calibrate on {split}")
     step = max(1, math.ceil(len(train_records) / MAX_TRAIN_FRAMES))
-    seen = predict(loaded.model, train_records[::step], transform, batch_size=batch_size, progress=progress,
-                   description=f"calibrate on {train_split}", uncertainty=setting, ransac=loaded.ransac)
-    if scr:  # frames without a pose have no error to fit
-        predictions, seen = _with_pose(predictions), _with_pose(seen)
+    seen = predict(method, train_records[::step], transform, batch_size=batch_size, progress=progress,
+                   description=f"calibrate on {train_split}")
+    # frames without a pose (scene coordinates: RANSAC found none) have no error to fit
+    predictions, seen = _with_pose(predictions), _with_pose(seen)
     errors, seen_errors = prediction_errors_N6(predictions), prediction_errors_N6(seen)
     finite_scores = predictions.score_N[np.isfinite(predictions.score_N)]
     reference = float(np.median(finite_scores)) if finite_scores.size else 0.0
@@ -104,7 +103,7 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
                                  position_novelty=position_novelty, rotation_novelty=rotation_novelty,
                                  score_reference=reference)
     loop_closure = (calibrate_thresholds(predictions.score_N, enter_percentile, leave_percentile, min_frames)
-                    if setting.mc_samples > 0 or scr else LoopClosureConfig(min_frames=min_frames))
+                    if method.estimates_uncertainty else LoopClosureConfig(min_frames=min_frames))
 
     def after(part: Predictions) -> np.ndarray:
         factors = fitted.block_factors(torch.from_numpy(part.score_N))
@@ -114,6 +113,7 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
         "data_root": str(data_root), "split": split, "frames": len(records),
         "train_split": train_split, "train_frames": len(seen),
         "mc_samples": setting.mc_samples, "mc_mode": setting.mc_mode, "method": loaded.method,
+        "uncertainty_source": method.uncertainty_source,
         "position_scale": fitted.position_scale, "rotation_scale": fitted.rotation_scale,
         "position_novelty": fitted.position_novelty, "rotation_novelty": fitted.rotation_novelty,
         "score_reference": reference,
@@ -122,8 +122,8 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
         "after": uncertainty_metrics(errors, after(predictions)),
         "after_train": uncertainty_metrics(seen_errors, after(seen)),
     }
-    store_calibration(loaded.path, fitted, loop_closure, report,
-                      {} if scr else {"feature_covariance": loaded.model.feature_covariance})
+    memory = {"feature_covariance": loaded.model.feature_covariance} if method.has_feature_memory else {}
+    store_calibration(loaded.path, fitted, loop_closure, report, memory)
     return report
 
 

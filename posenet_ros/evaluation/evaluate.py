@@ -19,7 +19,8 @@ Metric names (`pose_metrics`, `metrics.json`):
 Files written by `evaluate` into its output folder:
 
     metrics.json      {"model", "split", "device", "transform", "thresholds": [[M, D], ...],
-                       "method", "mc_samples", "ransac" (method scr: the pose solver), "calibrated",
+                       "method", "mc_samples", "ransac" (method scr: the pose solver),
+                       "uncertainty_source", "calibrated",
                        "smoothing",
                        "scenes": {name: {"data_root", metrics..., "mean_pose_baseline": {metrics...}}},
                        "overall": {metrics..., "mean_pose_baseline": {...}}}
@@ -55,9 +56,8 @@ import numpy as np
 import torch
 
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.core.device import resolve_device
-from posenet_ros.data.bag_dataset import BagDataConfig, bag_config_for_checkpoint
+from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.evaluation.plots import plot_error_cdf, plot_top_view, plot_uncertainty
@@ -75,9 +75,9 @@ from posenet_ros.inference.metrics import (
     threshold_label,
 )
 from posenet_ros.inference.temporal import head_inputs, smooth_sequence, temporal_jitter
-from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.temporal import SmoothMode
 from posenet_ros.runtime.checkpoint import LoadedModel, load_model
+from posenet_ros.runtime.train_config import BagDataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "UNCERTAINTY_COLUMNS",
     "Predictions",
-    "eval_transform",
     "evaluate",
     "format_table",
     "format_uncertainty",
@@ -274,18 +273,18 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     if smooth != "off" and loaded.temporal is None:
         raise ValueError(f"{loaded.path} has no temporal model: run `posenet-ros train-temporal` first, or "
                          "evaluate with smoothing off")
-    transform = eval_transform(loaded.config)
-    uncertainty = _uncertainty_setting(loaded, mc_samples)
+    transform = loaded.config.eval_transform()
+    method = loaded.inference(mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
     bag = bag_config_for_checkpoint(loaded.config, loaded.needs_depth, bag_options)
     logger.info("evaluating %s on %d scene(s), split %r, device %s, resize %s, crop %s, MC samples %d",
                 loaded.path, len(roots), split, resolved_device, transform.resize, transform.crop,
-                0 if uncertainty is None else uncertainty.mc_samples)
+                method.settings()["mc_samples"])
 
     def run(records: list[FrameRecord], description: str) -> Predictions:
-        return predict(loaded.model, records, transform, device=resolved_device, batch_size=batch_size,
-                       progress=progress, description=description, uncertainty=uncertainty,
-                       keep_features=smooth != "off", ransac=loaded.ransac)
+        return predict(method, records, transform, batch_size=batch_size, progress=progress,
+                       description=description, keep_features=smooth != "off",
+                       with_uncertainty=method.estimates_uncertainty)
 
     scenes: dict[str, Predictions] = {}
     scene_metrics: dict[str, dict[str, Any]] = {}
@@ -302,8 +301,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
                                                           predictions.orientation_error_N,
                                                           checked_thresholds),
                    **jitter_of(predictions)}
-        unknown_records = (unknown_place_records(root, unknown_splits, bag=bag) if uncertainty is not None
-                           else {})
+        unknown_records = (unknown_place_records(root, unknown_splits, bag=bag)
+                           if method.estimates_uncertainty else {})
         unknown = {split: run(records, f"{split} {name}") for split, records in unknown_records.items()}
         for split, part in unknown.items():
             unknown_parts.setdefault(split, []).append(part)
@@ -325,8 +324,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         "transform": {"resize": transform.resize, "crop": transform.crop, "centre_crop": True},
         "thresholds": [[metres, degrees] for metres, degrees in checked_thresholds],
         "method": loaded.method,
-        "mc_samples": 0 if uncertainty is None or loaded.method == "scr" else uncertainty.mc_samples,
-        **({"ransac": dataclasses.asdict(loaded.ransac)} if loaded.method == "scr" else {}),
+        **method.settings(),
+        "uncertainty_source": method.uncertainty_source,
         "calibrated": loaded.calibrated,
         "smoothing": smooth,
         "scenes": scene_metrics,
@@ -336,7 +335,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     atomic_write_text(out / "predictions.csv", _predictions_csv(scenes))
     atomic_write_bytes(out / "error_cdf.png", plot_error_cdf(scenes, checked_thresholds))
     atomic_write_bytes(out / "top_view.png", plot_top_view(scenes, map_poses))
-    if uncertainty is not None:
+    if method.estimates_uncertainty:
         atomic_write_bytes(out / "uncertainty_vs_error.png", plot_uncertainty(scenes, all_unknown))
     logger.info("wrote metrics.json, predictions.csv and plots to %s", out)
     return result
@@ -377,13 +376,6 @@ def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: Sm
     return dataclasses.replace(predictions, position_pred_N3=position, quat_pred_N4=quat,
                                covariance_N66=covariance, position_error_N=position_error,
                                orientation_error_N=orientation_error)
-
-
-def _uncertainty_setting(loaded: LoadedModel, mc_samples: int | None) -> UncertaintyConfig | None:
-    """The checkpoint's uncertainty settings with `mc_samples` overridden; None = deterministic."""
-    setting = loaded.uncertainty if mc_samples is None else dataclasses.replace(loaded.uncertainty,
-                                                                                 mc_samples=mc_samples)
-    return setting if setting.mc_samples > 0 else None
 
 
 def _uncertainty_sections(predictions: Predictions, unknown: dict[str, Predictions],
@@ -435,7 +427,7 @@ def format_table(metrics: dict[str, Any]) -> str:
 def format_uncertainty(metrics: dict[str, Any]) -> str:
     """Lines summarising `evaluate`'s overall uncertainty and loop-closure metrics."""
     overall = metrics["overall"]
-    source = "RANSAC covariance" if metrics.get("method") == "scr" else f"{metrics['mc_samples']} MC samples"
+    source = metrics["uncertainty_source"]
     lines = [f"Uncertainty ({source}, {'calibrated' if metrics.get('calibrated') else 'not calibrated'}):"]
     for block, values in overall["uncertainty"].items():
         coverage_text = ", ".join(f"{k}σ {100 * values[f'within_{k}sigma']:.0f}% "

@@ -1,4 +1,4 @@
-"""Evaluation of a trained PoseNet: predictions, error metrics, reports, plots and saliency maps.
+"""Predictions of a dataset split through the inference path the node uses (`runtime.methods`).
 
 Conventions (the package's, see DESIGN.md): positions are camera positions in the world frame in
 metres (the translation of `world_from_cam`); orientations are unit quaternions (w, x, y, z) of the
@@ -50,16 +50,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from posenet_ros.core.camera import FrameTransform
-from posenet_ros.core.device import resolve_device
+from posenet_ros.core.camera import FrameTransform, crop_box, input_intrinsics
 from posenet_ros.data.dataset import PoseDataset, network_input, pose_vector
-from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
 from posenet_ros.inference.metrics import pose_errors
-from posenet_ros.inference.pose_solving import RansacConfig, ScrPose
-from posenet_ros.inference.scene_coordinates import localize
-from posenet_ros.inference.uncertainty import UncertaintyConfig, calibrated, estimate, fit_feature_covariance
+from posenet_ros.inference.uncertainty import fit_feature_covariance
 from posenet_ros.models.posenet import PoseNet
-from posenet_ros.models.scene_coordinates import SceneCoordinateNet
+from posenet_ros.runtime.methods import FrameBatch, PoseRegression, RelocalizationMethod
 
 # --------------------------------------------------------------------------------------------------
 # Predictions and errors
@@ -95,102 +92,71 @@ class Predictions:
         return len(self.sequence)
 
 
-def set_eval_mode(model: torch.nn.Module) -> tuple[bool, str]:
-    """Put `model` in eval mode with dropout off (a PoseNet's); return the state to restore."""
-    state = (model.training, model.dropout_mode if isinstance(model, PoseNet) else "off")
-    model.eval()
-    if isinstance(model, PoseNet):
-        model.set_dropout_mode("off")
-    return state
+def frame_keys(records: Sequence[FrameRecord]) -> list[int]:
+    """The key that seeds each frame's randomness (Monte-Carlo masks, RANSAC): its header stamp (ns)
+    for a frame read from a rosbag2, as the node and replay use, else its position in `records`."""
+    return [record.image_path.stamp_ns if isinstance(record.image_path, BagMessage) else index
+            for index, record in enumerate(records)]
 
 
-def restore_mode(model: torch.nn.Module, state: tuple[bool, str]) -> None:
-    model.train(state[0])
-    if isinstance(model, PoseNet):
-        model.set_dropout_mode(state[1])  # type: ignore[arg-type]
+def _input_intrinsics(records: Sequence[FrameRecord], transform: FrameTransform) -> np.ndarray:
+    """K_B33 (float64) of the network inputs of `records`, computed as the Relocalizer computes it
+    (the dataset's K is float32)."""
+    return np.stack([input_intrinsics(record.intrinsics, crop_box(record.intrinsics.width,
+                                                                  record.intrinsics.height, transform))
+                     for record in records])
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
+def predict(method: RelocalizationMethod, records: Sequence[FrameRecord], transform: FrameTransform, *,
+            batch_size: int = 32, progress: bool = False, description: str = "predict",
+            keep_features: bool = False, with_uncertainty: bool = True) -> Predictions:
+    """Run `method` (`runtime.methods`: the inference path the node uses) over `records` in their
+    order and compare with the true poses. Each frame is seeded by its key (`frame_keys`), so the
+    result of a frame does not depend on `batch_size`.
 
+    With `with_uncertainty`, also the covariances, their uncalibrated epistemic and aleatoric parts,
+    the loop-closure scores and the Monte-Carlo spread;
+    a frame without a pose (scene coordinates: RANSAC found none) has NaN pose and infinite errors.
 
-def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
-            device: str | torch.device | None = None, batch_size: int = 32,
-            progress: bool = False, description: str = "predict",
-            uncertainty: UncertaintyConfig | None = None, keep_features: bool = False,
-            ransac: RansacConfig | None = None) -> Predictions:
-    """Run `model` over `records` in their order and compare with the true poses.
-
-    A scene coordinate model (`SceneCoordinateNet`) solves each frame's pose with RANSAC (`ransac`,
-    default settings if None; the records need intrinsics, and depth images with `ransac.use_depth`)
-    and always returns covariances (scaled by `uncertainty`'s calibration when given), its
-    uncalibrated covariance as `epistemic_N66` and the score 1 - inlier ratio. A frame without a pose
-    has NaN pose and infinite errors.
-
-    Deterministic by default; with `uncertainty` the poses are Monte-Carlo dropout means with
-    covariances and loop-closure scores (`uncertainty.estimate`, the dropout masks of a batch seeded
-    by the index of its first frame, so results are reproducible).
-
-    The model runs in eval mode with dropout off under `torch.inference_mode`; its previous
-    train/eval and dropout modes are restored afterwards. Frames are prepared by `transform` (use a
-    centre crop and no jitter for evaluation; `transform.window` must be 1) and loaded in order by a
-    DataLoader (no shuffling, no worker processes). `device`: where the model already is ("auto",
-    "cpu", "cuda:0", ...; None = the model's device); a different device is a ValueError. True poses
-    come from the records in float64. `progress` shows a tqdm bar labelled `description`.
-    `keep_features`: also return each frame's head input (`features_NF`, float32), for smoothing.
+    The model runs in eval mode with dropout off under `torch.inference_mode` (`method.evaluating`).
+    Frames are prepared by `transform` (a centre crop and no jitter for evaluation; `window` must be
+    1) and loaded in order by a DataLoader (no shuffling, no worker processes); true poses come from the
+    records in float64. `progress` shows a tqdm bar labelled `description`. `keep_features`: also
+    return each frame's head input (`features_NF`, float32), for smoothing.
     """
     if transform.window != 1:
         raise ValueError(f"predict works on single frames: transform.window must be 1, "
                          f"got {transform.window}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model_device = _model_device(model)
-    target = model_device if device is None else resolve_device(device)
-    if target != model_device and not (target.type == model_device.type == "cuda" and target.index is None):
-        raise ValueError(f"the model is on {model_device} but device {target} was requested; move the "
-                         "model first (model.to(device))")
     records = list(records)
-    scr_depth = isinstance(model, SceneCoordinateNet) and ransac is not None and ransac.use_depth
-    dataset = PoseDataset(records, transform, with_depth=model.config.needs_depth or scr_depth)
+    keys = frame_keys(records)
+    if method.needs_intrinsics and any(record.intrinsics is None for record in records):
+        raise DatasetError(f"{method.name} models need the camera intrinsics of every frame")
+    dataset = PoseDataset(records, transform, with_depth=method.needs_depth)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     parts: dict[str, list[np.ndarray]] = {}
-    state = set_eval_mode(model)
-    try:
-        with torch.inference_mode():
-            first = 0
-            for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
-                images = network_input(batch, model.input_channels).to(model_device, non_blocking=True)
-                if isinstance(model, SceneCoordinateNet):
-                    if "K" not in batch:
-                        raise DatasetError("scene coordinate regression needs the camera intrinsics of "
-                                           "every frame")
-                    features = None
-                    poses, _ = localize(model, images, batch["K"], ransac or RansacConfig(), seed=first,
-                                        depth_B1HW=batch["depth"] if scr_depth else None)
-                    values = _scr_values(poses, uncertainty)
-                elif uncertainty is None:
-                    features = model.forward_features(images)
-                    output = model.forward_head(features)
-                    values = {"position": output.position_B3, "quat": output.quat_B4}
-                else:
-                    dist = estimate(model, images, uncertainty, seed=first)
-                    features = dist.features_BF
-                    values = {"position": dist.position_B3, "quat": dist.quat_B4,
-                              "covariance": dist.covariance_B66, "epistemic": dist.epistemic_B66,
-                              "aleatoric": dist.aleatoric_B66, "score": dist.score_B,
-                              "mc_spread": dist.mc_spread_B}
-                if keep_features and features is not None:
-                    values["features"] = features
-                for key, value in values.items():
-                    dtype = torch.float32 if key == "features" else torch.float64
-                    parts.setdefault(key, []).append(value.detach().to("cpu", dtype).numpy())
-                first += len(images)
-    finally:
-        restore_mode(model, state)
+    with method.evaluating(), torch.inference_mode():
+        first = 0
+        for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
+            count = len(batch["image"])
+            part = records[first:first + count]
+            frames = FrameBatch(
+                network_input(batch, method.input_channels).to(method.device, non_blocking=True),
+                keys[first:first + count], _input_intrinsics(part, transform) if method.needs_intrinsics else None,
+                batch["depth"] if method.depth_as_input else None)
+            distribution = method.infer(frames).distribution
+            values = {"position": distribution.position_B3, "quat": distribution.quat_B4}
+            if with_uncertainty:
+                values.update(covariance=distribution.covariance_B66, epistemic=distribution.epistemic_B66,
+                              aleatoric=distribution.aleatoric_B66, score=distribution.score_B,
+                              mc_spread=distribution.mc_spread_B)
+            if keep_features and distribution.features_BF is not None:
+                values["features"] = distribution.features_BF
+            for key, value in values.items():
+                dtype = torch.float32 if key == "features" else torch.float64
+                parts.setdefault(key, []).append(value.detach().to("cpu", dtype).numpy())
+            first += count
     joined = {key: np.concatenate(value, axis=0) for key, value in parts.items()}
     position_pred, quat_pred = joined["position"], joined["quat"]
     if len(position_pred) != len(records):
@@ -220,35 +186,18 @@ def predict(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTran
     )
 
 
-def _scr_values(poses: list[ScrPose | None],
-                uncertainty: UncertaintyConfig | None) -> dict[str, torch.Tensor]:
-    """predict's per-frame values of scene coordinate poses (NaN pose, score 1 where none)."""
-    nan = float("nan")
-    position = torch.from_numpy(np.stack([p.position_3 if p else np.full(3, nan) for p in poses]))
-    quat = torch.from_numpy(np.stack([p.quat_wxyz_4 if p else np.full(4, nan) for p in poses]))
-    raw = torch.from_numpy(np.stack([p.covariance_66 if p else np.full((6, 6), nan) for p in poses]))
-    score = torch.tensor([1.0 - p.inlier_ratio if p else 1.0 for p in poses], dtype=torch.float64)
-    covariance = raw if uncertainty is None else calibrated(raw, *uncertainty.block_factors(score))
-    return {"position": position, "quat": quat, "covariance": covariance, "epistemic": raw,
-            "aleatoric": torch.zeros_like(raw), "score": score, "mc_spread": torch.full_like(score, nan)}
-
-
 def fit_feature_memory(model: PoseNet, records: Sequence[FrameRecord], transform: FrameTransform, *,
                        batch_size: int = 32, ridge: float = 1e-3, progress: bool = False) -> None:
     """Fit `model.feature_covariance` on the features of `records` (the training frames, prepared
     with the test-time `transform`, dropout off): the memory the loop-closure score compares with."""
     dataset = PoseDataset(list(records), transform, with_depth=model.config.needs_depth)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    device = _model_device(model)
+    device = next(model.parameters()).device
     parts = []
-    state = set_eval_mode(model)
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc="feature memory", unit="batch", disable=not progress, leave=False):
-                images = network_input(batch, model.input_channels).to(device)
-                parts.append(model.forward_features(images).float())
-    finally:
-        restore_mode(model, state)
+    with PoseRegression.evaluating_model(model), torch.inference_mode():
+        for batch in tqdm(loader, desc="feature memory", unit="batch", disable=not progress, leave=False):
+            images = network_input(batch, model.input_channels).to(device)
+            parts.append(model.forward_features(images).float())
     covariance = fit_feature_covariance(torch.cat(parts), ridge)
     with torch.no_grad():
         model.feature_covariance.copy_(covariance)

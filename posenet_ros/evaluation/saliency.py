@@ -51,15 +51,14 @@ import numpy as np
 import torch
 
 from posenet_ros.core.atomic_io import atomic_write_bytes
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.core.device import resolve_device
 from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
 from posenet_ros.data.dataset import PoseDataset, network_input
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.plots import figure_png
-from posenet_ros.evaluation.predict import restore_mode, set_eval_mode
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.runtime.methods import PoseRegression
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +82,11 @@ def saliency_maps(model: PoseNet, images_BCHW: torch.Tensor) -> torch.Tensor:
     if images_BCHW.ndim != 4 or images_BCHW.shape[1] != model.input_channels:
         raise ValueError(f"images must have shape (B, {model.input_channels}, H, W), got "
                          f"{tuple(images_BCHW.shape)}")
-    state = set_eval_mode(model)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            images = images_BCHW.detach().clone().requires_grad_(True)
-            output = model(images)
-            score = output.position_norm_B3.sum() + output.quat_B4.sum()
-            (gradient,) = torch.autograd.grad(score, images)
-    finally:
-        restore_mode(model, state)
+    with PoseRegression.evaluating_model(model), torch.inference_mode(False), torch.enable_grad():
+        images = images_BCHW.detach().clone().requires_grad_(True)
+        output = model(images)
+        score = output.position_norm_B3.sum() + output.quat_B4.sum()
+        (gradient,) = torch.autograd.grad(score, images)
     return gradient[:, :3].abs().amax(dim=1).detach()
 
 
@@ -136,7 +131,7 @@ def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str 
     out = Path(out)
     resolved_device = resolve_device(device)
     loaded = load_model(model_path, resolved_device)
-    if not isinstance(loaded.model, PoseNet):
+    if not loaded.method_class.regresses_pose:
         raise ValueError(f"{loaded.path}: saliency maps are drawn for pose regression models, not method "
                          f"{loaded.method!r}")
     records = load_frames(data_root, split, bag=bag_config_for_checkpoint(loaded.config, loaded.needs_depth))
@@ -152,7 +147,7 @@ def write_saliency(model_path: str | Path, data_root: str | Path, *, split: str 
         if bad:
             raise ValueError(f"frame position(s) {bad} out of range: the {split!r} split of {data_root} has "
                              f"{count} frames, valid positions are 0..{count - 1}")
-    dataset = PoseDataset(records, eval_transform(loaded.config), with_depth=loaded.model.config.needs_depth)
+    dataset = PoseDataset(records, loaded.config.eval_transform(), with_depth=loaded.model.config.needs_depth)
     written = []
     for position in positions:
         item = dataset[position]

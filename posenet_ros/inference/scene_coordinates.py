@@ -44,12 +44,12 @@ def _cells(values_B3hw: torch.Tensor) -> np.ndarray:
 
 
 def localize(model: SceneCoordinateNet, images_B3HW: torch.Tensor, K_B33: np.ndarray | torch.Tensor,
-             ransac: RansacConfig, seed: int = 0,
+             ransac: RansacConfig, seeds: list[int],
              depth_B1HW: torch.Tensor | None = None) -> tuple[list[ScrPose | None], np.ndarray]:
     """(one ScrPose per frame, None where no pose was found; coords_BN3 in metres, map frame, the
     network's scene coordinates of every cell in row-major cell order). `depth_B1HW`: the frames'
     depth at the input's size (metres; 0, NaN, inf invalid) for the RGB-D solver (`ransac.use_depth`);
-    None solves by PnP. Frame b's RANSAC is seeded by seed + b."""
+    None solves by PnP. Frame b's RANSAC is seeded by seeds[b]."""
     with torch.inference_mode():
         coords = model(images_B3HW).float()
     height, width = images_B3HW.shape[-2:]
@@ -64,7 +64,7 @@ def localize(model: SceneCoordinateNet, images_B3HW: torch.Tensor, K_B33: np.nda
     poses: list[ScrPose | None] = []
     for b in range(len(coords_BN3)):
         try:
-            poses.append(solve_pose(coords_BN3[b], pixels, K[b], ransac, seed=seed + b,
+            poses.append(solve_pose(coords_BN3[b], pixels, K[b], ransac, seed=seeds[b],
                                     points_cam_N3=points_cam_BN3[b]))
         except PoseSolveError:
             poses.append(None)

@@ -442,10 +442,10 @@ class RelocalizationPipeline:
         if len(positions) > 1 and self.relocalizer.batches:
             try:
                 start = time.perf_counter()
-                images = self.relocalizer.prepare_batch([decoded[i][1] for i in positions],
-                                                        [decoded[i][2] for i in positions])
-                stamps = [decoded[i][0].stamp_ns for i in positions]
-                batch = self.relocalizer.infer_batch(images, stamps, start)
+                prepared = self.relocalizer.prepare_batch([decoded[i][1] for i in positions],
+                                                          [decoded[i][2] for i in positions],
+                                                          [decoded[i][0].stamp_ns for i in positions])
+                batch = self.relocalizer.infer_batch(prepared, start)
                 batched = {position: index for index, position in enumerate(positions)}
             except Exception:  # a frame the batch cannot take: every frame goes on its own below
                 batch = None

@@ -11,8 +11,10 @@ unpickling anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,12 @@ from posenet_ros.core.config import ConfigError, config_from_dict, config_to_dic
 from posenet_ros.inference.loop_closure import LoopClosureConfig
 from posenet_ros.inference.pose_solving import RansacConfig
 from posenet_ros.inference.temporal import TemporalCalibration
-from posenet_ros.inference.uncertainty import UncertaintyConfig
-from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet
+from posenet_ros.inference.uncertainty import SamplingNetwork, UncertaintyConfig
+from posenet_ros.models.posenet import PoseNet
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
+from posenet_ros.runtime.methods import METHODS, RelocalizationMethod, inference_method
+from posenet_ros.runtime.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class CheckpointError(ValueError):
 @dataclass
 class LoadedModel:
     model: PoseNet | SceneCoordinateNet  # on the requested device, eval() mode, dropout off
-    config: dict[str, Any]  # the resolved training configuration
+    config: TrainConfig  # the resolved training configuration
     map_poses_N7: np.ndarray  # training camera poses (float64)
     metadata: dict[str, str]
     path: Path
@@ -68,24 +72,42 @@ class LoadedModel:
     @property
     def method(self) -> str:
         """"posenet" (pose regression) or "scr" (scene coordinates and RANSAC)."""
-        return self.config.get("method", "posenet")
+        return self.config.method
+
+    @property
+    def method_class(self) -> type[RelocalizationMethod]:
+        """The checkpoint's method (`runtime.methods`): what it can do."""
+        return METHODS[self.method]
+
+    def inference(self, mc_samples: int | None = None, *, network: SamplingNetwork | None = None,
+                  host_threads: int | None = None) -> RelocalizationMethod:
+        """The inference side of the checkpoint's method with its stored (calibrated) settings;
+        `mc_samples` overrides the Monte-Carlo samples (0: deterministic)."""
+        uncertainty = (self.uncertainty if mc_samples is None
+                       else dataclasses.replace(self.uncertainty, mc_samples=mc_samples))
+        return inference_method(self.method, self.model, uncertainty=uncertainty, ransac=self.ransac,
+                                network=network, host_threads=host_threads)
 
     @property
     def ransac(self) -> RansacConfig:
         """The pose solver settings of a scene coordinate model."""
-        return config_from_dict(RansacConfig, self.config.get("ransac") or {}, prefix="ransac.")
+        return self.config.ransac
 
     @property
     def needs_depth(self) -> bool:
         """Whether every frame needs a depth image: an RGB-D network, or scene coordinates solved with
         depth (`ransac.use_depth`)."""
-        return self.model.config.needs_depth or (self.method == "scr" and self.ransac.use_depth)
+        return self.inference().needs_depth
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any],
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig | Mapping[str, Any],
                     map_poses_N7: np.ndarray, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write `model` (weights and buffers), `config` and the map poses to `path` atomically."""
+    """Write `model` (weights and buffers), `config` (a TrainConfig, or a mapping read strictly into
+    one: missing keys take the defaults) and the map poses to `path` atomically."""
     path = Path(path)
+    if not isinstance(config, TrainConfig):
+        config = config_from_dict(TrainConfig, config)
+    config = config_to_dict(config)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors[_MAP_POSES_KEY] = torch.as_tensor(np.asarray(map_poses_N7, dtype=np.float64))
     metadata = {"format": FORMAT, "config": json.dumps(config), **(extra_metadata or {})}
@@ -117,11 +139,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise CheckpointError(f"{path}: not a posenet_ros checkpoint (format {metadata.get('format')!r}, "
                               f"expected {FORMAT!r})")
     try:
-        config = json.loads(metadata["config"])
-        scr = config.get("method", "posenet") == "scr"
-        model_config: ModelConfig | SceneCoordinateConfig = (
-            config_from_dict(SceneCoordinateConfig, config.get("scr") or {}, prefix="scr.") if scr
-            else config_from_dict(ModelConfig, config["model"], prefix="model."))
+        config = config_from_dict(TrainConfig, json.loads(metadata["config"]))
         camera = Intrinsics.from_dict(json.loads(metadata["camera"])) if "camera" in metadata else None
     except (KeyError, json.JSONDecodeError, ConfigError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: the stored configuration is invalid ({exc})") from exc
@@ -135,20 +153,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     map_poses = tensors.pop(_MAP_POSES_KEY, torch.zeros(0, 7, dtype=torch.float64)).numpy()
     temporal_tensors = {key[len(_TEMPORAL_PREFIX):]: tensors.pop(key) for key in list(tensors)
                         if key.startswith(_TEMPORAL_PREFIX)}
-    model = (SceneCoordinateNet(model_config) if isinstance(model_config, SceneCoordinateConfig)
-             else PoseNet(model_config))
+    method = METHODS[config.method]
+    model = method.network(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
-            f"{path}: weights do not fit the stored architecture ({model_config}): missing {missing[:5]}, "
+            f"{path}: weights do not fit the stored architecture ({method.network_config(config)}): missing "
+            f"{missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}")
     model.load_state_dict(tensors)
     model.to(device).eval()
     temporal, temporal_calibration = None, TemporalCalibration()
-    if isinstance(model, PoseNet):
+    if method.regresses_pose:  # the temporal model refines the network's pose
         model.set_dropout_mode("off")
         temporal, temporal_calibration = _load_temporal(path, metadata, temporal_tensors, model.head_dim)
     return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path,

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from posenet_ros.core.atomic_io import atomic_write_bytes
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.inference.uncertainty import head_dropout_masks, torch_network
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.runtime.checkpoint import CheckpointError, load_model, resolve_checkpoint_path
+from posenet_ros.runtime.train_config import TrainConfig
 
 ExportFormat = Literal["torchscript", "onnx"]
 FORMATS: tuple[str, ...] = ("torchscript", "onnx")
@@ -84,9 +84,10 @@ class SamplingModule(torch.nn.Module):
         return (features, position, quat) if log_var is None else (features, position, quat, log_var)
 
 
-def example_inputs(model: PoseNet, config: dict, samples: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(model: PoseNet, config: TrainConfig,
+                   samples: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded (images 1xCxHxW at the checkpoint's input size, masks 1xNxF) pair for tracing and checks."""
-    transform = eval_transform(config)
+    transform = config.eval_transform()
     crop = transform.crop_size() or (transform.resize or 224,) * 2
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(1, model.input_channels, *crop, generator=generator)
@@ -106,9 +107,9 @@ def export_model(checkpoint: str | Path, export_format: ExportFormat, out: str |
     if export_format not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {export_format!r}")
     loaded = load_model(checkpoint, "cpu")
-    if not isinstance(loaded.model, PoseNet):
-        raise ValueError(f"{loaded.path} is a scene coordinate model (method scr); export covers pose "
-                         "regression, the scene coordinate mode runs in PyTorch")
+    if "onnx" not in loaded.method_class.RUNTIMES:
+        raise ValueError(f"{loaded.path} is a {loaded.method} model, which runs in PyTorch only; export "
+                         "covers pose regression")
     if loaded.uncertainty.mc_samples > 0 and loaded.uncertainty.mc_mode == "full":
         raise ValueError(f"{loaded.path} is calibrated for full-network Monte-Carlo dropout (mc_mode "
                          "full), which runs in PyTorch only; export covers head sampling")

@@ -32,26 +32,23 @@ from typing import Literal
 import numpy as np
 import torch
 
-from posenet_ros.core.camera import CropBox, crop_box, eval_transform, input_intrinsics
-from posenet_ros.core.device import resolve_device, torch_threads
+from posenet_ros.core.camera import CropBox, crop_box, input_intrinsics
+from posenet_ros.core.device import resolve_device
 from posenet_ros.inference.loop_closure import LoopClosureConfig, LoopClosureDetector
-from posenet_ros.inference.scene_coordinates import localize
 from posenet_ros.inference.temporal import CausalSmoother, head_inputs
 from posenet_ros.inference.uncertainty import (
-    PoseDistribution,
-    PoseSamples,
     SamplingNetwork,
-    calibrated,
-    estimate,
-    head_dropout_masks,
-    loop_closure_score,
-    summarise,
     torch_network,
 )
-from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.runtime.checkpoint import LoadedModel, load_model
 from posenet_ros.runtime.cuda_graphs import CudaGraphNetwork
 from posenet_ros.runtime.device_preprocess import DevicePreprocessor
 from posenet_ros.runtime.export import ExportedNetwork, exported_path
+from posenet_ros.runtime.methods import (
+    FrameBatch,
+    FrameResults,
+    RelocalizationMethod,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +90,13 @@ class PoseEstimate:
 
 @dataclass
 class InferredBatch:
-    """The stateless results of B frames (`Relocalizer.infer_batch`): their stamps, pose
-    distributions (host, float64), the temporal model's inputs (host, float32: features_BF,
-    position_norm_B3, quat_B4; None without smoothing) and per-frame shares of the preprocessing and
-    network time (ms)."""
+    """The stateless results of B frames (`Relocalizer.infer_batch`): their stamps, what the method
+    estimated (pose distributions on the host, float64), the temporal model's inputs (host, float32:
+    features_BF, position_norm_B3, quat_B4; None without smoothing) and per-frame shares of the
+    preprocessing and network time (ms)."""
 
     stamps_ns: list[int]
-    distribution: PoseDistribution
+    results: FrameResults
     temporal_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     timings_ms: dict[str, float]
 
@@ -142,37 +139,41 @@ class Relocalizer:
         self.uncertainty = (loaded.uncertainty if mc_samples is None
                             else dataclasses.replace(loaded.uncertainty, mc_samples=mc_samples))
         self.loop_closure = loop_closure or loaded.loop_closure
-        self.transform = eval_transform(loaded.config)
+        self.transform = loaded.config.eval_transform()
         self._detector = LoopClosureDetector(self.loop_closure)
         # The causal temporal model (smoothing.py) when the checkpoint has one and smoothing is on.
         self.smoother = (CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
                                         smoothing_reset_unknown)
                          if smoothing and loaded.temporal is not None else None)
-        self.ransac = loaded.ransac if loaded.method == "scr" else None
         self.camera = loaded.camera
-        if self.ransac is not None and self.camera is None:
-            raise ValueError(f"{self.model_path} is a scene coordinate model without the training camera's "
-                             "intrinsics; retrain it with this version of posenet_ros")
         self.fast_path = fast_path and self.device.type == "cuda"
         self._preprocessors: dict[CropBox, DevicePreprocessor] = {}
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
-        self.network: SamplingNetwork | None = None
-        if self.ransac is None:
-            self.network = self._build_network(runtime, exported_model)
-            self._position_scale_m = float(self.model.position_scale)
-            # Converted once: a float32 -> float64 copy of the F x F matrix per frame cost 1.3 ms on the CPU.
-            self._feature_covariance_FF = self.model.feature_covariance.to(torch.float64)
-        elif runtime != "torch":
-            raise ValueError(f"{self.model_path} is a scene coordinate model (method scr): it runs with "
-                             "runtime torch only")
+        self.method = self._build_method(loaded, runtime, exported_model)
+        if self.method.needs_intrinsics and self.camera is None:
+            raise ValueError(f"{self.model_path} is a {self.method.name} model without the training camera's "
+                             "intrinsics; retrain it with this version of posenet_ros")
         if not self.calibrated:
             logger.warning("%s has no uncertainty calibration (run `posenet-ros calibrate`): covariances "
                            "are unscaled and every finite loop-closure score counts as a known place",
                            self.model_path)
 
+    def _build_method(self, loaded: LoadedModel, runtime: Runtime,
+                      exported_model: str | Path | None) -> RelocalizationMethod:
+        """The checkpoint's method, its network run by `runtime`."""
+        if runtime not in loaded.method_class.RUNTIMES:
+            raise ValueError(f"{self.model_path} is a {loaded.method} model: it runs with runtime "
+                             f"{' or '.join(loaded.method_class.RUNTIMES)}, not {runtime}")
+        self.network = (self._build_network(runtime, exported_model) if loaded.method_class.regresses_pose
+                        else None)
+        # ONNX Runtime on the CPU owns the cores; the PyTorch work around it runs on one thread
+        # (device.torch_threads: 20 instead of 24 ms per frame for ResNet-18 on 2 cores).
+        host_threads = 1 if runtime == "onnx" and self.device.type == "cpu" else None
+        return loaded.inference(self.uncertainty.mc_samples, network=self.network, host_threads=host_threads)
+
     def _build_network(self, runtime: Runtime, exported_model: str | Path | None) -> SamplingNetwork:
-        """The network of the pose-regression path: PyTorch (in a CUDA graph on the fast path) or an
-        exported file."""
+        """Pose regression's sampled forward: PyTorch in a CUDA graph (the fast path) or an exported
+        file."""
         if runtime != "torch" and self.uncertainty.mc_samples > 0 and self.uncertainty.mc_mode == "full":
             raise ValueError(f"{self.model_path} samples the whole network (mc_mode full), which runs with "
                              "runtime torch only")
@@ -193,7 +194,7 @@ class Relocalizer:
     def needs_depth(self) -> bool:
         """Whether the model needs a depth image with every frame (an RGB-D network, or scene
         coordinates solved with depth)."""
-        return self.model.config.needs_depth or (self.ransac is not None and self.ransac.use_depth)
+        return self.method.needs_depth
 
     def set_loop_closure(self, config: LoopClosureConfig) -> None:
         """Use other loop-closure thresholds from now on (the flag's history is kept)."""
@@ -206,15 +207,17 @@ class Relocalizer:
         if self.smoother is not None:
             self.smoother.reset()
 
-    def prepare(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None) -> torch.Tensor:
-        """uint8 RGB (H, W, 3) [+ depth (H, W) in metres, 0 / NaN / inf = hole, for RGB-D models] ->
-        the model's float32 input (1, C, h, w) on the device, prepared as evaluation prepares frames.
+    def prepare(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
+                stamp_ns: int = 0) -> FrameBatch:
+        """uint8 RGB (H, W, 3) [+ depth (H, W) in metres, 0 / NaN / inf = hole, for models that need
+        it] -> the method's input: the network's float32 input (1, C, h, w) on the device, prepared as
+        evaluation prepares frames, with the input's intrinsics and depth where the method uses them.
         Raises ValueError for an image that is not uint8 (H, W, 3) or is too small, and for a missing
         depth image or one of another size."""
-        return self.prepare_batch([rgb_HW3], [depth_HW])
+        return self.prepare_batch([rgb_HW3], [depth_HW], [stamp_ns])
 
-    def prepare_batch(self, rgbs_HW3: Sequence[np.ndarray],
-                      depths_HW: Sequence[np.ndarray | None]) -> torch.Tensor:
+    def prepare_batch(self, rgbs_HW3: Sequence[np.ndarray], depths_HW: Sequence[np.ndarray | None],
+                      stamps_ns: Sequence[int]) -> FrameBatch:
         """`prepare` for B frames of one size -> (B, C, h, w). Raises ValueError as `prepare` does, and
         for frames of different sizes."""
         frames = [self._checked(rgb, depth) for rgb, depth in zip(rgbs_HW3, depths_HW, strict=True)]
@@ -222,15 +225,23 @@ class Relocalizer:
             raise ValueError("the frames of one batch must have one size, got "
                              f"{sorted({rgb.shape for rgb, _ in frames})}")
         box = crop_box(frames[0][0].shape[1], frames[0][0].shape[0], self.transform)
+        keys = [int(stamp) for stamp in stamps_ns]
+        K = None
+        if self.method.needs_intrinsics:
+            assert self.camera is not None  # checked when the method was built
+            K = np.repeat(input_intrinsics(self.camera, box)[None], len(frames), axis=0)
+        depth = None
+        if self.method.depth_as_input:
+            depth = torch.from_numpy(np.stack([box.apply_depth(depth)[None] for _, depth in frames]))
         if self.fast_path:
-            return self._prepare_on_device(box, frames)
-        images = []
-        for rgb, depth in frames:
-            channels = [box.apply_rgb(rgb).transpose(2, 0, 1)]
-            if self.model.config.needs_depth:
-                channels.append(box.apply_depth(depth)[None])
-            images.append(np.concatenate(channels))
-        return torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+            return FrameBatch(self._prepare_on_device(box, frames), keys, K, depth)
+        images_BHWC = np.stack([np.dstack([box.apply_rgb(rgb)] + ([box.apply_depth(depth_HW)]
+                                                                   if self.model.config.needs_depth else []))
+                                for rgb, depth_HW in frames])
+        # Contiguous (B, C, H, W), as the datasets give it: the CPU kernels round alike for both paths.
+        images_BCHW = torch.from_numpy(np.ascontiguousarray(images_BHWC.transpose(0, 3, 1, 2)))
+        images_BCHW = images_BCHW.to(self.device, non_blocking=True)
+        return FrameBatch(images_BCHW, keys, K, depth)
 
     def _checked(self, rgb_HW3: np.ndarray,
                  depth_HW: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -275,50 +286,45 @@ class Relocalizer:
 
     @property
     def batches(self) -> bool:
-        """Whether `infer_batch` can take several frames (pose regression with head sampling; scene
-        coordinates and full-network sampling run frame by frame)."""
-        full = self.uncertainty.mc_samples > 0 and self.uncertainty.mc_mode == "full"
-        return self.ransac is None and not full
+        """Whether `infer_batch` can take several frames in one network pass (not with full-network
+        Monte-Carlo sampling)."""
+        return self.method.can_batch
 
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
                 stamp_ns: int = 0) -> PoseEstimate:
         """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
-        RGB-D models (`needs_depth`) and ignored by RGB ones. Raises ValueError as `prepare` does.
-        """
+        models that need depth (`needs_depth`) and ignored by the others. Raises ValueError as
+        `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
         start = time.perf_counter()
-        images = self.prepare(rgb_HW3, depth_HW)
-        if self.ransac is not None:
-            rgb = np.asarray(rgb_HW3)
-            box = crop_box(rgb.shape[1], rgb.shape[0], self.transform)
-            depth = (torch.from_numpy(box.apply_depth(np.asarray(depth_HW, np.float32)))[None, None]
-                     if self.ransac.use_depth else None)  # prepare checked it
-            return self._process_scene_coordinates(images, depth, box, stamp_ns, start, time.perf_counter())
-        return self.finish(self.infer_batch(images, [stamp_ns], start), 0)
+        return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns), start), 0)
 
-    def infer_batch(self, images_BCHW: torch.Tensor, stamps_ns: Sequence[int],
-                    started: float | None = None) -> InferredBatch:
-        """The stateless part of `process` for B prepared frames (`prepare_batch`): the network with
-        each frame's dropout masks (seeded by its stamp, so a frame's result does not depend on the
-        batch it is in) and the pose distributions. `started`: when preparing began (timings)."""
+    def infer_batch(self, frames: FrameBatch, started: float | None = None) -> InferredBatch:
+        """The stateless part of `process` for B prepared frames (`prepare_batch`): the method's
+        inference, each frame seeded by its stamp, so a frame's result does not depend on the batch it
+        is in. `started`: when preparing began (timings)."""
         prepared = time.perf_counter()
         with torch.inference_mode(), self.autocast():
-            distribution, features = self._distribution(images_BCHW, [stamp % (2**31) for stamp in stamps_ns])
+            results = self.method.infer(frames)
+        features = results.distribution.features_BF
         temporal_inputs = None
         if (self.smoother is not None or self.keep_temporal_inputs) and features is not None:
             with torch.inference_mode():  # the deterministic head in float32, then one copy to the host
                 features = features.float()
                 temporal_inputs = tuple(x.cpu() for x in (features, *head_inputs(self.model, features)))
         done = time.perf_counter()
-        share = 1e3 / len(stamps_ns)
-        return InferredBatch(list(stamps_ns), distribution, temporal_inputs,
+        share = 1e3 / len(frames.keys)
+        return InferredBatch(list(frames.keys), results, temporal_inputs,
                              {"preprocess": share * (prepared - (started or prepared)),
                               "forward": share * (done - prepared)})
 
     def finish(self, batch: InferredBatch, index: int) -> PoseEstimate:
         """The stateful part of `process` for frame `index` of `batch`, called in stream order: the
-        loop-closure hysteresis and the temporal smoothing."""
+        loop-closure hysteresis and the temporal smoothing. Raises ValueError for a frame without a pose
+        (its state is left as it was)."""
         start = time.perf_counter()
-        result = batch.distribution
+        if not batch.results.found_B[index]:
+            raise ValueError(f"no pose: {batch.results.failure}")
+        result = batch.results.distribution
         position, quat = result.position_B3[index].numpy(), result.quat_B4[index].numpy()
         covariance = result.covariance_B66[index].numpy()
         score = float(result.score_B[index])
@@ -330,91 +336,20 @@ class Relocalizer:
                 smoothed = self.smoother.update(*inputs, known)
                 position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
                 covariance = smoothed.covariance_T66[0]
+        points = batch.results.scene_points
         estimate_ = PoseEstimate(
             stamp_ns=int(batch.stamps_ns[index]), position_3=position, quat_wxyz_4=quat,
             covariance_66=covariance, epistemic_66=result.epistemic_B66[index].numpy(),
             aleatoric_66=result.aleatoric_B66[index].numpy(),
             uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))),
-            known_place=known, score=score, temporal_inputs=inputs if self.keep_temporal_inputs else None)
+            known_place=known, score=score, temporal_inputs=inputs if self.keep_temporal_inputs else None,
+            scene_points_N3=None if points is None else points[index])
         # "summary": loop closure, the temporal step when smoothing is on, and the copies.
         estimate_.timings_ms = {**batch.timings_ms, "summary": 1e3 * (time.perf_counter() - start)}
         return estimate_
-
-    def _distribution(self, images: torch.Tensor,
-                      seeds: list[int]) -> tuple[PoseDistribution, torch.Tensor | None]:
-        """The frames' pose distributions on the host (float64) and their features on the device.
-
-        Head sampling: the network over the seeded dropout masks and the loop-closure score on the
-        device, then one device-to-host copy of the samples and the scores (the one synchronisation),
-        and the summary on the host. Full-network sampling (one frame) runs `uncertainty.estimate`."""
-        assert self.network is not None
-        config = self.uncertainty
-        if config.mc_samples > 0 and config.mc_mode == "full":
-            result = estimate(self.model, images, config, seed=seeds[0])
-            return PoseDistribution(**{name: value.cpu() if isinstance(value, torch.Tensor) else value
-                                       for name, value in vars(result).items()}), result.features_BF
-        samples = max(config.mc_samples, 1)
-        # ONNX Runtime on the CPU owns the cores; the PyTorch work around it runs on one thread
-        # (device.torch_threads: 20 instead of 24 ms per frame for ResNet-18 on 2 cores).
-        host_threads = 1 if self.runtime == "onnx" and self.device.type == "cpu" else None
-        with torch_threads(host_threads):
-            masks = torch.cat([head_dropout_masks(1, samples, self.model.head_dim, self.model.config.dropout,
-                                                  config.seed + seed, self.device) for seed in seeds])
-        features, position, quat, log_var = self.network(images, masks)
-        with torch_threads(host_threads):
-            return self.summarise_on_host(features, position, quat, log_var), features
-
-    def summarise_on_host(self, features_BF: torch.Tensor, position_M3: torch.Tensor, quat_M4: torch.Tensor,
-                          log_var_MK: torch.Tensor | None) -> PoseDistribution:
-        """The network's N samples of each of B frames (M = B * N rows) -> their pose distributions on
-        the host (float64): the loop-closure scores on the device, one device-to-host copy (the one
-        synchronisation), the mean poses and covariances on the host."""
-        batch = features_BF.shape[0]
-        rows = position_M3.shape[0]
-        score = loop_closure_score(features_BF, self._feature_covariance_FF, batch)
-        parts = [position_M3, quat_M4, score] + ([] if log_var_MK is None else [log_var_MK])
-        host = torch.cat([part.reshape(-1).to(torch.float64) for part in parts]).cpu()
-        sizes = [3 * rows, 4 * rows, batch, host.numel() - 7 * rows - batch]
-        position, quat, score_B, log_var = host.split(sizes)
-        samples = rows // batch
-        on_host = PoseSamples(position_BN3=position.view(batch, samples, 3),
-                              quat_BN4=quat.view(batch, samples, 4),
-                              log_var_BNK=None if log_var_MK is None else log_var.view(batch, samples, -1))
-        return summarise(on_host, self._position_scale_m, self.uncertainty, score_B=score_B)
 
     def autocast(self) -> torch.autocast:
         """The inference precision's autocast context (cache_enabled=False: autocast's weight cache must
         not live across CUDA graph captures)."""
         return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
                               enabled=self.precision != "fp32", cache_enabled=False)
-
-    def _process_scene_coordinates(self, images: torch.Tensor, depth_11HW: torch.Tensor | None, box: CropBox,
-                                   stamp_ns: int, start: float, prepared: float) -> PoseEstimate:
-        """Scene coordinates and RANSAC (scr_localization.py; with the input-size depth when the solver
-        uses it): the pose and covariance of the refinement (calibrated), score 1 - inlier ratio, the
-        inlier scene points. Raises ValueError when RANSAC finds no pose."""
-        assert self.ransac is not None and self.camera is not None
-        K = input_intrinsics(self.camera, box.width, box.height, box.new_width, box.new_height, box.x0,
-                             box.y0, box.crop_width, box.crop_height)
-        poses, coords = localize(self.model, images, K[None], self.ransac, seed=stamp_ns % (2**31),
-                                 depth_B1HW=depth_11HW)
-        forwarded = time.perf_counter()
-        pose = poses[0]
-        if pose is None:
-            threshold = (f"{self.ransac.threshold_m} m" if self.ransac.use_depth
-                         else f"{self.ransac.threshold_px} px")
-            raise ValueError(f"no pose: RANSAC found none with {self.ransac.min_inliers} inliers within "
-                             f"{threshold} (a place the model has not learned?)")
-        score = 1.0 - pose.inlier_ratio
-        factors = self.uncertainty.block_factors(torch.tensor([score]))
-        covariance = calibrated(torch.from_numpy(pose.covariance_66)[None], *factors)[0].numpy()
-        known = self._detector.update(score)
-        estimate_ = PoseEstimate(
-            stamp_ns=int(stamp_ns), position_3=pose.position_3, quat_wxyz_4=pose.quat_wxyz_4,
-            covariance_66=covariance, epistemic_66=pose.covariance_66, aleatoric_66=np.zeros((6, 6)),
-            uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))), known_place=known,
-            score=score, scene_points_N3=coords[0][pose.inliers_N])
-        done = time.perf_counter()
-        estimate_.timings_ms = {"preprocess": 1e3 * (prepared - start),
-                                "forward": 1e3 * (forwarded - prepared), "summary": 1e3 * (done - forwarded)}
-        return estimate_

@@ -24,9 +24,6 @@ likelihood on the detached errors, so they are calibrated to the pose head witho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
@@ -39,23 +36,7 @@ from posenet_ros.core.geometry import (
     quat_multiply_torch,
     transform_points_torch,
 )
-
-LossKind = Literal["linear", "learned", "reprojection", "aleatoric"]
-
-
-@dataclass
-class LossConfig:
-    kind: LossKind = "learned"
-    beta: float = 10.0  # linear sum: weight of the quaternion term (positions normalised)
-    norm: Literal["l1", "l2"] = "l2"  # norm of the position and quaternion differences
-    init_s_x: float = 0.0  # learned weighting: initial ŝx (log variance of the position term)
-    init_s_q: float = -3.0  # learned weighting: initial ŝq
-    weights_lr: float = 0.01  # learning rate of ŝx, ŝq: they must track the loss terms within a short run
-    reprojection_points: int = 256  # points sampled from each image's depth
-    reprojection_robust: Literal["l1", "huber", "l2"] = "huber"  # the robust norm γ, on pixels
-    reprojection_huber_px: float = 5.0  # huber: quadratic below, linear above (pixels)
-    reprojection_clip_px: float = 100.0  # per-point pixel error cap, so wrong early guesses stay bounded
-    min_depth: float = 0.05  # metres; points closer to (or behind) the predicted camera are clamped
+from posenet_ros.runtime.train_config import LossConfig, LossKind
 
 
 def quaternion_distance(q_true_B4: torch.Tensor, q_pred_B4: torch.Tensor, norm: str = "l2") -> torch.Tensor:

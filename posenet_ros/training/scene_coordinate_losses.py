@@ -11,27 +11,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from posenet_ros.inference.scene_coordinates import cell_rays
 from posenet_ros.models.scene_coordinates import cell_pixels
-
-
-@dataclass
-class ScrLossConfig:
-    kind: Literal["auto", "depth", "reprojection"] = "auto"  # auto: depth when the data has it
-    robust_px: float = 10.0
-    max_px: float = 100.0
-    min_depth: float = 0.1  # metres
-    prior_depth: float = 2.0  # metres, the ray point invalid predictions are pulled to
-
-    def __post_init__(self) -> None:
-        if not (self.robust_px > 0 and self.max_px > self.robust_px and self.min_depth > 0
-                and self.prior_depth > self.min_depth):
-            raise ValueError("scr_loss needs 0 < robust_px < max_px and 0 < min_depth < prior_depth")
+from posenet_ros.runtime.train_config import ScrLossConfig
 
 
 def depth_loss(coords_B3hw: torch.Tensor, targets_B3hw: torch.Tensor,

@@ -44,7 +44,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.core.device import resolve_device
 from posenet_ros.core.geometry import (
     quat_conjugate_torch,
@@ -68,6 +67,7 @@ from posenet_ros.models.temporal import (
     relative_motion,
 )
 from posenet_ros.runtime.checkpoint import load_model, store_temporal
+from posenet_ros.runtime.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +127,11 @@ class FrameInputs:
     sequences: list[list[int]]  # frame indices of each sequence, in time order
 
 
-def compute_inputs(model: PoseNet, records: list[FrameRecord], config: dict[str, Any], device: torch.device,
+def compute_inputs(model: PoseNet, records: list[FrameRecord], config: TrainConfig, device: torch.device,
                    batch_size: int = 32, progress: bool = False) -> FrameInputs:
     """Run the frozen per-frame model (dropout off) over `records` once."""
 
-    dataset = PoseDataset(records, eval_transform(config), with_depth=model.config.needs_depth)
+    dataset = PoseDataset(records, config.eval_transform(), with_depth=model.config.needs_depth)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     parts: dict[str, list[torch.Tensor]] = {"features": [], "position": [], "quat": []}
     with torch.inference_mode():
@@ -330,7 +330,7 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
     device = resolve_device(config.device)
     loaded = load_model(model_path, device)
     model = loaded.model
-    if not isinstance(model, PoseNet):
+    if not loaded.method_class.regresses_pose:
         raise ValueError(f"{loaded.path}: temporal smoothing refines pose regression (PoseNet) models, not "
                          f"method {loaded.method!r}")
     # A rosbag2 is read as the model was trained on it.

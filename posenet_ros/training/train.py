@@ -25,10 +25,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,155 +39,26 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from posenet_ros.core.camera import FrameTransform, Intrinsics, eval_transform
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import ConfigError, config_from_dict, config_to_dict
 from posenet_ros.core.device import resolve_device
-from posenet_ros.data.bag_dataset import BagDataConfig
-from posenet_ros.data.dataset import PoseDataset, network_input, pose_vector, read_frame_depth
-from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.dataset import pose_vector
+from posenet_ros.data.frames import FrameRecord
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation.predict import fit_feature_memory, predict
+from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import pose_metrics
-from posenet_ros.inference.pose_solving import RansacConfig
-from posenet_ros.inference.scene_coordinates import depth_targets
-from posenet_ros.models.backbones import load_pretrained
-from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet
+from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.runtime.checkpoint import MODEL_FILE, CheckpointError, save_checkpoint
-from posenet_ros.training.losses import LossConfig, PoseLoss, sample_depth_points
-from posenet_ros.training.scene_coordinate_losses import ScrLossConfig, depth_loss, reprojection_loss
+from posenet_ros.runtime.methods import inference_method
+from posenet_ros.runtime.train_config import TrainConfig
+from posenet_ros.training.method import TrainingMethod, TrainingSetup, epoch_seed, training_autocast
+from posenet_ros.training.pose_regression import PoseRegressionTraining
+from posenet_ros.training.scene_coordinates import SceneCoordinateTraining
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.safetensors"
 MAX_MAP_POSES = 5000
-
-
-@dataclass
-class DataConfig:
-    train_split: str = "train"
-    val_split: str = "test"  # validated after every epoch; "" disables validation
-    resize: int = 256  # shorter image side (PoseNet: 256)
-    crop: int | tuple[int, int] | None = 224  # side or (height, width): random for training, centre for
-    # evaluation; None: the whole resized image
-    brightness: float = 0.0  # colour jitter amounts (0 = off)
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    depth_holes: float = 0.3  # RGB-D models: largest share of depth pixels made holes per training frame
-    skip_bad: bool = False  # skip (and count) bad frames instead of stopping
-    workers: int = 0  # DataLoader worker processes
-    bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
-    # ranges when the data root is a rosbag2
-
-
-@dataclass
-class ScrRefitConfig:
-    """Method scr, after the last epoch (ACE-style, Brachmann et al. CVPR 2023): the encoder and the
-    head's first (3x3) convolution are frozen, their features of every training cell are buffered
-    (no augmentation) and the head's 1x1 convolutions are trained on batches of cells shuffled across
-    all images. Much faster per sample than end-to-end steps and without their correlated batches."""
-
-    iterations: int = 0  # 0: no refit
-    batch_cells: int = 4096
-    lr: float = 3e-3  # AdamW, 2% linear warm-up then cosine to 0
-    max_cells: int = 2_000_000  # buffer cap (float16 features); more cells are subsampled per image
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0 or self.batch_cells < 1 or not self.lr > 0 or self.max_cells < 1:
-            raise ValueError("scr_refit needs iterations >= 0, batch_cells >= 1, lr > 0, max_cells >= 1")
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bfloat16 autocast on CUDA
-    # bfloat16 autocast on the CPU too (training steps and the scr head refit): about 1.9x faster on
-    # CPUs with AVX512-BF16 or AMX, slower on others, so off by default
-    cpu_amp: bool = False
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    reprojection_after_epochs: int | None = None  # the seed's schedule: `loss.kind` first, then reprojection
-    # From this epoch (0-based) on, batch norm uses and keeps its running statistics (eval mode), the ones
-    # the model is evaluated with; with small batches the per-batch statistics differ from them (None:
-    # never; the reprojection epochs always do)
-    batchnorm_frozen_after: int | None = None
-    pretrained: str | None = None  # backbone weights (.safetensors, torchvision key names)
-    method: Literal["posenet", "scr"] = "posenet"  # pose regression, or scene coordinates + RANSAC
-    model: ModelConfig = field(default_factory=ModelConfig)  # posenet
-    loss: LossConfig = field(default_factory=LossConfig)  # posenet
-    scr: SceneCoordinateConfig = field(default_factory=SceneCoordinateConfig)  # scr: the network
-    scr_loss: ScrLossConfig = field(default_factory=ScrLossConfig)  # scr: training targets
-    ransac: RansacConfig = field(default_factory=RansacConfig)  # scr: the pose solver
-    scr_refit: ScrRefitConfig = field(default_factory=ScrRefitConfig)  # scr: head refit on shuffled cells
-    data: DataConfig = field(default_factory=DataConfig)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if any(value is not None and value < 0 for value in (self.reprojection_after_epochs,
-                                                              self.batchnorm_frozen_after)):
-            raise ValueError("reprojection_after_epochs and batchnorm_frozen_after must be >= 0")
-        if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
-            raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
-
-    def loss_kind(self, epoch: int) -> str:
-        """The loss used in `epoch` (0-based)."""
-        if self.method == "scr":
-            return f"scr_{self.scr_loss.kind}"
-        if self.reprojection_after_epochs is not None and epoch >= self.reprojection_after_epochs:
-            return "reprojection"
-        return self.loss.kind
-
-
-class _TrainStep(nn.Module):
-    """Model and loss in one module, so DDP averages the gradients of ŝx and ŝq too."""
-
-    def __init__(self, model: PoseNet, loss: PoseLoss) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-
-    def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
-        output = self.model(network_input(batch, self.model.input_channels))
-        position_true, quat_true = batch["pose"][:, :3], batch["pose"][:, 3:]
-        reprojection = None
-        if kind == "reprojection":
-            if "depth" not in batch or "K" not in batch:
-                raise ValueError("the reprojection loss needs depth images and intrinsics in the dataset")
-            points_cam, valid = sample_depth_points(batch["depth"], batch["K"], points)
-            reprojection = {"world_from_cam_true_B44": batch["world_from_cam"],
-                            "position_pred_B3": output.position_B3, "points_cam_BN3": points_cam,
-                            "valid_BN": valid, "K_B33": batch["K"]}
-        loss, terms = self.loss(output.position_norm_B3, output.quat_B4,
-                                self.model.normalise_position(position_true), quat_true, kind,
-                                reprojection_inputs=reprojection, log_var_BK=output.log_var_BK)
-        # ŝx and ŝq take part in every step (with zero weight when unused), as DDP requires.
-        return loss + 0.0 * (self.loss.s_x + self.loss.s_q), terms
-
-
-class _ScrStep(nn.Module):
-    """Scene coordinate network and its loss (scr_losses.py): depth targets or reprojection."""
-
-    def __init__(self, model: SceneCoordinateNet, config: ScrLossConfig, use_depth: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.config = config
-        self.use_depth = use_depth
-
-    def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
-        coords = self.model(batch["image"])
-        if self.use_depth:
-            targets, valid = depth_targets(batch["depth"], batch["K"], batch["world_from_cam"])
-            loss = depth_loss(coords, targets, valid)
-            return loss, {"scr_distance_m": float(loss.detach())}
-        loss, valid_share = reprojection_loss(coords, batch["K"], batch["world_from_cam"],
-                                              *batch["image"].shape[-2:], self.config)
-        return loss, {"scr_valid_share": float(valid_share)}
 
 
 def _distributed_context() -> tuple[int, int, int]:
@@ -198,38 +67,11 @@ def _distributed_context() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _train_transform(config: TrainConfig) -> FrameTransform:
-    """Random crops and colour jitter; evaluation uses `evaluation.eval_transform` (centre crop)."""
-    data = config.data
-    return FrameTransform(resize=data.resize, crop=data.crop, random_crop=True, brightness=data.brightness,
-                          contrast=data.contrast, saturation=data.saturation, hue=data.hue,
-                          depth_holes=data.depth_holes if config.model.needs_depth else 0.0)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
-
-
 def position_statistics(positions_N3: np.ndarray) -> tuple[np.ndarray, float]:
     """Scene normalisation: the mean position and one isotropic scale (RMS deviation per axis, m)."""
     mean = positions_N3.mean(axis=0)
     scale = float(np.sqrt(np.mean((positions_N3 - mean) ** 2)))
     return mean, max(scale, 1e-3)
-
-
-def median_depth(records: Sequence[FrameRecord], frames: int = 64) -> float:
-    """The median valid depth (metres) over up to `frames` evenly spaced records: an RGB-D model's
-    depth normalisation (`PoseNet.set_depth_scale`)."""
-    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
-    values = []
-    for index in chosen:
-        depth = read_frame_depth(records[index].depth_path)
-        values.append(depth[np.isfinite(depth) & (depth > 0)])
-    valid = np.concatenate(values)
-    if not len(valid):
-        raise DatasetError(f"the depth images of the training frames have no valid pixel (checked "
-                           f"{len(chosen)})")
-    return float(np.median(valid))
 
 
 def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
@@ -257,70 +99,39 @@ def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume
             dist.destroy_process_group()
 
 
+TRAINING_METHODS: dict[str, type[TrainingMethod]] = {"posenet": PoseRegressionTraining,
+                                                     "scr": SceneCoordinateTraining}
+
+
+def with_depth(config: TrainConfig) -> TrainConfig:
+    """`config` with each frame's depth in use, as its method uses depth: scene coordinates solve poses
+    from 3D-3D correspondences (`ransac.use_depth`), pose regression becomes the dual-stream RGB-D
+    PoseNet (`model.depth`). What `posenet-ros train --use-depth` applies."""
+    return TRAINING_METHODS[config.method]().with_depth(config)
+
+
 def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int, progress: bool,
            device: torch.device, rank: int, world: int) -> Path:
-    needs_depth = config.model.needs_depth
-    scr_depth = config.method == "scr" and config.ransac.use_depth  # poses solved with depth
-    bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth or needs_depth
-                              or scr_depth)
+    method = TRAINING_METHODS[config.method]()
+    bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth
+                              or method.data_needs_depth(config))
     train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad, bag=bag)
     val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad, bag=bag)
                    if config.data.val_split else [])
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
     mean, scale = position_statistics(map_poses[:, :3])
-    if config.method == "scr":
-        model, step_module, dataset = _scr_setup(config, train_records, mean, scale)
-        return _train_loop(config, data_root, out, resume, last_epoch, progress, device, rank, world, model,
-                           step_module.to(device), dataset, train_records, val_records, map_poses, [])
-    model = PoseNet(config.model)
-    model.set_position_statistics(torch.from_numpy(mean), scale)
-    dataset = PoseDataset(train_records, _train_transform(config), seed=config.seed,
-                          with_depth=True if needs_depth else None)
-    if needs_depth:
-        model.set_depth_scale(median_depth(train_records))
-    if config.pretrained:
-        backbones = [model.backbone]
-        if model.depth_backbone is not None and (config.model.depth_backbone or config.model.backbone) == \
-                config.model.backbone:
-            backbones.append(model.depth_backbone)  # the RGB filters adapted to the depth channels
-        for backbone in backbones:
-            ignored = load_pretrained(backbone, config.pretrained)
-        logger.info("loaded pretrained backbone %s (ignored %d classifier keys)", config.pretrained,
-                    len(ignored))
-    step_module = _TrainStep(model, PoseLoss(config.loss)).to(device)
-    return _train_loop(config, data_root, out, resume, last_epoch, progress, device, rank, world, model,
-                       step_module, dataset, train_records, val_records, map_poses,
-                       [step_module.loss.s_x, step_module.loss.s_q])
+    setup = method.setup(config, train_records, mean, scale)
+    setup.step.to(device)
+    return _train_loop(config, method, data_root, out, resume, last_epoch, progress, device, rank, world,
+                       setup, train_records, val_records, map_poses)
 
 
-def _scr_setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray,
-               scale: float) -> tuple[SceneCoordinateNet, _ScrStep, PoseDataset]:
-    """The scene coordinate network (scene statistics: the camera positions' mean, and their spread
-    plus the median depth, as the points seen lie that far from the cameras), its loss and data."""
-    if any(record.intrinsics is None for record in records):
-        raise DatasetError("scene coordinate regression needs the camera intrinsics of every frame")
-    has_depth = all(record.depth_path is not None for record in records)
-    if config.scr_loss.kind == "depth" and not has_depth:
-        raise DatasetError("scr_loss.kind 'depth' needs depth images; use 'reprojection' (or 'auto')")
-    if config.ransac.use_depth and not has_depth:
-        raise DatasetError("ransac.use_depth (train --use-depth) solves poses with depth images, and the "
-                           "training frames have none")
-    use_depth = has_depth and config.scr_loss.kind != "reprojection"
-    model = SceneCoordinateNet(config.scr)
-    reach = median_depth(records) if use_depth else config.scr_loss.prior_depth
-    model.set_scene_statistics(torch.from_numpy(mean), scale + reach)
-    if config.pretrained:
-        load_pretrained(model.encoder, config.pretrained, partial=True)
-    dataset = PoseDataset(records, _train_transform(config), seed=config.seed, with_depth=use_depth)
-    return model, _ScrStep(model, config.scr_loss, use_depth), dataset
-
-
-def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_epoch: int,
-                progress: bool, device: torch.device, rank: int, world: int, model: nn.Module,
-                step_module: nn.Module, dataset: PoseDataset, train_records: list[FrameRecord],
-                val_records: list[FrameRecord], map_poses: np.ndarray,
-                no_decay: list[torch.nn.Parameter]) -> Path:
+def _train_loop(config: TrainConfig, method: TrainingMethod, data_root: Path, out: Path, resume: bool,
+                last_epoch: int, progress: bool, device: torch.device, rank: int, world: int,
+                setup: TrainingSetup, train_records: list[FrameRecord], val_records: list[FrameRecord],
+                map_poses: np.ndarray) -> Path:
+    model, step_module, dataset, no_decay = setup.model, setup.step, setup.dataset, setup.no_decay
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lr": config.loss.weights_lr})
@@ -345,16 +156,16 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
                          f"{per_process_batch * world}; lower batch_size")
     bar = tqdm(total=max(0, last_epoch - start_epoch) * steps_per_epoch, desc="train", unit="batch",
                disable=not progress)
-    autocast = _autocast(config, device)
+    autocast = training_autocast(config, device)
     for epoch in range(start_epoch, last_epoch):
-        kind = config.loss_kind(epoch)
-        if epoch > 0 and kind != config.loss_kind(epoch - 1):
+        kind = method.loss_kind(config, epoch)
+        if epoch > 0 and kind != method.loss_kind(config, epoch - 1):
             # A new loss has another gradient scale: Adam's moments of the old one would make the
             # first steps far larger than the learning rate, so they start afresh.
             optimizer.state.clear()
-        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        torch.manual_seed(epoch_seed(config.seed, epoch))
         dataset.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
@@ -368,8 +179,7 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        if isinstance(model, PoseNet):
-            model.set_dropout_mode("train")
+        method.start_epoch(model)
         sums: dict[str, float] = {}
         images, start = 0, time.perf_counter()
         for batch in loader:
@@ -393,15 +203,9 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
                                **{k: v / max(images, 1) for k, v in sums.items()},
                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                "images_per_s": images * world / seconds if seconds > 0 else None}
-        if (epoch + 1 == config.epochs and isinstance(model, SceneCoordinateNet)
-                and config.scr_refit.iterations > 0):
-            # Every process refits the same way (same seed, same buffer): the replicas stay equal.
-            row.update(refit_scr_head(model, train_records, config, device))
+        if epoch + 1 == config.epochs:
+            row.update(method.finish(model, train_records, config, device, main_process=rank == 0))
         if rank == 0:
-            if epoch + 1 == config.epochs and isinstance(model, PoseNet):  # the loop-closure memory
-
-                fit_feature_memory(model, train_records, eval_transform(config_to_dict(config)),
-                                   batch_size=config.batch_size)
             if val_records:
                 row.update(_validate(model, val_records, config, device))
                 bar.set_postfix(epoch=epoch + 1, val_pos=f"{row['val_median_position_m']:.3f}m",
@@ -415,100 +219,12 @@ def _train_loop(config: TrainConfig, data_root: Path, out: Path, resume: bool, l
     return out / MODEL_FILE
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
-    """bfloat16 autocast of the training steps: `amp` on CUDA, `cpu_amp` on the CPU."""
-    enabled = config.amp if device.type == "cuda" else config.cpu_amp and device.type == "cpu"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def _cells_through(layers: nn.Sequential, x_NC: torch.Tensor) -> torch.Tensor:
-    """The head's 1x1 convolutions and ReLUs applied to N independent cells (N, C) as linear layers
-    (faster than a convolution over a column image)."""
-    for layer in layers:
-        if isinstance(layer, nn.Conv2d):
-            x_NC = nn.functional.linear(x_NC, layer.weight.flatten(1), layer.bias)
-        else:
-            x_NC = layer(x_NC)
-    return x_NC
-
-
-def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config: TrainConfig,
-                   device: torch.device) -> dict[str, float]:
-    """ScrRefitConfig: retrain `model.head[2:]` (its 1x1 convolutions) on buffered features of the
-    training cells, shuffled across images. Needs depth (the targets of `depth_targets`); without it
-    the model is left as it is. Returns the metrics row entries (refit seconds, final distance)."""
-
-    refit = config.scr_refit
-    if any(record.depth_path is None for record in records):
-        logger.warning("scr_refit needs depth images; skipped")
-        return {}
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, 1_000_003))
-    dataset = PoseDataset(records, eval_transform(config_to_dict(config)), with_depth=True)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                        num_workers=config.data.workers)
-    frozen, trained = model.head[:2], model.head[2:]
-    per_image = None
-    features, targets = [], []
-    model.eval()  # batch norm with its running statistics, as at test time
-    with torch.no_grad():
-        for batch in loader:
-            images = batch["image"].to(device)
-            x = frozen(model.encode(images))
-            target, valid = depth_targets(batch["depth"].to(device), batch["K"].to(device),
-                                          batch["world_from_cam"].to(device))
-            if per_image is None:
-                per_image = max(1, min(x.shape[-2] * x.shape[-1], refit.max_cells // len(dataset)))
-            for f, t, v in zip(x, target, valid, strict=True):
-                f, t = f.flatten(1).T[v.flatten()], t.flatten(1).T[v.flatten()]
-                if len(f) > per_image:
-                    keep = torch.randperm(len(f), generator=generator)[:per_image].to(f.device)
-                    f, t = f[keep], t[keep]
-                features.append(f.half())
-                targets.append(t)
-    features_MC, targets_M3 = torch.cat(features), torch.cat(targets)
-    cells = len(features_MC)
-    if cells == 0:
-        logger.warning("scr_refit: no training cell has valid depth; skipped")
-        return {}
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=refit.lr, weight_decay=0.0)
-    warm_up = max(1, refit.iterations // 50)
-    mean, scale = model.scene_mean.view(1, 3), model.scene_scale
-    order, position, distance_sum, counted = torch.randperm(cells, generator=generator), 0, 0.0, 0
-    autocast = _autocast(config, device)
-    trained.train()
-    for iteration in range(refit.iterations):
-        fraction = (iteration - warm_up) / max(1, refit.iterations - warm_up)
-        lr = refit.lr * ((iteration + 1) / warm_up if iteration < warm_up
-                         else 0.5 * (1.0 + np.cos(np.pi * fraction)))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if position + refit.batch_cells > cells:
-            order, position = torch.randperm(cells, generator=generator), 0
-        index = order[position:position + refit.batch_cells].to(features_MC.device)
-        position += refit.batch_cells
-        with autocast:
-            hidden_NC = _cells_through(trained[:-1], features_MC[index].float())
-        cells_N3 = _cells_through(trained[-1:], hidden_NC.float())  # float32, as in the model's forward
-        coords = mean + scale * cells_N3
-        distance = (coords - targets_M3[index]).norm(dim=1).mean()
-        optimizer.zero_grad(set_to_none=True)
-        distance.backward()
-        optimizer.step()
-        if iteration >= refit.iterations * 9 // 10:  # the last tenth: the reported distance
-            distance_sum += float(distance.detach())
-            counted += 1
-    model.train()
-    seconds = time.perf_counter() - start
-    logger.info("scr head refit: %d cells, %d iterations, %.1f s, distance %.3f m", cells,
-                refit.iterations, seconds, distance_sum / max(counted, 1))
-    return {"refit_seconds": seconds, "refit_distance_m": distance_sum / max(counted, 1)}
-
-
 def _validate(model: nn.Module, records: list, config: TrainConfig, device: torch.device) -> dict[str, float]:
 
-    predictions = predict(model, records, eval_transform(config_to_dict(config)), device=device,
-                          batch_size=config.batch_size, ransac=config.ransac)
+    method = inference_method(config.method, model, uncertainty=UncertaintyConfig(mc_samples=0),
+                              ransac=config.ransac)
+    predictions = predict(method, records, config.eval_transform(), batch_size=config.batch_size,
+                          with_uncertainty=False)
     metrics = pose_metrics(predictions.position_error_N, predictions.orientation_error_N)
     return {"val_median_position_m": metrics["median_position_error_m"],
             "val_median_orientation_deg": metrics["median_orientation_error_deg"]}

@@ -1,0 +1,101 @@
+"""Training of pose regression (PoseNet): Kendall & Cipolla's losses (losses.py) on the network's
+pose, and the loop-closure memory fitted on the training frames after the last epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from posenet_ros.data.dataset import PoseDataset, network_input
+from posenet_ros.data.frames import FrameRecord
+from posenet_ros.evaluation.predict import fit_feature_memory
+from posenet_ros.models.backbones import load_pretrained
+from posenet_ros.models.posenet import PoseNet
+from posenet_ros.runtime.methods import PoseRegression
+from posenet_ros.runtime.train_config import TrainConfig
+from posenet_ros.training.losses import PoseLoss, sample_depth_points
+from posenet_ros.training.method import TrainingMethod, TrainingSetup, median_depth, train_transform
+
+logger = logging.getLogger(__name__)
+
+
+class PoseRegressionStep(nn.Module):
+    """Model and loss in one module, so DDP averages the gradients of ŝx and ŝq too."""
+
+    def __init__(self, model: PoseNet, loss: PoseLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
+        output = self.model(network_input(batch, self.model.input_channels))
+        position_true, quat_true = batch["pose"][:, :3], batch["pose"][:, 3:]
+        reprojection = None
+        if kind == "reprojection":
+            if "depth" not in batch or "K" not in batch:
+                raise ValueError("the reprojection loss needs depth images and intrinsics in the dataset")
+            points_cam, valid = sample_depth_points(batch["depth"], batch["K"], points)
+            reprojection = {"world_from_cam_true_B44": batch["world_from_cam"],
+                            "position_pred_B3": output.position_B3, "points_cam_BN3": points_cam,
+                            "valid_BN": valid, "K_B33": batch["K"]}
+        loss, terms = self.loss(output.position_norm_B3, output.quat_B4,
+                                self.model.normalise_position(position_true), quat_true, kind,
+                                reprojection_inputs=reprojection, log_var_BK=output.log_var_BK)
+        # ŝx and ŝq take part in every step (with zero weight when unused), as DDP requires.
+        return loss + 0.0 * (self.loss.s_x + self.loss.s_q), terms
+
+
+class PoseRegressionTraining(TrainingMethod):
+    """PoseNet: the configured loss (`loss.kind`, then reprojection after `reprojection_after_epochs`),
+    dropout on while training, the loop-closure feature memory fitted after the last epoch."""
+
+    name = "posenet"
+
+    def data_needs_depth(self, config: TrainConfig) -> bool:
+        return config.model.needs_depth
+
+    def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
+              position_scale_m: float) -> TrainingSetup:
+        model = PoseRegression.network(config)
+        model.set_position_statistics(torch.from_numpy(position_mean_3), position_scale_m)
+        needs_depth = config.model.needs_depth
+        dataset = PoseDataset(records, train_transform(config), seed=config.seed,
+                              with_depth=True if needs_depth else None)
+        if needs_depth:
+            model.set_depth_scale(median_depth(records))
+        if config.pretrained:
+            backbones = [model.backbone]
+            shared = (config.model.depth_backbone or config.model.backbone) == config.model.backbone
+            if model.depth_backbone is not None and shared:
+                backbones.append(model.depth_backbone)  # the RGB filters adapted to the depth channels
+            for backbone in backbones:
+                ignored = load_pretrained(backbone, config.pretrained)
+            logger.info("loaded pretrained backbone %s (ignored %d classifier keys)", config.pretrained,
+                        len(ignored))
+        step = PoseRegressionStep(model, PoseLoss(config.loss))
+        return TrainingSetup(model, step, dataset, [step.loss.s_x, step.loss.s_q])
+
+    def with_depth(self, config: TrainConfig) -> TrainConfig:
+        """The seed's dual-stream RGB-D PoseNet (an RGB-D network already set up is kept)."""
+        if config.model.needs_depth:
+            return config
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, depth="dual_stream"))
+
+    def loss_kind(self, config: TrainConfig, epoch: int) -> str:
+        if config.reprojection_after_epochs is not None and epoch >= config.reprojection_after_epochs:
+            return "reprojection"
+        return config.loss.kind
+
+    def start_epoch(self, model: nn.Module) -> None:
+        model.set_dropout_mode("train")
+
+    def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
+               main_process: bool) -> dict[str, Any]:
+        if main_process:  # the loop-closure memory
+            fit_feature_memory(model, records, config.eval_transform(), batch_size=config.batch_size)
+        return {}

@@ -1,0 +1,191 @@
+"""Training of scene coordinate regression: depth targets or the reprojection loss
+(scene_coordinate_losses.py) on each cell's coordinate, then the ACE-style refit of the head on
+shuffled training cells (`ScrRefitConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from posenet_ros.data.dataset import PoseDataset
+from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.inference.scene_coordinates import depth_targets
+from posenet_ros.models.backbones import load_pretrained
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet
+from posenet_ros.runtime.methods import SceneCoordinates
+from posenet_ros.runtime.train_config import ScrLossConfig, TrainConfig
+from posenet_ros.training.method import (
+    TrainingMethod,
+    TrainingSetup,
+    epoch_seed,
+    median_depth,
+    train_transform,
+    training_autocast,
+)
+from posenet_ros.training.scene_coordinate_losses import depth_loss, reprojection_loss
+
+logger = logging.getLogger(__name__)
+
+
+class SceneCoordinateStep(nn.Module):
+    """Scene coordinate network and its loss (scr_losses.py): depth targets or reprojection."""
+
+    def __init__(self, model: SceneCoordinateNet, config: ScrLossConfig, use_depth: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.use_depth = use_depth
+
+    def forward(self, batch: dict[str, Any], kind: str, points: int) -> tuple[torch.Tensor, dict]:
+        coords = self.model(batch["image"])
+        if self.use_depth:
+            targets, valid = depth_targets(batch["depth"], batch["K"], batch["world_from_cam"])
+            loss = depth_loss(coords, targets, valid)
+            return loss, {"scr_distance_m": float(loss.detach())}
+        loss, valid_share = reprojection_loss(coords, batch["K"], batch["world_from_cam"],
+                                              *batch["image"].shape[-2:], self.config)
+        return loss, {"scr_valid_share": float(valid_share)}
+
+
+class SceneCoordinateTraining(TrainingMethod):
+    """Scene coordinates: the network's coordinates against depth targets (or by reprojection without
+    depth), the head refit after the last epoch."""
+
+    name = "scr"
+
+    def data_needs_depth(self, config: TrainConfig) -> bool:
+        return config.ransac.use_depth  # poses solved with depth
+
+    def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
+              position_scale_m: float) -> TrainingSetup:
+        model, step, dataset = _setup(config, records, position_mean_3, position_scale_m)
+        return TrainingSetup(model, step, dataset)
+
+    def with_depth(self, config: TrainConfig) -> TrainConfig:
+        """The seed's forests: poses from 3D-3D correspondences with each frame's depth."""
+        return dataclasses.replace(config, ransac=dataclasses.replace(config.ransac, use_depth=True))
+
+    def loss_kind(self, config: TrainConfig, epoch: int) -> str:
+        return f"scr_{config.scr_loss.kind}"
+
+    def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
+               main_process: bool) -> dict[str, Any]:
+        if config.scr_refit.iterations == 0:
+            return {}
+        # Every process refits the same way (same seed, same buffer): the replicas stay equal.
+        return refit_scr_head(model, records, config, device)
+
+
+def _setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray,
+               scale: float) -> tuple[SceneCoordinateNet, SceneCoordinateStep, PoseDataset]:
+    """The scene coordinate network (scene statistics: the camera positions' mean, and their spread
+    plus the median depth, as the points seen lie that far from the cameras), its loss and data."""
+    if any(record.intrinsics is None for record in records):
+        raise DatasetError("scene coordinate regression needs the camera intrinsics of every frame")
+    has_depth = all(record.depth_path is not None for record in records)
+    if config.scr_loss.kind == "depth" and not has_depth:
+        raise DatasetError("scr_loss.kind 'depth' needs depth images; use 'reprojection' (or 'auto')")
+    if config.ransac.use_depth and not has_depth:
+        raise DatasetError("ransac.use_depth (train --use-depth) solves poses with depth images, and the "
+                           "training frames have none")
+    use_depth = has_depth and config.scr_loss.kind != "reprojection"
+    model = SceneCoordinates.network(config)
+    reach = median_depth(records) if use_depth else config.scr_loss.prior_depth
+    model.set_scene_statistics(torch.from_numpy(mean), scale + reach)
+    if config.pretrained:
+        load_pretrained(model.encoder, config.pretrained, partial=True)
+    dataset = PoseDataset(records, train_transform(config), seed=config.seed, with_depth=use_depth)
+    return model, SceneCoordinateStep(model, config.scr_loss, use_depth), dataset
+
+
+def cells_through(layers: nn.Sequential, x_NC: torch.Tensor) -> torch.Tensor:
+    """The head's 1x1 convolutions and ReLUs applied to N independent cells (N, C) as linear layers
+    (faster than a convolution over a column image)."""
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            x_NC = nn.functional.linear(x_NC, layer.weight.flatten(1), layer.bias)
+        else:
+            x_NC = layer(x_NC)
+    return x_NC
+
+
+def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config: TrainConfig,
+                   device: torch.device) -> dict[str, float]:
+    """ScrRefitConfig: retrain `model.head[2:]` (its 1x1 convolutions) on buffered features of the
+    training cells, shuffled across images. Needs depth (the targets of `depth_targets`); without it
+    the model is left as it is. Returns the metrics row entries (refit seconds, final distance)."""
+
+    refit = config.scr_refit
+    if any(record.depth_path is None for record in records):
+        logger.warning("scr_refit needs depth images; skipped")
+        return {}
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, 1_000_003))
+    dataset = PoseDataset(records, config.eval_transform(), with_depth=True)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
+                        num_workers=config.data.workers)
+    frozen, trained = model.head[:2], model.head[2:]
+    per_image = None
+    features, targets = [], []
+    model.eval()  # batch norm with its running statistics, as at test time
+    with torch.no_grad():
+        for batch in loader:
+            images = batch["image"].to(device)
+            x = frozen(model.encode(images))
+            target, valid = depth_targets(batch["depth"].to(device), batch["K"].to(device),
+                                          batch["world_from_cam"].to(device))
+            if per_image is None:
+                per_image = max(1, min(x.shape[-2] * x.shape[-1], refit.max_cells // len(dataset)))
+            for f, t, v in zip(x, target, valid, strict=True):
+                f, t = f.flatten(1).T[v.flatten()], t.flatten(1).T[v.flatten()]
+                if len(f) > per_image:
+                    keep = torch.randperm(len(f), generator=generator)[:per_image].to(f.device)
+                    f, t = f[keep], t[keep]
+                features.append(f.half())
+                targets.append(t)
+    features_MC, targets_M3 = torch.cat(features), torch.cat(targets)
+    cells = len(features_MC)
+    if cells == 0:
+        logger.warning("scr_refit: no training cell has valid depth; skipped")
+        return {}
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=refit.lr, weight_decay=0.0)
+    warm_up = max(1, refit.iterations // 50)
+    mean, scale = model.scene_mean.view(1, 3), model.scene_scale
+    order, position, distance_sum, counted = torch.randperm(cells, generator=generator), 0, 0.0, 0
+    autocast = training_autocast(config, device)
+    trained.train()
+    for iteration in range(refit.iterations):
+        fraction = (iteration - warm_up) / max(1, refit.iterations - warm_up)
+        lr = refit.lr * ((iteration + 1) / warm_up if iteration < warm_up
+                         else 0.5 * (1.0 + np.cos(np.pi * fraction)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if position + refit.batch_cells > cells:
+            order, position = torch.randperm(cells, generator=generator), 0
+        index = order[position:position + refit.batch_cells].to(features_MC.device)
+        position += refit.batch_cells
+        with autocast:
+            hidden_NC = cells_through(trained[:-1], features_MC[index].float())
+        cells_N3 = cells_through(trained[-1:], hidden_NC.float())  # float32, as in the model's forward
+        coords = mean + scale * cells_N3
+        distance = (coords - targets_M3[index]).norm(dim=1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        distance.backward()
+        optimizer.step()
+        if iteration >= refit.iterations * 9 // 10:  # the last tenth: the reported distance
+            distance_sum += float(distance.detach())
+            counted += 1
+    model.train()
+    seconds = time.perf_counter() - start
+    logger.info("scr head refit: %d cells, %d iterations, %.1f s, distance %.3f m", cells,
+                refit.iterations, seconds, distance_sum / max(counted, 1))
+    return {"refit_seconds": seconds, "refit_distance_m": distance_sum / max(counted, 1)}
+
+

@@ -113,7 +113,7 @@ def stage_times(relocalizer: Relocalizer, cdr: bytes, frames: int) -> dict[str, 
     rgb = message_to_rgb(from_dds(deserialize(cdr, IMAGE_TYPE), IMAGE_TYPE))
     model, network = relocalizer.model, relocalizer.network
     samples = relocalizer.uncertainty.mc_samples
-    images = relocalizer.prepare(rgb)
+    images = relocalizer.prepare(rgb).images_BCHW
     ones = head_dropout_masks(1, 1, model.head_dim, 0.0, 0, device)
     masks = head_dropout_masks(1, samples, model.head_dim, model.config.dropout, 0, device)
     with torch.inference_mode(), relocalizer.autocast():
@@ -127,7 +127,7 @@ def stage_times(relocalizer: Relocalizer, cdr: bytes, frames: int) -> dict[str, 
             "preprocess": lambda: relocalizer.prepare(rgb),
             "forward": lambda: network(images, ones),
             "mc_sampling": lambda: network(images, masks),
-            "covariance": lambda: relocalizer.summarise_on_host(features, position, quat, log_var),
+            "covariance": lambda: relocalizer.method.summarise_on_host(features, position, quat, log_var),
             "smoothing": lambda: smoother.update(float_features, *head_inputs(model, float_features)),
             "publish": lambda: (
                 serialize(to_dds(pose_with_covariance_stamped(types, 0, "map", zero, identity, np.eye(6)),

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from posenet_ros.cli import main as cli
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import pose_errors, pose_metrics
 from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.runtime.methods import inference_method
 from posenet_ros.runtime.relocalizer import Relocalizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +116,9 @@ def main() -> None:
 
     test = load_frames(scene, "test")
     loaded = load_model(out / "scr", args.device)
-    pnp = predict(loaded.model, test, eval_transform(loaded.config),
-                  ransac=dataclasses.replace(loaded.ransac, use_depth=False))
+    pnp_method = inference_method(loaded.method, loaded.model, uncertainty=loaded.uncertainty,
+                                  ransac=dataclasses.replace(loaded.ransac, use_depth=False))
+    pnp = predict(pnp_method, test, loaded.config.eval_transform())
     relocalizer = Relocalizer(out / "scr", device=args.device)
     rng = np.random.default_rng(0)
     latencies, errors, failures = [], [], 0

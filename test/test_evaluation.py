@@ -19,7 +19,7 @@ import torch
 from posenet_ros.cli import main as cli_main
 from posenet_ros.core.camera import FrameTransform, eval_transform
 from posenet_ros.core.config import config_to_dict
-from posenet_ros.core.geometry import angular_error_deg, translation_error
+from posenet_ros.core.geometry import angular_error_deg, quat_average, translation_error
 from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.evaluate import PREDICTION_COLUMNS, UNCERTAINTY_COLUMNS, evaluate, format_table
@@ -27,7 +27,6 @@ from posenet_ros.evaluation.predict import predict
 from posenet_ros.evaluation.saliency import saliency_maps, write_saliency
 from posenet_ros.inference.metrics import (
     mean_pose_baseline,
-    mean_quaternion,
     pose_errors,
     pose_metrics,
     threshold_key,
@@ -141,9 +140,9 @@ def test_pose_errors_treat_q_and_minus_q_as_equal() -> None:
 
 def test_mean_quaternion_ignores_signs_and_averages_symmetric_rotations() -> None:
     q = np.array([0.5, 0.5, -0.5, 0.5])
-    np.testing.assert_allclose(mean_quaternion([q, -q, q]), q, atol=1e-12)
+    np.testing.assert_allclose(quat_average([q, -q, q]), q, atol=1e-12)
     symmetric = np.stack([quat_z(30.0), -quat_z(-30.0), quat_z(10.0), quat_z(-10.0)])
-    np.testing.assert_allclose(mean_quaternion(symmetric), [1.0, 0.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(quat_average(symmetric), [1.0, 0.0, 0.0, 0.0], atol=1e-12)
 
 
 def test_mean_pose_baseline_known_answers() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.core.geometry import quat_exp, quat_multiply
+from posenet_ros.core.geometry import quat_average_torch, quat_exp, quat_multiply
 from posenet_ros.inference.calibration import (
     coverage,
     fit_block_calibration,
@@ -27,7 +27,6 @@ from posenet_ros.inference.uncertainty import (
     PoseSamples,
     UncertaintyConfig,
     aleatoric_covariance,
-    average_quaternions,
     calibrated,
     estimate,
     fit_feature_covariance,
@@ -59,7 +58,7 @@ def test_quaternion_mean_ignores_sign_and_recovers_the_centre():
     perturbations = quat_exp(rng.normal(scale=0.05, size=(200, 3)))
     samples = quat_multiply(perturbations, centre)
     samples[::2] *= -1  # q and -q are the same rotation
-    mean = average_quaternions(torch.from_numpy(samples)[None])[0].numpy()
+    mean = quat_average_torch(torch.from_numpy(samples)[None])[0].numpy()
     centre = centre if centre[0] >= 0 else -centre
     assert mean[0] >= 0
     assert np.degrees(2 * np.arccos(min(1.0, abs(mean @ centre)))) < 0.5

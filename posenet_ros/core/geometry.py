@@ -1,6 +1,6 @@
 """Quaternions, rotations, rigid poses and pinhole projection, in numpy and in torch.
 
-Conventions (the package's, see DESIGN.md):
+Conventions (the package's, see docs/design.md):
 
 - Quaternions are (w, x, y, z), scalar first (transforms3d's order), with the Hamilton product:
   `quat_multiply(q1, q2)` is the rotation q2 followed by q1, so
@@ -566,3 +566,28 @@ def backproject_depth_torch(depth: torch.Tensor, K: torch.Tensor) -> torch.Tenso
     cols = torch.arange(width, dtype=depth.dtype, device=depth.device)
     v, u = torch.meshgrid(rows, cols, indexing="ij")
     return _backproject_depth(depth, K, u, v)
+
+
+def quat_average(quats_N4: ArrayLike) -> np.ndarray:
+    """Average orientation of unit quaternions (w, x, y, z) as a canonical quaternion (4,), w >= 0.
+
+    Markley et al.'s eigenvector method: the eigenvector of the largest eigenvalue of sum q q^T,
+    which ignores the signs of the inputs (q and -q count the same).
+    """
+    q = quat_normalize(np.asarray(quats_N4, dtype=np.float64).reshape(-1, 4))
+    if len(q) == 0:
+        raise ValueError("quat_average needs at least one quaternion")
+    _, vectors = np.linalg.eigh(q.T @ q)
+    return quat_normalize(vectors[:, -1])
+
+
+def quat_average_torch(quat_BN4: torch.Tensor) -> torch.Tensor:
+    """Mean rotation of N unit quaternions per row, quat_B4 with w >= 0 (Markley et al. 2007).
+
+    The eigenvector of the largest eigenvalue of Σ q qᵀ: the rotation minimising the summed squared
+    chordal distance; q and -q contribute the same, so no hemisphere alignment is needed.
+    """
+    moments_B44 = quat_BN4.transpose(-1, -2) @ quat_BN4
+    _, vectors = torch.linalg.eigh(moments_B44)
+    mean = vectors[..., :, -1]
+    return torch.where(mean[..., :1] < 0, -mean, mean)

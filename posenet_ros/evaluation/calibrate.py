@@ -1,25 +1,6 @@
-"""Covariance calibration and its diagnostics: NEES, σ-region coverage, uncertainty-error correlation.
-
-A covariance is calibrated when the normalised estimation error squared, NEES = eᵀ Σ⁻¹ e, averages
-its dimension d (3 for the position block, 3 for the rotation block, 6 for the whole pose), and the
-share of errors inside the kσ region (NEES <= k²) matches the Gaussian value P(χ²_d <= k²).
-
-A single multiplier per block fitted on a validation split is not enough: held-out
-views far from the training images have errors several times larger than views close to them, while
-the Monte-Carlo spread barely changes, so a constant scale is too small for some sequences and too
-large for others (on the synthetic scene the per-loop mean NEES varied from 3 to 30 under one scale).
-`fit_block_calibration` therefore also fits how the block grows with the frame's novelty, the
-loop-closure score s (log feature-space variance, uncertainty.py): the block is multiplied by
-f(s) = scale · exp(novelty · (s - s_ref)), with scale and novelty >= 0 the maximum-likelihood
-values under a Gaussian error model over two groups of frames weighted equally: the validation split
-(held-out views of mapped places) and training frames (the views the network has seen, with low s
-and small errors). Given novelty, the scale is in closed form (the weighted mean NEES of both groups
-equals the dimension); novelty is a bounded 1-D search. `posenet-ros calibrate` stores the result in
-the checkpoint (`UncertaintyConfig`). Without finite scores the fit is a single
-scale per block that makes the validation split's mean NEES equal its dimension.
-
-Errors are e = (position_true - position_est in metres, δ in radians with
-q_true = exp(δ) q_est about the world axes), the convention of `uncertainty.py`.
+"""`posenet-ros calibrate`: fit a checkpoint's covariance calibration and loop-closure thresholds on
+held-out frames of mapped places (and training frames) and store them in the checkpoint. The maths
+(NEES, the block fit, coverage) is in inference/calibration.py.
 """
 
 from __future__ import annotations

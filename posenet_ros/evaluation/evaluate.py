@@ -1,6 +1,6 @@
-"""Evaluation of a trained PoseNet: predictions, error metrics, reports, plots and saliency maps.
+"""`posenet-ros eval`: a checkpoint over dataset splits -> metrics.json, predictions.csv and plots.
 
-Conventions (the package's, see DESIGN.md): positions are camera positions in the world frame in
+Conventions (the package's, see docs/design.md): positions are camera positions in the world frame in
 metres (the translation of `world_from_cam`); orientations are unit quaternions (w, x, y, z) of the
 `world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean distances
 in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
@@ -258,7 +258,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     0 = deterministic. `unknown_splits`: splits of unknown places for the loop-closure metrics
     (None: those of `DEFAULT_UNKNOWN_SPLITS` present; frames marked in-map by a synthetic scene are
     left out). `smooth`: "off" (per-frame estimates), "causal" or "offline" (the checkpoint's temporal
-    model over each sequence; see smoothing.py). Every evaluation reports the median frame-to-frame
+    model over each sequence; see inference/temporal.py). Every evaluation reports the median frame-to-frame
     jitter (`temporal_jitter`).
     """
     if smooth not in ("off", "causal", "offline"):
@@ -333,7 +333,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     }
     atomic_write_json(out / "metrics.json", result)
     atomic_write_text(out / "predictions.csv", _predictions_csv(scenes))
-    atomic_write_bytes(out / "error_cdf.png", plot_error_cdf(scenes, checked_thresholds))
+    errors = {scene: (p.position_error_N, p.orientation_error_N) for scene, p in scenes.items()}
+    atomic_write_bytes(out / "error_cdf.png", plot_error_cdf(errors, checked_thresholds))
     atomic_write_bytes(out / "top_view.png", plot_top_view(scenes, map_poses))
     if method.estimates_uncertainty:
         atomic_write_bytes(out / "uncertainty_vs_error.png", plot_uncertainty(scenes, all_unknown))

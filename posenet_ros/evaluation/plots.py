@@ -1,49 +1,12 @@
-"""Evaluation of a trained PoseNet: predictions, error metrics, reports, plots and saliency maps.
-
-Conventions (the package's, see DESIGN.md): positions are camera positions in the world frame in
-metres (the translation of `world_from_cam`); orientations are unit quaternions (w, x, y, z) of the
-`world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean distances
-in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
-
-Metric names (`pose_metrics`, `metrics.json`):
-
-    frames                          number of frames
-    median_position_error_m         median position error (metres)
-    median_orientation_error_deg    median orientation error (degrees)
-    mean_position_error_m           mean position error (metres)
-    mean_orientation_error_deg      mean orientation error (degrees)
-    within_<M>m_<D>deg              share of frames (0..1) with position error <= M metres AND
-                                    orientation error <= D degrees; M and D written with Python's
-                                    `:g` format: (0.05, 5.0) -> "within_0.05m_5deg" (`threshold_key`)
-
-Files written by `evaluate` into its output folder:
-
-    metrics.json      {"model", "split", "device", "transform", "thresholds": [[M, D], ...],
-                       "method", "mc_samples", "ransac" (method scr: the pose solver), "calibrated",
-                       "smoothing",
-                       "scenes": {name: {"data_root", metrics..., "mean_pose_baseline": {metrics...}}},
-                       "overall": {metrics..., "mean_pose_baseline": {...}}}
-                      (the baseline entries only when the checkpoint holds training poses)
-    predictions.csv   one row per frame, columns `PREDICTION_COLUMNS`
-    error_cdf.png     cumulative distributions of the position and orientation errors per scene
-    top_view.png      x-y top view: training cameras (grey), test ground truth and predictions
-
-With Monte-Carlo sampling (`mc_samples` > 0, by default the checkpoint's setting), predictions are
-MC-dropout means and metrics.json also holds, per scene and overall, "uncertainty"
-(`calibration.uncertainty_metrics`: NEES, σ-region coverage next to the Gaussian values, Spearman
-correlation of predicted σ and error) and, where frames of unknown places exist
-(`unknown_splits`), "loop_closure" (ROC AUC of the score, precision and recall of the known_place
-flag with the checkpoint's thresholds and hysteresis); predictions.csv gains σ columns and
-uncertainty_vs_error.png plots predicted σ against error.
-
-Plots are drawn with `matplotlib.figure.Figure` (no pyplot, so the caller's backend is untouched)
-and every file is written atomically.
+"""The evaluation's figures as PNG bytes: error CDFs, the top view of the trajectories, predicted σ
+against error. Drawn with `matplotlib.figure.Figure` (no pyplot, so the caller's backend is
+untouched).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,34 +21,83 @@ def figure_png(fig: Any, dpi: int = 120) -> bytes:
     return buffer.getvalue()
 
 
-def plot_error_cdf(scenes: dict[str, Predictions], thresholds: Sequence[tuple[float, float]]) -> bytes:
+def no_data(ax: Any, text: str = "no ground truth") -> None:
+    """Write `text` in the middle of an empty panel."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12, color="0.4")
+
+
+def plot_error_cdf(groups: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                   thresholds: Sequence[tuple[float, float]] = (), medians: bool = False) -> bytes:
+    """Cumulative distributions of position (metres) and orientation (degrees) errors, one curve per
+    group (label -> (position_error_N, orientation_error_N)); a non-finite error counts as a frame the
+    curve never reaches. `thresholds` (metres, degrees) are drawn as dotted lines; `medians` marks each
+    curve's median."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_position, ax_orientation = fig.subplots(1, 2)
-    for index, (scene, p) in enumerate(scenes.items()):
+    for index, (label, (position_error, orientation_error)) in enumerate(groups.items()):
         colour = f"C{index % 10}"
-        for ax, errors in ((ax_position, p.position_error_N), (ax_orientation, p.orientation_error_N)):
+        for ax, errors, number in ((ax_position, position_error, "{:.3f} m"),
+                                   (ax_orientation, orientation_error, "{:.2f}°")):
             values = np.sort(errors[np.isfinite(errors)])
             if values.size == 0:
                 continue
             share = np.arange(1, values.size + 1) / errors.size
             ax.step(np.concatenate([[0.0], values]), np.concatenate([[0.0], share]), where="post",
-                    color=colour, label=f"{scene} (N={errors.size})")
+                    color=colour, label=f"{label} (N={errors.size})")
+            if medians:
+                median = float(np.median(values))
+                ax.axvline(median, color="0.3", linestyle="--", linewidth=1,
+                           label=f"median {number.format(median)}")
     for metres, degrees in thresholds:
         ax_position.axvline(metres, color="0.5", linestyle=":", linewidth=1)
         ax_orientation.axvline(degrees, color="0.5", linestyle=":", linewidth=1)
     ax_position.set_xlabel("position error (m)")
     ax_orientation.set_xlabel("orientation error (°)")
     for ax in (ax_position, ax_orientation):
+        if not ax.lines:
+            no_data(ax)
+        else:
+            ax.legend(loc="lower right", fontsize="small")
         ax.set_ylabel("share of frames")
         ax.set_ylim(0.0, 1.02)
         ax.set_xlim(left=0.0)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize="small")
     ax_position.set_title("Position error CDF")
     ax_orientation.set_title("Orientation error CDF")
     return figure_png(fig)
+
+
+def draw_sigma_vs_error(ax: Any, groups: Mapping[str, tuple[np.ndarray, np.ndarray]], unit: str) -> None:
+    """Scatter predicted σ against the error (label -> (sigma_N, error_N), both in `unit`) with the
+    lines error = σ and error = 2σ; logarithmic axes when the values are positive."""
+    ax.set_xlabel(f"predicted σ ({unit})")
+    ax.set_ylabel(f"error ({unit})")
+    ax.grid(True, alpha=0.3)
+    finite = {label: np.isfinite(sigma) & np.isfinite(errors) for label, (sigma, errors) in groups.items()}
+    if not any(mask.any() for mask in finite.values()):
+        no_data(ax, "no ground truth or no predicted σ")
+        return
+    positive = {label: mask & (groups[label][0] > 0) & (groups[label][1] > 0)
+                for label, mask in finite.items()}
+    logarithmic = all(positive[label].sum() == finite[label].sum() for label in groups)
+    shown = positive if logarithmic else finite
+    low, high = np.inf, 0.0
+    for index, (label, (sigma, errors)) in enumerate(groups.items()):
+        x, y = sigma[shown[label]], errors[shown[label]]
+        if x.size:
+            ax.scatter(x, y, s=8, alpha=0.6, color=f"C{index % 10}", label=f"{label} (N={x.size})")
+            low, high = min(low, x.min(), y.min() / 2.0), max(high, x.max(), y.max())
+    if logarithmic:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        line = np.geomspace(low, high, 50)
+    else:
+        line = np.linspace(0.0, max(high, 1e-6), 50)
+    ax.plot(line, line, color="0.4", linestyle="--", linewidth=0.9, label="error = σ")
+    ax.plot(line, 2.0 * line, color="C3", linestyle=":", linewidth=1.1, label="error = 2σ")
+    ax.legend(loc="upper left", fontsize="small")
 
 
 def plot_top_view(scenes: dict[str, Predictions], map_poses_N7: np.ndarray) -> bytes:
@@ -116,20 +128,17 @@ def plot_top_view(scenes: dict[str, Predictions], map_poses_N7: np.ndarray) -> b
 
 
 def plot_uncertainty(scenes: dict[str, Predictions], unknown: dict[str, Predictions]) -> bytes:
+    """Predicted σ against the error per scene (position, orientation), and the loop-closure scores of
+    the evaluated split against those of the unknown-place splits."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
     axes = fig.subplots(1, 3)
-    for name, p in scenes.items():
-        sigma_position, sigma_rotation = sigmas(p.covariance_N66)
-        axes[0].scatter(sigma_position, p.position_error_N, s=6, alpha=0.6, label=name)
-        axes[1].scatter(sigma_rotation, p.orientation_error_N, s=6, alpha=0.6, label=name)
-    for ax, unit in ((axes[0], "m"), (axes[1], "deg")):
-        limit = max(ax.get_xlim()[1], ax.get_ylim()[1])
-        ax.plot([0, limit], [0, limit], color="grey", lw=0.8, ls="--", label="error = σ")
-        ax.set_xlabel(f"predicted σ ({unit})")
-        ax.set_ylabel(f"error ({unit})")
-        ax.legend(fontsize=7)
+    sigma = {name: sigmas(p.covariance_N66) for name, p in scenes.items()}
+    draw_sigma_vs_error(axes[0], {name: (sigma[name][0], p.position_error_N)
+                                  for name, p in scenes.items()}, "m")
+    draw_sigma_vs_error(axes[1], {name: (sigma[name][1], p.orientation_error_N)
+                                  for name, p in scenes.items()}, "°")
     axes[0].set_title("position")
     axes[1].set_title("orientation")
     known_scores = np.concatenate([p.score_N for p in scenes.values()])
@@ -140,7 +149,4 @@ def plot_uncertainty(scenes: dict[str, Predictions], unknown: dict[str, Predicti
     axes[2].set_xlabel("loop-closure score (log feature-space epistemic variance)")
     axes[2].set_title("known vs unknown places")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
     return figure_png(fig)
-
-

@@ -12,7 +12,7 @@ dict into files in one folder:
     loop_closure.png          loop-closure score over time, the known_place flag shaded
     index.html                title, notes, headline figures, the full metrics (JSON) and the figures
 
-Conventions as in the rest of the package (DESIGN.md): positions are camera positions (the
+Conventions as in the rest of the package (docs/design.md): positions are camera positions (the
 translation of `world_from_cam`) in the map frame in metres, quaternions unit (w, x, y, z). Time in
 the plots is seconds since the first frame's header stamp. Frames without ground truth (NaN) are
 left out wherever an error is needed; a replay without any ground truth still gets every file, with
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_text
-from posenet_ros.evaluation.plots import figure_png
+from posenet_ros.evaluation.plots import draw_sigma_vs_error, figure_png, no_data, plot_error_cdf
 
 __all__ = ["PLOTS", "ReportFrames", "headline_rows", "write_report"]
 
@@ -142,7 +142,7 @@ def write_report(out_dir: str | Path, frames: ReportFrames, metrics: dict, *, ti
     pictures = {
         "trajectory": _plot_trajectory(frames, map_positions),
         "error_over_time": _plot_error_over_time(frames, time_s),
-        "error_cdf": plot_error_cdf(frames),
+        "error_cdf": _plot_error_cdf(frames),
         "uncertainty_vs_error": _plot_uncertainty_vs_error(frames),
         "loop_closure": _plot_loop_closure(frames, time_s, loop.get("enter_score"), loop.get("leave_score")),
     }
@@ -156,11 +156,6 @@ def write_report(out_dir: str | Path, frames: ReportFrames, metrics: dict, *, ti
 # --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------
-
-
-def _no_data(ax: Any, text: str = "no ground truth") -> None:
-    """Write `text` in the middle of an empty panel."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12, color="0.4")
 
 
 def _top_view_axes(position_true_N3: np.ndarray, position_est_N3: np.ndarray) -> tuple[int, int]:
@@ -217,7 +212,7 @@ def _plot_trajectory(frames: ReportFrames, map_positions_M3: np.ndarray) -> byte
         fig.colorbar(points, ax=ax, extend="max" if errors.max() > top else "neither",
                      label="position error (m)")
     else:
-        _no_data(ax)
+        no_data(ax)
     ax.set_xlabel(f"{names[a]} (m)")
     ax.set_ylabel(f"{names[b]} (m)")
     ax.set_aspect("equal", adjustable="datalim")
@@ -246,7 +241,7 @@ def _plot_error_over_time(frames: ReportFrames, time_s: np.ndarray) -> bytes:
             ax.plot(*_broken(time_s, errors), color=colour, linewidth=0.8, marker=".", markersize=3,
                     label="error")
         else:
-            _no_data(ax)
+            no_data(ax)
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0.0)
         ax.grid(True, alpha=0.3)
@@ -258,34 +253,11 @@ def _plot_error_over_time(frames: ReportFrames, time_s: np.ndarray) -> bytes:
     return figure_png(fig)
 
 
-def plot_error_cdf(frames: ReportFrames) -> bytes:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_position, ax_orientation = fig.subplots(1, 2)
-    panels = ((ax_position, frames.position_error_N, "position error (m)", "{:.3f} m", "C0"),
-              (ax_orientation, frames.orientation_error_N, "orientation error (°)", "{:.2f}°", "C1"))
-    for ax, errors, label, number, colour in panels:
-        values = np.sort(errors[np.isfinite(errors)])
-        if values.size:
-            share = np.arange(1, values.size + 1) / values.size
-            ax.step(np.concatenate([[0.0], values]), np.concatenate([[0.0], share]), where="post",
-                    color=colour, label=f"N={values.size} frames with ground truth")
-            median = float(np.median(values))
-            ax.axvline(median, color="0.3", linestyle="--", linewidth=1,
-                       label=f"median {number.format(median)}")
-            ax.plot([median], [0.5], marker="o", color="0.3")
-            ax.legend(loc="lower right", fontsize="small")
-        else:
-            _no_data(ax)
-        ax.set_xlabel(label)
-        ax.set_ylabel("share of frames")
-        ax.set_ylim(0.0, 1.02)
-        ax.set_xlim(left=0.0)
-        ax.grid(True, alpha=0.3)
-    ax_position.set_title("Position error CDF")
-    ax_orientation.set_title("Orientation error CDF")
-    return figure_png(fig)
+def _plot_error_cdf(frames: ReportFrames) -> bytes:
+    """The error CDFs of the frames with ground truth, medians marked."""
+    with_truth = np.isfinite(frames.position_error_N)
+    errors = (frames.position_error_N[with_truth], frames.orientation_error_N[with_truth])
+    return plot_error_cdf({"frames with ground truth": errors}, medians=True)
 
 
 def _plot_uncertainty_vs_error(frames: ReportFrames) -> bytes:
@@ -293,32 +265,9 @@ def _plot_uncertainty_vs_error(frames: ReportFrames) -> bytes:
 
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax_position, ax_rotation = fig.subplots(1, 2)
-    panels = ((ax_position, frames.sigma_position_m_N, frames.position_error_N, "m", "C0"),
-              (ax_rotation, frames.sigma_rotation_deg_N, frames.orientation_error_N, "°", "C1"))
-    for ax, sigma, errors, unit, colour in panels:
-        ax.set_xlabel(f"predicted σ ({unit})")
-        ax.set_ylabel(f"error ({unit})")
-        ax.grid(True, alpha=0.3)
-        finite = np.isfinite(sigma) & np.isfinite(errors)
-        if not finite.any():
-            _no_data(ax, "no ground truth" if not np.isfinite(errors).any() else "no predicted σ")
-            continue
-        positive = finite & (sigma > 0) & (errors > 0)
-        logarithmic = bool(positive.any())
-        shown = positive if logarithmic else finite
-        x, y = sigma[shown], errors[shown]
-        ax.scatter(x, y, s=8, alpha=0.6, color=colour, label=f"frames (N={int(shown.sum())})")
-        if logarithmic:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            low = float(min(x.min(), y.min() / 2.0))
-            high = float(max(x.max(), y.max()))
-            line = np.geomspace(low, high, 50)
-        else:
-            line = np.linspace(0.0, max(float(x.max()), float(y.max()), 1e-6), 50)
-        ax.plot(line, line, color="0.4", linestyle="--", linewidth=0.9, label="error = σ")
-        ax.plot(line, 2.0 * line, color="C3", linestyle=":", linewidth=1.1, label="error = 2σ")
-        ax.legend(loc="upper left", fontsize="small")
+    draw_sigma_vs_error(ax_position, {"frames": (frames.sigma_position_m_N, frames.position_error_N)}, "m")
+    draw_sigma_vs_error(ax_rotation, {"frames": (frames.sigma_rotation_deg_N, frames.orientation_error_N)},
+                        "°")
     ax_position.set_title("Position: predicted σ vs error")
     ax_rotation.set_title("Rotation: predicted σ vs error")
     return figure_png(fig)
@@ -347,7 +296,7 @@ def _plot_loop_closure(frames: ReportFrames, time_s: np.ndarray, enter_score: An
         ax.plot(*_broken(time_s, frames.score_N), color="C0", linewidth=0.9, marker=".", markersize=3,
                 label="score")
     else:
-        _no_data(ax, "no loop-closure score")
+        no_data(ax, "no loop-closure score")
     for value, name, style in ((enter_score, "enter", "--"), (leave_score, "leave", ":")):
         if _number(value) is not None:
             ax.axhline(float(value), color="0.4", linestyle=style, linewidth=0.9, label=f"{name} threshold")

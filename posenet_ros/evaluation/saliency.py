@@ -1,43 +1,6 @@
-"""Evaluation of a trained PoseNet: predictions, error metrics, reports, plots and saliency maps.
-
-Conventions (the package's, see DESIGN.md): positions are camera positions in the world frame in
-metres (the translation of `world_from_cam`); orientations are unit quaternions (w, x, y, z) of the
-`world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean distances
-in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
-
-Metric names (`pose_metrics`, `metrics.json`):
-
-    frames                          number of frames
-    median_position_error_m         median position error (metres)
-    median_orientation_error_deg    median orientation error (degrees)
-    mean_position_error_m           mean position error (metres)
-    mean_orientation_error_deg      mean orientation error (degrees)
-    within_<M>m_<D>deg              share of frames (0..1) with position error <= M metres AND
-                                    orientation error <= D degrees; M and D written with Python's
-                                    `:g` format: (0.05, 5.0) -> "within_0.05m_5deg" (`threshold_key`)
-
-Files written by `evaluate` into its output folder:
-
-    metrics.json      {"model", "split", "device", "transform", "thresholds": [[M, D], ...],
-                       "method", "mc_samples", "ransac" (method scr: the pose solver), "calibrated",
-                       "smoothing",
-                       "scenes": {name: {"data_root", metrics..., "mean_pose_baseline": {metrics...}}},
-                       "overall": {metrics..., "mean_pose_baseline": {...}}}
-                      (the baseline entries only when the checkpoint holds training poses)
-    predictions.csv   one row per frame, columns `PREDICTION_COLUMNS`
-    error_cdf.png     cumulative distributions of the position and orientation errors per scene
-    top_view.png      x-y top view: training cameras (grey), test ground truth and predictions
-
-With Monte-Carlo sampling (`mc_samples` > 0, by default the checkpoint's setting), predictions are
-MC-dropout means and metrics.json also holds, per scene and overall, "uncertainty"
-(`calibration.uncertainty_metrics`: NEES, σ-region coverage next to the Gaussian values, Spearman
-correlation of predicted σ and error) and, where frames of unknown places exist
-(`unknown_splits`), "loop_closure" (ROC AUC of the score, precision and recall of the known_place
-flag with the checkpoint's thresholds and hysteresis); predictions.csv gains σ columns and
-uncertainty_vs_error.png plots predicted σ against error.
-
-Plots are drawn with `matplotlib.figure.Figure` (no pyplot, so the caller's backend is untouched)
-and every file is written atomically.
+"""Saliency maps of a pose regression network: where in the image the pose comes from (the gradient
+of the network's pose outputs with respect to the input pixels), and `posenet-ros saliency`, which
+writes them over dataset frames as PNG files (atomically).
 """
 
 from __future__ import annotations

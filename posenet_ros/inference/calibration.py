@@ -14,9 +14,10 @@ f(s) = scale · exp(novelty · (s - s_ref)), with scale and novelty >= 0 the max
 values under a Gaussian error model over two groups of frames weighted equally: the validation split
 (held-out views of mapped places) and training frames (the views the network has seen, with low s
 and small errors). Given novelty, the scale is in closed form (the weighted mean NEES of both groups
-equals the dimension); novelty is a bounded 1-D search. `posenet-ros calibrate` stores the result in
-the checkpoint (`UncertaintyConfig`). Without finite scores the fit is a single
-scale per block that makes the validation split's mean NEES equal its dimension.
+equals the dimension); novelty is a bounded 1-D search. `posenet-ros calibrate`
+(evaluation/calibrate.py) stores the result in the checkpoint (`UncertaintyConfig`). Without finite
+scores the fit is a single scale per block that makes the validation split's mean NEES equal its
+dimension.
 
 Errors are e = (position_true - position_est in metres, δ in radians with
 q_true = exp(δ) q_est about the world axes), the convention of `uncertainty.py`.

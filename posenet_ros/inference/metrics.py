@@ -1,9 +1,10 @@
-"""Evaluation of a trained PoseNet: predictions, error metrics, reports, plots and saliency maps.
+"""Pose error metrics: per-frame errors, their summary (medians, means, shares within
+(metres, degrees) thresholds), the mean-pose baseline and σ of a covariance.
 
-Conventions (the package's, see DESIGN.md): positions are camera positions in the world frame in
+Conventions (the package's, see docs/design.md): positions are camera positions in the world frame in
 metres (the translation of `world_from_cam`); orientations are unit quaternions (w, x, y, z) of the
-`world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean distances
-in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
+`world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean
+distances in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
 
 Metric names (`pose_metrics`, `metrics.json`):
 
@@ -15,29 +16,6 @@ Metric names (`pose_metrics`, `metrics.json`):
     within_<M>m_<D>deg              share of frames (0..1) with position error <= M metres AND
                                     orientation error <= D degrees; M and D written with Python's
                                     `:g` format: (0.05, 5.0) -> "within_0.05m_5deg" (`threshold_key`)
-
-Files written by `evaluate` into its output folder:
-
-    metrics.json      {"model", "split", "device", "transform", "thresholds": [[M, D], ...],
-                       "method", "mc_samples", "ransac" (method scr: the pose solver), "calibrated",
-                       "smoothing",
-                       "scenes": {name: {"data_root", metrics..., "mean_pose_baseline": {metrics...}}},
-                       "overall": {metrics..., "mean_pose_baseline": {...}}}
-                      (the baseline entries only when the checkpoint holds training poses)
-    predictions.csv   one row per frame, columns `PREDICTION_COLUMNS`
-    error_cdf.png     cumulative distributions of the position and orientation errors per scene
-    top_view.png      x-y top view: training cameras (grey), test ground truth and predictions
-
-With Monte-Carlo sampling (`mc_samples` > 0, by default the checkpoint's setting), predictions are
-MC-dropout means and metrics.json also holds, per scene and overall, "uncertainty"
-(`calibration.uncertainty_metrics`: NEES, σ-region coverage next to the Gaussian values, Spearman
-correlation of predicted σ and error) and, where frames of unknown places exist
-(`unknown_splits`), "loop_closure" (ROC AUC of the score, precision and recall of the known_place
-flag with the checkpoint's thresholds and hysteresis); predictions.csv gains σ columns and
-uncertainty_vs_error.png plots predicted σ against error.
-
-Plots are drawn with `matplotlib.figure.Figure` (no pyplot, so the caller's backend is untouched)
-and every file is written atomically.
 """
 
 from __future__ import annotations
@@ -48,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from posenet_ros.core.geometry import angular_error_deg, quat_normalize, translation_error
+from posenet_ros.core.geometry import angular_error_deg, quat_average, translation_error
 
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.05, 5.0),)
 
@@ -123,32 +101,19 @@ def pose_metrics(position_error_N: ArrayLike, orientation_error_N: ArrayLike,
     return metrics
 
 
-def mean_quaternion(quats_N4: ArrayLike) -> np.ndarray:
-    """Average orientation of unit quaternions (w, x, y, z) as a canonical quaternion (4,), w >= 0.
-
-    Markley et al.'s eigenvector method: the eigenvector of the largest eigenvalue of sum q q^T,
-    which ignores the signs of the inputs (q and -q count the same).
-    """
-    q = quat_normalize(np.asarray(quats_N4, dtype=np.float64).reshape(-1, 4))
-    if len(q) == 0:
-        raise ValueError("mean_quaternion needs at least one quaternion")
-    _, vectors = np.linalg.eigh(q.T @ q)
-    return quat_normalize(vectors[:, -1])
-
-
 def mean_pose_baseline(train_positions_N3: ArrayLike, train_quats_N4: ArrayLike, positions_true_M3: ArrayLike,
                        quats_true_M4: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Errors of the trivial localiser that answers the mean training pose for every frame.
 
     Predicts the mean training position (metres) and the mean training orientation
-    (`mean_quaternion`) for each of the M test frames; returns (position_error_M in metres,
+    (`quat_average`) for each of the M test frames; returns (position_error_M in metres,
     orientation_error_M in degrees). A network that has learnt anything beats this.
     """
     train_positions = np.asarray(train_positions_N3, dtype=np.float64).reshape(-1, 3)
     if len(train_positions) == 0:
         raise ValueError("mean_pose_baseline needs at least one training pose")
     mean_position = train_positions.mean(axis=0)
-    mean_quat = mean_quaternion(train_quats_N4)
+    mean_quat = quat_average(train_quats_N4)
     positions_true = np.asarray(positions_true_M3, dtype=np.float64).reshape(-1, 3)
     quats_true = np.asarray(quats_true_M4, dtype=np.float64).reshape(-1, 4)
     if len(positions_true) != len(quats_true):

@@ -35,7 +35,12 @@ from typing import Literal
 
 import torch
 
-from posenet_ros.core.geometry import quat_conjugate_torch, quat_log_torch, quat_multiply_torch
+from posenet_ros.core.geometry import (
+    quat_average_torch,
+    quat_conjugate_torch,
+    quat_log_torch,
+    quat_multiply_torch,
+)
 from posenet_ros.models.posenet import PoseNet
 
 McMode = Literal["head", "full"]
@@ -196,18 +201,6 @@ def _head_samples(model: PoseNet, images_BCHW: torch.Tensor, samples: int, seed:
     )
 
 
-def average_quaternions(quat_BN4: torch.Tensor) -> torch.Tensor:
-    """Mean rotation of N unit quaternions per row, quat_B4 with w >= 0 (Markley et al. 2007).
-
-    The eigenvector of the largest eigenvalue of Σ q qᵀ: the rotation minimising the summed squared
-    chordal distance; q and -q contribute the same, so no hemisphere alignment is needed.
-    """
-    moments_B44 = quat_BN4.transpose(-1, -2) @ quat_BN4
-    _, vectors = torch.linalg.eigh(moments_B44)
-    mean = vectors[..., :, -1]
-    return torch.where(mean[..., :1] < 0, -mean, mean)
-
-
 def rotation_deviations(quat_BN4: torch.Tensor, mean_B4: torch.Tensor) -> torch.Tensor:
     """δ_BN3 (radians, fixed world axes) with q_i = exp(δ_i) · mean: log(q_i · mean⁻¹)."""
     relative = quat_multiply_torch(quat_BN4, quat_conjugate_torch(mean_B4)[:, None, :])
@@ -262,7 +255,7 @@ def summarise(samples: PoseSamples, position_scale_m: float, config: Uncertainty
         mean_quat = quat[:, 0]
         epistemic = torch.zeros(batch, 6, 6, dtype=torch.float64, device=position.device)
     else:
-        mean_quat = average_quaternions(quat)
+        mean_quat = quat_average_torch(quat)
         deviations_BN6 = torch.cat([position - mean_position[:, None], rotation_deviations(quat, mean_quat)],
                                    -1)
         epistemic = deviations_BN6.transpose(1, 2) @ deviations_BN6 / (count - 1)

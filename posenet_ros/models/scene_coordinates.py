@@ -6,7 +6,7 @@ images_B3HW (RGB in [0, 1]) -> the first stages of a ResNet backbone (conv1 ... 
 8, torchvision parameter names under `encoder.`) -> a head of convolutions -> scene coordinates
 coords_B3hw with h = ceil(H / 8), w = ceil(W / 8). Cell (i, j) belongs to the image pixel
 (u, v) = (8 j + 4, 8 i + 4) (column, row; pixel centres at integers): `cell_pixels` gives them, and
-training targets and the pose solver (`scr_pose.py`) use exactly these pixels. Like ACE, the head
+training targets and the pose solver (inference/pose_solving.py) use exactly these pixels. Like ACE, the head
 regresses coordinates relative to the scene: coords = scene_mean + scene_scale * output, the mean and
 scale of the training camera positions held as buffers.
 """

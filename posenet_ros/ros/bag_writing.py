@@ -1,32 +1,8 @@
-"""Write dataset frames as a rosbag2 (``posenet-ros make-bag DATA OUT``), as a camera driver records them.
-
-Each frame of the chosen splits (``load_frames``, in split order, then record order) becomes one
-message per topic, all with the same ``header.stamp``, which is also the bag's log time:
-
-- ``/camera/camera_info`` (sensor_msgs/msg/CameraInfo): K of the record's intrinsics in pixels, zero
-  distortion; only when the records have intrinsics.
-- ``/camera/image_raw`` (sensor_msgs/msg/Image): rgb8, exactly the pixels ``read_frame_rgb`` returns; or,
-  with ``compressed=True``, ``/camera/image_raw/compressed`` (sensor_msgs/msg/CompressedImage, jpeg or
-  png, image_transport's topic name and format string) instead.
-- ``/camera/depth/image_raw`` (sensor_msgs/msg/Image): 16UC1 millimetres, 0 invalid; only when the
-  records have depth (and ``with_depth`` is not False).
-- ``/ground_truth/pose`` (geometry_msgs/msg/PoseStamped): the record's world_from_cam in ``map_frame``.
-- ``/tf`` (tf2_msgs/msg/TFMessage): one TransformStamped ``map_frame`` -> ``camera_frame``, the same pose.
-
-``header.frame_id`` is ``camera_frame`` for the images and camera info and ``map_frame`` for the
-pose and the transform (whose ``child_frame_id`` is ``camera_frame``). Poses are metres, quaternions
-normalised with w >= 0 (the sign is a choice; q and -q are the same rotation).
-
-Timing (integer nanoseconds): frame k of a sequence is stamped ``sequence start + round(k * 1e9 /
-rate_hz)``; the first sequence starts at ``start_ns`` and every later sequence (of the same split or
-the next one) ``round(sequence_gap_s * 1e9)`` after the last frame of the previous sequence, so that
-a node replaying the bag sees a gap and resets its stream between sequences.
-
-The bag is a rosbag2 folder (``metadata.yaml`` and one ``.mcap`` or ``.db3`` file), metadata
-version 8, whose QoS strings ROS 2 Humble and later read; each topic records the offered QoS profile
-``posenet-ros play`` publishes it with (``qos_for_topic``). Message definitions come from rosbags'
-ROS 2 Humble typestore. Writing is atomic: the bag is written into a temporary folder next to
-``out`` and renamed at the end; on any error or interruption the temporary folder is removed.
+"""Writing rosbag2 files: the topics and message types posenet_ros records, and `write_messages`,
+which writes (topic, type, stamp, message) tuples atomically as a rosbag2 folder (metadata version 8,
+which ROS 2 Humble and later read; each topic records the offered QoS profile `posenet-ros play`
+publishes it with, `dds.qos_for_topic`). `tools/make_bag.py` writes datasets with it and
+`evaluation/replay.py` the node's outputs.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class Relocalizer:
         self.loop_closure = loop_closure or loaded.loop_closure
         self.transform = loaded.config.eval_transform()
         self._detector = LoopClosureDetector(self.loop_closure)
-        # The causal temporal model (smoothing.py) when the checkpoint has one and smoothing is on.
+        # The causal temporal model (inference/temporal.py) when the checkpoint has one and smoothing is on.
         self.smoother = (CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
                                         smoothing_reset_unknown)
                          if smoothing and loaded.temporal is not None else None)

@@ -1,4 +1,4 @@
-"""Write dataset frames as a rosbag2 (``posenet-ros make-bag DATA OUT``), as a camera driver records them.
+"""``posenet-ros make-bag DATA OUT``: dataset frames as a rosbag2, as a camera driver records them.
 
 Each frame of the chosen splits (``load_frames``, in split order, then record order) becomes one
 message per topic, all with the same ``header.stamp``, which is also the bag's log time:

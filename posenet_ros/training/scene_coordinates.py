@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class SceneCoordinateStep(nn.Module):
-    """Scene coordinate network and its loss (scr_losses.py): depth targets or reprojection."""
+    """Scene coordinate network and its loss (scene_coordinate_losses.py): depth targets or reprojection."""
 
     def __init__(self, model: SceneCoordinateNet, config: ScrLossConfig, use_depth: bool) -> None:
         super().__init__()

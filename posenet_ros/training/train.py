@@ -4,7 +4,7 @@
 synthetic) or one rosbag2 (read as `config.data.bag` says, see data/bag_dataset.py) and writes into
 `out`:
 
-- `model.safetensors` + `config.json`: the latest model (see checkpoint.py; `load_model(out)`);
+- `model.safetensors` + `config.json`: the latest model (see runtime/checkpoint.py; `load_model(out)`);
 - `train_state.safetensors`: weights, optimizer, scheduler and loss parameters of the last completed
   epoch, for `resume=True`;
 - `metrics.csv` / `metrics.json`: one row per epoch (losses, ŝx, ŝq, learning rate, validation

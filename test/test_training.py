@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posenet_ros.cli import main
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import mean_pose_baseline
@@ -59,7 +58,8 @@ def train(scene: Path, out: Path, *args: str) -> None:
 def held_out_errors(model_dir: Path, scene: Path) -> tuple[float, float, float]:
     """(median position error m, mean-pose baseline median m, median orientation error deg) on test."""
     loaded = load_model(model_dir)
-    predictions = predict(loaded.model, load_frames(scene, "test"), eval_transform(loaded.config))
+    predictions = predict(loaded.inference(mc_samples=0), load_frames(scene, "test"),
+                          loaded.config.eval_transform(), with_uncertainty=False)
     train_poses = loaded.map_poses_N7
     baseline, _ = mean_pose_baseline(train_poses[:, :3], train_poses[:, 3:], predictions.position_true_N3,
                                      predictions.quat_true_N4)

@@ -4,11 +4,12 @@
     estimate = relocalizer.process(rgb_HW3, stamp_ns=stamp)   # -> PoseEstimate
 
 Each frame is prepared exactly as `posenet-ros eval` prepares dataset frames (the checkpoint's
-resize and centre crop), then runs through the network with Monte-Carlo dropout (the checkpoint's
-calibrated settings; the head's dropout masks are seeded by the frame's stamp, so the same frame gives
-the same estimate in every runtime), the summary of uncertainty.py and the loop-closure detector with
-hysteresis. The ROS node, the DDS runtime and bag replay all call `process`; nothing else decides
-anything.
+resize and centre crop, a contiguous (B, C, H, W) input), then goes through the checkpoint's method
+(runtime/methods.py: Monte-Carlo dropout with the checkpoint's calibrated settings, or scene
+coordinates and RANSAC), whose randomness is seeded by the frame's stamp, so the same frame gives the
+same estimate in every runtime and in `eval`; then the loop-closure detector with hysteresis and the
+temporal smoothing. The ROS node, the DDS runtime and bag replay all call `process` (or its batched
+halves `infer_batch` and `finish`); nothing else decides anything.
 
 The network runs in PyTorch (`runtime="torch"`) or from a file written by `posenet-ros export`
 ("onnx": ONNX Runtime, the fastest on CPU; "torchscript"). On a CUDA device the fast path
@@ -64,7 +65,7 @@ class PoseEstimate:
 
     position_3 (metres) and quat_wxyz_4 (unit, w >= 0) of `world_from_cam` in the map frame;
     covariance_66 over (x, y, z, rot X, rot Y, rot Z) (metres², radians², rotations about the fixed
-    map axes; see uncertainty.py), calibrated; epistemic_66 and aleatoric_66 its uncalibrated parts;
+    map axes; see inference/uncertainty.py), calibrated; epistemic_66 and aleatoric_66 its uncalibrated parts;
     `uncertainty_m` = √trace of the position block (metres); `known_place` the loop-closure flag and
     `score` its raw score (log epistemic spread; -inf without Monte-Carlo sampling); `timings_ms`
     per stage (preprocess, forward: network and sampling, summary: loop closure and copies).

@@ -12,17 +12,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dds_support import (
+    PARAMS,
+    POSE_TYPE,
+    REPO_ROOT,
+    TIMEOUT_S,
+    Process,
+    domain_id,
+    send_until,
+    stamp_to_ns_dict,
+    start_node,
+)
 from node_support import TYPES, depth_frame, image, make_checkpoint, rgb_frame, stamp
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
@@ -30,63 +39,6 @@ from rosbags.typesys import Stores, get_typestore
 from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
 from posenet_ros.runtime.relocalizer import Relocalizer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PARAMS = REPO_ROOT / "config" / "relocalize.yaml"
-TIMEOUT_S = 60.0
-POSE_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
-
-
-def _domain_id(offset: int) -> int:
-    return 100 + (os.getpid() * 3 + offset) % 100
-
-
-class Process:
-    """A CLI subprocess whose stderr lines are collected by a thread."""
-
-    def __init__(self, args: list[str], domain: int) -> None:
-        env = dict(os.environ, CYCLONEDDS_URI=loopback_config(), ROS_DOMAIN_ID=str(domain),
-                   PYTHONUNBUFFERED="1")
-        self.popen = subprocess.Popen([sys.executable, "-m", "posenet_ros.cli", *args], cwd=REPO_ROOT,
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.append(line)
-            self._queue.put(line)
-
-    def wait_for_line(self, text: str, timeout: float = TIMEOUT_S) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                if self.popen.poll() is not None and self._queue.empty():
-                    break
-                continue
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r}; stderr so far:\n{''.join(self.lines)}")
-
-    def stop(self) -> int:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-        try:
-            return self.popen.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait()
-
-
-def _node(model: Path, domain: int, *params: str) -> Process:
-    node = Process(["node", "--model", str(model), "--params", str(PARAMS), "--param", "device:=cpu",
-                    *params], domain)
-    node.wait_for_line("node: ready")
-    return node
 
 
 def _write_bag(path: Path, frames: int) -> None:
@@ -99,10 +51,10 @@ def _write_bag(path: Path, frames: int) -> None:
 
 def test_play_node_echo_in_three_processes(tmp_path):
     model = make_checkpoint(tmp_path / "model.safetensors")
-    frames, domain = 6, _domain_id(0)
+    frames, domain = 6, domain_id(0)
     _write_bag(tmp_path / "bag", frames)
     output = tmp_path / "poses.jsonl"
-    node = _node(model, domain)
+    node = start_node(model, domain)
     echo = Process(["echo", "/relocalized_pose", "--type", POSE_TYPE, "--format", "json",
                     "--output", str(output), "--timeout", str(4 * TIMEOUT_S)], domain)
     try:
@@ -142,9 +94,6 @@ def test_play_node_echo_in_three_processes(tmp_path):
         np.testing.assert_allclose(covariance, expected.covariance_66, rtol=1e-5, atol=1e-10)
 
 
-def stamp_to_ns_dict(value: dict) -> int:
-    return int(value["sec"]) * 1_000_000_000 + int(value["nanosec"])
-
 
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -168,8 +117,8 @@ def test_overload_keeps_latency_and_memory_bounded_and_bad_messages_are_counted(
         durations.append(time.perf_counter() - start)
     period_s = float(np.median(durations[1:])) / 5.0  # 5x the node's throughput
     del relocalizer
-    domain = _domain_id(1)
-    node = _node(model, domain, "--param", "diagnostics_period:=0.5")
+    domain = domain_id(1)
+    node = start_node(model, domain, "--param", "diagnostics_period:=0.5")
     sent_at: dict[int, float] = {}
     answered_at: dict[int, float] = {}
     diagnostics: list[dict[str, str]] = []
@@ -213,11 +162,11 @@ def test_overload_keeps_latency_and_memory_bounded_and_bad_messages_are_counted(
             for k, msg in enumerate(bad):
                 rejected = int(diagnostics[-1]["rejected"])
                 bad_msg = dataclasses.replace(msg, header=image(sent + 2 * k).header)
-                _send_until(lambda _, m=bad_msg: camera.publish(m), condition,
+                send_until(lambda _, m=bad_msg: camera.publish(m), condition,
                             lambda r=rejected: bool(diagnostics) and int(diagnostics[-1]["rejected"]) > r)
                 good = dataclasses.replace(messages[1], header=image(sent + 2 * k + 1).header)
                 good_stamp = stamp(sent + 2 * k + 1)
-                _send_until(lambda _, m=good: camera.publish(m), condition,
+                send_until(lambda _, m=good: camera.publish(m), condition,
                             lambda s=good_stamp: s in answered_at)
             with condition:
                 processed = len(answered_at)
@@ -243,27 +192,11 @@ def test_overload_keeps_latency_and_memory_bounded_and_bad_messages_are_counted(
     assert 1 <= len(warnings) <= len(bad) and "xyz8" in warnings[0]
 
 
-def _send_until(publish: Callable[[int], None], condition: threading.Condition, done,
-                resend_s: float = 1.0) -> None:
-    """Call `publish(k)` for attempts k = 0, 1, ... every `resend_s` until `done()`: best-effort
-    samples may be lost, e.g. before the node's readers have discovered this process's writers
-    (`wait_for_subscribers` only says that this process's writers matched them)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    k = 0
-    while time.monotonic() < deadline:
-        publish(k)
-        k += 1
-        with condition:
-            if condition.wait_for(done, resend_s):
-                return
-    raise AssertionError("no answer from the node")
-
-
 def test_rgbd_node_pairs_depth_by_stamp_and_answers_only_paired_frames(tmp_path):
     """An RGB-D model over DDS: colour and depth published by another process, paired by stamp
     (max_depth_stamp_diff 0.02 s); frames whose depth is missing or too far in time get no answer."""
     model = make_checkpoint(tmp_path / "model.safetensors", depth="dual_stream")
-    domain = _domain_id(2)
+    domain = domain_id(2)
     refused = subprocess.run(
         [sys.executable, "-m", "posenet_ros.cli", "node", "--model", str(model), "--params", str(PARAMS),
          "--param", "device:=cpu", "--param", "use_depth:=false"],
@@ -275,7 +208,7 @@ def test_rgbd_node_pairs_depth_by_stamp_and_answers_only_paired_frames(tmp_path)
     # Depth stamp offsets in ms per frame; None: no depth at all.
     offsets: dict[int, int | None] = {0: 5, 1: -5, 2: None, 3: 0, 4: 50, 5: 15, 6: 0}
     paired = [i for i, offset in offsets.items() if offset is not None and abs(offset) <= 20]
-    node = _node(model, domain, "--param", "use_depth:=true", "--param", "max_depth_stamp_diff:=0.02")
+    node = start_node(model, domain, "--param", "use_depth:=true", "--param", "max_depth_stamp_diff:=0.02")
     answers: dict[int, object] = {}
     condition = threading.Condition()
 
@@ -299,7 +232,7 @@ def test_rgbd_node_pairs_depth_by_stamp_and_answers_only_paired_frames(tmp_path)
                 depth_camera.publish(depth_msg(TYPES, depth_frame(0), stamp_ns, "camera_depth", "16UC1"))
 
             # Warm-up frames until the node answers one, so that no frame below is lost to discovery.
-            _send_until(publish_warm_up, condition, lambda: any(s < stamp(0) for s in answers))
+            send_until(publish_warm_up, condition, lambda: any(s < stamp(0) for s in answers))
             for i, offset in offsets.items():
                 camera.publish(image(i))
                 if offset is not None:

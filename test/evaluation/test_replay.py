@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_node_dds import PARAMS, Process, _domain_id
+from dds_support import PARAMS, Process, domain_id
 
 from posenet_ros.cli import main
 from posenet_ros.evaluation.replay import replay
@@ -119,7 +119,7 @@ def test_storages_and_image_transports(trained, storage, compressed):
 
 
 def test_live_replay_equals_in_process(trained):
-    domain = _domain_id(7)
+    domain = domain_id(7)
     node = Process(["node", "--model", str(trained["run"]), "--params", str(PARAMS)], domain)
     try:
         node.wait_for_line("node: ready")

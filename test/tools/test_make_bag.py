@@ -17,7 +17,6 @@ from posenet_ros.data.dataset import pose_vector, read_depth_mm, read_rgb
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
-from posenet_ros.tools import make_bag as make_bag_module
 from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,
@@ -29,6 +28,7 @@ from posenet_ros.ros.bag_writing import (
     TOPIC_TYPES,
 )
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
+from posenet_ros.tools import make_bag as make_bag_module
 from posenet_ros.tools.make_bag import make_bag
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3

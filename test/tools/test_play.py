@@ -44,7 +44,7 @@ from posenet_ros.tools.echo import (
 )
 from posenet_ros.tools.play import DEFAULT_STEP_TYPE, open_bag, play
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 60.0
 IMAGE_TOPIC = "/camera/image_raw"
 POSE_TOPIC = "/ground_truth/pose"

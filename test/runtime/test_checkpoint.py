@@ -13,7 +13,7 @@ from posenet_ros.data.dataset import read_depth_mm, read_rgb
 from posenet_ros.runtime.checkpoint import load_model
 from posenet_ros.runtime.relocalizer import Relocalizer
 
-FIXTURE = Path(__file__).parent / "fixtures" / "pre_redesign"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pre_redesign"
 
 
 @pytest.mark.parametrize("name", ["posenet", "scr"])

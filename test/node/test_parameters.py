@@ -21,7 +21,7 @@ from posenet_ros.node.parameters import (
     read_parameters_file,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NODE_PY = REPO / "posenet_ros" / "node" / "rclpy_node.py"
 LAUNCH_PY = REPO / "launch" / "relocalize.launch.py"
 CONFIG = REPO / "config" / "relocalize.yaml"

@@ -75,7 +75,7 @@ def test_shipped_yaml_files_hold_exactly_the_defaults(file, module, name):
     from pathlib import Path
 
     cls = getattr(importlib.import_module(module), name)
-    path = Path(__file__).resolve().parents[1] / file
+    path = Path(__file__).resolve().parents[2] / file
     assert config_to_dict(load_config(cls, path)) == config_to_dict(cls())
     # Every key is written out, so the file documents the whole configuration.
     from posenet_ros.core.config import read_yaml

@@ -47,7 +47,7 @@ from posenet_ros.ros.dds_types import (
 )
 from posenet_ros.tools.echo import message_to_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 20.0
 
 MESSAGE_TYPES = [

@@ -1,4 +1,4 @@
-"""Strict configuration merging: defaults, YAML, overrides, and errors naming the key."""
+"""core/config.py, strict configuration merging: defaults, YAML, overrides, and errors naming the key."""
 
 from dataclasses import dataclass, field
 

@@ -1,4 +1,4 @@
-"""Tests for posenet_ros.core.geometry: transforms3d agreement, round trips, numpy/torch agreement,
+"""core/geometry.py: transforms3d agreement, round trips, numpy/torch agreement,
 gradients."""
 
 from __future__ import annotations

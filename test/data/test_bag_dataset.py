@@ -173,6 +173,7 @@ def _eval(model: Path, data: Path, out: Path, *flags: str) -> dict:
     return json.loads((out / "metrics.json").read_text())["overall"]
 
 
+@pytest.mark.slow
 def test_trained_from_the_bag_equals_trained_from_the_folder(data, capsys):
     root = data["root"]
     assert main(["train", "--quiet", "--data", str(data["scene"]), "--out", str(root / "run_folder"),

@@ -1,413 +1,36 @@
-"""Dataset layouts (7-Scenes, Cambridge Landmarks), layout detection and the torch PoseDataset.
+"""data/dataset.py: the torch PoseDataset (items, resize and crop with their intrinsics, seeded
+augmentation, windows, workers, depth and depth holes, the RGB-D network input) and image reading.
 
-Every test writes its own tiny dataset in tmp_path with the layout writers.
-"""
+Every test writes its own tiny dataset in tmp_path with the layout writers (data/conftest.py). The
+layouts themselves are tested in test_seven_scenes.py and test_cambridge.py, layout detection in
+test_loading.py."""
 
 from __future__ import annotations
 
-import logging
-import math
-from pathlib import Path
+import dataclasses
 
 import cv2
 import numpy as np
 import pytest
 import torch
 import transforms3d.quaternions as tq
+from dataset_support import HEIGHT, INTRINSICS, WIDTH, make_frame, random_pose
+from node_support import depth_frame, rgb_frame
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics
-from posenet_ros.data.cambridge import load_cambridge, pose_to_world_from_cam, write_cambridge
-from posenet_ros.data.dataset import PoseDataset, read_depth_mm, read_rgb
-from posenet_ros.data.frames import DatasetError, RenderedFrame, SequenceToWrite
-from posenet_ros.data.loading import detect_layouts, load_frames
+from posenet_ros.data.cambridge import load_cambridge
+from posenet_ros.data.dataset import PoseDataset, hole_mask, network_input, read_depth_mm, read_rgb
+from posenet_ros.data.frames import DatasetError, FrameRecord, RenderedFrame, SequenceToWrite
 from posenet_ros.data.seven_scenes import (
-    SEVEN_SCENES_INTRINSICS,
-    depth_to_millimetres,
     load_seven_scenes,
     write_seven_scenes,
 )
-
-WIDTH, HEIGHT = 32, 24
-INTRINSICS = Intrinsics(width=WIDTH, height=HEIGHT, fx=30.0, fy=31.0, cx=15.7, cy=11.2)
-
-
-def random_pose(rng: np.random.Generator) -> np.ndarray:
-    quat = rng.normal(size=4)
-    pose = np.eye(4)
-    pose[:3, :3] = tq.quat2mat(quat / np.linalg.norm(quat))
-    pose[:3, 3] = rng.uniform(-3.0, 3.0, size=3)
-    return pose
-
-
-def make_frame(rng: np.random.Generator, width: int = WIDTH, height: int = HEIGHT) -> RenderedFrame:
-    rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    depth = rng.uniform(0.3, 6.0, size=(height, width)).astype(np.float32)
-    depth[rng.random((height, width)) < 0.2] = 0.0  # invalid pixels
-    return RenderedFrame(rgb_HW3=rgb, depth_HW=depth, world_from_cam=random_pose(rng))
-
-
-def make_sequences(seed: int = 0, splits: tuple[str, ...] = ("train", "test"), frames: int = 4,
-                   ) -> tuple[list[SequenceToWrite], list[list[RenderedFrame]]]:
-    """Sequences whose `frames` are generators (as the writers must accept) and the frames themselves."""
-    rng = np.random.default_rng(seed)
-    all_frames = [[make_frame(rng) for _ in range(frames)] for _ in splits]
-    sequences = [SequenceToWrite(split, (frame for frame in seq)) for split, seq in zip(splits, all_frames,
-                                                                                         strict=True)]
-    return sequences, all_frames
-
-
-@pytest.fixture
-def seven(tmp_path: Path) -> tuple[Path, list[list[RenderedFrame]]]:
-    root = tmp_path / "seven"
-    sequences, frames = make_sequences(0, ("train", "train", "test"))
-    write_seven_scenes(root, sequences, INTRINSICS)
-    return root, frames
-
-
-@pytest.fixture
-def cambridge(tmp_path: Path) -> tuple[Path, list[list[RenderedFrame]]]:
-    root = tmp_path / "cambridge"
-    sequences, frames = make_sequences(1, ("train", "train", "test"))
-    write_cambridge(root, sequences, INTRINSICS)
-    return root, frames
-
-
-# --- 7-Scenes ---------------------------------------------------------------------------------------
-
-
-def test_seven_scenes_round_trip(seven):
-    root, frames = seven
-    assert (root / "TrainSplit.txt").read_text() == "sequence1\nsequence2\n"
-    assert (root / "TestSplit.txt").read_text() == "sequence3\n"
-    train = load_seven_scenes(root, "train")
-    test = load_seven_scenes(root, "test")
-    assert [(r.sequence, r.frame_index) for r in train] == [
-        (f"seq-0{s}", i) for s in (1, 2) for i in range(4)]
-    assert [(r.sequence, r.frame_index) for r in test] == [("seq-03", i) for i in range(4)]
-    expected = frames[0] + frames[1] + frames[2]
-    for record, frame in zip(train + test, expected, strict=True):
-        assert record.intrinsics == INTRINSICS
-        np.testing.assert_allclose(record.world_from_cam, frame.world_from_cam, rtol=0, atol=1e-9)
-        np.testing.assert_array_equal(read_rgb(record.image_path), frame.rgb_HW3)
-        depth = read_depth_mm(record.depth_path)
-        np.testing.assert_array_equal(depth == 0, frame.depth_HW == 0)
-        np.testing.assert_allclose(depth, frame.depth_HW, rtol=0, atol=0.5e-3 + 1e-6)
-
-
-def test_seven_scenes_pose_text_has_full_precision(seven):
-    root, frames = seven
-    text = (root / "seq-01" / "frame-000000.pose.txt").read_text()
-    parsed = np.array([[float(v) for v in line.split()] for line in text.splitlines()])
-    np.testing.assert_array_equal(parsed, frames[0][0].world_from_cam)
-
-
-def test_seven_scenes_intrinsics_default_and_override(seven):
-    root, _ = seven
-    (root / "camera.json").unlink()
-    assert load_seven_scenes(root)[0].intrinsics == SEVEN_SCENES_INTRINSICS
-    assert SEVEN_SCENES_INTRINSICS.matrix().tolist() == [[585, 0, 320], [0, 585, 240], [0, 0, 1]]
-    other = Intrinsics(32, 24, 1.0, 2.0, 3.0, 4.0)
-    assert load_seven_scenes(root, intrinsics=other)[0].intrinsics == other
-
-
-def test_seven_scenes_extra_split_names(tmp_path):
-    sequences, _ = make_sequences(2, ("train", "outside", "blur"), frames=2)
-    folders = write_seven_scenes(tmp_path, sequences, INTRINSICS)
-    assert [f.name for f in folders] == ["seq-01", "seq-02", "seq-03"]
-    assert (tmp_path / "OutsideSplit.txt").read_text() == "sequence2\n"
-    assert [r.sequence for r in load_seven_scenes(tmp_path, "blur")] == ["seq-03", "seq-03"]
-
-
-def test_depth_to_millimetres():
-    depth = np.array([[0.0, -1.0, np.nan, np.inf], [0.0004, 1.2344, 1.2346, 100.0]])
-    assert depth_to_millimetres(depth).tolist() == [[0, 0, 0, 0], [1, 1234, 1235, 65534]]
 
 
 def test_seven_scenes_invalid_raw_depth_reads_as_zero(tmp_path):
     path = tmp_path / "d.png"
     cv2.imwrite(str(path), np.array([[0, 65535, 1500]], dtype=np.uint16))
     assert read_depth_mm(path).tolist() == [[0.0, 0.0, 1.5]]
-
-
-def test_writers_refuse_existing_layout(seven, cambridge):
-    with pytest.raises(FileExistsError):
-        write_seven_scenes(seven[0], make_sequences(3)[0], INTRINSICS)
-    with pytest.raises(FileExistsError):
-        write_cambridge(cambridge[0], make_sequences(3)[0], INTRINSICS)
-
-
-# --- Cambridge --------------------------------------------------------------------------------------
-
-
-def test_cambridge_round_trip(cambridge):
-    root, frames = cambridge
-    lines = (root / "dataset_train.txt").read_text().splitlines()
-    assert lines[:3] == ["Visual Landmark Dataset V1", "ImageFile, Camera Position [X Y Z W P Q R]", ""]
-    assert lines[3].startswith("seq1/frame00001.png ")
-    train = load_cambridge(root, "train")
-    test = load_cambridge(root, "test")
-    assert [(r.sequence, r.frame_index) for r in train] == [
-        (f"seq{s}", i) for s in (1, 2) for i in range(1, 5)]
-    assert [r.image_path.relative_to(root).as_posix() for r in test] == [
-        f"seq3/frame{i:05d}.png" for i in range(1, 5)]
-    expected = frames[0] + frames[1] + frames[2]
-    for record, frame in zip(train + test, expected, strict=True):
-        assert record.depth_path is None
-        assert record.intrinsics == INTRINSICS
-        np.testing.assert_allclose(record.world_from_cam, frame.world_from_cam, rtol=0, atol=1e-9)
-        np.testing.assert_array_equal(read_rgb(record.image_path), frame.rgb_HW3)
-
-
-def test_cambridge_written_values_are_centre_and_world_to_camera_quaternion(cambridge):
-    root, frames = cambridge
-    fields = (root / "dataset_train.txt").read_text().splitlines()[3].split()
-    values = np.array([float(v) for v in fields[1:]])
-    world_from_cam = frames[0][0].world_from_cam
-    np.testing.assert_allclose(values[:3], world_from_cam[:3, 3], atol=1e-12)
-    assert values[3] >= 0
-    np.testing.assert_allclose(tq.quat2mat(values[3:]), world_from_cam[:3, :3].T, atol=1e-12)
-
-
-def _write_list(root: Path, lines: list[str], split: str = "train") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"dataset_{split}.txt"
-    path.write_text("Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n"
-                    + "".join(line + "\n" for line in lines))
-    return path
-
-
-def _write_png(path: Path, width: int = WIDTH, height: int = HEIGHT) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((height, width, 3), 128, np.uint8))
-
-
-def test_cambridge_convention_by_hand(tmp_path):
-    # Camera at C = (1, 2, 3). Its world-to-camera rotation is 90 degrees about z:
-    # R_cam_from_world = [[0, -1, 0], [1, 0, 0], [0, 0, 1]], quaternion (cos 45, 0, 0, sin 45).
-    _write_png(tmp_path / "seq4" / "frame00007.png")
-    s = math.sqrt(0.5)
-    _write_list(tmp_path, [f"seq4/frame00007.png 1 2 3 {s} 0 0 {s}"])
-    (record,) = load_cambridge(tmp_path)
-    assert (record.sequence, record.frame_index, record.intrinsics) == ("seq4", 7, None)
-    expected = np.array([[0.0, 1.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 3.0], [0, 0, 0, 1]])
-    np.testing.assert_allclose(record.world_from_cam, expected, atol=1e-12)
-    # x_cam = R (X - C): the world point 5 m along the camera's optical axis is (0, 0, 5) in the camera.
-    point_world = record.world_from_cam @ np.array([0.0, 0.0, 5.0, 1.0])
-    r_cam_from_world = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    np.testing.assert_allclose(r_cam_from_world @ (point_world[:3] - [1, 2, 3]), [0, 0, 5], atol=1e-12)
-    # An unnormalised quaternion means the same rotation.
-    np.testing.assert_allclose(pose_to_world_from_cam([1, 2, 3], [2 * s, 0, 0, 2 * s]), expected, atol=1e-12)
-
-
-def test_cambridge_intrinsics_from_argument(cambridge):
-    root, _ = cambridge
-    other = Intrinsics(32, 24, 1.0, 2.0, 3.0, 4.0)
-    assert load_cambridge(root, intrinsics=other)[0].intrinsics == other
-    (root / "camera.json").unlink()
-    assert load_cambridge(root)[0].intrinsics is None
-
-
-# --- layout detection -------------------------------------------------------------------------------
-
-
-def test_layout_detection(seven, cambridge, tmp_path):
-    assert detect_layouts(seven[0]) == ["7scenes"]
-    assert detect_layouts(cambridge[0]) == ["cambridge"]
-    assert load_frames(seven[0], "test")[0].sequence == "seq-03"
-    assert load_frames(cambridge[0], "test")[0].sequence == "seq3"
-    assert load_frames(cambridge[0], "train", skip_bad=True)[0].depth_path is None
-    empty = tmp_path / "empty_folder"
-    empty.mkdir()
-    with pytest.raises(DatasetError, match="empty_folder"):
-        load_frames(empty)
-    with pytest.raises(DatasetError, match="no_such_folder"):
-        load_frames(tmp_path / "no_such_folder")
-
-
-def test_layout_detection_both_needs_layout_argument(tmp_path):
-    write_seven_scenes(tmp_path, make_sequences(4, ("train",), 2)[0], INTRINSICS)
-    (tmp_path / "camera.json").unlink()
-    write_cambridge(tmp_path, make_sequences(5, ("train",), 3)[0], INTRINSICS)
-    with pytest.raises(DatasetError, match="both"):
-        load_frames(tmp_path)
-    assert len(load_frames(tmp_path, layout="7scenes")) == 2
-    assert len(load_frames(tmp_path, layout="cambridge")) == 3
-
-
-# --- bad data ---------------------------------------------------------------------------------------
-
-
-def _set_pose_text(root: Path, seq: str, index: int, text: str) -> Path:
-    path = root / seq / f"frame-{index:06d}.pose.txt"
-    path.write_text(text)
-    return path
-
-
-def test_seven_scenes_missing_root_and_split(tmp_path, seven):
-    with pytest.raises(DatasetError, match="nothing_here"):
-        load_seven_scenes(tmp_path / "nothing_here")
-    with pytest.raises(DatasetError, match=r"OutsideSplit\.txt.*FileNotFoundError"):
-        load_seven_scenes(seven[0], "outside")
-
-
-@pytest.mark.parametrize("suffix", ["color.png", "depth.png", "pose.txt"])
-def test_seven_scenes_missing_frame_file(seven, suffix):
-    root, _ = seven
-    (root / "seq-02" / f"frame-000002.{suffix}").unlink()
-    with pytest.raises(DatasetError, match=rf"seq-02/frame-000002\.{suffix.replace('.', '[.]')}"):
-        load_seven_scenes(root)
-    assert len(load_seven_scenes(root, skip_bad=True)) == 7
-
-
-def test_seven_scenes_missing_sequence_folder(seven):
-    root, _ = seven
-    (root / "TestSplit.txt").write_text("sequence3\nsequence9\n")
-    with pytest.raises(DatasetError, match="seq-09"):
-        load_seven_scenes(root, "test")
-
-
-ROT = "1 0 0 0\n0 1 0 0\n0 0 1 0\n"
-
-
-@pytest.mark.parametrize(("text", "pattern"), [
-    ("1 0 0 0\n0 nan 0 0\n0 0 1 0\n0 0 0 1\n", r"frame-000001\.pose\.txt:2: .*NaN"),
-    ("1 0 0 0\n0 1 0 0\n0 0 1 inf\n0 0 0 1\n", r"frame-000001\.pose\.txt:3: .*NaN or inf"),
-    ("2 0 0 0\n0 2 0 0\n0 0 2 0\n0 0 0 1\n", r"frame-000001\.pose\.txt: .*not a rotation"),
-    ("-1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", r"frame-000001\.pose\.txt: .*not a rotation.*det = -1"),
-    (ROT + "0 0 1 1\n", r"frame-000001\.pose\.txt:4: last row"),
-    (ROT, r"frame-000001\.pose\.txt: expected 4 rows"),
-    ("1 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", r"frame-000001\.pose\.txt:1: expected 4 numbers"),
-    ("1 0 0 x\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", r"frame-000001\.pose\.txt:1: not a number"),
-])
-def test_seven_scenes_bad_pose(seven, text, pattern):
-    root, _ = seven
-    _set_pose_text(root, "seq-01", 1, text)
-    with pytest.raises(DatasetError, match=pattern):
-        load_seven_scenes(root)
-
-
-def test_seven_scenes_reorthonormalises_nearly_rotations(seven):
-    root, _ = seven
-    angle = 0.3
-    c, s = math.cos(angle), math.sin(angle)
-    text = f"{c + 1e-4} {-s} 0 1\n{s} {c} 0 2\n0 0 1.0002 3\n0 0 0 1\n"
-    _set_pose_text(root, "seq-01", 0, text)
-    pose = load_seven_scenes(root)[0].world_from_cam
-    np.testing.assert_allclose(pose[:3, :3].T @ pose[:3, :3], np.eye(3), atol=1e-12)
-    np.testing.assert_allclose(pose[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=2e-4)
-    np.testing.assert_array_equal(pose[:3, 3], [1, 2, 3])
-
-
-def test_seven_scenes_empty_split(seven):
-    root, _ = seven
-    (root / "TrainSplit.txt").write_text("\n")
-    with pytest.raises(DatasetError, match=r"TrainSplit\.txt: the split lists no sequences"):
-        load_seven_scenes(root)
-    (root / "TrainSplit.txt").write_text("sequence1\nseq 2\n")
-    with pytest.raises(DatasetError, match=r"TrainSplit\.txt:2: expected 'sequenceN'"):
-        load_seven_scenes(root)
-
-
-def test_skip_bad_counts_and_warns(seven, caplog):
-    root, _ = seven
-    _set_pose_text(root, "seq-01", 1, "nan " * 16)
-    _set_pose_text(root, "seq-02", 3, "2 0 0 0\n0 2 0 0\n0 0 2 0\n0 0 0 1\n")
-    with caplog.at_level(logging.WARNING, logger="posenet_ros.data"):
-        records = load_seven_scenes(root, skip_bad=True)
-    assert [(r.sequence, r.frame_index) for r in records] == [
-        ("seq-01", 0), ("seq-01", 2), ("seq-01", 3), ("seq-02", 0), ("seq-02", 1), ("seq-02", 2)]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    message = warnings[0].getMessage()
-    assert "skipped 2 bad frame(s)" in message
-    assert "seq-01/frame-000001.pose.txt" in message and "seq-02/frame-000003.pose.txt" in message
-
-
-def test_skip_bad_all_frames_bad_is_an_error(seven):
-    root, _ = seven
-    for index in range(4):
-        _set_pose_text(root, "seq-03", index, "nan " * 16)
-    with pytest.raises(DatasetError, match=r"TestSplit\.txt: the split has no frames after skipping 4"):
-        load_seven_scenes(root, "test", skip_bad=True)
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def test_truncated_png_with_check_images(seven, caplog):
-    root, _ = seven
-    bad = root / "seq-01" / "frame-000002.color.png"
-    _truncate(bad)
-    with pytest.raises(DatasetError, match=r"seq-01/frame-000002\.color\.png: unreadable image"):
-        load_seven_scenes(root, check_images=True)
-    with caplog.at_level(logging.WARNING):
-        records = load_seven_scenes(root, check_images=True, skip_bad=True)
-    assert len(records) == 7 and "skipped 1 bad frame(s)" in caplog.text
-    # Without check_images the loader accepts it and the torch dataset fails on reading it.
-    records = load_seven_scenes(root)
-    dataset = PoseDataset(records, FrameTransform(resize=None))
-    assert dataset[1]["frame_index"] == 1
-    with pytest.raises(DatasetError, match=r"frame-000002\.color\.png"):
-        dataset[2]
-
-
-def test_truncated_depth_with_check_images(seven):
-    root, _ = seven
-    _truncate(root / "seq-02" / "frame-000000.depth.png")
-    with pytest.raises(DatasetError, match=r"seq-02/frame-000000\.depth\.png"):
-        load_seven_scenes(root, check_images=True)
-    dataset = PoseDataset(load_seven_scenes(root), FrameTransform(resize=None))
-    with pytest.raises(DatasetError, match=r"seq-02/frame-000000\.depth\.png"):
-        dataset[4]
-
-
-@pytest.mark.parametrize(("line", "pattern"), [
-    ("seq1/frame00001.png 1 2 3 1 0 0", r"dataset_train\.txt:5: expected 8 fields"),
-    ("seq1/frame00001.png 1 2 3 1 0 0 0 9", r"dataset_train\.txt:5: expected 8 fields"),
-    ("seq1/frame00001.png 1 nan 3 1 0 0 0", r"dataset_train\.txt:5: pose holds NaN"),
-    ("seq1/frame00001.png 1 2 3 inf 0 0 0", r"dataset_train\.txt:5: pose holds NaN or inf"),
-    ("seq1/frame00001.png 1 2 3 0 0 0 0", r"dataset_train\.txt:5: quaternion has zero norm"),
-    ("seq1/frame00001.png 1 2 3 a 0 0 0", r"dataset_train\.txt:5: not a number"),
-    ("seq1/frame00009.png 1 2 3 1 0 0 0", r"seq1/frame00009\.png: no such image.*dataset_train\.txt:5"),
-])
-def test_cambridge_bad_lines(tmp_path, line, pattern):
-    _write_png(tmp_path / "seq1" / "frame00001.png")
-    good = "seq1/frame00001.png 0 0 0 1 0 0 0"
-    path = _write_list(tmp_path, [good, line, good])
-    with pytest.raises(DatasetError, match=pattern):
-        load_cambridge(tmp_path)
-    assert len(load_cambridge(tmp_path, skip_bad=True)) == 2
-    assert path.name == "dataset_train.txt"
-
-
-def test_cambridge_missing_root_split_header_empty(tmp_path, cambridge):
-    with pytest.raises(DatasetError, match="nothing_here"):
-        load_cambridge(tmp_path / "nothing_here")
-    with pytest.raises(DatasetError, match=r"dataset_night\.txt.*FileNotFoundError"):
-        load_cambridge(cambridge[0], "night")
-    _write_png(tmp_path / "seq1" / "frame00001.png")
-    (tmp_path / "dataset_train.txt").write_text("seq1/frame00001.png 0 0 0 1 0 0 0\n")
-    with pytest.raises(DatasetError, match=r"dataset_train\.txt:1: frame line inside the 3 header lines"):
-        load_cambridge(tmp_path)
-    _write_list(tmp_path, [])
-    with pytest.raises(DatasetError, match=r"dataset_train\.txt: the split has no frames"):
-        load_cambridge(tmp_path)
-
-
-def test_cambridge_truncated_png_with_check_images(cambridge):
-    root, _ = cambridge
-    _truncate(root / "seq2" / "frame00003.png")
-    with pytest.raises(DatasetError, match=r"seq2/frame00003\.png: unreadable image"):
-        load_cambridge(root, check_images=True)
-    assert len(load_cambridge(root, check_images=True, skip_bad=True)) == 7
-    dataset = PoseDataset(load_cambridge(root), FrameTransform(resize=None))
-    with pytest.raises(DatasetError, match=r"seq2/frame00003\.png"):
-        dataset[6]
-
-
-# --- PoseDataset ------------------------------------------------------------------------------------
 
 
 def test_dataset_item_contents(seven):
@@ -610,10 +233,49 @@ def test_depth_nearest_neighbour_resize_keeps_zeros(tmp_path):
     np.testing.assert_array_equal(out[np.ix_(rows, cols)], expected[np.ix_(rows, cols)])
 
 
-def test_frame_transform_validation():
-    assert FrameTransform(crop=[8, 6]).crop_size() == (8, 6)
-    assert FrameTransform(crop=5).crop_size() == (5, 5)
-    with pytest.raises(ValueError, match="hue"):
-        FrameTransform(hue=0.7)
-    with pytest.raises(ValueError, match="window"):
-        FrameTransform(window=0)
+def test_hole_mask_covers_the_share_in_blobs():
+    rng = np.random.default_rng(0)
+    for share in (0.0, 0.1, 0.3, 0.6):
+        mask = hole_mask(48, 64, share, rng)
+        assert mask.shape == (48, 64) and mask.dtype == bool
+        assert abs(mask.mean() - share) < 0.01
+    mask = hole_mask(48, 64, 0.3, rng)
+    # Blobs, not salt and pepper: most holes have a hole as right-hand neighbour.
+    assert (mask[:, 1:] & mask[:, :-1]).sum() / mask[:, :-1].sum() > 0.8
+
+
+def _records(tmp_path, with_depth: bool) -> list[FrameRecord]:
+    import cv2
+
+    records = []
+    for i in range(4):
+        image_path = tmp_path / f"frame-{i}.color.png"
+        cv2.imwrite(str(image_path), rgb_frame(i, 32, 24)[..., ::-1])
+        depth_path = None
+        if with_depth:
+            depth_path = tmp_path / f"frame-{i}.depth.png"
+            cv2.imwrite(str(depth_path), np.round(depth_frame(i, 32, 24) * 1000).astype(np.uint16))
+        records.append(FrameRecord(image_path=image_path, depth_path=depth_path, world_from_cam=np.eye(4),
+                                   intrinsics=None, sequence="seq", frame_index=i))
+    return records
+
+
+def test_dataset_depth_holes_and_network_input(tmp_path):
+    records = _records(tmp_path, with_depth=True)
+    plain = PoseDataset(records, FrameTransform(resize=None))[0]
+    holed = PoseDataset(records, FrameTransform(resize=None, depth_holes=0.5), seed=3)
+    shares = [float((holed[i]["depth"] == 0).float().mean()) for i in range(4)]
+    assert all(0.0 <= s <= 0.51 for s in shares) and max(shares) > 0.05
+    assert (plain["depth"] > 0).all()
+    item = holed[1]
+    assert torch.equal(holed[1]["depth"], item["depth"])  # a function of (seed, epoch, index)
+    stacked = network_input(item, 4)
+    assert stacked.shape == (4, 24, 32) and torch.equal(stacked[3:], item["depth"])
+    assert torch.equal(network_input(item, 3), item["image"])
+    # An RGB model's dataset need not read the depth; an RGB-D model's data must have it.
+    assert "depth" not in PoseDataset(records, FrameTransform(resize=None), with_depth=False)[0]
+    rgb_only = [dataclasses.replace(record, depth_path=None) for record in records]
+    with pytest.raises(DatasetError, match=r"depth images are needed .* has none"):
+        PoseDataset(rgb_only, FrameTransform(resize=None), with_depth=True)
+    with pytest.raises(DatasetError, match="reads depth, but these frames have no depth"):
+        network_input(PoseDataset(rgb_only, FrameTransform(resize=None))[0], 4)

@@ -1,5 +1,6 @@
-"""The synthetic scene: determinism, sequence design, variations, and geometric consistency of what
-`posenet-ros synth` writes, read back through the real 7-Scenes and Cambridge loaders."""
+"""data/synthetic.py, the synthetic scene: determinism, sequence design, variations, and geometric
+consistency of what `posenet-ros synth` writes, read back through the real 7-Scenes and Cambridge
+loaders."""
 
 import json
 

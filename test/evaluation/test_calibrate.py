@@ -1,7 +1,8 @@
-"""Acceptance of the uncertainty issue on the synthetic scene, through the CLI as a user runs it:
-the session's model trained with the heteroscedastic loss (conftest.py), `posenet-ros calibrate` on
-the held-out val loop, then `posenet-ros eval` on the four test loops with the outside, occlusion and blur
-sequences as unknown places.
+"""evaluation/calibrate.py (`posenet-ros calibrate`): acceptance of calibrated uncertainty on the
+synthetic scene, through the CLI as a user runs it: the session's model trained with the
+heteroscedastic loss (conftest.py), `posenet-ros calibrate` on the held-out val loop, then
+`posenet-ros eval` on the four test loops with the outside, occlusion and blur sequences as unknown
+places. All slow (a trained model). The calibration maths are tested in inference/test_calibration.py.
 """
 
 import json
@@ -10,6 +11,8 @@ import pytest
 
 from posenet_ros.cli import main
 from posenet_ros.runtime.checkpoint import load_model
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

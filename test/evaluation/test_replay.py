@@ -1,6 +1,8 @@
-"""Bag replay on the synthetic scene, through the CLI as a user runs it: synth -> train -> calibrate ->
-make-bag -> replay, checked against `posenet-ros eval` on the same frames, across storages and image
-transports, against the node running over DDS in another process, and on broken bags."""
+"""evaluation/replay.py (`posenet-ros replay`): bag replay on the synthetic scene, through the CLI as
+a user runs it: synth -> train -> calibrate -> make-bag -> replay, checked against `posenet-ros eval`
+on the same frames, across storages and image transports, against the node running over DDS in
+another process, and on broken bags. On the session's trained models (slow): replay feeds the bag's
+depth to an RGB-D model and smooths as eval does."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import pytest
 from dds_support import PARAMS, Process, domain_id
 
 from posenet_ros.cli import main
+from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.replay import replay
 from posenet_ros.node.dds_node import load_settings
-from posenet_ros.ros.bag_reading import Trajectory, open_bag
+from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.dds import loopback_config
 
@@ -102,6 +105,8 @@ def test_replay_outputs(trained):
 
 @pytest.mark.parametrize("storage, compressed", [("sqlite3", []), ("mcap", ["--compressed-format", "png"]),
                                                  ("sqlite3", ["--compressed-format", "jpeg"])])
+
+
 def test_storages_and_image_transports(trained, storage, compressed):
     bag = trained["root"] / f"bag_{storage}_{'_'.join(compressed) or 'raw'}"
     flags = ["--compressed", *compressed] if compressed else []
@@ -195,15 +200,41 @@ def test_bad_bags_name_the_problem(trained, capsys):
     assert "images 1700000000.000" in message
 
 
-def test_trajectory_association():
-    stamps = np.array([0, 100, 200, 1000], np.int64)
-    position = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [9, 0, 0]], float)
-    half_turn = np.array([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)])  # 90° about z
-    quat = np.array([[1, 0, 0, 0], [1, 0, 0, 0], -half_turn, half_turn])  # a sign flip to undo
-    trajectory = Trajectory(stamps[::-1].copy(), position[::-1].copy(), quat[::-1].copy(), "test")
-    at, q, valid = trajectory.at([100, 150, 600, 1000, 1200, -5], max_gap_s=150e-9)
-    np.testing.assert_array_equal(valid, [True, True, False, True, False, False])
-    np.testing.assert_allclose(at[:2], [[1, 0, 0], [1.5, 0, 0]])
-    expected = np.array([np.cos(np.pi / 8), 0, 0, np.sin(np.pi / 8)])  # halfway: 45° about z
-    np.testing.assert_allclose(q[1], expected, atol=1e-12)
-    assert np.isnan(at[2]).all() and np.isnan(q[4]).all()
+def _median_position_error(run, scene, out) -> float:
+    assert main(["eval", "--quiet", "--model", str(run), "--data", str(scene), "--out", str(out),
+                 "--mc-samples", "0"]) == 0
+    return json.loads((out / "metrics.json").read_text())["overall"]["median_position_error_m"]
+
+
+@pytest.mark.slow
+def test_replay_feeds_depth_from_the_bag_as_eval_does(trained_scene, trained_rgbd):
+    scene, root = trained_scene[0], trained_rgbd.parent
+    assert main(["make-bag", "--quiet", str(scene), str(root / "bag"), "--split", "test"]) == 0
+    assert main(["replay", "--quiet", str(root / "bag"), "--model", str(trained_rgbd), "--out",
+                 str(root / "replay"), "--mc-samples", "0"]) == 0
+    metrics = json.loads((root / "replay" / "metrics.json").read_text())
+    assert metrics["depth_topic"] == "/camera/depth/image_raw"
+    assert metrics["frames"] == len(load_frames(scene, "test"))
+    evaluated = _median_position_error(trained_rgbd, scene, root / "eval_replay_reference")
+    assert metrics["median_position_error_m"] == pytest.approx(evaluated, abs=1e-6)
+    # eval on the bag reads the depth topic too, and agrees with eval on the folder.
+    assert main(["eval", "--quiet", "--model", str(trained_rgbd), "--data", str(root / "bag"),
+                 "--out", str(root / "eval_bag"), "--mc-samples", "0"]) == 0
+    on_bag = json.loads((root / "eval_bag" / "metrics.json").read_text())["overall"]
+    assert on_bag["median_position_error_m"] == pytest.approx(evaluated, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_replay_smooths_as_eval_does(smoothed):
+    run, scene = smoothed["run"], smoothed["scene"]
+    bag = run.parent / "bag"
+    assert main(["make-bag", "--quiet", str(scene), str(bag), "--split", "test"]) == 0
+    for replay_mode, eval_mode in (("node", "causal"), ("offline", "offline"), ("off", "off")):
+        out = run.parent / f"replay_{replay_mode}"
+        assert main(["replay", "--quiet", str(bag), "--model", str(run), "--out", str(out),
+                     "--mc-samples", "0", "--smooth", replay_mode]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["smoothing"] == eval_mode and metrics["frames"] == smoothed["off"]["frames"]
+        for key in ("median_position_error_m", "median_jitter_position_m"):
+            if key in metrics:
+                assert metrics[key] == pytest.approx(smoothed[eval_mode][key], abs=1e-5)

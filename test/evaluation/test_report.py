@@ -1,4 +1,5 @@
-"""The HTML report of a replay: the five PNGs and index.html, with and without ground truth.
+"""evaluation/report.py, the HTML report of a replay: the five PNGs and index.html, with and without
+ground truth.
 
 Frames are a noisy circle trajectory drawn from a seeded RNG; nothing depends on the clock except the
 report's generation note, which is not checked.

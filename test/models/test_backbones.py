@@ -1,4 +1,5 @@
-"""Tests for posenet_ros.models.backbones: torchvision-compatible architectures, weight loading, dropout."""
+"""models/backbones.py: torchvision-compatible architectures, weight loading (also into depth
+channels), dropout."""
 
 from __future__ import annotations
 
@@ -273,3 +274,25 @@ def test_inner_dropout_active_is_random_and_seeded(name: str) -> None:
         assert torch.equal(first, again)
         set_explicit_dropout(backbone, False)
         assert torch.equal(backbone(images), reference)
+
+
+def test_pretrained_rgb_filters_are_adapted_to_depth_channels(tmp_path):
+    torch.manual_seed(0)
+    rgb = build_backbone("resnet_tiny")
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(path))
+    two = build_backbone("resnet_tiny", in_channels=2)
+    five = build_backbone("resnet_tiny", in_channels=5)
+    load_pretrained(two, path)
+    load_pretrained(five, path)
+    filters = rgb.conv1.weight.detach()
+    mean = filters.mean(1, keepdim=True)
+    torch.testing.assert_close(two.conv1.weight, mean.repeat(1, 2, 1, 1) * 1.5)
+    torch.testing.assert_close(five.conv1.weight[:, :3], filters)
+    torch.testing.assert_close(five.conv1.weight[:, 3:], mean.repeat(1, 2, 1, 1))
+    torch.testing.assert_close(two.layer4[0].conv1.weight, rgb.layer4[0].conv1.weight)
+    # The same value in every channel gives the RGB filters' response to a grey image.
+    grey = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(two.conv1(grey.repeat(1, 2, 1, 1)), rgb.conv1(grey.repeat(1, 3, 1, 1)),
+                                   rtol=1e-4, atol=1e-5)

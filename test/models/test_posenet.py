@@ -1,12 +1,11 @@
-"""PoseNet model and checkpoints: outputs, explicit dropout modes, heads, and checkpoint errors."""
+"""models/posenet.py: outputs, explicit dropout modes, heads, and the RGB-D PoseNet (dual stream and
+early fusion): four input channels, the depth encoding and its holes. (Checkpoints:
+runtime/test_checkpoint.py.)"""
 
-import numpy as np
 import pytest
 import torch
 
-from posenet_ros.core.config import config_to_dict
 from posenet_ros.models.posenet import ModelConfig, PoseNet
-from posenet_ros.runtime.checkpoint import CheckpointError, load_model, save_checkpoint
 
 
 def make_model(**kw) -> PoseNet:
@@ -52,30 +51,45 @@ def test_head_only_sampling_matches_the_full_forward():
     assert full.log_var_BK.shape == (2, 6)
 
 
-def test_checkpoint_round_trip_and_errors(tmp_path):
-    model = make_model()
-    config = {"model": config_to_dict(model.config)}
-    path = save_checkpoint(tmp_path / "model.safetensors", model, config, np.zeros((4, 7)))
-    assert (tmp_path / "config.json").is_file()
-    loaded = load_model(tmp_path)
-    x = torch.rand(1, 3, 64, 64)
-    assert torch.allclose(loaded.model(x).position_B3, model(x).position_B3)
-    assert loaded.model.dropout_mode == "off" and not loaded.model.training
-    assert loaded.map_poses_N7.shape == (4, 7)
+def _model(depth: str, encoding: str = "inverse") -> PoseNet:
+    torch.manual_seed(0)
+    model = PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=32, depth=depth, depth_encoding=encoding))
+    model.set_depth_scale(2.0)
+    return model.eval()
 
-    truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"truncated\.safetensors: not a readable"):
-        load_model(truncated)
-    pickle = tmp_path / "model.pth"
-    torch.save(model.state_dict(), pickle)
-    with pytest.raises(CheckpointError, match=r"model\.pth: not a readable"):
-        load_model(pickle)
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
-        load_model(tmp_path / "missing.safetensors")
-    # Weights of one architecture with the configuration of another.
-    other = tmp_path / "other.safetensors"
-    resnet_config = {"model": config_to_dict(ModelConfig(backbone="resnet18"))}
-    save_checkpoint(other, model, resnet_config, np.zeros((1, 7)))
-    with pytest.raises(CheckpointError, match="do not fit the stored architecture"):
-        load_model(other)
+
+@pytest.mark.parametrize("depth", ["dual_stream", "early_fusion"])
+def test_rgbd_models_read_four_channels_and_use_the_depth(depth):
+    model = _model(depth)
+    assert model.input_channels == 4 and model.config.needs_depth
+    assert "depth_scale" in dict(model.named_buffers())
+    assert (model.depth_backbone is not None) == (depth == "dual_stream")
+    generator = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 3, 32, 32, generator=generator)
+    depth_map = 0.5 + 3.0 * torch.rand(2, 1, 32, 32, generator=generator)
+    with torch.no_grad():
+        near = model(torch.cat([rgb, depth_map], 1)).position_B3
+        far = model(torch.cat([rgb, 2.0 * depth_map], 1)).position_B3
+    assert torch.isfinite(near).all() and not torch.allclose(near, far)
+    with pytest.raises(ValueError, match=r"takes \(B, 4, H, W\) images \(RGB \+ depth\)"):
+        model(rgb)
+    with pytest.raises(ValueError, match=r"takes \(B, 3, H, W\) images \(RGB\)"):
+        _rgb = PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=32))
+        _rgb(torch.cat([rgb, depth_map], 1))
+
+
+@pytest.mark.parametrize("encoding", ["inverse", "metric"])
+def test_depth_encoding_and_holes(encoding):
+    model = _model("dual_stream", encoding)
+    depth = torch.tensor([[[[1.0, 2.0, 4.0, 0.0, float("nan"), float("inf"), -1.0, 1e-4]]]])
+    encoded = model.encode_depth(depth)
+    assert encoded.shape == (1, 2, 1, 8) and torch.isfinite(encoded).all()
+    expected = [2.0, 1.0, 0.5] if encoding == "inverse" else [0.5, 1.0, 2.0]  # scale 2 m
+    torch.testing.assert_close(encoded[0, 0, 0, :3], torch.tensor(expected))
+    torch.testing.assert_close(encoded[0, 1, 0], torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1]))
+    assert encoded[0, 0, 0, 3:7].abs().max() == 0  # holes: 0 in both channels
+    assert 0 <= encoded[0, 0, 0, 7] <= 10  # clipped
+    with pytest.raises(ValueError, match="positive number of metres"):
+        model.set_depth_scale(0.0)
+    with pytest.raises(ValueError, match="reads no depth"):
+        PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=32)).set_depth_scale(1.0)

@@ -36,6 +36,8 @@ from node_support import TYPES, depth_frame, image, make_checkpoint, rgb_frame, 
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
+from posenet_ros.node.dds_node import load_settings
+from posenet_ros.node.pipeline import build_relocalizer, input_topics
 from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
 from posenet_ros.runtime.relocalizer import Relocalizer
@@ -260,3 +262,21 @@ def test_rgbd_node_pairs_depth_by_stamp_and_answers_only_paired_frames(tmp_path)
         np.testing.assert_allclose(position, expected.position_3, rtol=1e-5, atol=1e-6)
         without_depth = reference.process(rgb_frame(i), np.zeros((30, 40), np.float32), stamp_ns=stamp(i))
         assert np.abs(without_depth.position_3 - expected.position_3).max() > 1e-6  # depth is used
+
+
+def test_settings_come_from_the_parameters_file_with_overrides(tmp_path):
+    model_path = make_checkpoint(tmp_path / "model.safetensors")
+    params = tmp_path / "params.yaml"
+    params.write_text("relocalize_node:\n  ros__parameters:\n    image_topic: /cam/image/compressed\n"
+                      "    mc_samples: 4\n    loop_closure_enter_score: -2\n")
+    settings = load_settings(params, str(model_path), ["loop_closure_leave_score:=3.5"])
+    assert settings.mc_samples == 4 and settings.loop_closure_enter_score == -2.0
+    assert input_topics(settings)["image"].type_name == "sensor_msgs/msg/CompressedImage"
+    relocalizer = build_relocalizer(dataclasses.replace(settings, device="cpu"))
+    assert relocalizer.uncertainty.mc_samples == 4
+    assert (relocalizer.loop_closure.enter_score, relocalizer.loop_closure.leave_score) == (-2.0, 3.5)
+    assert relocalizer.loop_closure.min_frames == 2  # the checkpoint's
+    with pytest.raises(ValueError, match="mc_samples"):
+        load_settings(params, str(model_path), ["mc_samples:=2000"])
+    with pytest.raises(ValueError, match="'model' is required"):
+        load_settings(params)

@@ -1,6 +1,6 @@
-"""The node logic both runtimes share (pipeline.py), in one process with a real Relocalizer and real
-message objects: outputs, bad messages, the drop-oldest queue, RGB-depth pairing, stream resets and
-diagnostics."""
+"""node/pipeline.py: the node logic both runtimes share, in one process with a real Relocalizer and
+real message objects: outputs, bad messages, the drop-oldest queue, RGB-depth pairing, stream resets
+(of the temporal smoother's state too), diagnostics, and replay's batched step."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
+from node_support import TYPES, image, make_checkpoint, random_temporal, rgb_frame, stamp
 
 from posenet_ros.evaluation.replay import RECORDED_OUTPUTS
+from posenet_ros.inference.temporal import TemporalCalibration
 from posenet_ros.node.dds_node import load_settings
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import (
@@ -27,12 +28,14 @@ from posenet_ros.node.pipeline import (
 from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.conversions import (
+    bool_msg,
     covariance_from_msg,
     depth_msg,
     points_from_point_cloud2,
     pose_from_msg,
     stamp_to_ns,
 )
+from posenet_ros.runtime.checkpoint import load_model, store_temporal
 from posenet_ros.runtime.relocalizer import Relocalizer
 
 
@@ -279,23 +282,6 @@ def test_a_stamp_gap_or_a_stamp_going_back_resets_the_stream(model_path):
     assert sum("stream reset" in text for _, text in log.lines) == 2
 
 
-def test_settings_come_from_the_parameters_file_with_overrides(tmp_path, model_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("relocalize_node:\n  ros__parameters:\n    image_topic: /cam/image/compressed\n"
-                      "    mc_samples: 4\n    loop_closure_enter_score: -2\n")
-    settings = load_settings(params, str(model_path), ["loop_closure_leave_score:=3.5"])
-    assert settings.mc_samples == 4 and settings.loop_closure_enter_score == -2.0
-    assert input_topics(settings)["image"].type_name == "sensor_msgs/msg/CompressedImage"
-    relocalizer = build_relocalizer(dataclasses.replace(settings, device="cpu"))
-    assert relocalizer.uncertainty.mc_samples == 4
-    assert (relocalizer.loop_closure.enter_score, relocalizer.loop_closure.leave_score) == (-2.0, 3.5)
-    assert relocalizer.loop_closure.min_frames == 2  # the checkpoint's
-    with pytest.raises(ValueError, match="mc_samples"):
-        load_settings(params, str(model_path), ["mc_samples:=2000"])
-    with pytest.raises(ValueError, match="'model' is required"):
-        load_settings(params)
-
-
 def test_latest_slot_and_stamp_pairer_and_throttle():
     slot: LatestSlot[int] = LatestSlot()
     assert slot.put(1) is None and slot.put(2) == 1
@@ -365,3 +351,35 @@ def test_process_batch_gives_the_frame_by_frame_poses_resets_and_rejections(mode
         assert a.known_place == b.known_place and a.score == pytest.approx(b.score, rel=1e-5)
     assert batch[1:] == single[1:]  # published messages, counts (one rejected), the reset log line
     assert batch[2]["rejected"] == 1 and len(batch[3]) == 1
+
+
+def test_a_stamp_gap_or_a_reset_request_resets_the_smoothing_state(tmp_path):
+    path = make_checkpoint(tmp_path / "model.safetensors")
+    model = load_model(path).model
+    store_temporal(path, random_temporal(0, model.head_dim), {
+        "config": {"hidden": 16, "feature_dim": 0}, "calibration": vars(TemporalCalibration())})
+    settings = load_settings(None, str(path), ["reset_gap:=1.0"])
+
+    def run(indices: list[int | str]) -> list:
+        pipeline = RelocalizationPipeline(settings, build_relocalizer(settings), TYPES,
+                                          lambda name, msg: None, queue_size=None)
+        estimates = []
+        for index in indices:
+            if index == "reset":  # a std_msgs/Bool true on relocalization/reset
+                pipeline.on_reset(bool_msg(TYPES, True))
+                continue
+            pipeline.on_image(image(index))
+            estimates.append(pipeline.process_next(timeout=0))
+        return estimates
+
+    assert build_relocalizer(settings).smoother is not None
+    # Frames 0, 1, 2 then frame 40 (4 s later, past reset_gap): frame 40 is answered as by a fresh node.
+    with_gap = run([0, 1, 2, 40])
+    fresh = run([40])
+    np.testing.assert_allclose(with_gap[3].position_3, fresh[0].position_3, rtol=0, atol=1e-12)
+    # Without a gap the history changes the answer.
+    continuous = run([37, 38, 39, 40])
+    assert np.abs(continuous[3].position_3 - fresh[0].position_3).max() > 1e-6
+    # A reset requested on relocalization/reset (true) acts like a gap; false changes nothing.
+    requested = run([37, 38, 39, "reset", 40])
+    np.testing.assert_allclose(requested[3].position_3, fresh[0].position_3, rtol=0, atol=1e-12)

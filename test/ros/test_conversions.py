@@ -1,4 +1,4 @@
-"""Tests for posenet_ros.ros.conversions on real rosbags message classes.
+"""ros/conversions.py on real rosbags message classes.
 
 Decoding is compared with rosbags-image (a reimplementation of cv_bridge) on every encoding both
 support, and with cv_bridge's documented behaviour where rosbags-image differs (it ignores `step`,

@@ -1,5 +1,6 @@
-"""The CUDA fast path (device preprocessing, channels_last, CUDA graphs, autocast) against the CPU
-path. Skipped where CUDA is absent; run on a GPU machine."""
+"""runtime/cuda_graphs.py and the CUDA fast path of the Relocalizer (device preprocessing,
+channels_last, CUDA graphs, autocast) against the CPU path. Skipped where CUDA is absent; run on a
+GPU machine."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""DevicePreprocessor against the CPU reference CropBox.apply_rgb / apply_depth (cv2)."""
+"""runtime/device_preprocess.py: DevicePreprocessor against the CPU reference CropBox.apply_rgb /
+apply_depth (cv2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""posenet-ros export: TorchScript and ONNX files that give PyTorch's outputs, run by the Relocalizer
-and the node's settings; clear errors for files that do not fit."""
+"""runtime/export.py (`posenet-ros export`): TorchScript and ONNX files that give PyTorch's outputs, run
+by the Relocalizer and the node's settings; clear errors for files that do not fit."""
 
 import numpy as np
 import pytest

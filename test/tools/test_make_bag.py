@@ -1,6 +1,6 @@
-"""`posenet-ros make-bag`: a tiny synthetic scene written as a rosbag2 (mcap and sqlite3) and read back
-with rosbags' AnyReader (`play.open_bag`): topics, types, counts, pixels, depth, poses, intrinsics,
-stamps, and the atomic write (nothing left behind on errors)."""
+"""tools/make_bag.py (`posenet-ros make-bag`): a tiny synthetic scene written as a rosbag2 (mcap and
+sqlite3) and read back with rosbags' AnyReader (`play.open_bag`): topics, types, counts, pixels, depth,
+poses, intrinsics, stamps, and the atomic write (nothing left behind on errors)."""
 
 from __future__ import annotations
 

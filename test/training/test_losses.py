@@ -1,13 +1,16 @@
-"""The seed's pose losses: values on known inputs, q/-q invariance, learned weights, reprojection."""
+"""training/losses.py: the seed's pose losses (values on known inputs, q/-q invariance, learned
+weights, reprojection) and the heteroscedastic (aleatoric) loss."""
 
 import math
 
+import pytest
 import torch
 
 from posenet_ros.core.geometry import pose_from_position_quat_torch, quat_exp_torch
 from posenet_ros.training.losses import (
     LossConfig,
     PoseLoss,
+    aleatoric_nll,
     quaternion_distance,
     reprojection_loss,
     sample_depth_points,
@@ -67,3 +70,19 @@ def test_sample_depth_points_skips_invalid_depth():
     points, valid = sample_depth_points(depth, K, 3, torch.Generator().manual_seed(0))
     assert valid.sum() == 1
     assert torch.allclose(points[valid], torch.tensor([[2.0 * 1.5, 1.0 * 1.5, 1.5]]))
+
+
+def test_heteroscedastic_loss_is_minimised_at_the_squared_error():
+    position_error = torch.tensor([[0.3, -0.2, 0.1]])
+    true_quat = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    predicted_quat = torch.tensor([[math.cos(0.05), math.sin(0.05), 0.0, 0.0]])  # 0.1 rad about x
+    log_var = torch.zeros(1, 6, requires_grad=True)
+    optimizer = torch.optim.Adam([log_var], lr=0.05)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        aleatoric_nll(position_error, predicted_quat, torch.zeros(1, 3), true_quat, log_var).backward()
+        optimizer.step()
+    expected = torch.log(torch.tensor([0.09, 0.04, 0.01, 0.01, 1e-8, 1e-8]))
+    torch.testing.assert_close(log_var.detach()[0, :4], expected[:4], atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="aleatoric"):
+        PoseLoss(LossConfig(kind="aleatoric"))(torch.zeros(1, 3), true_quat, torch.zeros(1, 3), true_quat)

@@ -1,12 +1,13 @@
 # Two entry points: `make demo` (the main job end to end on the built-in synthetic scene) and
-# `make test` (ruff + the test suite). Both create .venv and install everything they need.
+# `make test` (ruff + the whole test suite, what CI runs). Both create .venv and install everything
+# they need. `make test-fast`: ruff + the tests not marked slow (under 3 minutes on 2 CPU cores).
 
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test test-fast lint install clean bench
 
 $(BIN)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/python -m pytest -q test
+
+# The fast tier: every test not marked slow (the trained-model acceptance runs, the multi-process
+# soak, the bench-script runs and tests of more than about 10 s are; see pyproject.toml).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" test
 
 # The whole story on the built-in synthetic scene (about 3 minutes on 2 CPU cores): render a room,
 # train a small PoseNet with the aleatoric loss, calibrate its covariance and loop-closure flag,
@@ -50,6 +56,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/mc_overhead.py --device $(BENCH_DEVICE)
 	$(BIN)/python bench/node_latency.py --device $(BENCH_DEVICE) --runtime torch
 	$(BIN)/python bench/node_latency.py --device cpu --runtime onnx --out bench/results/node_latency_onnx.json
+	$(BIN)/python bench/dds_serialization.py
 	$(BIN)/python bench/replay_throughput.py --device $(BENCH_DEVICE) --batches 1 64
 	$(BIN)/python bench/train_throughput.py --device $(BENCH_DEVICE)
 	$(BIN)/python bench/temporal_step.py --device $(BENCH_DEVICE)

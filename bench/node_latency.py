@@ -2,7 +2,7 @@
 
     python bench/node_latency.py [--backbone resnet18] [--size 224] [--samples 32] [--frames 100]
                                  [--width 640] [--height 480] [--device cpu] [--runtime torch]
-                                 [--rate 60] [--seconds 10]
+                                 [--rate 60] [--seconds 10] [--overload-factor 5] [--overload-seconds 20]
 
 1. DDS cost of one WIDTHxHEIGHT rgb8 sensor_msgs/Image: CDR serialise and deserialise (p50/p99), and
    publish -> callback between two processes on loopback (a child echoes each image's stamp back as
@@ -17,6 +17,13 @@
 3. Throughput of the full node pipeline: images published at RATE Hz for SECONDS s (the node keeps
    the newest unprocessed frame and drops older ones, as a live camera needs); frames/s = poses
    received / time between the first and the last; the node process's peak RSS.
+4. The node under overload (what the test suite's soak checks by counts only,
+   test/node/test_dds_node.py): images published at OVERLOAD_FACTOR times the node's throughput (one
+   over the median image -> pose latency of 2.) for OVERLOAD_SECONDS s. Latency p50 / p99 / max of the
+   answered frames sent after the first OVERLOAD_WARMUP s, and the node's resident memory then and at
+   the end. A correct node keeps the newest frame and drops older ones, so its latency stays near one
+   frame's processing time and its memory flat; an unbounded queue would grow both with the backlog.
+   The former soak test's bounds (max latency 2 s, RSS growth 50 MB) are reported beside the figures.
 
 Prints a table and writes JSON (default bench/results/node_latency.json).
 """
@@ -135,12 +142,64 @@ def throughput(publisher, msg, answers: Answers, rate_hz: float, seconds: float)
     return {"published": count, "answered": len(arrivals), "rate_hz": rate_hz, "frames_per_s": fps}
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory of a running process (Linux /proc VmHWM), MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+def _proc_status_mb(pid: int, key: str) -> float:
+    """A memory figure of a running process from Linux /proc/PID/status, MB (NaN elsewhere)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return float("nan")
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a running process (VmHWM), MB."""
+    return _proc_status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a running process now (VmRSS), MB."""
+    return _proc_status_mb(pid, "VmRSS")
+
+
+# The former soak test's bounds (test_node_dds.py before the suite asserted counts only).
+OVERLOAD_BOUNDS = {"max_latency_ms": 2000.0, "rss_growth_mb": 50.0}
+
+
+def overload(publisher, msg, answers: Answers, period_s: float, seconds: float, warmup_s: float,
+             pid: int) -> dict[str, object]:
+    """Publish `msg` every `period_s` for `seconds` (fresh stamps): latency of the answered frames
+    sent after `warmup_s`, and the node's resident memory at `warmup_s` and at the end."""
+    first_stamp = 1_900_000_000_000_000_000
+    sent_at: dict[int, float] = {}
+    start = time.perf_counter()
+    rss_start, i = None, 0
+    while (now := time.perf_counter()) < start + seconds:
+        stamp_ns = first_stamp + i * 1_000_000
+        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(stamp_ns)
+        sent_at[stamp_ns] = now
+        publisher.publish(msg)
+        i += 1
+        if rss_start is None and now > start + warmup_s:
+            rss_start = rss_mb(pid)
+        time.sleep(max(0.0, start + i * period_s - time.perf_counter()))
+    rss_end = rss_mb(pid)
+    rss_start = rss_end if rss_start is None else rss_start
+    time.sleep(1.0)  # the last frame's answer
+    with answers.condition:
+        arrived = {stamp: t for stamp, t in answers.arrived.items() if stamp in sent_at}
+    latencies = [arrived[stamp] - sent_at[stamp] for stamp in arrived
+                 if sent_at[stamp] > start + warmup_s]
+    nan = float("nan")
+    latency = percentiles(latencies) if latencies else {"p50_ms": nan, "p99_ms": nan, "n": 0}
+    latency["max_ms"] = 1e3 * max(latencies) if latencies else nan
+    growth = rss_end - rss_start
+    return {"period_ms": 1e3 * period_s, "seconds": seconds, "published": i, "answered": len(arrived),
+            "latency": latency, "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth_mb": growth,
+            "former_test_bounds": OVERLOAD_BOUNDS,
+            "within_former_test_bounds": bool(latency["max_ms"] < OVERLOAD_BOUNDS["max_latency_ms"]
+                                              and growth < OVERLOAD_BOUNDS["rss_growth_mb"])}
 
 
 def main() -> None:
@@ -155,6 +214,12 @@ def main() -> None:
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "torchscript"])
     parser.add_argument("--rate", type=float, default=60.0, help="input rate of the throughput phase, Hz")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the throughput phase")
+    parser.add_argument("--overload-factor", type=float, default=5.0,
+                        help="input rate of the overload phase, in multiples of the node's throughput")
+    parser.add_argument("--overload-seconds", type=float, default=20.0,
+                        help="length of the overload phase (0: skip it)")
+    parser.add_argument("--overload-warmup", type=float, default=5.0,
+                        help="seconds of the overload phase before latency and memory are measured")
     parser.add_argument("--out", type=Path, default=Path("bench/results/node_latency.json"))
     args = parser.parse_args()
     domain = 200 + os.getpid() % 30
@@ -213,6 +278,11 @@ def main() -> None:
                 results["node_image_to_pose"] = percentiles(trips)
                 results["node_throughput"] = throughput(camera, msg, poses, args.rate, args.seconds)
                 results["node_peak_rss_mb"] = peak_rss_mb(node_process.pid)
+                if args.overload_seconds > 0:
+                    period_s = results["node_image_to_pose"]["p50_ms"] / 1e3 / args.overload_factor
+                    results["node_overload"] = {"factor": args.overload_factor, **overload(
+                        camera, msg, poses, period_s, args.overload_seconds, args.overload_warmup,
+                        node_process.pid)}
             finally:
                 node_process.terminate()
                 node_process.wait(60)
@@ -228,6 +298,17 @@ def main() -> None:
     print(f"node throughput at {rate['rate_hz']:.0f} Hz input: {rate['frames_per_s']:.1f} frames/s "
           f"({rate['answered']} of {rate['published']} answered); node peak RSS "
           f"{results['node_peak_rss_mb']:.0f} MB")
+    if "node_overload" in results:
+        load = results["node_overload"]
+        bounds = load["former_test_bounds"]
+        latency = load["latency"]
+        print(f"node under overload ({load['factor']:.0f}x its throughput, a frame every "
+              f"{load['period_ms']:.1f} ms for {load['seconds']:.0f} s; {load['answered']} of "
+              f"{load['published']} answered): latency p50 {latency['p50_ms']:.0f} ms, p99 "
+              f"{latency['p99_ms']:.0f} ms, max {latency['max_ms']:.0f} ms (former test bound "
+              f"{bounds['max_latency_ms']:.0f} ms); RSS {load['rss_start_mb']:.0f} -> "
+              f"{load['rss_end_mb']:.0f} MB ({load['rss_growth_mb']:+.1f}, "
+              f"bound {bounds['rss_growth_mb']:.0f} MB)")
     print(f"({results['image']}; node: {args.backbone} {args.size}x{args.size}, {args.samples} MC samples, "
           f"{args.device}, runtime {args.runtime}, {os.cpu_count()} CPUs)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

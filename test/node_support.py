@@ -1,4 +1,5 @@
-"""Shared by the node tests: a small calibrated checkpoint and synthetic camera messages."""
+"""Shared by the tests of the node, the runtime, the temporal model and RGB-D: a small calibrated
+checkpoint, a random temporal model, and synthetic camera frames and messages."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from posenet_ros.inference.loop_closure import LoopClosureConfig
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.temporal import TemporalConfig, TemporalModel
 from posenet_ros.ros.conversions import RosbagsTypes, image_msg
 from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
 
@@ -54,3 +56,15 @@ def depth_frame(index: int, width: int = 40, height: int = 30) -> np.ndarray:
     """A deterministic depth image in metres (float32 (H, W), 0.5 to 4.5 m), different for every index."""
     rng = np.random.default_rng(10_000 + index)
     return rng.uniform(0.5, 4.5, (height, width)).astype(np.float32)
+
+
+def random_temporal(feature_dim: int, cnn_feature_dim: int = 64, components: int = 1) -> TemporalModel:
+    """A TemporalModel whose output layers are random (an untrained one passes the per-frame poses
+    through), seeded, in eval mode."""
+    torch.manual_seed(1)
+    config = TemporalConfig(hidden=16, feature_dim=feature_dim, mixture_components=components)
+    temporal = TemporalModel(config, cnn_feature_dim)
+    with torch.no_grad():
+        for head in (temporal.causal_head, temporal.offline_head):
+            head.weight.normal_(0.0, 0.3)
+    return temporal.eval()

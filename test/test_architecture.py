@@ -1,5 +1,6 @@
 """The package's folders are layers: every import of a posenet_ros module points down, and the import
-graph has no cycle. Walks the source with `ast` (module-level and function-local imports alike)."""
+graph has no cycle; only the rclpy node imports ROS 2 Python packages. Walks the source with `ast`
+(module-level and function-local imports alike)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ DEFERRED_IMPORTS_ALLOWED = {
     # rosbags and Cyclone DDS (about a second) load only when a dataset is a bag
     "posenet_ros.data.bag_dataset",
 }
+
+# The ROS 2 Python packages: rclpy is not on PyPI, so only the rclpy node (node/rclpy_node.py, wiring
+# only) may import them; everything else runs without ROS.
+ROS_MODULES = ("rclpy", "rcl_interfaces", "tf2_ros", "launch", "launch_ros")
 
 PACKAGE_DIR = Path(posenet_ros.__file__).parent
 
@@ -155,3 +160,14 @@ def test_the_checks_catch_violations() -> None:
     graph = {"posenet_ros.core.a": {"posenet_ros.runtime.b"}, "posenet_ros.runtime.b": {"posenet_ros.core.a"}}
     assert upward_imports(graph) == ["posenet_ros.core.a -> posenet_ros.runtime.b"]
     assert cycles(graph) == [["posenet_ros.core.a", "posenet_ros.runtime.b"]]
+
+
+def test_only_the_rclpy_node_imports_ros_python_packages() -> None:
+    importers = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(module.split(".")[0] in ROS_MODULES for module in modules):
+                importers.append(path.relative_to(PACKAGE_DIR.parent).as_posix())
+    assert set(importers) == {"posenet_ros/node/rclpy_node.py"}

@@ -1,12 +1,16 @@
-"""The benchmark scripts still run against the package (tiny settings; their timings are not checked:
-benchmarks are scripts, measured on purpose, not in the test suite)."""
+"""The benchmark scripts (bench/*.py) still run against the package (tiny settings; their timings are
+not checked: benchmarks are scripts, measured on purpose, not in the test suite). All slow: each
+starts Python processes that import torch, and node_latency.py a node."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, *args: str) -> None:
@@ -37,3 +41,26 @@ def test_replay_throughput_runs_batched_and_per_frame(tmp_path):
     results = json.loads(out.read_text())
     assert results["frames"] == 12 and set(results["replay_by_batch"]) == {"1", "5"}
     assert all(values["replay_fps"] > 0 for values in results["replay_by_batch"].values())
+
+
+def test_dds_serialization_times_both_paths(tmp_path):
+    out = tmp_path / "dds.json"
+    run_script("dds_serialization.py", "--width", "64", "--height", "48", "--repeats", "5",
+               "--generic-repeats", "2", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert set(results["cases"]) == {"fast path", "generic sequence[uint8]"}
+    for case in results["cases"].values():
+        for step in ("serialise", "deserialise"):
+            assert 0 < case[step]["p50_ms"] <= case[step]["p99_ms"]
+
+
+def test_node_latency_reports_the_node_under_overload(tmp_path):
+    out = tmp_path / "node.json"
+    run_script("node_latency.py", "--backbone", "resnet_tiny", "--size", "32", "--samples", "4",
+               "--frames", "3", "--width", "64", "--height", "48", "--rate", "20", "--seconds", "1",
+               "--overload-seconds", "2", "--overload-warmup", "0.5", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["node_image_to_pose"]["n"] == 3 and results["node_throughput"]["answered"] > 0
+    load = results["node_overload"]
+    assert load["factor"] == 5 and 0 < load["answered"] <= load["published"]
+    assert 0 < load["latency"]["p50_ms"] <= load["latency"]["max_ms"] and load["rss_end_mb"] > 0

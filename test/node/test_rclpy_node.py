@@ -1,0 +1,415 @@
+"""node/rclpy_node.py, run without ROS. rclpy is not on PyPI, so the node is imported and run against
+minimal stand-ins of rclpy, rcl_interfaces and tf2_ros that record what the node asks of them, with
+the message classes of rosbags' ROS 2 Humble typestore in place of the message packages. What is
+checked is what the node does: the parameters it declares and reads, the publishers, subscriptions
+and timer it creates, what it publishes for a camera frame, how it refuses to start, and how `main`
+shuts down. (A ROS 2 Humble build beside the repository, docs/design.md, checks it on real rclpy.)"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import re
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from node_support import image, make_checkpoint, rgb_frame, stamp
+from rosbags.typesys import Stores, get_typestore
+
+import posenet_ros.node
+from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings
+from posenet_ros.node.pipeline import OUTPUTS, input_topics
+from posenet_ros.ros.conversions import covariance_from_msg, pose_from_msg, stamp_to_ns
+from posenet_ros.runtime.relocalizer import Relocalizer
+
+TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+MESSAGE_PACKAGES = ("builtin_interfaces", "std_msgs", "geometry_msgs", "sensor_msgs", "diagnostic_msgs",
+                    "tf2_msgs")
+TIMEOUT_S = 60.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Stand-ins of the ROS 2 Python packages
+# --------------------------------------------------------------------------------------------------
+
+
+class ParameterException(Exception):
+    """rclpy.exceptions.ParameterException."""
+
+
+class ExternalShutdownException(Exception):
+    """rclpy.executors.ExternalShutdownException."""
+
+
+class QoSProfile:
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"QoSProfile({self.settings})"
+
+
+class Logger:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        if level not in ("debug", "info", "warning", "error", "fatal"):
+            raise AttributeError(level)
+        return lambda message: self.lines.append((level, str(message)))
+
+
+class Publisher:
+    def __init__(self, msg_type: type, topic: str, qos: Any) -> None:
+        self.msg_type, self.topic, self.qos = msg_type, topic, qos
+        self.messages: list[Any] = []
+        self.condition = threading.Condition()
+
+    def publish(self, msg: Any) -> None:
+        assert isinstance(msg, self.msg_type), f"{type(msg).__name__} published on {self.topic}"
+        with self.condition:
+            self.messages.append(msg)
+            self.condition.notify_all()
+
+    def wait_for(self, count: int) -> list[Any]:
+        with self.condition:
+            assert self.condition.wait_for(lambda: len(self.messages) >= count, TIMEOUT_S), self.topic
+            return list(self.messages)
+
+
+@dataclass
+class Subscription:
+    msg_type: type
+    topic: str
+    callback: Any
+    qos: Any
+
+
+@dataclass
+class Timer:
+    period_s: float
+    callback: Any
+
+
+@dataclass
+class RosState:
+    """What the stand-ins recorded, and `-p NAME:=VALUE` overrides given to `rclpy.init`."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    nodes: list[Any] = field(default_factory=list)
+    spin_raises: type[BaseException] | None = None
+
+
+def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
+    """rclpy (init, spin, try_shutdown, Node, qos, exceptions, executors), rcl_interfaces.msg, tf2_ros,
+    and the message packages (their classes: rosbags' ROS 2 Humble ones)."""
+
+    class Node:
+        def __init__(self, node_name: str, *, parameter_overrides: dict[str, Any] | None = None) -> None:
+            self.node_name = node_name
+            self.overrides = {**state.overrides, **(parameter_overrides or {})}
+            self.declared: dict[str, tuple[Any, Any]] = {}
+            self.values: dict[str, Any] = {}
+            self.publishers: list[Publisher] = []
+            self.subscriptions: list[Subscription] = []
+            self.timers: list[Timer] = []
+            self.broadcasters: list[TransformBroadcaster] = []
+            self.logger = Logger()
+            self.destroyed = False
+            state.nodes.append(self)
+
+        def declare_parameter(self, name: str, value: Any, descriptor: Any = None) -> Any:
+            if name in self.declared:
+                raise ParameterException(f"parameter {name!r} declared twice")
+            given = self.overrides.get(name, value)
+            if type(given) is not type(value):  # as rclpy without dynamic typing
+                raise ParameterException(f"parameter {name!r} of type {type(value).__name__} was "
+                                         f"overridden by a value of type {type(given).__name__}")
+            self.declared[name] = (value, descriptor)
+            self.values[name] = given
+
+        def get_parameter(self, name: str) -> Any:
+            if name not in self.values:
+                raise ParameterException(f"parameter {name!r} not declared")
+            return types.SimpleNamespace(value=self.values[name])
+
+        def create_publisher(self, msg_type: type, topic: str, qos: Any) -> Publisher:
+            self.publishers.append(Publisher(msg_type, topic, qos))
+            return self.publishers[-1]
+
+        def create_subscription(self, msg_type: type, topic: str, callback: Any, qos: Any) -> Subscription:
+            self.subscriptions.append(Subscription(msg_type, topic, callback, qos))
+            return self.subscriptions[-1]
+
+        def create_timer(self, period_s: float, callback: Any) -> Timer:
+            self.timers.append(Timer(period_s, callback))
+            return self.timers[-1]
+
+        def get_logger(self) -> Logger:
+            return self.logger
+
+        def destroy_node(self) -> None:
+            self.destroyed = True
+
+    class TransformBroadcaster:
+        def __init__(self, node: Node) -> None:
+            self.sent: list[list[Any]] = []
+            node.broadcasters.append(self)
+
+        def sendTransform(self, transforms: list[Any]) -> None:  # tf2_ros's name
+            self.sent.append(list(transforms))
+
+    class ParameterDescriptor:
+        def __init__(self, description: str = "", read_only: bool = False) -> None:
+            self.description, self.read_only = description, read_only
+            self.floating_point_range: list[Any] = []
+            self.integer_range: list[Any] = []
+            self.additional_constraints = ""
+
+    def init(args: list[str] | None = None) -> None:
+        state.calls.append("init")
+        words = list(args or [])
+        for flag, value in itertools.pairwise(words):
+            if flag == "-p":
+                name, _, text = value.partition(":=")
+                state.overrides[name] = yaml.safe_load(text)
+
+    def spin(node: Node) -> None:
+        state.calls.append("spin")
+        if state.spin_raises is not None:
+            raise state.spin_raises()
+
+    def try_shutdown() -> None:
+        state.calls.append("try_shutdown")
+
+    def module(name: str, **attributes: Any) -> types.ModuleType:
+        made = types.ModuleType(name)
+        made.__dict__.update(attributes)
+        return made
+
+    modules = {
+        "rclpy": module("rclpy", init=init, spin=spin, try_shutdown=try_shutdown),
+        "rclpy.node": module("rclpy.node", Node=Node),
+        "rclpy.qos": module("rclpy.qos", QoSProfile=QoSProfile,
+                            qos_profile_sensor_data=QoSProfile(name="sensor_data"),
+                            DurabilityPolicy=types.SimpleNamespace(TRANSIENT_LOCAL="transient_local",
+                                                                   VOLATILE="volatile"),
+                            ReliabilityPolicy=types.SimpleNamespace(RELIABLE="reliable",
+                                                                    BEST_EFFORT="best_effort")),
+        "rclpy.exceptions": module("rclpy.exceptions", ParameterException=ParameterException),
+        "rclpy.executors": module("rclpy.executors", ExternalShutdownException=ExternalShutdownException),
+        "rcl_interfaces": module("rcl_interfaces"),
+        "rcl_interfaces.msg": module(
+            "rcl_interfaces.msg", ParameterDescriptor=ParameterDescriptor,
+            FloatingPointRange=lambda **kw: types.SimpleNamespace(kind="float", **kw),
+            IntegerRange=lambda **kw: types.SimpleNamespace(kind="int", **kw)),
+        "tf2_ros": module("tf2_ros", TransformBroadcaster=TransformBroadcaster),
+    }
+    for package in MESSAGE_PACKAGES:
+        messages = module(f"{package}.msg")
+        messages.__getattr__ = lambda name, package=package: TYPESTORE.types[f"{package}/msg/{name}"]
+        modules[f"{package}.msg"] = messages
+    return modules
+
+
+@pytest.fixture
+def ros(monkeypatch) -> types.SimpleNamespace:
+    """`node` (posenet_ros.node.rclpy_node imported against the stand-ins) and `state` (what they
+    recorded); the real modules are back after the test."""
+    state = RosState()
+    for name, stand_in in ros_stand_ins(state).items():
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.delitem(sys.modules, "posenet_ros.node.rclpy_node", raising=False)
+    node_module = importlib.import_module("posenet_ros.node.rclpy_node")
+    yield types.SimpleNamespace(node=node_module, state=state)
+    sys.modules.pop("posenet_ros.node.rclpy_node", None)
+    if hasattr(posenet_ros.node, "rclpy_node"):
+        delattr(posenet_ros.node, "rclpy_node")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("rclpy_node") / "model.safetensors")
+
+
+def start(ros, **overrides: Any) -> Any:
+    """RelocalizeNode with these parameter overrides (as `-p NAME:=VALUE`); stop it with destroy_node."""
+    return ros.node.RelocalizeNode(parameter_overrides=overrides)
+
+
+def wait_until(condition: Any, timeout_s: float = TIMEOUT_S) -> bool:
+    """Poll `condition()` until it is true (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (math.isnan(a) and math.isnan(b)) if isinstance(a, float) and math.isnan(a) else a == b
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_node_declares_every_parameter_read_only_with_its_default_and_range(ros, model_path):
+    node = start(ros, model=str(model_path), device="cpu")
+    try:
+        assert node.node_name == NODE_NAME
+        assert list(node.declared) == [spec.name for spec in NODE_PARAMETERS]  # no parameter of its own
+        for spec in NODE_PARAMETERS:
+            default, descriptor = node.declared[spec.name]
+            assert type(default) is type(spec.default) and _same(default, spec.default), spec.name
+            assert descriptor.description == spec.description and descriptor.read_only, spec.name
+            ranges = descriptor.floating_point_range + descriptor.integer_range
+            if spec.minimum is None:
+                assert ranges == [], spec.name
+            else:
+                (limits,) = ranges
+                assert limits.kind == ("float" if isinstance(spec.default, float) else "int"), spec.name
+                assert (limits.from_value, limits.to_value) == (spec.minimum, spec.maximum), spec.name
+            assert descriptor.additional_constraints == (
+                f"one of: {', '.join(spec.choices)}" if spec.choices else ""), spec.name
+    finally:
+        node.destroy_node()
+
+
+def test_parameter_values_are_what_the_pipeline_runs_with(ros, model_path):
+    values = {"model": str(model_path), "device": "cpu", "map_frame": "world", "mc_samples": 4,
+              "image_topic": "/cam/image_raw/compressed", "diagnostics_period": 0.5, "reset_gap": 2.5}
+    node = start(ros, **values)
+    try:
+        assert node.pipeline.settings == NodeSettings.from_values(values)
+        assert node.pipeline.relocalizer.uncertainty.mc_samples == 4
+        (timer,) = node.timers
+        assert timer.period_s == 0.5 and timer.callback == node.pipeline.publish_diagnostics
+    finally:
+        node.destroy_node()
+    assert node.pipeline is None and node.destroyed  # the worker stopped, then the node
+
+
+def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ros, model_path):
+    node = start(ros, model=str(model_path), device="cpu", use_depth=True)
+    try:
+        qos = ros.node.QOS
+        settings = node.pipeline.settings
+        # Every QoS profile name the pipeline's topics use has its rclpy profile.
+        names = {topic.qos for topic in [*OUTPUTS.values(), *input_topics(settings).values()]}
+        assert names <= set(qos)
+        assert qos["sensor_data"].settings == {"name": "sensor_data"}  # rclpy's qos_profile_sensor_data
+        assert qos["default"].settings == {"depth": 10}
+        assert qos["transient_local"].settings == {"depth": 1, "durability": "transient_local",
+                                                   "reliability": "reliable"}
+        # One publisher per output (tf goes through tf2_ros), of its type and QoS.
+        assert {p.topic: (p.msg_type, p.qos) for p in node.publishers} == {
+            topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos])
+            for name, topic in OUTPUTS.items() if name != "tf"}
+        handlers = {"image": node.pipeline.on_image, "depth": node.pipeline.on_depth,
+                    "reset": node.pipeline.on_reset}
+        assert {s.topic: (s.msg_type, s.qos, s.callback) for s in node.subscriptions} == {
+            topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos], handlers[name])
+            for name, topic in input_topics(settings).items()}
+        assert set(input_topics(settings)) == {"image", "depth", "reset"}
+        assert node.broadcasters == [] and node.tf_broadcaster is None  # publish_tf is off
+    finally:
+        node.destroy_node()
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_camera_frame_is_answered_on_every_output(ros, model_path):
+    node = start(ros, model=str(model_path), device="cpu", publish_tf=True, map_frame="world")
+    by_topic = {publisher.topic: publisher for publisher in node.publishers}
+    try:
+        (map_poses,) = by_topic["relocalization/map_poses"].wait_for(1)  # once, at start
+        assert len(map_poses.poses) == 5 and map_poses.header.frame_id == "world"
+        (on_image,) = [s.callback for s in node.subscriptions if s.topic == "/camera/image_raw"]
+        on_image(image(0))  # what rclpy hands the callback
+        (pose,) = by_topic["relocalized_pose"].wait_for(1)
+        (known,) = by_topic["relocalization/loop_closure"].wait_for(1)
+        (uncertainty,) = by_topic["relocalization/uncertainty"].wait_for(1)
+        # The worker counts the frame once it has published all of it; then the timer reports it.
+        assert wait_until(lambda: node.pipeline.diagnostics.counts["processed"] == 1)
+        (diagnostics_timer,) = node.timers
+        diagnostics_timer.callback()
+        (diagnostics,) = by_topic["/diagnostics"].wait_for(1)
+    finally:
+        node.destroy_node()
+    expected = Relocalizer(model_path, device="cpu").process(rgb_frame(0), stamp_ns=stamp(0))
+    assert stamp_to_ns(pose.header.stamp) == stamp(0) and pose.header.frame_id == "world"
+    position, quat = pose_from_msg(pose)
+    np.testing.assert_allclose(position, expected.position_3, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(quat, expected.quat_wxyz_4, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(covariance_from_msg(pose), expected.covariance_66, rtol=1e-6, atol=1e-12)
+    assert known.data == expected.known_place
+    assert uncertainty.data == pytest.approx(expected.uncertainty_m)
+    # The transform goes through tf2_ros's broadcaster, not a /tf publisher.
+    (broadcaster,) = node.broadcasters
+    ((transform,),) = broadcaster.sent
+    assert (transform.header.frame_id, transform.child_frame_id) == ("world", "camera_optical")
+    assert stamp_to_ns(transform.header.stamp) == stamp(0)
+    values = {kv.key: kv.value for kv in diagnostics.status[0].values}
+    assert values["received"] == values["processed"] == "1" and values["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({}, "invalid parameters: parameter 'model' is required"),
+    ({"model": "m", "mc_samples": 5000}, "invalid parameters: parameter 'mc_samples' must lie in [-1, 1024]"),
+    ({"model": "m", "use_depth": "yes"}, "invalid parameters: parameter 'use_depth' of type bool"),
+    ({"model": "/nowhere/run"}, "cannot use model '/nowhere/run': no such checkpoint"),
+])
+
+
+def test_invalid_parameters_or_model_stop_the_node_with_a_fatal_message(ros, overrides, message):
+    with pytest.raises(ros.node.StartupError, match=f"^{re.escape(message)}"):
+        start(ros, **overrides)
+    (node,) = ros.state.nodes
+    assert node.logger.lines[-1][0] == "fatal" and node.logger.lines[-1][1].startswith(message)
+    assert node.publishers == node.subscriptions == node.timers == []
+
+
+def test_an_rgbd_model_needs_use_depth(ros, tmp_path):
+    path = make_checkpoint(tmp_path / "model.safetensors", depth="dual_stream")
+    with pytest.raises(ros.node.StartupError, match="needs a depth image with every frame: set use_depth"):
+        start(ros, model=str(path), device="cpu")
+    node = start(ros, model=str(path), device="cpu", use_depth=True)
+    try:
+        assert "/camera/depth/image_raw" in {s.topic for s in node.subscriptions}
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, ExternalShutdownException, None])
+def test_main_spins_then_destroys_the_node_and_shuts_down(ros, model_path, stop):
+    ros.state.spin_raises = stop
+    args = ["--ros-args", "-p", f"model:={model_path}", "-p", "device:=cpu"]
+    assert ros.node.main(args) == 0
+    assert ros.state.calls == ["init", "spin", "try_shutdown"]
+    (node,) = ros.state.nodes
+    assert node.destroyed and node.pipeline is None
+    assert (("info", "shutting down") in node.logger.lines) == (stop is not None)
+
+
+def test_main_exits_1_when_the_node_cannot_start(ros):
+    assert ros.node.main(["--ros-args", "-p", "device:=cpu"]) == 1  # no model
+    assert ros.state.calls == ["init", "try_shutdown"]
+    (node,) = ros.state.nodes
+    assert node.logger.lines[-1] == ("fatal", "invalid parameters: parameter 'model' is required: the path "
+                                              "of a training run or its model.safetensors")

@@ -1,4 +1,4 @@
-"""core/camera.py: the evaluation transform a checkpoint's config gives, and FrameTransform's checks.
+"""core/camera.py: FrameTransform's checks.
 (How the transform changes images, depth and intrinsics is tested through PoseDataset in
 data/test_dataset.py.)"""
 
@@ -6,14 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from posenet_ros.core.camera import FrameTransform, eval_transform
-
-
-def test_eval_transform_from_config() -> None:
-    transform = eval_transform({"data": {"resize": 64, "crop": [48, 64]}})
-    assert (transform.resize, transform.crop_size(), transform.random_crop) == (64, (48, 64), False)
-    default = eval_transform({"model": {}})
-    assert (default.resize, default.crop_size(), default.random_crop) == (256, (224, 224), False)
+from posenet_ros.core.camera import FrameTransform
 
 
 def test_frame_transform_validation():

@@ -504,3 +504,30 @@ def test_angular_error_gradient_points_the_right_way() -> None:
     (grad,) = torch.autograd.grad(error, angle)
     assert error.item() == pytest.approx(math.degrees(0.3), rel=1e-12)
     assert grad.item() == pytest.approx(180.0 / math.pi, rel=1e-10)
+
+
+# --- quaternion means (Markley) ---------------------------------------------------------------
+
+
+def quat_z(degrees: float) -> np.ndarray:
+    half = np.radians(degrees) / 2
+    return np.array([np.cos(half), 0.0, 0.0, np.sin(half)])
+
+
+def test_quat_average_ignores_signs_and_averages_symmetric_rotations() -> None:
+    q = np.array([0.5, 0.5, -0.5, 0.5])
+    np.testing.assert_allclose(g.quat_average([q, -q, q]), q, atol=1e-12)
+    symmetric = np.stack([quat_z(30.0), -quat_z(-30.0), quat_z(10.0), quat_z(-10.0)])
+    np.testing.assert_allclose(g.quat_average(symmetric), [1.0, 0.0, 0.0, 0.0], atol=1e-12)
+
+
+def test_quat_average_torch_ignores_sign_and_recovers_the_centre():
+    rng = np.random.default_rng(0)
+    centre = random_quats(rng, 1)[0]
+    perturbations = g.quat_exp(rng.normal(scale=0.05, size=(200, 3)))
+    samples = g.quat_multiply(perturbations, centre)
+    samples[::2] *= -1  # q and -q are the same rotation
+    mean = g.quat_average_torch(torch.from_numpy(samples)[None])[0].numpy()
+    centre = centre if centre[0] >= 0 else -centre
+    assert mean[0] >= 0
+    assert np.degrees(2 * np.arccos(min(1.0, abs(mean @ centre)))) < 0.5

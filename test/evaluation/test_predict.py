@@ -14,6 +14,8 @@ from posenet_ros.core.geometry import angular_error_deg, translation_error
 from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
+from posenet_ros.inference.uncertainty import UncertaintyConfig
+from posenet_ros.runtime.methods import PoseRegression
 
 
 def test_predict_returns_true_poses_and_the_models_outputs(scene_root: Path, untrained_model) -> None:
@@ -21,7 +23,8 @@ def test_predict_returns_true_poses_and_the_models_outputs(scene_root: Path, unt
     transform = FrameTransform(resize=32, crop=32)
     model = untrained_model
     model.train().set_dropout_mode("train")  # predict must switch to eval / dropout off and back
-    predictions = predict(model, records, transform, device="cpu", batch_size=3)
+    method = PoseRegression(model, UncertaintyConfig(mc_samples=0))
+    predictions = predict(method, records, transform, batch_size=3, with_uncertainty=False)
     assert model.training and model.dropout_mode == "train"
     assert len(predictions) == len(records) == 8
 
@@ -45,7 +48,7 @@ def test_predict_returns_true_poses_and_the_models_outputs(scene_root: Path, unt
     assert predictions.position_pred_N3.dtype == np.float64
     assert predictions.frame_index.shape == (8,)
 
-    again = predict(model, records, transform, device="cpu", batch_size=8)  # deterministic
+    again = predict(method, records, transform, batch_size=8)  # deterministic, whatever the batch size
     np.testing.assert_allclose(again.position_pred_N3, predictions.position_pred_N3, atol=1e-5)
     with pytest.raises(ValueError, match="window"):
-        predict(model, records, FrameTransform(resize=32, window=2), device="cpu")
+        predict(method, records, FrameTransform(resize=32, window=2))

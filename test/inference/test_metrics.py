@@ -11,7 +11,6 @@ import pytest
 
 from posenet_ros.inference.metrics import (
     mean_pose_baseline,
-    mean_quaternion,
     pose_errors,
     pose_metrics,
     threshold_key,
@@ -69,13 +68,6 @@ def test_pose_errors_treat_q_and_minus_q_as_equal() -> None:
     np.testing.assert_allclose(position_error, [0.5, 0.0])
     _, ninety = pose_errors(position[:1], quat_z(0.0)[None], position[:1], quat_z(90.0)[None])
     assert ninety[0] == pytest.approx(90.0)
-
-
-def test_mean_quaternion_ignores_signs_and_averages_symmetric_rotations() -> None:
-    q = np.array([0.5, 0.5, -0.5, 0.5])
-    np.testing.assert_allclose(mean_quaternion([q, -q, q]), q, atol=1e-12)
-    symmetric = np.stack([quat_z(30.0), -quat_z(-30.0), quat_z(10.0), quat_z(-10.0)])
-    np.testing.assert_allclose(mean_quaternion(symmetric), [1.0, 0.0, 0.0, 0.0], atol=1e-12)
 
 
 def test_mean_pose_baseline_known_answers() -> None:

@@ -326,9 +326,9 @@ def test_process_batch_gives_the_frame_by_frame_poses_resets_and_rejections(mode
         batch_sizes: list[int] = []
         infer_batch = relocalizer.infer_batch
 
-        def counted(images, stamps, *args, infer_batch=infer_batch, batch_sizes=batch_sizes):
-            batch_sizes.append(len(stamps))
-            return infer_batch(images, stamps, *args)
+        def counted(frames, *args, infer_batch=infer_batch, batch_sizes=batch_sizes):
+            batch_sizes.append(len(frames.keys))
+            return infer_batch(frames, *args)
 
         relocalizer.infer_batch = counted
         for msg in messages:

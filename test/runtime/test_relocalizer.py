@@ -9,7 +9,7 @@ import torch
 from node_support import depth_frame, make_checkpoint, random_temporal, rgb_frame, stamp
 
 from posenet_ros.cli import main
-from posenet_ros.core.camera import eval_transform
+from posenet_ros.core.config import config_from_dict
 from posenet_ros.data.dataset import hole_mask, read_frame_depth, read_frame_rgb, read_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
@@ -18,7 +18,9 @@ from posenet_ros.inference.temporal import TemporalCalibration
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.runtime.checkpoint import load_model, save_checkpoint, store_calibration, store_temporal
+from posenet_ros.runtime.methods import PoseRegression
 from posenet_ros.runtime.relocalizer import Relocalizer
+from posenet_ros.runtime.train_config import TrainConfig
 
 CONFIG = {"model": {"backbone": "resnet_tiny", "feature_dim": 64, "aleatoric": "per_axis"},
           "data": {"resize": 24, "crop": [20, 28]}}
@@ -43,9 +45,9 @@ def test_estimate_equals_the_evaluation_path(setup):
     path, records = setup
     relocalizer = Relocalizer(path, device="cpu")
     estimate = relocalizer.process(read_rgb(records[0].image_path), stamp_ns=0)
-    reference = predict(relocalizer.model, records[:1], eval_transform(CONFIG),
-                        uncertainty=relocalizer.uncertainty)
-    # float32 network outputs: the two paths may round differently in the last bits.
+    reference = predict(PoseRegression(relocalizer.model, relocalizer.uncertainty), records[:1],
+                        config_from_dict(TrainConfig, CONFIG).eval_transform())
+    # One inference path (runtime/methods.py) with the same key (stamp 0, index 0): equal.
     np.testing.assert_allclose(estimate.position_3, reference.position_pred_N3[0], rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(estimate.quat_wxyz_4, reference.quat_pred_N4[0], rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(estimate.covariance_66, reference.covariance_N66[0], rtol=1e-5, atol=1e-9)

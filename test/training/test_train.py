@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posenet_ros.cli import main
-from posenet_ros.core.camera import eval_transform
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import mean_pose_baseline
 from posenet_ros.inference.pose_solving import RansacConfig
 from posenet_ros.runtime.checkpoint import load_model
+from posenet_ros.runtime.methods import inference_method
 from posenet_ros.runtime.relocalizer import Relocalizer
 
 # 64x48 images from a wide-angle (90 degree) camera, eight training loops and one test loop through the
@@ -57,7 +57,8 @@ def train(scene: Path, out: Path, *args: str) -> None:
 def held_out_errors(model_dir: Path, scene: Path) -> tuple[float, float, float]:
     """(median position error m, mean-pose baseline median m, median orientation error deg) on test."""
     loaded = load_model(model_dir)
-    predictions = predict(loaded.model, load_frames(scene, "test"), eval_transform(loaded.config))
+    predictions = predict(loaded.inference(mc_samples=0), load_frames(scene, "test"),
+                          loaded.config.eval_transform(), with_uncertainty=False)
     train_poses = loaded.map_poses_N7
     baseline, _ = mean_pose_baseline(train_poses[:, :3], train_poses[:, 3:], predictions.position_true_N3,
                                      predictions.quat_true_N4)
@@ -232,7 +233,6 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
 @pytest.mark.slow
 def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_the_relocalizer(tmp_path):
     """train --use-depth with method=scr: the same network, poses from 3D-3D correspondences."""
-    from posenet_ros.core.camera import eval_transform
     from posenet_ros.data.dataset import read_frame_depth, read_frame_rgb
     from posenet_ros.evaluation.predict import predict
     from posenet_ros.runtime.checkpoint import load_model
@@ -248,8 +248,10 @@ def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_th
     loaded = load_model(model)
     assert loaded.ransac.use_depth and loaded.needs_depth and not loaded.model.config.needs_depth
     test = load_frames(scene, "test")
-    rgbd = predict(loaded.model, test, eval_transform(loaded.config), ransac=loaded.ransac)
-    rgb = predict(loaded.model, test, eval_transform(loaded.config), ransac=RansacConfig(use_depth=False))
+    rgbd = predict(loaded.inference(), test, loaded.config.eval_transform())
+    pnp = inference_method(loaded.method, loaded.model, uncertainty=loaded.uncertainty,
+                           ransac=RansacConfig(use_depth=False))
+    rgb = predict(pnp, test, loaded.config.eval_transform())
     # The same coordinates (a small model, 0.33 m off on its training cells): with depth the pose is
     # more than twice as close (0.24 against 0.6 m, median).
     assert np.median(rgbd.position_error_N) < 0.3

@@ -78,12 +78,12 @@ def predict(method: RelocalizationMethod, records: Sequence[FrameRecord], transf
             batch_size: int = 32, progress: bool = False, description: str = "predict",
             keep_features: bool = False, with_uncertainty: bool = True) -> Predictions:
     """Run `method` (`runtime.methods`: the inference path the node uses) over `records` in their
-    order and compare with the true poses. Each frame is seeded by its key (`frame_keys`), so the
-    result of a frame does not depend on `batch_size`.
+    order and compare with the true poses. Each frame is seeded by its key (`frame_keys`).
 
     With `with_uncertainty`, also the covariances, their uncalibrated epistemic and aleatoric parts,
-    the loop-closure scores and the Monte-Carlo spread;
-    a frame without a pose (scene coordinates: RANSAC found none) has NaN pose and infinite errors.
+    the loop-closure scores and the Monte-Carlo spread. A frame without a pose (scene coordinates:
+    RANSAC found none) has a NaN pose and infinite errors. The result of a frame does not depend on
+    `batch_size` beyond float32 rounding of the network (test/evaluation/test_inference_paths.py).
 
     The model runs in eval mode with dropout off under `torch.inference_mode` (`method.evaluating`).
     Frames are prepared by `transform` (a centre crop and no jitter for evaluation; `window` must be

@@ -15,8 +15,8 @@ LAYERS = ("cli", "training", "evaluation", "tools", "node", "data", "ros", "runt
 # The modules that may import posenet_ros modules inside functions, and why (each deferral is on
 # purpose and commented where it happens).
 DEFERRED_IMPORTS_ALLOWED = {
-    # each subcommand's imports (torch, cv2, cyclonedds) wait until it runs, so that
-    # `posenet-ros --help` and argument errors answer at once
+    # each subcommand's own imports (training, evaluation, Cyclone DDS, matplotlib) wait until it
+    # runs (torch itself still loads with the error classes cli.py catches)
     "posenet_ros.cli",
     # rosbags and Cyclone DDS (about a second) load only when a dataset is a bag
     "posenet_ros.data.bag_dataset",

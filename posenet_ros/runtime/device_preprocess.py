@@ -32,7 +32,7 @@ Measured against `CropBox.apply_rgb` (opencv-python 5.0.0 with its IPP HAL, torc
 
 Upscaling agrees less because cv2's SIMD vertical pass for uint8 bilinear truncates (`S >> 4`, then
 16-bit multiply-high) and so lands up to one level below the exactly rounded value.
-`test/test_device_preprocess.py` asserts max <= 1/255 and mean < 0.2/255 for these cases, on CPU and
+`test/runtime/test_device_preprocess.py` asserts max <= 1/255 and mean < 0.2/255 for these cases, on CPU and
 (where available) on CUDA, the latter with full float32 matmuls; not yet measured on a GPU. With
 TF32 matmuls enabled (`torch.backends.cuda.matmul.allow_tf32`,
 `torch.set_float32_matmul_precision("high")`) the weights lose precision (~5e-4 relative) and more

@@ -156,7 +156,7 @@ def _onnx_bytes(module: SamplingModule, images: torch.Tensor, masks: torch.Tenso
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
         # Its LSTM notice (batch sizes other than the traced one): the spatial LSTM head is checked
-        # with other batch sizes in test/test_export.py.
+        # with other batch sizes in test/runtime/test_export.py.
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
         torch.onnx.export(module, (images, masks), buffer, input_names=["images", "masks"],
                           output_names=outputs, dynamic_axes=axes, opset_version=ONNX_OPSET, **legacy)

@@ -128,7 +128,6 @@ def test_ctrl_c_is_exit_code_130(monkeypatch, tmp_path, capsys):
 
 def test_the_console_script_answers_help():
     script = Path(sys.executable).with_name("posenet-ros")
-    if not script.exists():
-        pytest.skip(f"no posenet-ros console script beside {sys.executable}")
+    assert script.exists(), f"no posenet-ros console script beside {sys.executable} (pip install -e .)"
     result = run_cli("--help", command=(str(script),))
     assert result.returncode == 0 and result.stdout.startswith("usage: posenet-ros"), result.stderr

@@ -5,16 +5,7 @@ metres (the translation of `world_from_cam`); orientations are unit quaternions 
 `world_from_cam` rotation, q and -q being the same rotation. Position errors are Euclidean distances
 in metres, orientation errors the angle of the relative rotation in degrees, in [0, 180].
 
-Metric names (`pose_metrics`, `metrics.json`):
-
-    frames                          number of frames
-    median_position_error_m         median position error (metres)
-    median_orientation_error_deg    median orientation error (degrees)
-    mean_position_error_m           mean position error (metres)
-    mean_orientation_error_deg      mean orientation error (degrees)
-    within_<M>m_<D>deg              share of frames (0..1) with position error <= M metres AND
-                                    orientation error <= D degrees; M and D written with Python's
-                                    `:g` format: (0.05, 5.0) -> "within_0.05m_5deg" (`threshold_key`)
+Metric names (`pose_metrics`, `metrics.json`): see inference/metrics.py.
 
 Files written by `evaluate` into its output folder:
 

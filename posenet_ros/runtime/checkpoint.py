@@ -97,7 +97,7 @@ class LoadedModel:
     def needs_depth(self) -> bool:
         """Whether every frame needs a depth image: an RGB-D network, or scene coordinates solved with
         depth (`ransac.use_depth`)."""
-        return self.inference().needs_depth
+        return self.method_class.depth_needed(self.config)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig | Mapping[str, Any],

@@ -140,15 +140,22 @@ class RelocalizationMethod(ABC):
         """Whether `infer` takes several frames in one network pass."""
         return True
 
+    network_class: ClassVar[type[torch.nn.Module]]
+
     @staticmethod
     @abstractmethod
     def network_config(config: TrainConfig) -> object:
         """The network's part of the training configuration."""
 
-    @classmethod
+    @staticmethod
     @abstractmethod
+    def depth_needed(config: TrainConfig) -> bool:
+        """Whether a model trained with `config` needs a depth image with every frame."""
+
+    @classmethod
     def network(cls, config: TrainConfig) -> torch.nn.Module:
         """A new (untrained) network of the method as `config` describes it."""
+        return cls.network_class(cls.network_config(config))
 
     @classmethod
     @abstractmethod
@@ -184,13 +191,15 @@ class PoseRegression(RelocalizationMethod):
         # Converted once: a float32 -> float64 copy of the F x F matrix per frame cost 1.3 ms on the CPU.
         self._feature_covariance_FF = model.feature_covariance.to(torch.float64)
 
+    network_class = PoseNet
+
     @staticmethod
     def network_config(config: TrainConfig) -> ModelConfig:
         return config.model
 
-    @classmethod
-    def network(cls, config: TrainConfig) -> PoseNet:
-        return PoseNet(config.model)
+    @staticmethod
+    def depth_needed(config: TrainConfig) -> bool:
+        return config.model.needs_depth
 
     @classmethod
     def build(cls, model: torch.nn.Module, *, uncertainty: UncertaintyConfig, ransac: RansacConfig,
@@ -294,13 +303,15 @@ class SceneCoordinates(RelocalizationMethod):
         self.ransac = ransac
         self.uncertainty = uncertainty
 
+    network_class = SceneCoordinateNet
+
     @staticmethod
     def network_config(config: TrainConfig) -> SceneCoordinateConfig:
         return config.scr
 
-    @classmethod
-    def network(cls, config: TrainConfig) -> SceneCoordinateNet:
-        return SceneCoordinateNet(config.scr)
+    @staticmethod
+    def depth_needed(config: TrainConfig) -> bool:
+        return config.ransac.use_depth  # poses solved with depth
 
     @classmethod
     def build(cls, model: torch.nn.Module, *, uncertainty: UncertaintyConfig, ransac: RansacConfig,

@@ -41,10 +41,6 @@ class TrainingMethod(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def data_needs_depth(self, config: TrainConfig) -> bool:
-        """Whether the training frames must have depth images (read from a bag too)."""
-
-    @abstractmethod
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
               position_scale_m: float) -> TrainingSetup:
         """The network (with the scene statistics of the training cameras' positions, metres), its

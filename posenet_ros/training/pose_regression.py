@@ -56,9 +56,6 @@ class PoseRegressionTraining(TrainingMethod):
 
     name = "posenet"
 
-    def data_needs_depth(self, config: TrainConfig) -> bool:
-        return config.model.needs_depth
-
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
               position_scale_m: float) -> TrainingSetup:
         model = PoseRegression.network(config)

@@ -60,9 +60,6 @@ class SceneCoordinateTraining(TrainingMethod):
 
     name = "scr"
 
-    def data_needs_depth(self, config: TrainConfig) -> bool:
-        return config.ransac.use_depth  # poses solved with depth
-
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
               position_scale_m: float) -> TrainingSetup:
         model, step, dataset = _setup(config, records, position_mean_3, position_scale_m)

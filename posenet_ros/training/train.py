@@ -49,7 +49,7 @@ from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import pose_metrics
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.runtime.checkpoint import MODEL_FILE, CheckpointError, save_checkpoint
-from posenet_ros.runtime.methods import inference_method
+from posenet_ros.runtime.methods import METHODS, inference_method
 from posenet_ros.runtime.train_config import TrainConfig
 from posenet_ros.training.method import TrainingMethod, TrainingSetup, epoch_seed, training_autocast
 from posenet_ros.training.pose_regression import PoseRegressionTraining
@@ -114,7 +114,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
            device: torch.device, rank: int, world: int) -> Path:
     method = TRAINING_METHODS[config.method]()
     bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth
-                              or method.data_needs_depth(config))
+                              or METHODS[config.method].depth_needed(config))
     train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad, bag=bag)
     val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad, bag=bag)
                    if config.data.val_split else [])

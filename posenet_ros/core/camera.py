@@ -17,7 +17,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """Pinhole intrinsics in pixels for an image of `width` x `height` (pixel centres at integers)."""
+    """Intrinsics in pixels for an image of `width` x `height` (pixel centres at integers): the pinhole
+    K and, optionally, OpenCV lens distortion coefficients `distortion` = (k1, k2, p1, p2[, k3[, k4,
+    k5, k6]]) of the normalised image coordinates (unchanged by resizing or cropping). Empty: a pinhole
+    camera (or an image already undistorted)."""
 
     width: int
     height: int
@@ -25,6 +28,22 @@ class Intrinsics:
     fy: float
     cx: float
     cy: float
+    distortion: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "distortion", tuple(float(value) for value in self.distortion))
+        if len(self.distortion) not in (0, 4, 5, 8):
+            raise ValueError(f"distortion must hold 0, 4, 5 or 8 OpenCV coefficients (k1 k2 p1 p2 [k3 "
+                             f"[k4 k5 k6]]), got {len(self.distortion)}")
+
+    @property
+    def distorted(self) -> bool:
+        """Whether any distortion coefficient is non-zero."""
+        return any(value != 0.0 for value in self.distortion)
+
+    def pinhole(self) -> Intrinsics:
+        """The same K without distortion: the camera of an image undistorted to this K."""
+        return Intrinsics(self.width, self.height, self.fx, self.fy, self.cx, self.cy)
 
     def matrix(self) -> np.ndarray:
         """The 3x3 calibration matrix K (float64)."""
@@ -40,20 +59,25 @@ class Intrinsics:
             fy=self.fy * sy,
             cx=(self.cx + 0.5) * sx - 0.5,
             cy=(self.cy + 0.5) * sy - 0.5,
+            distortion=self.distortion,
         )
 
     def cropped(self, x0: int, y0: int, width: int, height: int) -> Intrinsics:
         """Intrinsics after cropping the window with top-left pixel (x0, y0) and the given size."""
-        return Intrinsics(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0)
+        return Intrinsics(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0, self.distortion)
 
     def to_dict(self) -> dict:
-        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
-                "cx": self.cx, "cy": self.cy}
+        values = {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
+                  "cx": self.cx, "cy": self.cy}
+        if self.distortion:
+            values["distortion"] = list(self.distortion)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> Intrinsics:
         return cls(int(values["width"]), int(values["height"]), float(values["fx"]),
-                   float(values["fy"]), float(values["cx"]), float(values["cy"]))
+                   float(values["fy"]), float(values["cx"]), float(values["cy"]),
+                   tuple(values.get("distortion", ())))
 
 
 @dataclass

@@ -46,15 +46,21 @@ class FrameRecord:
     """One frame of a dataset; images are read lazily by the torch dataset (`read_frame_rgb`).
 
     `image_path` / `depth_path` are image files for the folder layouts, or a `BagMessage` for a frame
-    read from a rosbag2 (`bag_dataset.py`).
+    read from a rosbag2 (`bag_dataset.py`). `intrinsics` may be for another size of the same image
+    (scaled to the image's size when read) and may hold lens distortion (undistorted when read).
+    `depth_unit_m`: metres per unit of an integer depth file (7-Scenes 0.001, TUM 1/5000).
+    `metric`: whether poses are in metres; False for captures of arbitrary scale (COLMAP, NeRF), whose
+    metric defaults then come from the data.
     """
 
     image_path: Path | BagMessage
     depth_path: Path | BagMessage | None
-    world_from_cam: np.ndarray  # (4, 4) float64, metres
+    world_from_cam: np.ndarray  # (4, 4) float64, metres (or the capture's unit when not `metric`)
     intrinsics: Intrinsics | None
     sequence: str
     frame_index: int
+    depth_unit_m: float = 0.001
+    metric: bool = True
 
 
 @dataclass

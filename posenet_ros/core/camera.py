@@ -182,8 +182,9 @@ def crop_box(width: int, height: int, transform: FrameTransform,
     new_width, new_height = resized_size(width, height, transform.resize)
     crop = transform.crop_size() or (new_height, new_width)
     if crop[0] > new_height or crop[1] > new_width:
-        raise ValueError(f"crop {crop[1]}x{crop[0]} is larger than the resized image "
-                         f"{new_width}x{new_height}")
+        raise ValueError(f"crop (height, width) = ({crop[0]}, {crop[1]}) px is larger than the resized "
+                         f"image (height, width) = ({new_height}, {new_width}) px: lower data.crop or raise "
+                         "data.resize")
     if transform.random_crop:
         if rng is None:
             raise ValueError("a random crop needs a random generator")

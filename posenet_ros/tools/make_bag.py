@@ -39,8 +39,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
+from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.images import read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,

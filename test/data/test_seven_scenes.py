@@ -13,8 +13,9 @@ import pytest
 from dataset_support import INTRINSICS, make_sequences, truncate
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics
-from posenet_ros.data.dataset import PoseDataset, read_depth_mm, read_rgb
+from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError
+from posenet_ros.data.images import read_depth_mm, read_rgb
 from posenet_ros.data.seven_scenes import (
     SEVEN_SCENES_INTRINSICS,
     depth_to_millimetres,

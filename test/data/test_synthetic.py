@@ -10,7 +10,7 @@ import pytest
 from posenet_ros.cli import main
 from posenet_ros.core.geometry import backproject_depth, pose_invert, project_points, transform_points
 from posenet_ros.data.cambridge import load_cambridge
-from posenet_ros.data.dataset import read_depth_mm
+from posenet_ros.data.images import read_depth_mm
 from posenet_ros.data.seven_scenes import load_seven_scenes
 from posenet_ros.data.synthetic import PARTITION_X, SceneConfig, SyntheticScene
 

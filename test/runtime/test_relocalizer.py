@@ -10,7 +10,8 @@ from node_support import depth_frame, make_checkpoint, random_temporal, rgb_fram
 
 from posenet_ros.cli import main
 from posenet_ros.core.config import config_from_dict
-from posenet_ros.data.dataset import hole_mask, read_frame_depth, read_frame_rgb, read_rgb
+from posenet_ros.data.dataset import hole_mask
+from posenet_ros.data.images import read_frame_depth, read_frame_rgb, read_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.loop_closure import LoopClosureConfig

@@ -212,7 +212,7 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
     assert metrics["frames"] == 24 and "uncertainty" in metrics
     relocalizer = Relocalizer(scr_run / "run", device="cpu")
     record = load_frames(scr_run / "scene", "test")[0]
-    from posenet_ros.data.dataset import read_frame_rgb
+    from posenet_ros.data.images import read_frame_rgb
 
     rgb = read_frame_rgb(record.image_path)
     try:
@@ -233,7 +233,7 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
 @pytest.mark.slow
 def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_the_relocalizer(tmp_path):
     """train --use-depth with method=scr: the same network, poses from 3D-3D correspondences."""
-    from posenet_ros.data.dataset import read_frame_depth, read_frame_rgb
+    from posenet_ros.data.images import read_frame_depth, read_frame_rgb
     from posenet_ros.evaluation.predict import predict
     from posenet_ros.runtime.checkpoint import load_model
 

@@ -54,7 +54,7 @@ def read_depth(path: Path, unit_m: float = 0.001) -> np.ndarray:
     if raw.dtype != np.uint16 or raw.ndim != 2:
         raise DatasetError(f"{path}: depth must be a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
     valid = (raw != DEPTH_INVALID_VALUES[0]) & (raw != DEPTH_INVALID_VALUES[1])
-    return np.where(valid, raw.astype(np.float32) * np.float32(unit_m), np.float32(0.0)).astype(np.float32)
+    return np.where(valid, raw * float(unit_m), 0.0).astype(np.float32)  # float64 product, then rounded
 
 
 def read_depth_mm(path: Path) -> np.ndarray:

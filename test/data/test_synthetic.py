@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from geometry_check import reprojected_depth_error
 
 from posenet_ros.cli import main
-from posenet_ros.core.geometry import backproject_depth, pose_invert, project_points, transform_points
 from posenet_ros.data.cambridge import load_cambridge
 from posenet_ros.data.images import read_depth_mm
 from posenet_ros.data.seven_scenes import load_seven_scenes
@@ -23,20 +23,6 @@ SMALL_CONFIG = SceneConfig(width=160, height=120, frames_per_sequence=30, train_
 @pytest.fixture(scope="module")
 def small_scene() -> SyntheticScene:
     return SyntheticScene(SceneConfig(width=160, height=120, frames_per_sequence=24))
-
-
-def reprojected_depth_error(depth_a, depth_b, K, world_from_a, world_from_b) -> np.ndarray:
-    """|z_B(projected A points) - depth_B at the nearest pixel| for A's pixels that land in B."""
-    points_a = backproject_depth(depth_a, K).reshape(-1, 3)
-    points_a = points_a[np.isfinite(points_a).all(axis=1)]
-    b_from_a = pose_invert(world_from_b) @ world_from_a
-    uv, z = project_points(transform_points(b_from_a, points_a), K)
-    cols, rows = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
-    h, w = depth_b.shape
-    inside = (z > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
-    observed = depth_b[rows[inside], cols[inside]]
-    valid = observed > 0
-    return np.abs(z[inside][valid] - observed[valid])
 
 
 def test_rendering_is_deterministic_for_a_seed_and_differs_between_seeds():

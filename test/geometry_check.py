@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from posenet_ros.core.camera import Intrinsics
@@ -95,3 +96,15 @@ def rendered_frames(count: int, config: SceneConfig = SMALL_SCENE) -> tuple[Intr
 def as_sequences(frames: Sequence[RenderedFrame], split: str = "train") -> list[SequenceToWrite]:
     """`frames` as one sequence for a layout writer."""
     return [SequenceToWrite(split, list(frames))]
+
+
+def distort(frame: RenderedFrame, camera: Intrinsics) -> RenderedFrame:
+    """What the distorted `camera` sees of a pinhole rendering with `camera.pinhole()`: distorted pixel
+    (u, v) shows the pinhole image at K * undistort(K^-1 (u, v)) (bilinear colour, nearest depth)."""
+    u, v = np.meshgrid(np.arange(camera.width, dtype=np.float32), np.arange(camera.height, dtype=np.float32))
+    K = camera.matrix()
+    pinhole = cv2.undistortPoints(np.stack([u, v], -1).reshape(-1, 1, 2), K, np.array(camera.distortion), P=K)
+    map_x, map_y = (pinhole[:, 0, i].reshape(camera.height, camera.width).astype(np.float32) for i in (0, 1))
+    depth = None if frame.depth_HW is None else cv2.remap(frame.depth_HW, map_x, map_y, cv2.INTER_NEAREST)
+    rgb = cv2.remap(frame.rgb_HW3, map_x, map_y, cv2.INTER_LINEAR)
+    return RenderedFrame(rgb, depth, frame.world_from_cam)

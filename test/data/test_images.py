@@ -10,29 +10,18 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
-from geometry_check import as_sequences, assert_consistent, depth_disagreement
+from geometry_check import as_sequences, assert_consistent, depth_disagreement, distort
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics
 from posenet_ros.core.undistortion import undistortion_maps
 from posenet_ros.data.dataset import PoseDataset
-from posenet_ros.data.frames import DatasetError, FrameRecord, RenderedFrame
+from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.images import read_depth, record_depth, record_rgb, scaled_intrinsics
 from posenet_ros.data.seven_scenes import load_seven_scenes, write_seven_scenes
 from posenet_ros.data.synthetic import SceneConfig, SyntheticScene
 
 DISTORTION = (-0.25, 0.06, 0.001, -0.001)  # k1 k2 p1 p2: a wide-angle lens's barrel distortion
 MARGIN = 10  # px: the border that undistortion fills with black (rays outside the distorted image)
-
-
-def distort(frame: RenderedFrame, camera: Intrinsics) -> RenderedFrame:
-    """What the distorted `camera` sees of a pinhole rendering with `camera.pinhole()`: distorted pixel
-    (u, v) shows the pinhole image at K * undistort(K^-1 (u, v)) (bilinear colour, nearest depth)."""
-    u, v = np.meshgrid(np.arange(camera.width, dtype=np.float32), np.arange(camera.height, dtype=np.float32))
-    K = camera.matrix()
-    pinhole = cv2.undistortPoints(np.stack([u, v], -1).reshape(-1, 1, 2), K, np.array(camera.distortion), P=K)
-    map_x, map_y = (pinhole[:, 0, i].reshape(camera.height, camera.width).astype(np.float32) for i in (0, 1))
-    return RenderedFrame(cv2.remap(frame.rgb_HW3, map_x, map_y, cv2.INTER_LINEAR),
-                         cv2.remap(frame.depth_HW, map_x, map_y, cv2.INTER_NEAREST), frame.world_from_cam)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import PIL.Image
 
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.undistortion import undistort_depth, undistort_rgb
@@ -106,6 +107,22 @@ def record_rgb(record: FrameRecord) -> tuple[np.ndarray, Intrinsics | None]:
     if camera.distorted:
         rgb = undistort_rgb(rgb, camera)
     return rgb, camera.pinhole()
+
+
+def record_camera(record: FrameRecord) -> Intrinsics | None:
+    """The pinhole intrinsics of the record's colour image as `record_rgb` returns them, without decoding
+    the pixels (the size comes from the file's header; a rosbag2 frame's intrinsics come from its
+    CameraInfo and are taken as they are). None for a record without intrinsics."""
+    if record.intrinsics is None:
+        return None
+    if isinstance(record.image_path, BagMessage):
+        return record.intrinsics.pinhole()
+    try:
+        with PIL.Image.open(record.image_path) as image:
+            width, height = image.size
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{record.image_path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    return scaled_intrinsics(record.intrinsics, width, height, record.image_path).pinhole()
 
 
 def record_depth(record: FrameRecord, camera: Intrinsics | None) -> np.ndarray:

@@ -178,7 +178,7 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, top
                                                                 format=compressed_format)
     if DEPTH_TOPIC in topics:
         assert record.depth_path is not None  # _topics_to_write checked it
-        depth = read_frame_depth(record.depth_path)
+        depth = read_frame_depth(record.depth_path, record.depth_unit_m)
         messages[DEPTH_TOPIC] = depth_msg(types, depth, stamp_ns, camera_frame, encoding="16UC1")
     messages[POSE_TOPIC] = pose_stamped(types, stamp_ns, map_frame, pose[:3], pose[3:])
     transform = transform_stamped(types, stamp_ns, map_frame, camera_frame, pose[:3], pose[3:])

@@ -16,7 +16,7 @@ from posenet_ros.core.camera import FrameTransform, Intrinsics
 from posenet_ros.core.undistortion import undistortion_maps
 from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError, FrameRecord
-from posenet_ros.data.images import read_depth, record_depth, record_rgb, scaled_intrinsics
+from posenet_ros.data.images import read_depth, record_camera, record_depth, record_rgb, scaled_intrinsics
 from posenet_ros.data.seven_scenes import load_seven_scenes, write_seven_scenes
 from posenet_ros.data.synthetic import SceneConfig, SyntheticScene
 
@@ -65,6 +65,7 @@ def test_depth_of_another_size_and_missing_depth_are_errors_naming_the_file(tmp_
                          Intrinsics(16, 12, 10.0, 10.0, 7.5, 5.5), "s", 0)
     rgb, camera = record_rgb(record)
     assert rgb.shape == (6, 8, 3) and camera == Intrinsics(8, 6, 5.0, 5.0, 3.5, 2.5)
+    assert record_camera(record) == camera  # from the file's header, as evaluation computes K
     with pytest.raises(DatasetError, match=r"d\.png: depth is 4x3 px, its colour image 8x6"):
         record_depth(record, camera)
     with pytest.raises(DatasetError, match=r"c\.png: the frame has no depth image"):

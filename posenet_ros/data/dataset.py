@@ -9,7 +9,9 @@ Each item is a dict of tensors (T = `FrameTransform.window`; with T = 1 the T ax
     pose            float32 (7,) or (T, 7): camera position xyz (metres) + quaternion wxyz of the
                     world_from_cam rotation, unit norm, w >= 0
     K               float32 (3, 3) or (T, 3, 3), intrinsics of the returned image (after resize
-                    and crop; only if the records have intrinsics)
+                    and crop; only if the records have intrinsics). Images are read by
+                    data/images.py: the record's K scaled to the file's size, distorted cameras
+                    undistorted to their pinhole K, depth in the record's unit
     sequence        str
     frame_index     int, or int64 (T,) for windows
 

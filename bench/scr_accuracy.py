@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from posenet_ros.cli import main as cli
-from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
+from posenet_ros.data.dataset import pose_vector
+from posenet_ros.data.images import read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import pose_errors, pose_metrics

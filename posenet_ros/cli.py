@@ -439,8 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synth", help="render the built-in synthetic scene as a dataset",
                                 description="Render the two-room synthetic scene (exact RGB, depth, "
-                                "intrinsics and poses) in the 7-Scenes or Cambridge Landmarks layout.")
-    synth.add_argument("--layout", choices=["7scenes", "cambridge"], default="7scenes")
+                                "intrinsics and poses) in a dataset layout: 7-Scenes (and as users bring "
+                                "it: 7scenes-jpg with camera-intrinsics.txt, 7scenes-rgb without depth, "
+                                "7scenes-flat one folder of frames), Cambridge Landmarks or TUM RGB-D.")
+    # data/synthetic.py SYNTHETIC_LAYOUTS (not imported here: the parser loads without numpy and cv2)
+    synth.add_argument("--layout", choices=["7scenes", "7scenes-jpg", "7scenes-rgb", "7scenes-flat",
+                                            "cambridge", "tum"], default="7scenes")
     synth.add_argument("--config", type=Path, help="YAML scene config (see config/synthetic_scene.yaml)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.add_argument("out", type=Path, help="output folder (new or empty)")

@@ -9,7 +9,9 @@ Each item is a dict of tensors (T = `FrameTransform.window`; with T = 1 the T ax
     pose            float32 (7,) or (T, 7): camera position xyz (metres) + quaternion wxyz of the
                     world_from_cam rotation, unit norm, w >= 0
     K               float32 (3, 3) or (T, 3, 3), intrinsics of the returned image (after resize
-                    and crop; only if the records have intrinsics)
+                    and crop; only if the records have intrinsics). Images are read by
+                    data/images.py: the record's K scaled to the file's size, distorted cameras
+                    undistorted to their pinhole K, depth in the record's unit
     sequence        str
     frame_index     int, or int64 (T,) for windows
 
@@ -28,7 +30,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -38,8 +39,8 @@ from torch.utils.data import Dataset
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics, crop_box
 from posenet_ros.core.geometry import matrix_to_quat
-from posenet_ros.data.bag_dataset import read_bag_depth, read_bag_rgb
-from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
+from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.images import record_depth, record_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -49,43 +50,6 @@ _LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def pose_vector(world_from_cam: np.ndarray) -> np.ndarray:
     """(4, 4) world_from_cam -> (7,) float64: position xyz + unit quaternion wxyz with w >= 0."""
     return np.concatenate([world_from_cam[:3, 3], matrix_to_quat(world_from_cam[:3, :3])])
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read a colour image as uint8 RGB (H, W, 3); DatasetError naming the file if it cannot be read."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"{path}: cannot read image (missing, truncated or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def read_depth_mm(path: Path) -> np.ndarray:
-    """Read a uint16 millimetre depth PNG as float32 metres (H, W); 0 and 65535 become 0 (invalid)."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise DatasetError(f"{path}: cannot read depth image (missing, truncated or not an image)")
-    if raw.dtype != np.uint16 or raw.ndim != 2:
-        raise DatasetError(f"{path}: depth must be a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
-    valid = (raw != 0) & (raw != 65535)
-    return np.where(valid, raw.astype(np.float32) / 1000.0, np.float32(0.0)).astype(np.float32)
-
-
-def read_frame_rgb(source: Path | BagMessage) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of a record's `image_path`: an image file (`read_rgb`) or a message in a
-    rosbag2 (`bag_dataset.read_bag_rgb`)."""
-    if isinstance(source, BagMessage):
-
-        return read_bag_rgb(source)
-    return read_rgb(source)
-
-
-def read_frame_depth(source: Path | BagMessage) -> np.ndarray:
-    """float32 depth in metres (H, W), 0 = invalid, of a record's `depth_path`: a millimetre PNG
-    (`read_depth_mm`) or a depth Image in a rosbag2 (`bag_dataset.read_bag_depth`)."""
-    if isinstance(source, BagMessage):
-
-        return read_bag_depth(source)
-    return read_depth_mm(source)
 
 
 def hole_mask(height: int, width: int, share: float, rng: np.random.Generator,
@@ -207,24 +171,21 @@ class PoseDataset(Dataset):
         t = self.transform
         rng = np.random.default_rng([self.seed, self.epoch, index])
         records = [self.records[i] for i in self.windows[index]]
-        rgbs = [read_frame_rgb(record.image_path) for record in records]
+        read = [record_rgb(record) for record in records]  # intrinsics scaled to the image, undistorted
+        rgbs = [rgb for rgb, _ in read]
         height, width = rgbs[0].shape[:2]
         for record, rgb in zip(records, rgbs, strict=True):
             if rgb.shape[:2] != (height, width):
                 raise DatasetError(f"{record.image_path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from "
                                    f"the window's first frame {width}x{height}")
-            if record.intrinsics is not None and (record.intrinsics.width, record.intrinsics.height) != (
-                    width, height):
-                raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are "
-                                   f"for {record.intrinsics.width}x{record.intrinsics.height}")
 
         box = crop_box(width, height, t, rng)
         jitter = self._jitter(rng)
         images, depths, matrices, poses, ks = [], [], [], [], []
-        for record, rgb in zip(records, rgbs, strict=True):
+        for record, (rgb, camera) in zip(records, read, strict=True):
             images.append(jitter.apply(box.apply_rgb(rgb)).transpose(2, 0, 1))
             if self.has_depth:
-                depth = read_frame_depth(record.depth_path)
+                depth = record_depth(record, camera)
                 if depth.shape != (height, width):
                     raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
                                        f"its colour image {width}x{height}")
@@ -235,8 +196,8 @@ class PoseDataset(Dataset):
                 depths.append(depth[None])
             matrices.append(record.world_from_cam)
             poses.append(pose_vector(record.world_from_cam))
-            if record.intrinsics is not None:
-                intrinsics: Intrinsics = record.intrinsics.resized(box.new_width, box.new_height)
+            if camera is not None:
+                intrinsics: Intrinsics = camera.resized(box.new_width, box.new_height)
                 ks.append(intrinsics.cropped(box.x0, box.y0, box.crop_width, box.crop_height).matrix())
 
         def stack(arrays: list[np.ndarray]) -> torch.Tensor:

@@ -31,8 +31,8 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -43,7 +43,8 @@ from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import config_to_dict
 from posenet_ros.data.cambridge import write_cambridge
 from posenet_ros.data.frames import RenderedFrame, SequenceToWrite
-from posenet_ros.data.seven_scenes import write_seven_scenes
+from posenet_ros.data.seven_scenes import INTRINSICS_TXT, write_seven_scenes
+from posenet_ros.data.tum import write_tum
 
 logger = logging.getLogger(__name__)
 
@@ -503,18 +504,38 @@ def _outside_plan(n: int, rng: np.random.Generator) -> SequencePlan:
                         in_map=[in_mapped_area(p[:3, 3]) for p in poses])
 
 
-def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambridge"], out: Path,
-                          progress: bool = True) -> dict:
-    """Render the scene of `config` into `out` in a dataset layout, with `synthetic.json` beside it.
+_WRITERS = {
+    "7scenes": write_seven_scenes,
+    # the 7-Scenes layout as users bring it: JPEG colour with camera-intrinsics.txt; RGB only; one flat
+    # folder of frames like the shared 7-Scenes excerpt (JPEG, camera-intrinsics.txt, depth)
+    "7scenes-jpg": partial(write_seven_scenes, color="jpg", intrinsics_file=INTRINSICS_TXT),
+    "7scenes-rgb": partial(write_seven_scenes, depth=False),
+    "7scenes-flat": partial(write_seven_scenes, color="jpg", intrinsics_file=INTRINSICS_TXT, flat=True),
+    "cambridge": write_cambridge,
+    "tum": write_tum,
+}
+SYNTHETIC_LAYOUTS = tuple(_WRITERS)
+"""The layouts `write_synthetic_scene` (and `posenet-ros synth --layout`) writes."""
+
+SINGLE_RECORDING_LAYOUTS = ("7scenes-flat", "tum")
+"""Layouts of one recording without split files: the sequences are written one after another and the
+readers split them by time blocks (data/splits.py TEST_BLOCKS)."""
+
+
+def write_synthetic_scene(config: SceneConfig, layout: str, out: Path, progress: bool = True) -> dict:
+    """Render the scene of `config` into `out` in a dataset layout (`SYNTHETIC_LAYOUTS`), with
+    `synthetic.json` beside it.
 
     `synthetic.json` records the resolved config, intrinsics, each sequence's split and per-frame
     `in_map` flags, and the measured render time. Returns that summary. `out` must not exist or be
-    empty, so frames of an earlier, larger scene are never mixed in.
+    empty, so frames of an earlier, larger scene are never mixed in. The single-recording layouts
+    (`SINGLE_RECORDING_LAYOUTS`) write all sequences in order as one recording (each sequence's
+    `first_frame` in the summary); their splits are then the readers' time blocks, not the
+    sequences' split names.
     """
 
-    writers = {"7scenes": write_seven_scenes, "cambridge": write_cambridge}
-    if layout not in writers:
-        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(writers)}")
+    if layout not in _WRITERS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(_WRITERS)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
@@ -525,7 +546,10 @@ def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambr
         sequences = scene.sequences_to_write(timings)
         for sequence in sequences:
             sequence.frames = _counted(sequence.frames, bar)
-        folders = writers[layout](out, sequences, scene.intrinsics)
+        folders = _WRITERS[layout](out, sequences, scene.intrinsics)
+    if layout in SINGLE_RECORDING_LAYOUTS:
+        folders = [out] * len(scene.sequences)
+    first_frames = np.cumsum([0] + [len(plan.world_from_cam) for plan in scene.sequences])[:-1]
     summary = {
         "layout": layout,
         "config": config_to_dict(config),
@@ -534,7 +558,9 @@ def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambr
                         "partition_x": PARTITION_X},
         "sequences": [{"folder": str(Path(folder).relative_to(out)), "split": plan.split,
                        "variation": plan.variation, "frames": len(plan.world_from_cam),
-                       "in_map": plan.in_map} for folder, plan in zip(folders, scene.sequences, strict=True)],
+                       "in_map": plan.in_map,
+                       **({"first_frame": int(first)} if layout in SINGLE_RECORDING_LAYOUTS else {})}
+                      for folder, plan, first in zip(folders, scene.sequences, first_frames, strict=True)],
         "frames": total,
         "render_seconds_per_frame": float(np.mean(timings)) if timings else None,
     }

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from posenet_ros.core.camera import FrameTransform, crop_box, input_intrinsics
 from posenet_ros.data.dataset import PoseDataset, network_input, pose_vector
 from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
+from posenet_ros.data.images import record_camera
 from posenet_ros.inference.metrics import pose_errors
 from posenet_ros.inference.uncertainty import fit_feature_covariance
 from posenet_ros.models.posenet import PoseNet
@@ -68,10 +69,10 @@ def frame_keys(records: Sequence[FrameRecord]) -> list[int]:
 
 def _input_intrinsics(records: Sequence[FrameRecord], transform: FrameTransform) -> np.ndarray:
     """K_B33 (float64) of the network inputs of `records`, computed as the Relocalizer computes it
-    (the dataset's K is float32)."""
-    return np.stack([input_intrinsics(record.intrinsics, crop_box(record.intrinsics.width,
-                                                                  record.intrinsics.height, transform))
-                     for record in records])
+    (the dataset's K is float32), from each image's pinhole camera at its size (`record_camera`)."""
+    cameras = [record_camera(record) for record in records]
+    return np.stack([input_intrinsics(camera, crop_box(camera.width, camera.height, transform))
+                     for camera in cameras])
 
 
 def predict(method: RelocalizationMethod, records: Sequence[FrameRecord], transform: FrameTransform, *,

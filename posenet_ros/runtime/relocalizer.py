@@ -11,6 +11,13 @@ same estimate in every runtime and in `eval`; then the loop-closure detector wit
 temporal smoothing. The ROS node, the DDS runtime and bag replay all call `process` (or its batched
 halves `infer_batch` and `finish`); nothing else decides anything.
 
+The query camera: `process` / `prepare` / `prepare_batch` take the intrinsics of the frames
+(`camera=`, an `Intrinsics` with K and OpenCV distortion D; for another size of the same aspect ratio
+they are scaled to the frame's size). A distorted frame (and its depth) is undistorted to the
+camera's pinhole K (`Intrinsics.pinhole()`, core/undistortion.py) before the network, as training
+undistorted its images, and scene-coordinate PnP solves with that pinhole K. Without `camera=` the
+frames are taken to be pinhole images of the checkpoint's training camera.
+
 The network runs in PyTorch (`runtime="torch"`) or from a file written by `posenet-ros export`
 ("onnx": ONNX Runtime, the fastest on CPU; "torchscript"). On a CUDA device the fast path
 (`fast_path=True`) uploads the uint8 frame from pinned memory and resizes and crops it on the device
@@ -33,8 +40,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from posenet_ros.core.camera import CropBox, crop_box, input_intrinsics
+from posenet_ros.core.camera import CropBox, Intrinsics, crop_box, input_intrinsics
 from posenet_ros.core.device import resolve_device
+from posenet_ros.core.undistortion import undistort_depth, undistort_rgb
 from posenet_ros.inference.loop_closure import LoopClosureConfig, LoopClosureDetector
 from posenet_ros.inference.temporal import CausalSmoother, head_inputs
 from posenet_ros.inference.uncertainty import (
@@ -209,28 +217,39 @@ class Relocalizer:
             self.smoother.reset()
 
     def prepare(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
-                stamp_ns: int = 0) -> FrameBatch:
+                stamp_ns: int = 0, camera: Intrinsics | None = None) -> FrameBatch:
         """uint8 RGB (H, W, 3) [+ depth (H, W) in metres, 0 / NaN / inf = hole, for models that need
         it] -> the method's input: the network's float32 input (1, C, h, w) on the device, prepared as
         evaluation prepares frames, with the input's intrinsics and depth where the method uses them.
-        Raises ValueError for an image that is not uint8 (H, W, 3) or is too small, and for a missing
-        depth image or one of another size."""
-        return self.prepare_batch([rgb_HW3], [depth_HW], [stamp_ns])
+        `camera`: the frame's intrinsics with distortion (module docstring); None = a pinhole image of
+        the training camera. Raises ValueError for an image that is not uint8 (H, W, 3) or is too
+        small, for a missing depth image or one of another size, and for a camera of another aspect
+        ratio than the image."""
+        return self.prepare_batch([rgb_HW3], [depth_HW], [stamp_ns], camera)
 
     def prepare_batch(self, rgbs_HW3: Sequence[np.ndarray], depths_HW: Sequence[np.ndarray | None],
-                      stamps_ns: Sequence[int]) -> FrameBatch:
-        """`prepare` for B frames of one size -> (B, C, h, w). Raises ValueError as `prepare` does, and
-        for frames of different sizes."""
+                      stamps_ns: Sequence[int], camera: Intrinsics | None = None) -> FrameBatch:
+        """`prepare` for B frames of one size and one camera -> (B, C, h, w). Raises ValueError as
+        `prepare` does, and for frames of different sizes."""
         frames = [self._checked(rgb, depth) for rgb, depth in zip(rgbs_HW3, depths_HW, strict=True)]
         if len({rgb.shape for rgb, _ in frames}) != 1:
             raise ValueError("the frames of one batch must have one size, got "
                              f"{sorted({rgb.shape for rgb, _ in frames})}")
-        box = crop_box(frames[0][0].shape[1], frames[0][0].shape[0], self.transform)
+        height, width = frames[0][0].shape[:2]
+        if camera is not None:
+            camera = _camera_for_image(camera, width, height)
+            if camera.distorted:
+                frames = [(undistort_rgb(rgb, camera),
+                           None if depth is None else undistort_depth(depth, camera))
+                          for rgb, depth in frames]
+            camera = camera.pinhole()
+        box = crop_box(width, height, self.transform)
         keys = [int(stamp) for stamp in stamps_ns]
         K = None
         if self.method.needs_intrinsics:
-            assert self.camera is not None  # checked when the method was built
-            K = np.repeat(input_intrinsics(self.camera, box)[None], len(frames), axis=0)
+            camera = camera or self.camera
+            assert camera is not None  # the checkpoint's camera was checked when the method was built
+            K = np.repeat(input_intrinsics(camera, box)[None], len(frames), axis=0)
         depth = None
         if self.method.depth_as_input:
             depth = torch.from_numpy(np.stack([box.apply_depth(depth)[None] for _, depth in frames]))
@@ -292,12 +311,13 @@ class Relocalizer:
         return self.method.can_batch
 
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
-                stamp_ns: int = 0) -> PoseEstimate:
+                stamp_ns: int = 0, camera: Intrinsics | None = None) -> PoseEstimate:
         """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
-        models that need depth (`needs_depth`) and ignored by the others. Raises ValueError as
+        models that need depth (`needs_depth`) and ignored by the others; `camera`: the frame's
+        intrinsics, undistorted when it has distortion (module docstring). Raises ValueError as
         `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
         start = time.perf_counter()
-        return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns), start), 0)
+        return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns, camera), start), 0)
 
     def infer_batch(self, frames: FrameBatch, started: float | None = None) -> InferredBatch:
         """The stateless part of `process` for B prepared frames (`prepare_batch`): the method's
@@ -354,3 +374,14 @@ class Relocalizer:
         not live across CUDA graph captures)."""
         return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES.get(self.precision, torch.float32),
                               enabled=self.precision != "fp32", cache_enabled=False)
+
+
+def _camera_for_image(camera: Intrinsics, width: int, height: int) -> Intrinsics:
+    """`camera` scaled to a `width` x `height` frame (the same camera at another resolution); ValueError
+    for another aspect ratio (more than 1% apart)."""
+    if (camera.width, camera.height) == (width, height):
+        return camera
+    if abs((width / height) / (camera.width / camera.height) - 1.0) > 0.01:
+        raise ValueError(f"the camera is for {camera.width}x{camera.height} px images, another aspect ratio "
+                         f"than this {width}x{height} px frame")
+    return camera.resized(width, height)

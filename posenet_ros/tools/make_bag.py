@@ -39,8 +39,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from posenet_ros.data.dataset import pose_vector, read_frame_depth, read_frame_rgb
+from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.images import read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,
@@ -177,7 +178,7 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, top
                                                                 format=compressed_format)
     if DEPTH_TOPIC in topics:
         assert record.depth_path is not None  # _topics_to_write checked it
-        depth = read_frame_depth(record.depth_path)
+        depth = read_frame_depth(record.depth_path, record.depth_unit_m)
         messages[DEPTH_TOPIC] = depth_msg(types, depth, stamp_ns, camera_frame, encoding="16UC1")
     messages[POSE_TOPIC] = pose_stamped(types, stamp_ns, map_frame, pose[:3], pose[3:])
     transform = transform_stamped(types, stamp_ns, map_frame, camera_frame, pose[:3], pose[3:])

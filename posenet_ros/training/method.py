@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from posenet_ros.core.camera import FrameTransform
-from posenet_ros.data.dataset import PoseDataset, read_frame_depth
+from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.images import record_depth
 from posenet_ros.runtime.train_config import TrainConfig
 
 
@@ -82,7 +83,7 @@ def median_depth(records: Sequence[FrameRecord], frames: int = 64) -> float:
     chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
     values = []
     for index in chosen:
-        depth = read_frame_depth(records[index].depth_path)
+        depth = record_depth(records[index], None)
         values.append(depth[np.isfinite(depth) & (depth > 0)])
     valid = np.concatenate(values)
     if not len(valid):

@@ -211,8 +211,9 @@ def _train_loop(config: TrainConfig, method: TrainingMethod, data_root: Path, ou
                 bar.set_postfix(epoch=epoch + 1, val_pos=f"{row['val_median_position_m']:.3f}m",
                                 val_rot=f"{row['val_median_orientation_deg']:.2f}deg")
             history.append(row)
+            camera = train_records[0].intrinsics  # the images are undistorted to its pinhole K when read
             _save(out, config, data_root, epoch + 1, step_module, optimizer, scheduler, map_poses, history,
-                  train_records[0].intrinsics)
+                  None if camera is None else camera.pinhole())
         if world > 1:
             dist.barrier()
     bar.close()

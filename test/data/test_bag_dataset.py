@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 from posenet_ros.cli import main
 from posenet_ros.core.camera import FrameTransform
 from posenet_ros.data.bag_dataset import load_bag_frames
-from posenet_ros.data.dataset import PoseDataset, read_depth_mm, read_frame_depth, read_frame_rgb, read_rgb
+from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import BagMessage, DatasetError
+from posenet_ros.data.images import read_depth_mm, read_frame_depth, read_frame_rgb, read_rgb
 from posenet_ros.data.loading import detect_layouts, load_frames
 from posenet_ros.evaluation.evaluate import unknown_place_records
 from posenet_ros.ros.bag_writing import write_messages

@@ -15,8 +15,9 @@ from dataset_support import HEIGHT, INTRINSICS, WIDTH, make_sequences, truncate
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics
 from posenet_ros.data.cambridge import load_cambridge, pose_to_world_from_cam, write_cambridge
-from posenet_ros.data.dataset import PoseDataset, read_rgb
+from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError
+from posenet_ros.data.images import read_rgb
 
 
 def test_cambridge_round_trip(cambridge):

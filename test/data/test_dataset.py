@@ -19,8 +19,9 @@ from node_support import depth_frame, rgb_frame
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics
 from posenet_ros.data.cambridge import load_cambridge
-from posenet_ros.data.dataset import PoseDataset, hole_mask, network_input, read_depth_mm, read_rgb
+from posenet_ros.data.dataset import PoseDataset, hole_mask, network_input
 from posenet_ros.data.frames import DatasetError, FrameRecord, RenderedFrame, SequenceToWrite
+from posenet_ros.data.images import read_depth_mm, read_rgb
 from posenet_ros.data.seven_scenes import (
     load_seven_scenes,
     write_seven_scenes,

@@ -1,5 +1,6 @@
-"""data/loading.py: the layout of a dataset folder is detected (7-Scenes, Cambridge), a folder with
-both needs the layout named, and an empty or missing folder is a DatasetError naming it."""
+"""data/loading.py: the layout of a dataset folder is detected (7-Scenes with split files or flat,
+Cambridge, TUM RGB-D), a folder with several needs the layout named, and an empty or missing folder
+is a DatasetError naming it."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_layout_detection_both_needs_layout_argument(tmp_path):
     write_seven_scenes(tmp_path, make_sequences(4, ("train",), 2)[0], INTRINSICS)
     (tmp_path / "camera.json").unlink()
     write_cambridge(tmp_path, make_sequences(5, ("train",), 3)[0], INTRINSICS)
-    with pytest.raises(DatasetError, match="both"):
+    with pytest.raises(DatasetError, match="7scenes and cambridge"):
         load_frames(tmp_path)
     assert len(load_frames(tmp_path, layout="7scenes")) == 2
     assert len(load_frames(tmp_path, layout="cambridge")) == 3

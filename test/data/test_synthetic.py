@@ -6,13 +6,20 @@ import json
 
 import numpy as np
 import pytest
+from geometry_check import assert_consistent, reprojected_depth_error
 
-from posenet_ros.cli import main
-from posenet_ros.core.geometry import backproject_depth, pose_invert, project_points, transform_points
+from posenet_ros.cli import build_parser, main
 from posenet_ros.data.cambridge import load_cambridge
-from posenet_ros.data.dataset import read_depth_mm
+from posenet_ros.data.images import read_depth_mm
+from posenet_ros.data.loading import load_frames
 from posenet_ros.data.seven_scenes import load_seven_scenes
-from posenet_ros.data.synthetic import PARTITION_X, SceneConfig, SyntheticScene
+from posenet_ros.data.synthetic import (
+    PARTITION_X,
+    SINGLE_RECORDING_LAYOUTS,
+    SYNTHETIC_LAYOUTS,
+    SceneConfig,
+    SyntheticScene,
+)
 
 SMALL = ["width=160", "height=120", "frames_per_sequence=30", "train_sequences=1", "outside_sequences=0",
          "val_sequences=0", "variations=[]"]
@@ -23,20 +30,6 @@ SMALL_CONFIG = SceneConfig(width=160, height=120, frames_per_sequence=30, train_
 @pytest.fixture(scope="module")
 def small_scene() -> SyntheticScene:
     return SyntheticScene(SceneConfig(width=160, height=120, frames_per_sequence=24))
-
-
-def reprojected_depth_error(depth_a, depth_b, K, world_from_a, world_from_b) -> np.ndarray:
-    """|z_B(projected A points) - depth_B at the nearest pixel| for A's pixels that land in B."""
-    points_a = backproject_depth(depth_a, K).reshape(-1, 3)
-    points_a = points_a[np.isfinite(points_a).all(axis=1)]
-    b_from_a = pose_invert(world_from_b) @ world_from_a
-    uv, z = project_points(transform_points(b_from_a, points_a), K)
-    cols, rows = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
-    h, w = depth_b.shape
-    inside = (z > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
-    observed = depth_b[rows[inside], cols[inside]]
-    valid = observed > 0
-    return np.abs(z[inside][valid] - observed[valid])
 
 
 def test_rendering_is_deterministic_for_a_seed_and_differs_between_seeds():
@@ -163,3 +156,35 @@ def test_synth_refuses_a_non_empty_folder_and_bad_config(tmp_path, capsys):
     assert "unknown config key(s): widht" in capsys.readouterr().err
     assert main(["synth", "--quiet", str(tmp_path / "new"), "variations=[rain]"]) == 2
     assert "unknown variation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["7scenes-jpg", "7scenes-rgb", "7scenes-flat", "tum"])
+def test_user_layouts_read_back_geometrically_consistent(tmp_path, layout):
+    out = tmp_path / layout
+    assert main(["synth", "--quiet", "--layout", layout, str(out), "width=64", "height=48",
+                 "frames_per_sequence=50", "train_sequences=1", "test_sequences=1", "outside_sequences=0",
+                 "val_sequences=0", "variations=[]"]) == 0
+    summary = json.loads((out / "synthetic.json").read_text())
+    train, test = load_frames(out, "train"), load_frames(out, "test")
+    scene = SyntheticScene(SceneConfig(**summary["config"]))
+    poses = np.concatenate([plan.world_from_cam for plan in scene.sequences])
+    if layout in SINGLE_RECORDING_LAYOUTS:  # one recording of 100 frames, split by time blocks
+        assert [s["first_frame"] for s in summary["sequences"]] == [0, 50]
+        assert (len(train), len(test)) == (75, 25) and test[0].frame_index == 75
+    else:
+        assert (len(train), len(test)) == (50, 50)
+        poses = poses[:50]
+    for record in train[:50]:
+        np.testing.assert_allclose(record.world_from_cam, poses[record.frame_index], rtol=0, atol=1e-9)
+    pairs = [(0, 2), (20, 23)]
+    if layout == "7scenes-rgb":
+        assert train[0].depth_path is None
+        assert_consistent(train, pairs, depths=[scene.render(r.world_from_cam).depth_HW for r in train])
+    else:
+        assert_consistent(train, pairs)
+
+
+def test_cli_offers_every_synthetic_layout():
+    parser = build_parser()
+    for layout in SYNTHETIC_LAYOUTS:
+        assert parser.parse_args(["synth", "--layout", layout, "out"]).layout == layout

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from posenet_ros.core.config import config_to_dict
-from posenet_ros.data.dataset import read_depth_mm, read_rgb
+from posenet_ros.data.images import read_depth_mm, read_rgb
 from posenet_ros.inference.loop_closure import LoopClosureConfig
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet

@@ -1,22 +1,31 @@
 """runtime/relocalizer.py: the same frame gives the same estimate as `posenet-ros eval`'s path; bad
 images are clear errors; the loop-closure flag follows the hysteresis; an RGB-D checkpoint gets the
 depth image (and, trained, answers depth holes with a finite pose and a larger covariance: slow);
-temporal smoothing on and off."""
+temporal smoothing on and off; a distorted query camera is undistorted, and scene coordinates solve
+with the query's pinhole K."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
+from geometry_check import distort
 from node_support import depth_frame, make_checkpoint, random_temporal, rgb_frame, stamp
 
 from posenet_ros.cli import main
+from posenet_ros.core.camera import Intrinsics, crop_box, input_intrinsics
 from posenet_ros.core.config import config_from_dict
-from posenet_ros.data.dataset import hole_mask, read_frame_depth, read_frame_rgb, read_rgb
+from posenet_ros.core.undistortion import undistort_rgb
+from posenet_ros.data.dataset import hole_mask
+from posenet_ros.data.frames import RenderedFrame
+from posenet_ros.data.images import read_frame_depth, read_frame_rgb, read_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.loop_closure import LoopClosureConfig
 from posenet_ros.inference.temporal import TemporalCalibration
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.scene_coordinates import SceneCoordinateConfig, SceneCoordinateNet
 from posenet_ros.runtime.checkpoint import load_model, save_checkpoint, store_calibration, store_temporal
 from posenet_ros.runtime.methods import PoseRegression
 from posenet_ros.runtime.relocalizer import Relocalizer
@@ -144,3 +153,39 @@ def test_smoothing_off_gives_the_per_frame_pose_and_the_smoothed_covariance_is_d
     smoothed = Relocalizer(path).process(rgb_frame(40), stamp_ns=stamp(40))
     assert np.abs(plain.position_3 - smoothed.position_3).max() > 1e-6
     assert np.count_nonzero(smoothed.covariance_66 - np.diag(np.diag(smoothed.covariance_66))) == 0
+
+
+def test_a_distorted_query_is_undistorted_to_its_pinhole_camera(setup):
+    path, records = setup
+    relocalizer = Relocalizer(path, device="cpu")
+    pinhole_rgb = read_rgb(records[0].image_path)  # a pinhole rendering, 40x30
+    camera = Intrinsics(80, 60, 70.0, 70.0, 39.5, 29.5, (-0.3, 0.08, 0.0, 0.0))  # for 2x the size
+    distorted = distort(RenderedFrame(pinhole_rgb, None, np.eye(4)), camera.resized(40, 30)).rgb_HW3
+    # The frame goes through the network as its undistorted image does
+    with_camera = relocalizer.process(distorted, stamp_ns=0, camera=camera)
+    undistorted = undistort_rgb(distorted, camera.resized(40, 30))
+    without = relocalizer.process(undistorted, stamp_ns=0)
+    np.testing.assert_array_equal(with_camera.position_3, without.position_3)
+    # ... (data/test_images.py checks that this is the pinhole image again), not as the raw frame.
+    assert not torch.equal(relocalizer.prepare(distorted, camera=camera).images_BCHW,
+                           relocalizer.prepare(distorted).images_BCHW)
+    with pytest.raises(ValueError, match="another aspect ratio"):
+        relocalizer.process(distorted, camera=Intrinsics(40, 40, 30.0, 30.0, 19.5, 19.5))
+
+
+def test_scene_coordinates_solve_with_the_query_cameras_pinhole_k(tmp_path):
+    torch.manual_seed(0)
+    model = SceneCoordinateNet(SceneCoordinateConfig(backbone="resnet_tiny", head_channels=32))
+    training_camera = Intrinsics(40, 30, 36.0, 36.0, 19.5, 14.5)
+    config = {"method": "scr", "scr": {"backbone": "resnet_tiny", "head_channels": 32},
+              "data": {"resize": 24, "crop": None}}
+    path = save_checkpoint(tmp_path / "scr.safetensors", model, config, np.zeros((1, 7)),
+                           {"camera": json.dumps(training_camera.to_dict())})
+    relocalizer = Relocalizer(path, device="cpu")
+    rgb = rgb_frame(0)  # 40x30
+    box = crop_box(40, 30, relocalizer.transform)
+    np.testing.assert_allclose(relocalizer.prepare(rgb).K_B33[0], input_intrinsics(training_camera, box))
+    query = Intrinsics(80, 60, 50.0, 52.0, 41.0, 28.0, (0.1, -0.02, 0.0, 0.0))
+    K = relocalizer.prepare(rgb, camera=query).K_B33[0]
+    np.testing.assert_allclose(K, input_intrinsics(query.pinhole(), box))
+    assert K[0, 0] == pytest.approx(50.0 * 24 / 60)  # shorter side 60 px -> 24 px

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from posenet_ros.cli import main
-from posenet_ros.data.dataset import pose_vector, read_depth_mm, read_rgb
+from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.images import read_depth_mm, read_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
 from posenet_ros.ros.bag_reading import open_bag

@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_support import INTRINSICS, make_sequences
 from safetensors.torch import load_file, save_file
 
 from posenet_ros.cli import main
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.data.loading import load_frames
+from posenet_ros.data.seven_scenes import write_seven_scenes
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import mean_pose_baseline
 from posenet_ros.inference.pose_solving import RansacConfig
@@ -212,7 +215,7 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
     assert metrics["frames"] == 24 and "uncertainty" in metrics
     relocalizer = Relocalizer(scr_run / "run", device="cpu")
     record = load_frames(scr_run / "scene", "test")[0]
-    from posenet_ros.data.dataset import read_frame_rgb
+    from posenet_ros.data.images import read_frame_rgb
 
     rgb = read_frame_rgb(record.image_path)
     try:
@@ -233,7 +236,7 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
 @pytest.mark.slow
 def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_the_relocalizer(tmp_path):
     """train --use-depth with method=scr: the same network, poses from 3D-3D correspondences."""
-    from posenet_ros.data.dataset import read_frame_depth, read_frame_rgb
+    from posenet_ros.data.images import read_frame_depth, read_frame_rgb
     from posenet_ros.evaluation.predict import predict
     from posenet_ros.runtime.checkpoint import load_model
 
@@ -332,3 +335,18 @@ def test_batchnorm_frozen_after_keeps_the_running_statistics_of_that_epoch(scr_r
     # The unfrozen run's second epoch moves them.
     unfrozen = load_file(str(scr_run / "run" / "model.safetensors"))
     assert not all(torch.equal(after_1[key], unfrozen[key]) for key in statistics)
+
+
+def test_a_distorted_camera_of_another_size_trains_on_undistorted_images_and_saves_its_pinhole_k(tmp_path):
+    # camera.json for 2x the images' size with lens distortion (a phone capture shrunk by the user)
+    data = tmp_path / "scene"
+    sequences, _ = make_sequences(0, ("train", "test"), frames=4)
+    write_seven_scenes(data, sequences, INTRINSICS)
+    camera = INTRINSICS.resized(2 * INTRINSICS.width, 2 * INTRINSICS.height)
+    camera = Intrinsics(**{**camera.to_dict(), "distortion": (-0.2, 0.05, 0.0, 0.0)})
+    (data / "camera.json").write_text(json.dumps(camera.to_dict()))
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--data", str(data), "--out", str(run), "device=cpu",
+                 "model.backbone=resnet_tiny", "data.resize=24", "data.crop=null", "batch_size=4", "epochs=1",
+                 "data.val_split=''"]) == 0
+    assert load_model(run).camera == camera.pinhole()

@@ -467,7 +467,8 @@ def write_colmap(root: str | Path, sequences: Sequence[SequenceToWrite], intrins
         camera_lines = [f"{camera_id} {camera_model.name} {intrinsics.width} {intrinsics.height} "
                         + " ".join(f"{value:.17g}" for value in params) for camera_id in camera_ids]
         image_lines = [f"{image_id} " + " ".join(f"{value:.17g}" for value in (*quat, *translation))
-                       + f" {camera_id} {name}\n\n" for image_id, quat, translation, camera_id, name in images]
+                       + f" {camera_id} {name}\n\n"  # the second line: POINTS2D, empty
+                       for image_id, quat, translation, camera_id, name in images]
         atomic_write_text(model_folder / "cameras.txt", "# Camera list with one line of data per camera:\n"
                           "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "\n".join(camera_lines) + "\n")
         atomic_write_text(model_folder / "images.txt", "# Image list with two lines of data per image:\n"

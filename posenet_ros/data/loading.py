@@ -1,5 +1,5 @@
-"""Pick the reader for a data root from what it is: a 7-Scenes or Cambridge Landmarks folder, or a
-rosbag2 (`bag_dataset.py`)."""
+"""Pick the reader for a data root from what it is: a 7-Scenes, Cambridge Landmarks, COLMAP or NeRF
+folder, or a rosbag2 (`bag_dataset.py`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any
 
 from posenet_ros.data.bag_dataset import load_bag_frames
 from posenet_ros.data.cambridge import load_cambridge
+from posenet_ros.data.colmap import find_model, load_colmap
 from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.nerf import load_nerf
 from posenet_ros.data.seven_scenes import load_seven_scenes
 from posenet_ros.runtime.train_config import BagDataConfig
 
-LAYOUTS = ("7scenes", "cambridge", "rosbag2")
+LAYOUTS = ("7scenes", "cambridge", "colmap", "nerf", "rosbag2")
 BAG_SUFFIXES = (".mcap", ".db3")
 
 
@@ -26,7 +28,8 @@ def is_bag(root: str | Path) -> bool:
 
 def detect_layouts(root: str | Path) -> list[str]:
     """Layouts found in `root`: 'rosbag2' for a bag (`is_bag`); otherwise '7scenes' if any
-    `*Split.txt`, 'cambridge' if any `dataset_*.txt`."""
+    `*Split.txt`, 'cambridge' if any `dataset_*.txt`, 'colmap' if a COLMAP model is found
+    (`colmap.find_model`), 'nerf' if any `transforms.json` / `transforms_*.json`."""
     root = Path(root)
     if is_bag(root):
         return ["rosbag2"]
@@ -37,6 +40,13 @@ def detect_layouts(root: str | Path) -> list[str]:
         found.append("7scenes")
     if any(root.glob("dataset_*.txt")):
         found.append("cambridge")
+    try:
+        find_model(root)
+        found.append("colmap")
+    except DatasetError:
+        pass
+    if any(root.glob("transforms*.json")):
+        found.append("nerf")
     return found
 
 
@@ -45,24 +55,29 @@ def load_frames(root: str | Path, split: str = "train", *, layout: str | None = 
     """Read one split of the dataset in `root`, detecting its layout unless `layout` is given.
 
     A rosbag2 is read by `load_bag_frames` with the options `bag` (None: the defaults, every split
-    the whole bag); `kwargs` go to the folder readers `load_seven_scenes` / `load_cambridge`
-    (intrinsics, skip_bad, check_images) and do not apply to a bag, whose frames without ground
-    truth are always skipped and counted. A folder holding neither layout, or both without
-    `layout=`, is a DatasetError naming it.
+    the whole bag); `kwargs` go to the folder readers (`load_seven_scenes`, `load_cambridge`,
+    `load_colmap`, `load_nerf`: intrinsics, skip_bad, check_images) and do not apply to a bag,
+    whose frames without ground truth are always skipped and counted. A folder holding no layout,
+    or several without `layout=`, is a DatasetError naming it.
     """
     if layout is None:
         found = detect_layouts(root)
         if not found:
             raise DatasetError(f"{root}: not a dataset folder: no *Split.txt (7-Scenes), no "
-                               "dataset_*.txt (Cambridge Landmarks) and no metadata.yaml (rosbag2)")
+                               "dataset_*.txt (Cambridge Landmarks), no sparse/0/cameras+images "
+                               "(COLMAP), no transforms.json (NeRF) and no metadata.yaml (rosbag2)")
         if len(found) > 1:
-            raise DatasetError(f"{root}: holds both 7-Scenes and Cambridge Landmarks files; "
+            raise DatasetError(f"{root}: holds the files of several layouts ({', '.join(found)}); "
                                f"pass layout= one of {LAYOUTS}")
         layout = found[0]
     if layout == "7scenes":
         return load_seven_scenes(root, split, **kwargs)
     if layout == "cambridge":
         return load_cambridge(root, split, **kwargs)
+    if layout == "colmap":
+        return load_colmap(root, split, **kwargs)
+    if layout == "nerf":
+        return load_nerf(root, split, **kwargs)
     if layout == "rosbag2":
         return load_bag_frames(root, split, bag)
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

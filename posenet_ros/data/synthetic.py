@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +42,9 @@ from posenet_ros.core.atomic_io import atomic_write_json
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import config_to_dict
 from posenet_ros.data.cambridge import write_cambridge
+from posenet_ros.data.colmap import write_colmap
 from posenet_ros.data.frames import RenderedFrame, SequenceToWrite
+from posenet_ros.data.nerf import write_nerf
 from posenet_ros.data.seven_scenes import write_seven_scenes
 
 logger = logging.getLogger(__name__)
@@ -503,33 +505,75 @@ def _outside_plan(n: int, rng: np.random.Generator) -> SequencePlan:
                         in_map=[in_mapped_area(p[:3, 3]) for p in poses])
 
 
-def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambridge"], out: Path,
-                          progress: bool = True) -> dict:
+def distortion_maps(intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of a distorted image (K and OpenCV `distortion` of `intrinsics`) lies in the
+    pinhole image of the same K: (map_x, map_y), float32 HxW pixel coordinates for cv2.remap.
+
+    Remapping a pinhole render with these maps gives the image the distorted lens would see, so that
+    undistorting it to K (cv2.undistort) recovers the render up to interpolation.
+    """
+    u, v = np.meshgrid(np.arange(intrinsics.width), np.arange(intrinsics.height))
+    points = np.stack([u, v], axis=-1).reshape(-1, 1, 2).astype(np.float64)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
+    K = intrinsics.matrix()
+    pinhole = cv2.undistortPointsIter(points, K, np.asarray(intrinsics.distortion), None, K, criteria)
+    maps = pinhole.reshape(intrinsics.height, intrinsics.width, 2).astype(np.float32)
+    return maps[..., 0], maps[..., 1]
+
+
+def distorted_frames(frames: Iterator[RenderedFrame], maps: tuple[np.ndarray, np.ndarray]
+                     ) -> Iterator[RenderedFrame]:
+    """Frames as a distorted lens sees them (`distortion_maps`): colour bilinear (edges replicated
+    where the lens sees past the render), depth nearest (0 there)."""
+    for frame in frames:
+        rgb = cv2.remap(frame.rgb_HW3, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        depth = cv2.remap(frame.depth_HW, *maps, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0.0)
+        yield RenderedFrame(rgb_HW3=rgb, depth_HW=depth, world_from_cam=frame.world_from_cam)
+
+
+LAYOUTS = ("7scenes", "cambridge", "colmap", "nerf")
+"""Layouts the synthetic scene can be written in. colmap: every sequence in one text model (images in
+`<split>-NN/` folders; the reader's block split applies); nerf: Blender-style transforms_<split>.json
+with depth (uint16 mm)."""
+
+
+def write_synthetic_scene(config: SceneConfig,
+                          layout: Literal["7scenes", "cambridge", "colmap", "nerf"], out: Path,
+                          progress: bool = True, distortion: tuple[float, ...] = ()) -> dict:
     """Render the scene of `config` into `out` in a dataset layout, with `synthetic.json` beside it.
 
     `synthetic.json` records the resolved config, intrinsics, each sequence's split and per-frame
     `in_map` flags, and the measured render time. Returns that summary. `out` must not exist or be
-    empty, so frames of an earlier, larger scene are never mixed in.
+    empty, so frames of an earlier, larger scene are never mixed in. `distortion`: OpenCV k1 k2 p1 p2
+    [k3]; the frames are rendered with the pinhole K and then distorted (`distortion_maps`), and the
+    dataset's intrinsics carry K and these coefficients.
     """
 
-    writers = {"7scenes": write_seven_scenes, "cambridge": write_cambridge}
+    writers = {"7scenes": write_seven_scenes, "cambridge": write_cambridge, "colmap": write_colmap,
+               "nerf": lambda root, sequences, intrinsics: write_nerf(root, sequences, intrinsics,
+                                                                     split_files=True, depth=True)}
     if layout not in writers:
         raise ValueError(f"unknown layout {layout!r}; choose from {sorted(writers)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
     scene = SyntheticScene(config)
+    intrinsics = replace(scene.intrinsics, distortion=tuple(distortion))
+    maps = distortion_maps(intrinsics) if intrinsics.distorted else None
     timings: list[float] = []
     total = sum(len(p.world_from_cam) for p in scene.sequences)
     with tqdm(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
         sequences = scene.sequences_to_write(timings)
         for sequence in sequences:
             sequence.frames = _counted(sequence.frames, bar)
-        folders = writers[layout](out, sequences, scene.intrinsics)
+            if maps is not None:
+                sequence.frames = distorted_frames(sequence.frames, maps)
+        folders = writers[layout](out, sequences, intrinsics)
     summary = {
         "layout": layout,
         "config": config_to_dict(config),
-        "intrinsics": scene.intrinsics.to_dict(),
+        "intrinsics": intrinsics.to_dict(),
         "mapped_area": {"description": "room A: camera x below partition_x (metres)",
                         "partition_x": PARTITION_X},
         "sequences": [{"folder": str(Path(folder).relative_to(out)), "split": plan.split,

@@ -176,13 +176,25 @@ class ColmapImage:
     where: str  # file and line (or record) it came from, for messages
 
 
+def has_model_files(root: Path) -> bool:
+    """Whether any cameras.bin|txt or images.bin|txt lies where `find_model` looks."""
+    return any((root / relative / f"{name}.{extension}").is_file() for relative in MODEL_FOLDERS
+               for name in ("cameras", "images") for extension in ("bin", "txt"))
+
+
 def find_model(root: Path) -> tuple[Path, str]:
     """(folder, 'bin' or 'txt') of the model under `root` (search order: `MODEL_FOLDERS`)."""
     for relative in MODEL_FOLDERS:
         folder = root / relative
         for extension in ("bin", "txt"):
-            if (folder / f"cameras.{extension}").is_file() and (folder / f"images.{extension}").is_file():
+            files = [folder / f"{name}.{extension}" for name in ("cameras", "images")]
+            present = [file.is_file() for file in files]
+            if all(present):
                 return folder, extension
+            if any(present):
+                missing, found = files[present.index(False)], files[present.index(True)]
+                raise DatasetError(f"{missing}: no such COLMAP model file beside {found.name} "
+                                   "(FileNotFoundError)")
     raise DatasetError(f"{root}: no COLMAP model: expected cameras.bin + images.bin or cameras.txt + "
                        f"images.txt in one of {', '.join(MODEL_FOLDERS)} (FileNotFoundError)")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from posenet_ros.data.bag_dataset import load_bag_frames
 from posenet_ros.data.cambridge import load_cambridge
-from posenet_ros.data.colmap import find_model, load_colmap
+from posenet_ros.data.colmap import has_model_files, load_colmap
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.nerf import load_nerf
 from posenet_ros.data.seven_scenes import load_seven_scenes
@@ -28,8 +28,8 @@ def is_bag(root: str | Path) -> bool:
 
 def detect_layouts(root: str | Path) -> list[str]:
     """Layouts found in `root`: 'rosbag2' for a bag (`is_bag`); otherwise '7scenes' if any
-    `*Split.txt`, 'cambridge' if any `dataset_*.txt`, 'colmap' if a COLMAP model is found
-    (`colmap.find_model`), 'nerf' if any `transforms.json` / `transforms_*.json`."""
+    `*Split.txt`, 'cambridge' if any `dataset_*.txt`, 'colmap' if COLMAP model files are found
+    (`colmap.has_model_files`), 'nerf' if any `transforms.json` / `transforms_*.json`."""
     root = Path(root)
     if is_bag(root):
         return ["rosbag2"]
@@ -40,11 +40,8 @@ def detect_layouts(root: str | Path) -> list[str]:
         found.append("7scenes")
     if any(root.glob("dataset_*.txt")):
         found.append("cambridge")
-    try:
-        find_model(root)
+    if has_model_files(root):
         found.append("colmap")
-    except DatasetError:
-        pass
     if any(root.glob("transforms*.json")):
         found.append("nerf")
     return found

@@ -516,7 +516,10 @@ def distortion_maps(intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
     points = np.stack([u, v], axis=-1).reshape(-1, 1, 2).astype(np.float64)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
     K = intrinsics.matrix()
-    pinhole = cv2.undistortPointsIter(points, K, np.asarray(intrinsics.distortion), None, K, criteria)
+    distortion = np.asarray(intrinsics.distortion)
+    iterated = getattr(cv2, "undistortPointsIter", None)  # OpenCV 4; OpenCV 5 has it in undistortPoints
+    pinhole = (iterated(points, K, distortion, None, K, criteria) if iterated is not None
+               else cv2.undistortPoints(points, K, distortion, R=None, P=K, criteria=criteria))
     maps = pinhole.reshape(intrinsics.height, intrinsics.width, 2).astype(np.float32)
     return maps[..., 0], maps[..., 1]
 

@@ -78,8 +78,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 _UNSUPPORTED_MODELS = ("OPENCV_FISHEYE", "EQUIRECTANGULAR", "FISHEYE624", "OMNIDIRECTIONALSTEREO_L",
                        "OMNIDIRECTIONALSTEREO_R", "VR180_L", "VR180_R")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
-_CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "k1", "k2", "k3",
-                "k4", "p1", "p2", "camera_model", "is_fisheye")
+_NUMERIC_CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "k1", "k2",
+                        "k3", "k4", "p1", "p2")
+_CAMERA_KEYS = (*_NUMERIC_CAMERA_KEYS, "camera_model", "is_fisheye")
 
 
 def split_file_name(split: str) -> str:
@@ -172,7 +173,7 @@ def frame_intrinsics(camera: dict[str, Any], image_path: Path, where: str) -> In
                            "images first")
     if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
         raise DatasetError(f"{where}: unknown camera model {model!r}")
-    number = {key: _number(camera, key, where) for key in _CAMERA_KEYS[:13]}
+    number = {key: _number(camera, key, where) for key in _NUMERIC_CAMERA_KEYS}
     width, height = number["w"], number["h"]
     if width is None or height is None:
         try:

@@ -241,14 +241,14 @@ def read_cameras_text(path: Path) -> dict[int, Intrinsics]:
 
 def _image_line(fields: list[str], line: str, where: str) -> tuple[int, np.ndarray, int, str]:
     if len(fields) != 10:
-        raise DatasetError(f"{where}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME' (10 fields, "
-                           f"no spaces in NAME), found {len(fields)} fields in {line.strip()!r}")
+        raise DatasetError(f"{where}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', found "
+                           f"{len(fields)} fields in {line.strip()!r}")
     try:
         image_id, camera_id = int(fields[0]), int(fields[8])
         values = np.array([float(field) for field in fields[1:8]])
     except ValueError as exc:
         raise DatasetError(f"{where}: not a number in {line.strip()!r}") from exc
-    return image_id, values, camera_id, fields[9]
+    return image_id, values, camera_id, fields[9].strip()
 
 
 def read_images_text(path: Path) -> list[ColmapImage]:
@@ -259,7 +259,7 @@ def read_images_text(path: Path) -> list[ColmapImage]:
     while line_number < len(lines):
         line = lines[line_number]
         line_number += 1
-        fields = line.split()
+        fields = line.split(maxsplit=9)  # NAME is the rest of the line (it may hold spaces)
         if not fields or fields[0].startswith("#"):
             continue
         where = f"{path}:{line_number}"

@@ -267,3 +267,12 @@ def test_pycolmap_reads_what_the_writer_writes_and_the_reader_reads_what_pycolma
         for a, b in zip(load_colmap(theirs, "all"), ours, strict=True):
             np.testing.assert_allclose(a.world_from_cam, b.world_from_cam, atol=1e-12)
             assert a.intrinsics == b.intrinsics
+
+
+def test_image_names_may_hold_spaces(tmp_path: Path):
+    model = _text_model(tmp_path)
+    line = (model / "images.txt").read_text().splitlines()[5].split()
+    _replace_line(model / "images.txt", 6, " ".join([*line[:9], "train-01/frame one.png"]))
+    (tmp_path / "images/train-01/000001.png").rename(tmp_path / "images/train-01/frame one.png")
+    names = [r.image_path.name for r in load_colmap(tmp_path, "all")]
+    assert names == ["000000.png", "000002.png", "frame one.png"]

@@ -38,11 +38,23 @@ USER_ERRORS = (ConfigError, CheckpointError, DatasetError, FileNotFoundError, Fi
                TimeoutError)
 
 
+def _distortion(text: str) -> tuple[float, ...]:
+    """'k1,k2,p1,p2[,k3]' -> OpenCV distortion coefficients (argparse type)."""
+    try:
+        values = tuple(float(value) for value in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if len(values) not in (4, 5):
+        raise argparse.ArgumentTypeError(f"expected 4 or 5 numbers k1,k2,p1,p2[,k3], got {len(values)}")
+    return values
+
+
 def _synth(args: argparse.Namespace) -> int:
     from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
 
     config = load_config(SceneConfig, args.config, args.overrides)
-    summary = write_synthetic_scene(config, args.layout, args.out, progress=not args.quiet)
+    summary = write_synthetic_scene(config, args.layout, args.out, progress=not args.quiet,
+                                    distortion=args.distortion)
     print(f"wrote {summary['frames']} frames ({config.width}x{config.height}) in the "
           f"{args.layout} layout to {args.out}")
     for sequence in summary["sequences"]:
@@ -441,10 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Render the two-room synthetic scene (exact RGB, depth, "
                                 "intrinsics and poses) in a dataset layout: 7-Scenes (and as users bring "
                                 "it: 7scenes-jpg with camera-intrinsics.txt, 7scenes-rgb without depth, "
-                                "7scenes-flat one folder of frames), Cambridge Landmarks or TUM RGB-D.")
+                                "7scenes-flat one folder of frames), Cambridge Landmarks, TUM RGB-D, COLMAP "
+                                "(text model, images in one folder per sequence) or NeRF (Blender-style "
+                                "transforms_<split>.json with depth).")
     # data/synthetic.py SYNTHETIC_LAYOUTS (not imported here: the parser loads without numpy and cv2)
     synth.add_argument("--layout", choices=["7scenes", "7scenes-jpg", "7scenes-rgb", "7scenes-flat",
-                                            "cambridge", "tum"], default="7scenes")
+                                            "cambridge", "tum", "colmap", "nerf"], default="7scenes")
+    synth.add_argument("--distortion", type=_distortion, default=(), metavar="K1,K2,P1,P2[,K3]",
+                       help="OpenCV lens distortion of the written images and intrinsics (rendered "
+                       "pinhole, then distorted so that undistorting recovers the render)")
     synth.add_argument("--config", type=Path, help="YAML scene config (see config/synthetic_scene.yaml)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.add_argument("out", type=Path, help="output folder (new or empty)")

@@ -108,6 +108,19 @@ def test_an_unrecognized_argument_is_an_argparse_error(tmp_path, capsys):
     assert not (tmp_path / "scene").exists()
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("0.1,abc", "expected comma-separated numbers, got '0.1,abc'"),
+    ("0.1,0.2", "expected 4 or 5 numbers k1,k2,p1,p2[,k3], got 2"),
+])
+def test_a_bad_distortion_is_an_argparse_error(tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["synth", str(tmp_path / "scene"), "--distortion", value])
+    assert exited.value.code == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"posenet-ros synth: error: argument --distortion: {message}"]
+    assert not (tmp_path / "scene").exists()
+
+
 def test_a_user_error_is_one_line_and_verbose_raises_it(tmp_path, capsys):
     args = ["eval", "--quiet", "--model", str(tmp_path / "missing"), "--data", str(tmp_path), "--out",
             str(tmp_path / "eval")]

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -42,7 +42,9 @@ from posenet_ros.core.atomic_io import atomic_write_json
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import config_to_dict
 from posenet_ros.data.cambridge import write_cambridge
+from posenet_ros.data.colmap import write_colmap
 from posenet_ros.data.frames import RenderedFrame, SequenceToWrite
+from posenet_ros.data.nerf import write_nerf
 from posenet_ros.data.seven_scenes import INTRINSICS_TXT, write_seven_scenes
 from posenet_ros.data.tum import write_tum
 
@@ -504,6 +506,36 @@ def _outside_plan(n: int, rng: np.random.Generator) -> SequencePlan:
                         in_map=[in_mapped_area(p[:3, 3]) for p in poses])
 
 
+def distortion_maps(intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of a distorted image (K and OpenCV `distortion` of `intrinsics`) lies in the
+    pinhole image of the same K: (map_x, map_y), float32 HxW pixel coordinates for cv2.remap.
+
+    Remapping a pinhole render with these maps gives the image the distorted lens would see, so that
+    undistorting it to K (cv2.undistort) recovers the render up to interpolation.
+    """
+    u, v = np.meshgrid(np.arange(intrinsics.width), np.arange(intrinsics.height))
+    points = np.stack([u, v], axis=-1).reshape(-1, 1, 2).astype(np.float64)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
+    K = intrinsics.matrix()
+    distortion = np.asarray(intrinsics.distortion)
+    iterated = getattr(cv2, "undistortPointsIter", None)  # OpenCV 4; OpenCV 5 has it in undistortPoints
+    pinhole = (iterated(points, K, distortion, None, K, criteria) if iterated is not None
+               else cv2.undistortPoints(points, K, distortion, R=None, P=K, criteria=criteria))
+    maps = pinhole.reshape(intrinsics.height, intrinsics.width, 2).astype(np.float32)
+    return maps[..., 0], maps[..., 1]
+
+
+def distorted_frames(frames: Iterator[RenderedFrame], maps: tuple[np.ndarray, np.ndarray]
+                     ) -> Iterator[RenderedFrame]:
+    """Frames as a distorted lens sees them (`distortion_maps`): colour bilinear (edges replicated
+    where the lens sees past the render), depth nearest (0 there)."""
+    for frame in frames:
+        rgb = cv2.remap(frame.rgb_HW3, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        depth = cv2.remap(frame.depth_HW, *maps, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0.0)
+        yield RenderedFrame(rgb_HW3=rgb, depth_HW=depth, world_from_cam=frame.world_from_cam)
+
+
 _WRITERS = {
     "7scenes": write_seven_scenes,
     # the 7-Scenes layout as users bring it: JPEG colour with camera-intrinsics.txt; RGB only; one flat
@@ -513,6 +545,8 @@ _WRITERS = {
     "7scenes-flat": partial(write_seven_scenes, color="jpg", intrinsics_file=INTRINSICS_TXT, flat=True),
     "cambridge": write_cambridge,
     "tum": write_tum,
+    "colmap": write_colmap,  # every sequence in one text model, images in <split>-NN/ folders
+    "nerf": partial(write_nerf, split_files=True, depth=True),  # transforms_<split>.json, uint16 mm depth
 }
 SYNTHETIC_LAYOUTS = tuple(_WRITERS)
 """The layouts `write_synthetic_scene` (and `posenet-ros synth --layout`) writes."""
@@ -522,7 +556,8 @@ SINGLE_RECORDING_LAYOUTS = ("7scenes-flat", "tum")
 readers split them by time blocks (data/splits.py TEST_BLOCKS)."""
 
 
-def write_synthetic_scene(config: SceneConfig, layout: str, out: Path, progress: bool = True) -> dict:
+def write_synthetic_scene(config: SceneConfig, layout: str, out: Path, progress: bool = True,
+                          distortion: tuple[float, ...] = ()) -> dict:
     """Render the scene of `config` into `out` in a dataset layout (`SYNTHETIC_LAYOUTS`), with
     `synthetic.json` beside it.
 
@@ -531,7 +566,9 @@ def write_synthetic_scene(config: SceneConfig, layout: str, out: Path, progress:
     empty, so frames of an earlier, larger scene are never mixed in. The single-recording layouts
     (`SINGLE_RECORDING_LAYOUTS`) write all sequences in order as one recording (each sequence's
     `first_frame` in the summary); their splits are then the readers' time blocks, not the
-    sequences' split names.
+    sequences' split names. `distortion`: OpenCV k1 k2 p1 p2 [k3]; the frames are rendered with the
+    pinhole K and then distorted (`distortion_maps`), and the dataset's intrinsics carry K and these
+    coefficients.
     """
 
     if layout not in _WRITERS:
@@ -540,20 +577,24 @@ def write_synthetic_scene(config: SceneConfig, layout: str, out: Path, progress:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
     scene = SyntheticScene(config)
+    intrinsics = replace(scene.intrinsics, distortion=tuple(distortion))
+    maps = distortion_maps(intrinsics) if intrinsics.distorted else None
     timings: list[float] = []
     total = sum(len(p.world_from_cam) for p in scene.sequences)
     with tqdm(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
         sequences = scene.sequences_to_write(timings)
         for sequence in sequences:
             sequence.frames = _counted(sequence.frames, bar)
-        folders = _WRITERS[layout](out, sequences, scene.intrinsics)
+            if maps is not None:
+                sequence.frames = distorted_frames(sequence.frames, maps)
+        folders = _WRITERS[layout](out, sequences, intrinsics)
     if layout in SINGLE_RECORDING_LAYOUTS:
         folders = [out] * len(scene.sequences)
     first_frames = np.cumsum([0] + [len(plan.world_from_cam) for plan in scene.sequences])[:-1]
     summary = {
         "layout": layout,
         "config": config_to_dict(config),
-        "intrinsics": scene.intrinsics.to_dict(),
+        "intrinsics": intrinsics.to_dict(),
         "mapped_area": {"description": "room A: camera x below partition_x (metres)",
                         "partition_x": PARTITION_X},
         "sequences": [{"folder": str(Path(folder).relative_to(out)), "split": plan.split,

@@ -33,7 +33,7 @@ def test_layout_detection_both_needs_layout_argument(tmp_path):
     write_seven_scenes(tmp_path, make_sequences(4, ("train",), 2)[0], INTRINSICS)
     (tmp_path / "camera.json").unlink()
     write_cambridge(tmp_path, make_sequences(5, ("train",), 3)[0], INTRINSICS)
-    with pytest.raises(DatasetError, match="7scenes and cambridge"):
+    with pytest.raises(DatasetError, match=r"several layouts \(7scenes, cambridge\)"):
         load_frames(tmp_path)
     assert len(load_frames(tmp_path, layout="7scenes")) == 2
     assert len(load_frames(tmp_path, layout="cambridge")) == 3

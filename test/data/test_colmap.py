@@ -11,20 +11,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from capture_support import SCENE_CONFIG, as_sequences, consistent, render_frames
 from dataset_support import make_frame
+from geometry_check import COARSE_SCENE, as_sequences, consistent, rendered_frames
 
 from posenet_ros.cli import main
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.data.colmap import CAMERA_MODELS, load_colmap, write_colmap
 from posenet_ros.data.frames import DatasetError, SequenceToWrite
 from posenet_ros.data.loading import detect_layouts, load_frames
-from posenet_ros.data.synthetic import SyntheticScene, distortion_maps
+from posenet_ros.data.synthetic import SceneConfig, SyntheticScene, distortion_maps
 
 
 @pytest.fixture(scope="module")
 def rendered():
-    return render_frames(6)
+    intrinsics, frames = rendered_frames(6, COARSE_SCENE)
+    return frames, intrinsics
 
 
 def padded(distortion: tuple[float, ...], count: int) -> tuple[float, ...]:
@@ -147,7 +148,7 @@ def test_synth_writes_a_distorted_colmap_capture_that_loads_through_load_frames(
                  "outside_sequences=0", "val_sequences=0", "variations=[]"]) == 0
     records = load_frames(out, "all")
     assert [r.sequence for r in records] == ["test-02"] * 4 + ["train-01"] * 4  # sequences by name
-    scene = SyntheticScene(SCENE_CONFIG.__class__(width=64, height=48, frames_per_sequence=4,
+    scene = SyntheticScene(SceneConfig(width=64, height=48, frames_per_sequence=4,
                                                   train_sequences=1, outside_sequences=0,
                                                   val_sequences=0, variations=[]))
     assert records[0].intrinsics == Intrinsics(64, 48, scene.intrinsics.fx, scene.intrinsics.fy,

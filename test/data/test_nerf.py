@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from capture_support import as_sequences, consistent, render_frames
 from dataset_support import make_frame
+from geometry_check import COARSE_SCENE, as_sequences, consistent, rendered_frames
 
 from posenet_ros.cli import main
 from posenet_ros.core.camera import Intrinsics
@@ -23,7 +23,8 @@ from posenet_ros.data.nerf import load_nerf, write_nerf
 
 @pytest.fixture(scope="module")
 def rendered():
-    return render_frames(6)
+    intrinsics, frames = rendered_frames(6, COARSE_SCENE)
+    return frames, intrinsics
 
 
 def loaded_depth(record) -> np.ndarray:

@@ -24,6 +24,7 @@ share one crop and one jitter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from torch.utils.data import Dataset
 from posenet_ros.core.camera import FrameTransform, Intrinsics, crop_box
 from posenet_ros.core.geometry import matrix_to_quat
 from posenet_ros.data.bag_dataset import read_bag_depth, read_bag_rgb
+from posenet_ros.data.cache import DecodeCache
 from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,27 @@ def read_frame_depth(source: Path | BagMessage) -> np.ndarray:
 
         return read_bag_depth(source)
     return read_depth_mm(source)
+
+
+def decode_frame(record: FrameRecord, with_depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One frame at its source size: uint8 RGB (H, W, 3) and, with `with_depth`, float32 depth in metres
+    (H, W), 0 = invalid. DatasetError naming the file when the depth's or the intrinsics' size differs
+    from the image's. What the dataset and the decode cache (cache.py) read frames with."""
+    rgb = read_frame_rgb(record.image_path)
+    height, width = rgb.shape[:2]
+    camera = record.intrinsics
+    if camera is not None and (camera.width, camera.height) != (width, height):
+        raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are "
+                           f"for {camera.width}x{camera.height}")
+    if not with_depth:
+        return rgb, None
+    if record.depth_path is None:
+        raise DatasetError(f"{record.image_path}: depth is needed but the frame has no depth image")
+    depth = read_frame_depth(record.depth_path)
+    if depth.shape != (height, width):
+        raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
+                           f"its colour image {width}x{height}")
+    return rgb, depth
 
 
 def hole_mask(height: int, width: int, share: float, rng: np.random.Generator,
@@ -144,10 +167,14 @@ class PoseDataset(Dataset):
     sorted by frame index and never cross sequences; with T = 1 items follow the order of `records`.
     `with_depth`: read the records' depth images (True: required, a DatasetError if a record has
     none; False: never; None: when the records have them).
+    `cache_dir`: decode every frame once into a `DecodeCache` in this folder (at the transform's resize,
+    before the crop; built here, reused while the sources are unchanged); None reads the files for
+    every item. Items are identical either way.
     """
 
     def __init__(self, records: Sequence[FrameRecord], transform: FrameTransform | None = None, *,
-                 seed: int = 0, with_depth: bool | None = None) -> None:
+                 seed: int = 0, with_depth: bool | None = None, cache_dir: str | Path | None = None,
+                 progress: bool = False) -> None:
         self.records = list(records)
         if not self.records:
             raise ValueError("PoseDataset needs at least one frame record")
@@ -170,6 +197,10 @@ class PoseDataset(Dataset):
             span = (self.transform.window - 1) * self.transform.window_stride + 1
             raise ValueError(f"no sequence has the {span} frames a window of {self.transform.window} "
                              f"with stride {self.transform.window_stride} needs")
+        self.cache: DecodeCache | None = None
+        if cache_dir is not None:
+            self.cache = DecodeCache(self.records, self.transform.resize, cache_dir, self.has_depth)
+            self.cache.build(decode_frame, progress=progress)
 
     def _make_windows(self) -> list[list[int]]:
         """Record indices of each item."""
@@ -201,34 +232,39 @@ class PoseDataset(Dataset):
         hue = rng.uniform(-t.hue, t.hue) if t.hue > 0 else 0.0
         return _Jitter(factors[0], factors[1], factors[2], hue)
 
+    def _frame(self, record_index: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """(uint8 RGB, float32 depth in metres or None, (width, height) of the source) of a record: at
+        the source size when read from its files, at the resized size when read from the cache."""
+        if self.cache is None:
+            rgb, depth = decode_frame(self.records[record_index], self.has_depth)
+            return rgb, depth, (rgb.shape[1], rgb.shape[0])
+        frame = self.cache.frame(record_index)
+        depth = self.cache.depth(record_index) if self.has_depth else None
+        return self.cache.rgb(record_index), depth, (frame.width, frame.height)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.windows):
             raise IndexError(f"index {index} out of range for {len(self.windows)} items")
         t = self.transform
         rng = np.random.default_rng([self.seed, self.epoch, index])
         records = [self.records[i] for i in self.windows[index]]
-        rgbs = [read_frame_rgb(record.image_path) for record in records]
-        height, width = rgbs[0].shape[:2]
-        for record, rgb in zip(records, rgbs, strict=True):
-            if rgb.shape[:2] != (height, width):
-                raise DatasetError(f"{record.image_path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from "
+        frames = [self._frame(i) for i in self.windows[index]]
+        width, height = frames[0][2]
+        for record, (_, _, size) in zip(records, frames, strict=True):
+            if size != (width, height):
+                raise DatasetError(f"{record.image_path}: size {size[0]}x{size[1]} differs from "
                                    f"the window's first frame {width}x{height}")
-            if record.intrinsics is not None and (record.intrinsics.width, record.intrinsics.height) != (
-                    width, height):
-                raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are "
-                                   f"for {record.intrinsics.width}x{record.intrinsics.height}")
 
         box = crop_box(width, height, t, rng)
+        # cached frames are already resized: only the crop remains to be applied to them
+        pixels_box = box if self.cache is None else dataclasses.replace(box, width=box.new_width,
+                                                                        height=box.new_height)
         jitter = self._jitter(rng)
         images, depths, matrices, poses, ks = [], [], [], [], []
-        for record, rgb in zip(records, rgbs, strict=True):
-            images.append(jitter.apply(box.apply_rgb(rgb)).transpose(2, 0, 1))
+        for record, (rgb, depth, _) in zip(records, frames, strict=True):
+            images.append(jitter.apply(pixels_box.apply_rgb(rgb)).transpose(2, 0, 1))
             if self.has_depth:
-                depth = read_frame_depth(record.depth_path)
-                if depth.shape != (height, width):
-                    raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
-                                       f"its colour image {width}x{height}")
-                depth = box.apply_depth(depth)
+                depth = np.array(pixels_box.apply_depth(depth))  # a copy, never a view of the cache
                 if t.depth_holes > 0:
                     holes = hole_mask(*depth.shape, rng.uniform(0.0, t.depth_holes), rng)
                     depth = np.where(holes, 0.0, depth)

@@ -48,7 +48,7 @@ def trained_rgbd(trained_scene, tmp_path_factory) -> Path:
     scene = trained_scene[0]
     run = tmp_path_factory.mktemp("trained_rgbd") / "run"
     assert main(["train", "--quiet", "--use-depth", "--data", str(scene), "--out", str(run), *TRAIN]) == 0
-    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene)]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene), "--split", "val"]) == 0
     return run
 
 

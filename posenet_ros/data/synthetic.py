@@ -41,6 +41,7 @@ from tqdm import tqdm
 from posenet_ros.core.atomic_io import atomic_write_json
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import config_to_dict
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.cambridge import write_cambridge
 from posenet_ros.data.frames import RenderedFrame, SequenceToWrite
 from posenet_ros.data.seven_scenes import write_seven_scenes
@@ -521,7 +522,7 @@ def write_synthetic_scene(config: SceneConfig, layout: Literal["7scenes", "cambr
     scene = SyntheticScene(config)
     timings: list[float] = []
     total = sum(len(p.world_from_cam) for p in scene.sequences)
-    with tqdm(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
         sequences = scene.sequences_to_write(timings)
         for sequence in sequences:
             sequence.frames = _counted(sequence.frames, bar)

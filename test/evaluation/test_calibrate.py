@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def evaluated(trained_scene, trained_copy) -> tuple[dict, dict]:
     scene, run = trained_scene[0], trained_copy("uncertainty")
     root = run.parent
-    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene)]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene), "--split", "val"]) == 0
     assert main(["eval", "--quiet", "--model", str(run), "--data", str(scene),
                  "--out", str(root / "eval")]) == 0
     assert (root / "eval" / "uncertainty_vs_error.png").stat().st_size > 10_000

@@ -125,7 +125,9 @@ class DataConfig:
     hue: float = 0.0
     depth_holes: float = 0.3  # RGB-D models: largest share of depth pixels made holes per training frame
     skip_bad: bool = False  # skip (and count) bad frames instead of stopping
-    workers: int = 1  # DataLoader worker processes (decoding and augmentation beside the training step)
+    # DataLoader worker processes (decoding and augmentation beside the training step); 0: in the training
+    # process, as fast on 2 CPU cores with the decode cache (docs/results.md); more help where cores are free
+    workers: int = 0
     cache: bool = True  # decode every training frame once into a memory-mapped cache (data/cache.py)
     cache_dir: str = ""  # where the cache goes; "": <training output>/cache
     bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
@@ -153,8 +155,8 @@ class ScrRefitConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # torch's CPU threads for the training step (torch.set_num_threads); 0: as many as the CPU cores
-    # this process may use, less one per DataLoader worker (at least 1)
+    # torch's CPU threads for the training step (torch.set_num_threads); 0: `default_threads`, half the
+    # cores this process may use less the DataLoader workers, at least 1 (docs/results.md)
     threads: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA
     # bfloat16 autocast on the CPU too (training steps and the scr head refit): about 1.9x faster on
@@ -211,6 +213,8 @@ def available_cpus() -> int:
 
 
 def default_threads(workers: int) -> int:
-    """torch threads beside `workers` DataLoader processes: one per available core left to the main
-    process, at least 1 (more threads than cores makes each step many times slower on a busy machine)."""
-    return max(1, available_cpus() - workers)
+    """torch threads beside `workers` DataLoader processes: half of the available cores less the
+    workers, at least 1. Measured on a shared 2-core machine (docs/results.md): 2 threads trained 5-7x
+    slower than 1, as torch's threads wait on each other when another process holds a core; one
+    thread is at most 2x slower where the cores are free. Set `threads` on a dedicated machine."""
+    return max(1, (available_cpus() - workers) // 2)

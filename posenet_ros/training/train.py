@@ -126,7 +126,11 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     cache_dir = None
     if config.data.cache:
         cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else out / CACHE_FOLDER
+    if world > 1 and rank != 0:
+        dist.barrier()  # rank 0 builds the decode cache; the others then read it
     setup = method.setup(config, train_records, mean, scale, cache_dir=cache_dir, progress=progress)
+    if world > 1 and rank == 0:
+        dist.barrier()
     setup.step.to(device)
     return _train_loop(config, method, data_root, out, resume, last_epoch, progress, device, rank, world,
                        setup, train_records, val_records, map_poses)

@@ -198,7 +198,8 @@ def test_trained_from_the_bag_equals_trained_from_the_folder(data, capsys):
         assert on_bag[key] == pytest.approx(from_bag[key], rel=1e-9, abs=1e-12)
         assert on_png[key] == pytest.approx(from_folder[key], rel=1e-9, abs=1e-12)
     # Calibration reads the bag too; the stored split_times have no 'val', so it says which exist.
-    assert main(["calibrate", "--quiet", "--model", str(root / "run_bag"), "--data", str(data["mcap"])]) == 2
+    assert main(["calibrate", "--quiet", "--model", str(root / "run_bag"), "--data", str(data["mcap"]),
+                 "--split", "val"]) == 2
     assert "no time range for split 'val'" in capsys.readouterr().err
     assert main(["calibrate", "--quiet", "--model", str(root / "run_bag"), "--data", str(data["mcap"]),
                  "--split", "test", "--mc-samples", "4"]) == 0

@@ -287,7 +287,7 @@ def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_th
     # more than twice as close (0.24 against 0.6 m, median).
     assert np.median(rgbd.position_error_N) < 0.3
     assert np.median(rgb.position_error_N) > 2 * np.median(rgbd.position_error_N)
-    assert main(["calibrate", "--quiet", "--model", str(model), "--data", str(scene)]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(model), "--data", str(scene), "--split", "val"]) == 0
     assert main(["eval", "--quiet", "--model", str(model), "--data", str(scene), "--out",
                  str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]

@@ -8,6 +8,7 @@ handful of readable lines instead of a line per batch.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, TextIO
 
@@ -17,16 +18,20 @@ LOG_INTERVAL_S = 5.0
 """Seconds between two progress lines when stderr is not a terminal."""
 
 
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class LineWriter:
-    """A file for tqdm that turns each status update (`\\r` + text + padding) into one plain line."""
+    """A file for tqdm that turns each status update (`\\r` + text + padding, and for a bar nested
+    under another the cursor moves of its position) into plain lines."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        line = text.replace("\r", "").rstrip()
-        if line:
-            self.stream.write(line + "\n")
+        for part in re.split(r"[\r\n]", _CURSOR_MOVES.sub("", text)):
+            if part.strip():
+                self.stream.write(part.rstrip() + "\n")
         return len(text)
 
     def flush(self) -> None:

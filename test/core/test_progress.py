@@ -38,6 +38,18 @@ def test_without_a_terminal_the_default_interval_is_seconds():
     assert len(log.getvalue().splitlines()) <= 2  # the first line and the last
 
 
+def test_a_nested_bar_in_a_log_writes_plain_lines_too():
+    log = io.StringIO()
+    with progress_bar(total=2, stream=log, desc="outer") as outer:
+        for _ in range(2):
+            for _ in progress_bar(range(3), stream=log, desc="inner", leave=False):
+                pass
+            outer.update()
+    text = log.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    assert all(line.startswith(("outer: ", "inner: ")) for line in text.splitlines())
+
+
 def test_on_a_terminal_it_is_a_live_bar():
     terminal = Terminal()
     with progress_bar(total=50, stream=terminal, desc="bar", mininterval=0) as bar:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SMALL_TRAIN
 
 from posenet_ros.cli import main
@@ -94,7 +95,13 @@ def calibration_report(run: Path) -> dict:
 def test_calibrate_fits_the_blocks_training_held_out(small_capture, small_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_runs["blocks"], run)
-    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(small_capture)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(small_capture), "--threads",
+                     "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     report = calibration_report(run)
     # 2 x 5 frames held out of the two training loops of 40; the other 70 are the training frames
     assert (report["split"], report["frames"], report["train_frames"]) == ("blocks", 10, 70)

@@ -40,7 +40,7 @@ demo: $(BIN)/.installed
 	rm -rf $(DEMO_DIR)
 	$(BIN)/posenet-ros synth --quiet $(DEMO_DIR)/scene $(DEMO_SCENE)
 	$(BIN)/posenet-ros train --data $(DEMO_DIR)/scene --out $(DEMO_DIR)/run $(DEMO_TRAIN)
-	$(BIN)/posenet-ros calibrate --quiet --model $(DEMO_DIR)/run --data $(DEMO_DIR)/scene
+	$(BIN)/posenet-ros calibrate --quiet --model $(DEMO_DIR)/run --data $(DEMO_DIR)/scene --split val
 	$(BIN)/posenet-ros make-bag --quiet $(DEMO_DIR)/scene $(DEMO_DIR)/bag --split test --split outside
 	$(BIN)/posenet-ros replay $(DEMO_DIR)/bag --model $(DEMO_DIR)/run --out $(DEMO_DIR)/replay
 	@echo "HTML report: $(DEMO_DIR)/replay/report/index.html"

@@ -103,7 +103,7 @@ def main() -> None:
         f"cpu_amp={str(args.cpu_amp).lower()}", f"seed={args.seed}",
         f"batchnorm_frozen_after={frozen}")
     timings["scr_train_s"] = time.perf_counter() - start
-    run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene))
+    run("calibrate", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--split", "val")
     run("eval", "--quiet", "--model", str(out / "scr"), "--data", str(scene), "--out", str(out / "scr_eval"))
     start = time.perf_counter()
     run("train", "--quiet", "--data", str(scene), "--out", str(out / "posenet"), f"device={args.device}",
@@ -111,7 +111,7 @@ def main() -> None:
         "batch_size=16", "lr=1e-3", f"epochs={args.posenet_epochs}", "data.val_split=''",
         "loss.kind=aleatoric", "model.aleatoric=per_axis", f"seed={args.seed}")
     timings["posenet_train_s"] = time.perf_counter() - start
-    run("calibrate", "--quiet", "--model", str(out / "posenet"), "--data", str(scene))
+    run("calibrate", "--quiet", "--model", str(out / "posenet"), "--data", str(scene), "--split", "val")
     run("eval", "--quiet", "--model", str(out / "posenet"), "--data", str(scene), "--out",
         str(out / "posenet_eval"))
 

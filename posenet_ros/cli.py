@@ -1,9 +1,10 @@
 """The `posenet-ros` command. Each subcommand is a thin wrapper around a library function.
 
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
-    posenet-ros train --data D --out O [--config YAML] [--resume] [--use-depth] [BAG OPTIONS] [key=value ...]
+    posenet-ros train --data D --out O [--config YAML] [--resume] [--use-depth] [--threads N] [BAG OPTIONS]
+                      [key=value ...]
     posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N] [BAG OPTIONS]
-    posenet-ros calibrate --model M --data D [--split val]
+    posenet-ros calibrate --model M --data D [--split SPLIT|blocks] [--threads N]
     posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
     posenet-ros make-bag DATA OUT [--split test ...] [--storage mcap] [--compressed] [--no-depth] [--rate 30]
@@ -129,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
     if data is None:
         raise ValueError("--data is required (the dataset folder to train on)")
     overrides = list(args.overrides)
-    for flag, key in ((args.device, "device"), (args.pretrained, "pretrained")):
+    for flag, key in ((args.device, "device"), (args.pretrained, "pretrained"), (args.threads, "threads")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     # JSON is YAML: the values arrive as typed (strings quoted, so '' stays a string).
@@ -151,10 +152,21 @@ def _threshold(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected METRES,DEGREES such as 2,5; got {text!r}") from None
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch.set_num_threads(`threads`) when given (--threads)."""
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from posenet_ros.evaluation.evaluate import evaluate, format_table, format_uncertainty
     from posenet_ros.inference.metrics import DEFAULT_THRESHOLDS
 
+    _set_threads(args.threads)
     thresholds = list(dict.fromkeys([*DEFAULT_THRESHOLDS, *args.threshold]))
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
                        batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
@@ -196,6 +208,7 @@ def _train_temporal(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from posenet_ros.evaluation.calibrate import calibrate_checkpoint
 
+    _set_threads(args.threads)
     report = calibrate_checkpoint(args.model, args.data, split=args.split, mc_samples=args.mc_samples,
                                   mc_mode=args.mc_mode, enter_percentile=args.enter_percentile,
                                   leave_percentile=args.leave_percentile, min_frames=args.min_frames,
@@ -477,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from the config: auto)")
     train.add_argument("--pretrained", help="backbone weights (.safetensors with torchvision key names)")
+    train.add_argument("--threads", type=int, metavar="N",
+                       help="torch CPU threads (config `threads`; default 0: the available cores less one "
+                       "per DataLoader worker)")
     train.add_argument("--stop-after-epoch", type=int, help="stop once this many epochs are done")
     train.add_argument("--use-depth", action="store_true",
                        help="train an RGB-D model on the data's depth images (model.depth=dual_stream unless "
@@ -505,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: outside, occlusion and blur where present)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     evaluate.add_argument("--smooth", choices=["off", "causal", "offline"], default="off",
                           help="temporal smoothing of each sequence (needs `train-temporal`; default off)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -529,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the held-out split), and store them in the checkpoint.")
     calibrate.add_argument("--model", type=Path, required=True, help="checkpoint file or training folder")
     calibrate.add_argument("--data", type=Path, required=True, help="dataset folder or rosbag2")
-    calibrate.add_argument("--split", default="val", help="held-out frames of mapped places (default: val)")
+    calibrate.add_argument("--split", help="held-out frames of mapped places: a split name, or 'blocks' "
+                           "(time blocks held out of the training split); default: the checkpoint's "
+                           "validation frames (data.val_split)")
     calibrate.add_argument("--mc-samples", type=int,
                            help="Monte-Carlo samples (default: the checkpoint's, 32)")
     calibrate.add_argument("--mc-mode", choices=["head", "full"],
@@ -540,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="unknown place above this percentile")
     calibrate.add_argument("--min-frames", type=int, default=3, help="consecutive frames to switch the flag")
     calibrate.add_argument("--device", default="auto")
+    calibrate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_bag_arguments(calibrate, "those the checkpoint was trained with")
     calibrate.set_defaults(func=_calibrate)

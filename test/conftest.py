@@ -48,7 +48,7 @@ def trained_rgbd(trained_scene, tmp_path_factory) -> Path:
     scene = trained_scene[0]
     run = tmp_path_factory.mktemp("trained_rgbd") / "run"
     assert main(["train", "--quiet", "--use-depth", "--data", str(scene), "--out", str(run), *TRAIN]) == 0
-    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene)]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(run), "--data", str(scene), "--split", "val"]) == 0
     return run
 
 
@@ -85,6 +85,21 @@ def tiny_scene(tmp_path_factory) -> Path:
     assert main(["synth", "--quiet", str(out), "width=32", "height=24", "frames_per_sequence=10",
                  "train_sequences=1", "outside_sequences=0", "variations=[]"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def small_capture(tmp_path_factory) -> Path:
+    """A 32x24 synthetic scene with two training loops of 40 frames (and a val and a test loop): the
+    default validation blocks hold out 5 frames of each loop (data/splits.py `validation_blocks`)."""
+    out = tmp_path_factory.mktemp("small_capture") / "synthetic"
+    assert main(["synth", "--quiet", str(out), "width=32", "height=24", "frames_per_sequence=40",
+                 "train_sequences=2", "val_sequences=1", "outside_sequences=0", "variations=[]"]) == 0
+    return out
+
+
+SMALL_TRAIN = ["device=cpu", "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=24",
+               "data.crop=null", "batch_size=8", "lr=1e-3", "epochs=2"]
+"""Mechanics, not accuracy: a tiny PoseNet on `small_capture` or `tiny_scene` in a few seconds."""
 
 
 @pytest.fixture(scope="session")

@@ -64,3 +64,26 @@ def test_node_latency_reports_the_node_under_overload(tmp_path):
     load = results["node_overload"]
     assert load["factor"] == 5 and 0 < load["answered"] <= load["published"]
     assert 0 < load["latency"]["p50_ms"] <= load["latency"]["max_ms"] and load["rss_end_mb"] > 0
+
+
+def test_train_throughput_times_the_network_and_real_frames_from_disk(tmp_path):
+    scene = tmp_path / "scene"
+    synth = [sys.executable, "-m", "posenet_ros.cli", "synth", "--quiet", str(scene), "width=64", "height=48",
+             "frames_per_sequence=48", "train_sequences=1", "test_sequences=0", "outside_sequences=0",
+             "variations=[]"]
+    assert subprocess.run(synth, cwd=REPO, timeout=300).returncode == 0
+    sequence = scene / "seq-01"  # a 7-Scenes sequence folder, with the K of camera-intrinsics.txt
+    camera = json.loads((scene / "camera.json").read_text())
+    (sequence / "camera-intrinsics.txt").write_text(
+        f"{camera['fx']} 0 {camera['cx']}\n0 {camera['fy']} {camera['cy']}\n0 0 1\n")
+    out = tmp_path / "throughput.json"
+    run_script("train_throughput.py", "--data", str(sequence), "--backbone", "resnet_tiny", "--resize", "24",
+               "--crop", "20", "28", "--batch", "8", "--steps", "2", "--threads", "1", "--workers", "0", "1",
+               "--epochs", "1", "--uncached", "--device", "cpu", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["frames"] == 48  # the test blocks (frames 75-99, 175-199, ...) start after 48 frames
+    assert [(row["threads"], row["workers"]) for row in results["rows"]] == [(1, 0), (1, 1)]
+    for row in results["rows"]:
+        for key in ("network_images_per_s", "warm_images_per_s", "uncached_images_per_s",
+                    "cache_build_frames_per_s"):
+            assert row[key] > 0

@@ -142,6 +142,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
+        if value is None:  # `key=` on the command line (or `key:` in YAML): the empty string
+            return ""
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value

@@ -26,10 +26,12 @@ share one crop and one jitter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -39,8 +41,9 @@ from torch.utils.data import Dataset
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics, crop_box
 from posenet_ros.core.geometry import matrix_to_quat
+from posenet_ros.data.cache import DecodeCache
 from posenet_ros.data.frames import DatasetError, FrameRecord
-from posenet_ros.data.images import record_depth, record_rgb
+from posenet_ros.data.images import record_depth, record_rgb, scaled_intrinsics
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,16 @@ _LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def pose_vector(world_from_cam: np.ndarray) -> np.ndarray:
     """(4, 4) world_from_cam -> (7,) float64: position xyz + unit quaternion wxyz with w >= 0."""
     return np.concatenate([world_from_cam[:3, 3], matrix_to_quat(world_from_cam[:3, :3])])
+
+
+def decode_frame(record: FrameRecord, with_depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One frame at its source size: uint8 RGB (H, W, 3) and, with `with_depth`, float32 depth in metres
+    (H, W), 0 = invalid, read by data/images.py (undistorted when the camera has distortion, depth in
+    the record's unit). DatasetError naming the file when the depth's size differs from the image's or
+    the intrinsics are for another aspect ratio. What the dataset and the decode cache (cache.py) read
+    frames with."""
+    rgb, camera = record_rgb(record)
+    return rgb, record_depth(record, camera) if with_depth else None
 
 
 def hole_mask(height: int, width: int, share: float, rng: np.random.Generator,
@@ -108,10 +121,14 @@ class PoseDataset(Dataset):
     sorted by frame index and never cross sequences; with T = 1 items follow the order of `records`.
     `with_depth`: read the records' depth images (True: required, a DatasetError if a record has
     none; False: never; None: when the records have them).
+    `cache_dir`: decode every frame once into a `DecodeCache` in this folder (at the transform's resize,
+    before the crop; built here, reused while the sources are unchanged); None reads the files for
+    every item. Items are identical either way.
     """
 
     def __init__(self, records: Sequence[FrameRecord], transform: FrameTransform | None = None, *,
-                 seed: int = 0, with_depth: bool | None = None) -> None:
+                 seed: int = 0, with_depth: bool | None = None, cache_dir: str | Path | None = None,
+                 progress: bool = False) -> None:
         self.records = list(records)
         if not self.records:
             raise ValueError("PoseDataset needs at least one frame record")
@@ -134,6 +151,10 @@ class PoseDataset(Dataset):
             span = (self.transform.window - 1) * self.transform.window_stride + 1
             raise ValueError(f"no sequence has the {span} frames a window of {self.transform.window} "
                              f"with stride {self.transform.window_stride} needs")
+        self.cache: DecodeCache | None = None
+        if cache_dir is not None:
+            self.cache = DecodeCache(self.records, self.transform.resize, cache_dir, self.has_depth)
+            self.cache.build(decode_frame, progress=progress)
 
     def _make_windows(self) -> list[list[int]]:
         """Record indices of each item."""
@@ -165,38 +186,47 @@ class PoseDataset(Dataset):
         hue = rng.uniform(-t.hue, t.hue) if t.hue > 0 else 0.0
         return _Jitter(factors[0], factors[1], factors[2], hue)
 
+    def _frame(self, record_index: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """(uint8 RGB, float32 depth in metres or None, (width, height) of the source) of a record: at
+        the source size when read from its files, at the resized size when read from the cache."""
+        if self.cache is None:
+            rgb, depth = decode_frame(self.records[record_index], self.has_depth)
+            return rgb, depth, (rgb.shape[1], rgb.shape[0])
+        frame = self.cache.frame(record_index)
+        depth = self.cache.depth(record_index) if self.has_depth else None
+        return self.cache.rgb(record_index), depth, (frame.width, frame.height)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.windows):
             raise IndexError(f"index {index} out of range for {len(self.windows)} items")
         t = self.transform
         rng = np.random.default_rng([self.seed, self.epoch, index])
         records = [self.records[i] for i in self.windows[index]]
-        read = [record_rgb(record) for record in records]  # intrinsics scaled to the image, undistorted
-        rgbs = [rgb for rgb, _ in read]
-        height, width = rgbs[0].shape[:2]
-        for record, rgb in zip(records, rgbs, strict=True):
-            if rgb.shape[:2] != (height, width):
-                raise DatasetError(f"{record.image_path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from "
+        frames = [self._frame(i) for i in self.windows[index]]
+        width, height = frames[0][2]
+        for record, (_, _, size) in zip(records, frames, strict=True):
+            if size != (width, height):
+                raise DatasetError(f"{record.image_path}: size {size[0]}x{size[1]} differs from "
                                    f"the window's first frame {width}x{height}")
 
         box = crop_box(width, height, t, rng)
+        # cached frames are already resized: only the crop remains to be applied to them
+        pixels_box = box if self.cache is None else dataclasses.replace(box, width=box.new_width,
+                                                                        height=box.new_height)
         jitter = self._jitter(rng)
         images, depths, matrices, poses, ks = [], [], [], [], []
-        for record, (rgb, camera) in zip(records, read, strict=True):
-            images.append(jitter.apply(box.apply_rgb(rgb)).transpose(2, 0, 1))
+        for record, (rgb, depth, _) in zip(records, frames, strict=True):
+            images.append(jitter.apply(pixels_box.apply_rgb(rgb)).transpose(2, 0, 1))
             if self.has_depth:
-                depth = record_depth(record, camera)
-                if depth.shape != (height, width):
-                    raise DatasetError(f"{record.depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
-                                       f"its colour image {width}x{height}")
-                depth = box.apply_depth(depth)
+                depth = np.array(pixels_box.apply_depth(depth))  # a copy, never a view of the cache
                 if t.depth_holes > 0:
                     holes = hole_mask(*depth.shape, rng.uniform(0.0, t.depth_holes), rng)
                     depth = np.where(holes, 0.0, depth)
                 depths.append(depth[None])
             matrices.append(record.world_from_cam)
             poses.append(pose_vector(record.world_from_cam))
-            if camera is not None:
+            if record.intrinsics is not None:  # the pinhole K of the image as read (images.record_rgb)
+                camera = scaled_intrinsics(record.intrinsics, width, height, record.image_path).pinhole()
                 intrinsics: Intrinsics = camera.resized(box.new_width, box.new_height)
                 ks.append(intrinsics.cropped(box.x0, box.y0, box.crop_width, box.crop_height).matrix())
 

@@ -3,6 +3,7 @@ Landmarks, TUM RGB-D, COLMAP or NeRF folder, or a rosbag2 (`bag_dataset.py`)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,11 @@ from posenet_ros.data.colmap import has_model_files, load_colmap
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.nerf import load_nerf
 from posenet_ros.data.seven_scenes import is_flat_layout, load_seven_scenes
+from posenet_ros.data.splits import validation_split
 from posenet_ros.data.tum import GROUNDTRUTH, RGB_LIST, load_tum
-from posenet_ros.runtime.train_config import BagDataConfig
+from posenet_ros.runtime.train_config import VALIDATION_BLOCKS_SPLIT, BagDataConfig, DataConfig
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("7scenes", "cambridge", "tum", "colmap", "nerf", "rosbag2")
 BAG_SUFFIXES = (".mcap", ".db3")
@@ -86,3 +90,23 @@ def load_frames(root: str | Path, split: str = "train", *, layout: str | None = 
     if layout == "rosbag2":
         return load_bag_frames(root, split, bag)
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def load_training_frames(root: str | Path, data: DataConfig, bag: BagDataConfig | None = None,
+                         ) -> tuple[list[FrameRecord], list[FrameRecord]]:
+    """(training frames, validation frames) as `data` (a training config's `data`) names them: with
+    `val_split` "blocks", whole time blocks held out of the training split's own sequences
+    (`splits.validation_split`) and the other frames; with "", all of the training split and no
+    validation; otherwise the training split and the named split. What training and `calibrate` use."""
+    records = load_frames(root, data.train_split, skip_bad=data.skip_bad, bag=bag)
+    if data.val_split == VALIDATION_BLOCKS_SPLIT:
+        kept, held = validation_split(records)
+        if not held:
+            logger.warning("%s: the training split (%d frames) is too short to hold out validation blocks",
+                           root, len(records))
+        return kept, held
+    if data.val_split == "test":
+        logger.warning("data.val_split='test': validating on the test split lets the test frames guide "
+                       "the run; the default 'blocks' holds out frames of the training split instead")
+    val = load_frames(root, data.val_split, skip_bad=data.skip_bad, bag=bag) if data.val_split else []
+    return records, val

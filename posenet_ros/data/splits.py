@@ -51,3 +51,28 @@ a single NeRF transforms.json): every fourth block of 25 frames."""
 
 VALIDATION_BLOCKS = BlockSplit(block=25, every=8, offset=5)
 """The default validation frames held out of the training split's sequences (one block in eight)."""
+
+MIN_VALIDATION_FRAMES = 10
+"""The fewest validation frames `validation_split` aims for (what `calibrate` needs)."""
+
+
+def validation_blocks(records: Sequence[FrameRecord]) -> BlockSplit:
+    """The block split of the default validation frames of `records` (a training split):
+    `VALIDATION_BLOCKS`, or, for a capture too short for it to hold out `MIN_VALIDATION_FRAMES`, the
+    same pattern (one block in eight, the sixth) with blocks of an eighth of the longest sequence."""
+    _, held = VALIDATION_BLOCKS.split(records)
+    if len(held) >= MIN_VALIDATION_FRAMES:
+        return VALIDATION_BLOCKS
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.sequence] = counts.get(record.sequence, 0) + 1
+    longest = max(counts.values(), default=0)
+    block = max(1, min(VALIDATION_BLOCKS.block, longest // VALIDATION_BLOCKS.every))
+    return BlockSplit(block=block, every=VALIDATION_BLOCKS.every, offset=VALIDATION_BLOCKS.offset)
+
+
+def validation_split(records: Sequence[FrameRecord]) -> tuple[list[FrameRecord], list[FrameRecord]]:
+    """(kept, held_out): the training frames and the validation frames of a training split, whole time
+    blocks of its own sequences (`validation_blocks`), so validation never sees the test split and
+    never a frame next to a training frame's block."""
+    return validation_blocks(records).split(records)

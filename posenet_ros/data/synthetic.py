@@ -41,6 +41,7 @@ from tqdm import tqdm
 from posenet_ros.core.atomic_io import atomic_write_json
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import config_to_dict
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.cambridge import write_cambridge
 from posenet_ros.data.colmap import write_colmap
 from posenet_ros.data.frames import RenderedFrame, SequenceToWrite
@@ -581,7 +582,7 @@ def write_synthetic_scene(config: SceneConfig, layout: str, out: Path, progress:
     maps = distortion_maps(intrinsics) if intrinsics.distorted else None
     timings: list[float] = []
     total = sum(len(p.world_from_cam) for p in scene.sequences)
-    with tqdm(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"render {layout}", unit="frame", disable=not progress) as bar:
         sequences = scene.sequences_to_write(timings)
         for sequence in sequences:
             sequence.frames = _counted(sequence.frames, bar)

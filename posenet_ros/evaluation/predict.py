@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from posenet_ros.core.camera import FrameTransform, crop_box, input_intrinsics
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.dataset import PoseDataset, network_input, pose_vector
 from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
 from posenet_ros.data.images import record_camera
@@ -106,7 +106,7 @@ def predict(method: RelocalizationMethod, records: Sequence[FrameRecord], transf
     parts: dict[str, list[np.ndarray]] = {}
     with method.evaluating(), torch.inference_mode():
         first = 0
-        for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc=description, unit="batch", disable=not progress, leave=False):
             count = len(batch["image"])
             part = records[first:first + count]
             frames = FrameBatch(
@@ -164,7 +164,8 @@ def fit_feature_memory(model: PoseNet, records: Sequence[FrameRecord], transform
     device = next(model.parameters()).device
     parts = []
     with PoseRegression.evaluating_model(model), torch.inference_mode():
-        for batch in tqdm(loader, desc="feature memory", unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc="feature memory", unit="batch", disable=not progress,
+                                  leave=False):
             images = network_input(batch, model.input_channels).to(device)
             parts.append(model.forward_features(images).float())
     covariance = fit_feature_covariance(torch.cat(parts), ridge)

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from posenet_ros.core.atomic_io import atomic_write_text
 from posenet_ros.core.geometry import angular_error_deg
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.evaluation.report import ReportFrames, write_report
 from posenet_ros.inference.calibration import pose_error_vectors, uncertainty_metrics
 from posenet_ros.inference.metrics import (
@@ -144,7 +144,7 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
 
     pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None)
     pipeline.publish_map_poses()
-    bar = tqdm(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
+    bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
 
     def step(frames: int) -> None:
@@ -242,7 +242,7 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
             diagnostics.update({kv.key: kv.value for kv in status.values})
 
     topics = [streams.image_topic] + ([streams.depth_topic] if streams.depth_topic else [])
-    bar = tqdm(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
+    bar = progress_bar(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
     start = time.perf_counter()
     with DdsNode("posenet_ros_replay", domain_id=domain_id, config=config) as node:
         sinks = {"pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),

@@ -8,6 +8,7 @@ Units: image sizes in pixels, depths and distances in metres, times in seconds.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -104,10 +105,17 @@ class BagDataConfig:
         return ranges
 
 
+VALIDATION_BLOCKS_SPLIT = "blocks"
+"""`data.val_split` value: validate on whole time blocks held out of the training split's sequences
+(`data.splits.validation_split`); training then uses the other frames."""
+
+
 @dataclass
 class DataConfig:
     train_split: str = "train"
-    val_split: str = "test"  # validated after every epoch; "" disables validation
+    # validated after every epoch and what `calibrate` fits on: "blocks" = whole time blocks held out of
+    # the training split's sequences (never the test split), "" = no validation, else a named split
+    val_split: str = VALIDATION_BLOCKS_SPLIT
     resize: int = 256  # shorter image side (PoseNet: 256)
     crop: int | tuple[int, int] | None = 224  # side or (height, width): random for training, centre for
     # evaluation; None: the whole resized image
@@ -117,7 +125,11 @@ class DataConfig:
     hue: float = 0.0
     depth_holes: float = 0.3  # RGB-D models: largest share of depth pixels made holes per training frame
     skip_bad: bool = False  # skip (and count) bad frames instead of stopping
-    workers: int = 0  # DataLoader worker processes
+    # DataLoader worker processes (decoding and augmentation beside the training step); 0: in the training
+    # process, as fast on 2 CPU cores with the decode cache (docs/results.md); more help where cores are free
+    workers: int = 0
+    cache: bool = True  # decode every training frame once into a memory-mapped cache (data/cache.py)
+    cache_dir: str = ""  # where the cache goes; "": <training output>/cache
     bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
     # ranges when the data root is a rosbag2
 
@@ -143,6 +155,9 @@ class ScrRefitConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch's CPU threads for the training step (torch.set_num_threads); 0: `default_threads`, half the
+    # cores this process may use less the DataLoader workers, at least 1 (docs/results.md)
+    threads: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA
     # bfloat16 autocast on the CPU too (training steps and the scr head refit): about 1.9x faster on
     # CPUs with AVX512-BF16 or AMX, slower on others, so off by default
@@ -170,13 +185,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.threads < 0 or self.data.workers < 0:
+            raise ValueError(f"threads and data.workers must be >= 0, got {self.threads} and "
+                             f"{self.data.workers}")
         if any(value is not None and value < 0 for value in (self.reprojection_after_epochs,
                                                               self.batchnorm_frozen_after)):
             raise ValueError("reprojection_after_epochs and batchnorm_frozen_after must be >= 0")
         if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
             raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
 
+    def torch_threads(self) -> int:
+        """The number of torch CPU threads `threads` asks for (0: `default_threads(data.workers)`)."""
+        return self.threads or default_threads(self.data.workers)
+
     def eval_transform(self) -> FrameTransform:
         """How a frame becomes the network's input at test time: `data.resize` (shorter side, px) and a
         centre crop of `data.crop` (px), no jitter. Training uses the same sizes with a random crop."""
         return FrameTransform(resize=self.data.resize, crop=self.data.crop, random_crop=False)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask; all cores where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(workers: int) -> int:
+    """torch threads beside `workers` DataLoader processes: half of the available cores less the
+    workers, at least 1. Measured on a shared 2-core machine (docs/results.md): 2 threads trained 5-7x
+    slower than 1, as torch's threads wait on each other when another process holds a core; one
+    thread is at most 2x slower where the cores are free. Set `threads` on a dedicated machine."""
+    return max(1, (available_cpus() - workers) // 2)

@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.images import read_frame_depth, read_frame_rgb
@@ -240,7 +239,7 @@ def make_bag(
     types = RosbagsTypes()
 
     def messages() -> Iterator[tuple[str, str, int, Any]]:
-        with tqdm(total=len(all_records), desc="make-bag", unit="frame", disable=not progress) as bar:
+        with progress_bar(total=len(all_records), desc="make-bag", unit="frame", disable=not progress) as bar:
             for record, (stamp_ns, _, _, _) in zip(all_records, frame_stamps, strict=True):
                 frame = _frame_messages(types, record, stamp_ns, topics, compressed_format, map_frame,
                                         camera_frame)

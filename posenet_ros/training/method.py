@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -43,9 +44,12 @@ class TrainingMethod(ABC):
 
     @abstractmethod
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
-              position_scale_m: float) -> TrainingSetup:
+              position_scale_m: float, *, cache_dir: Path | None = None, progress: bool = False
+              ) -> TrainingSetup:
         """The network (with the scene statistics of the training cameras' positions, metres), its
-        step module and the training dataset. Raises DatasetError for data the method cannot use."""
+        step module and the training dataset (decoded once into a cache in `cache_dir` unless None;
+        only the images the method uses: depth when it reads depth). Raises DatasetError for data the
+        method cannot use."""
 
     @abstractmethod
     def with_depth(self, config: TrainConfig) -> TrainConfig:
@@ -59,9 +63,10 @@ class TrainingMethod(ABC):
         """Called after `model.train()` at the start of every epoch."""
 
     def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
-               main_process: bool) -> dict[str, float]:
+               main_process: bool, progress: bool = False) -> dict[str, float]:
         """After the last epoch, before validation and saving, in every process (`main_process`: rank
-        0): what the method fits on the finished network. Returns entries for the metrics row."""
+        0): what the method fits on the finished network (`progress`: show its progress). Returns
+        entries for the metrics row."""
         return {}
 
 

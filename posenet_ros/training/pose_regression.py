@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,12 +58,13 @@ class PoseRegressionTraining(TrainingMethod):
     name = "posenet"
 
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
-              position_scale_m: float) -> TrainingSetup:
+              position_scale_m: float, *, cache_dir: Path | None = None, progress: bool = False
+              ) -> TrainingSetup:
         model = PoseRegression.network(config)
         model.set_position_statistics(torch.from_numpy(position_mean_3), position_scale_m)
         needs_depth = config.model.needs_depth
         dataset = PoseDataset(records, train_transform(config), seed=config.seed,
-                              with_depth=True if needs_depth else None)
+                              with_depth=self.uses_depth(config), cache_dir=cache_dir, progress=progress)
         if needs_depth:
             model.set_depth_scale(median_depth(records))
         if config.pretrained:
@@ -76,6 +78,13 @@ class PoseRegressionTraining(TrainingMethod):
                         len(ignored))
         step = PoseRegressionStep(model, PoseLoss(config.loss))
         return TrainingSetup(model, step, dataset, [step.loss.s_x, step.loss.s_q])
+
+    @staticmethod
+    def uses_depth(config: TrainConfig) -> bool:
+        """Whether training reads depth images: an RGB-D network, or the reprojection loss (its 3D points
+        come from depth). An RGB PoseNet with another loss never decodes depth."""
+        return (config.model.needs_depth or config.loss.kind == "reprojection"
+                or config.reprojection_after_epochs is not None)
 
     def with_depth(self, config: TrainConfig) -> TrainConfig:
         """The seed's dual-stream RGB-D PoseNet (an RGB-D network already set up is kept)."""
@@ -92,7 +101,8 @@ class PoseRegressionTraining(TrainingMethod):
         model.set_dropout_mode("train")
 
     def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
-               main_process: bool) -> dict[str, Any]:
+               main_process: bool, progress: bool = False) -> dict[str, Any]:
         if main_process:  # the loop-closure memory
-            fit_feature_memory(model, records, config.eval_transform(), batch_size=config.batch_size)
+            fit_feature_memory(model, records, config.eval_transform(), batch_size=config.batch_size,
+                               progress=progress)
         return {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.inference.scene_coordinates import depth_targets
@@ -61,8 +63,9 @@ class SceneCoordinateTraining(TrainingMethod):
     name = "scr"
 
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
-              position_scale_m: float) -> TrainingSetup:
-        model, step, dataset = _setup(config, records, position_mean_3, position_scale_m)
+              position_scale_m: float, *, cache_dir: Path | None = None, progress: bool = False
+              ) -> TrainingSetup:
+        model, step, dataset = _setup(config, records, position_mean_3, position_scale_m, cache_dir, progress)
         return TrainingSetup(model, step, dataset)
 
     def with_depth(self, config: TrainConfig) -> TrainConfig:
@@ -73,15 +76,16 @@ class SceneCoordinateTraining(TrainingMethod):
         return f"scr_{config.scr_loss.kind}"
 
     def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
-               main_process: bool) -> dict[str, Any]:
+               main_process: bool, progress: bool = False) -> dict[str, Any]:
         if config.scr_refit.iterations == 0:
             return {}
         # Every process refits the same way (same seed, same buffer): the replicas stay equal.
-        return refit_scr_head(model, records, config, device)
+        return refit_scr_head(model, records, config, device, progress=progress and main_process)
 
 
-def _setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray,
-               scale: float) -> tuple[SceneCoordinateNet, SceneCoordinateStep, PoseDataset]:
+def _setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray, scale: float,
+           cache_dir: Path | None = None, progress: bool = False,
+           ) -> tuple[SceneCoordinateNet, SceneCoordinateStep, PoseDataset]:
     """The scene coordinate network (scene statistics: the camera positions' mean, and their spread
     plus the median depth, as the points seen lie that far from the cameras), its loss and data."""
     if any(record.intrinsics is None for record in records):
@@ -98,7 +102,8 @@ def _setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray,
     model.set_scene_statistics(torch.from_numpy(mean), scale + reach)
     if config.pretrained:
         load_pretrained(model.encoder, config.pretrained, partial=True)
-    dataset = PoseDataset(records, train_transform(config), seed=config.seed, with_depth=use_depth)
+    dataset = PoseDataset(records, train_transform(config), seed=config.seed, with_depth=use_depth,
+                          cache_dir=cache_dir, progress=progress)
     return model, SceneCoordinateStep(model, config.scr_loss, use_depth), dataset
 
 
@@ -114,10 +119,11 @@ def cells_through(layers: nn.Sequential, x_NC: torch.Tensor) -> torch.Tensor:
 
 
 def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config: TrainConfig,
-                   device: torch.device) -> dict[str, float]:
+                   device: torch.device, progress: bool = False) -> dict[str, float]:
     """ScrRefitConfig: retrain `model.head[2:]` (its 1x1 convolutions) on buffered features of the
     training cells, shuffled across images. Needs depth (the targets of `depth_targets`); without it
-    the model is left as it is. Returns the metrics row entries (refit seconds, final distance)."""
+    the model is left as it is. Returns the metrics row entries (refit seconds, final distance).
+    `progress`: a bar over the feature buffering and one over the iterations (core/progress.py)."""
 
     refit = config.scr_refit
     if any(record.depth_path is None for record in records):
@@ -133,7 +139,7 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
     features, targets = [], []
     model.eval()  # batch norm with its running statistics, as at test time
     with torch.no_grad():
-        for batch in loader:
+        for batch in progress_bar(loader, desc="scr refit: features", unit="batch", disable=not progress):
             images = batch["image"].to(device)
             x = frozen(model.encode(images))
             target, valid = depth_targets(batch["depth"].to(device), batch["K"].to(device),
@@ -158,7 +164,8 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
     order, position, distance_sum, counted = torch.randperm(cells, generator=generator), 0, 0.0, 0
     autocast = training_autocast(config, device)
     trained.train()
-    for iteration in range(refit.iterations):
+    steps = progress_bar(range(refit.iterations), desc="scr refit", unit="step", disable=not progress)
+    for iteration in steps:
         fraction = (iteration - warm_up) / max(1, refit.iterations - warm_up)
         lr = refit.lr * ((iteration + 1) / warm_up if iteration < warm_up
                          else 0.5 * (1.0 + np.cos(np.pi * fraction)))

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from posenet_ros.core.device import resolve_device
 from posenet_ros.core.geometry import (
@@ -51,6 +50,7 @@ from posenet_ros.core.geometry import (
     quat_log_torch,
     quat_multiply_torch,
 )
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
 from posenet_ros.data.dataset import PoseDataset, network_input, pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
@@ -135,7 +135,8 @@ def compute_inputs(model: PoseNet, records: list[FrameRecord], config: TrainConf
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     parts: dict[str, list[torch.Tensor]] = {"features": [], "position": [], "quat": []}
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="temporal inputs", unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc="temporal inputs", unit="batch", disable=not progress,
+                                  leave=False):
             images = network_input(batch, model.input_channels).to(device)
             features, position, quat = per_frame_inputs(model, images)
             parts["features"].append(features.float())
@@ -360,7 +361,7 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     history = []
     temporal.train()
-    for _ in tqdm(range(config.epochs), desc="train-temporal", unit="epoch", disable=not progress):
+    for _ in progress_bar(range(config.epochs), desc="train-temporal", unit="epoch", disable=not progress):
         order = torch.randperm(len(windows), generator=generator)
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):

@@ -36,15 +36,15 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import ConfigError, config_from_dict, config_to_dict
 from posenet_ros.core.device import resolve_device
+from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import FrameRecord
-from posenet_ros.data.loading import load_frames
+from posenet_ros.data.loading import load_training_frames
 from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.metrics import pose_metrics
 from posenet_ros.inference.uncertainty import UncertaintyConfig
@@ -58,7 +58,10 @@ from posenet_ros.training.scene_coordinates import SceneCoordinateTraining
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.safetensors"
+CACHE_FOLDER = "cache"  # the decode cache's default folder in the training output (data/cache.py)
 MAX_MAP_POSES = 5000
+# settings that change how fast a run goes, never its result: they may change on --resume
+RESUME_MAY_CHANGE = ("epochs", "device", "threads", "data.workers", "data.cache", "data.cache_dir")
 
 
 def _distributed_context() -> tuple[int, int, int]:
@@ -84,6 +87,7 @@ def train(config: TrainConfig, data_root: str | Path, out: str | Path, *, resume
     """
     out = Path(out)
     rank, world, local_rank = _distributed_context()
+    torch.set_num_threads(config.torch_threads())
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
@@ -115,13 +119,18 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     method = TRAINING_METHODS[config.method]()
     bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth
                               or METHODS[config.method].depth_needed(config))
-    train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad, bag=bag)
-    val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad, bag=bag)
-                   if config.data.val_split else [])
+    train_records, val_records = load_training_frames(data_root, config.data, bag)
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
     mean, scale = position_statistics(map_poses[:, :3])
-    setup = method.setup(config, train_records, mean, scale)
+    cache_dir = None
+    if config.data.cache:
+        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else out / CACHE_FOLDER
+    if world > 1 and rank != 0:
+        dist.barrier()  # rank 0 builds the decode cache; the others then read it
+    setup = method.setup(config, train_records, mean, scale, cache_dir=cache_dir, progress=progress)
+    if world > 1 and rank == 0:
+        dist.barrier()
     setup.step.to(device)
     return _train_loop(config, method, data_root, out, resume, last_epoch, progress, device, rank, world,
                        setup, train_records, val_records, map_poses)
@@ -154,8 +163,8 @@ def _train_loop(config: TrainConfig, method: TrainingMethod, data_root: Path, ou
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(dataset)} frames, fewer than one batch of "
                          f"{per_process_batch * world}; lower batch_size")
-    bar = tqdm(total=max(0, last_epoch - start_epoch) * steps_per_epoch, desc="train", unit="batch",
-               disable=not progress)
+    bar = progress_bar(total=max(0, last_epoch - start_epoch) * steps_per_epoch, desc="train", unit="batch",
+                       disable=not progress)
     autocast = training_autocast(config, device)
     for epoch in range(start_epoch, last_epoch):
         kind = method.loss_kind(config, epoch)
@@ -204,7 +213,8 @@ def _train_loop(config: TrainConfig, method: TrainingMethod, data_root: Path, ou
                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                "images_per_s": images * world / seconds if seconds > 0 else None}
         if epoch + 1 == config.epochs:
-            row.update(method.finish(model, train_records, config, device, main_process=rank == 0))
+            row.update(method.finish(model, train_records, config, device, main_process=rank == 0,
+                                     progress=progress))
         if rank == 0:
             if val_records:
                 row.update(_validate(model, val_records, config, device))
@@ -295,10 +305,10 @@ def _load_state(path: Path, config: TrainConfig, step_module: nn.Module, optimiz
     except (SafetensorError, OSError, KeyError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{path}: corrupt training state ({exc})") from exc
     differences = _config_differences(config_to_dict(stored), config_to_dict(config))
-    differences = [d for d in differences if d not in ("epochs", "device", "data.workers")]
+    differences = [d for d in differences if d not in RESUME_MAY_CHANGE]
     if differences:
         raise ConfigError(f"the configuration differs from the run being resumed in {_few(differences)}; "
-                          "only epochs, device and data.workers may change on --resume")
+                          f"only {', '.join(RESUME_MAY_CHANGE)} may change on --resume")
     step_state = {k.removeprefix("step."): v for k, v in tensors.items() if k.startswith("step.")}
     try:
         step_module.load_state_dict(step_state)

@@ -32,6 +32,13 @@ def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
     assert config_to_dict(config)["size"] == [8, 6]
 
 
+def test_an_empty_override_of_a_text_setting_is_the_empty_string():
+    # `data.val_split=""` in a shell arrives as `data.val_split=`; YAML reads the empty value as null
+    assert load_config(Outer, None, ["name="]).name == ""
+    assert load_config(Outer, None, ["name=''"]).name == ""
+    assert load_config(Outer, None, ["maybe="]).maybe is None  # an optional setting: None, as before
+
+
 def test_integers_are_accepted_for_floats_but_not_the_reverse():
     assert load_config(Outer, None, ["inner.rate=2"]).inner.rate == 2.0
     with pytest.raises(ConfigError, match=r"inner\.steps: expected an integer"):

@@ -114,6 +114,20 @@ def test_pose_dataset_reads_bag_frames_in_worker_processes(data):
         torch.testing.assert_close(torch.cat([b["pose"] for b in batches]), folder["pose"], rtol=0, atol=1e-6)
 
 
+def test_bag_frames_are_decoded_once_into_the_cache(data, tmp_path):
+    transform = FrameTransform(resize=40, crop=(36, 48), random_crop=True, brightness=0.2)
+    options = BagDataConfig(split_times=SPLIT_TIMES, use_depth=True)
+    bag_records = load_frames(data["mcap"], "test", bag=options)
+    direct = PoseDataset(bag_records, transform, seed=2, with_depth=True)
+    cached = PoseDataset(bag_records, transform, seed=2, with_depth=True, cache_dir=tmp_path)
+    for index in (0, 7, len(direct) - 1):
+        for key in ("image", "depth", "K", "pose"):
+            assert torch.equal(direct[index][key], cached[index][key]), key
+    [built] = tmp_path.iterdir()  # its key covers the bag's files, the topic and the message times
+    assert built.name == cached.cache.key
+    assert (built / "depth.f32").is_file()
+
+
 def test_ground_truth_options_and_errors(data):
     by_tf = load_bag_frames(data["mcap"], "test", BagDataConfig(split_times=SPLIT_TIMES, gt_tf="map camera"))
     by_topic = load_bag_frames(data["mcap"], "test", BagDataConfig(split_times=SPLIT_TIMES))
@@ -199,7 +213,8 @@ def test_trained_from_the_bag_equals_trained_from_the_folder(data, capsys):
         assert on_bag[key] == pytest.approx(from_bag[key], rel=1e-9, abs=1e-12)
         assert on_png[key] == pytest.approx(from_folder[key], rel=1e-9, abs=1e-12)
     # Calibration reads the bag too; the stored split_times have no 'val', so it says which exist.
-    assert main(["calibrate", "--quiet", "--model", str(root / "run_bag"), "--data", str(data["mcap"])]) == 2
+    assert main(["calibrate", "--quiet", "--model", str(root / "run_bag"), "--data", str(data["mcap"]),
+                 "--split", "val"]) == 2
     assert "no time range for split 'val'" in capsys.readouterr().err
     assert main(["calibrate", "--quiet", "--model", str(root / "run_bag"), "--data", str(data["mcap"]),
                  "--split", "test", "--mc-samples", "4"]) == 0

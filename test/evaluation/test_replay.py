@@ -36,7 +36,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     paths = {"root": root, "scene": root / "scene", "run": root / "run", "bag": root / "bag_mcap"}
     assert main(["synth", "--quiet", str(paths["scene"]), *SCENE]) == 0
     assert main(["train", "--quiet", "--data", str(paths["scene"]), "--out", str(paths["run"]), *TRAIN]) == 0
-    assert main(["calibrate", "--quiet", "--model", str(paths["run"]), "--data", str(paths["scene"])]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(paths["run"]), "--data", str(paths["scene"]),
+                 "--split", "val"]) == 0
     assert main(["make-bag", "--quiet", str(paths["scene"]), str(paths["bag"]), "--split", "test"]) == 0
     return paths
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_TRAIN
 from dataset_support import INTRINSICS, make_sequences
 from safetensors.torch import load_file, save_file
 
@@ -124,6 +125,36 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_scene, tmp_
     torch.manual_seed(0)
     first = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert first[-1]["loss"] < first[0]["loss"]
+
+
+def test_defaults_validate_on_held_out_blocks_cache_rgb_only_and_log_plain_lines(small_capture, tmp_path,
+                                                                                   capsys):
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--data", str(small_capture), "--out", str(run), "--threads", "1",
+                     *SMALL_TRAIN]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    log = capsys.readouterr().err
+    assert "\r" not in log  # no carriage-return bar in a log
+    progress = [line for line in log.splitlines() if line.startswith("train: ")]
+    assert 1 <= len(progress) <= 2 + 2  # the first line, one per epoch (validation), the last
+    config = json.loads((run / "config.json").read_text())
+    assert config["threads"] == 1 and config["data"]["val_split"] == "blocks"
+    history = json.loads((run / "metrics.json").read_text())
+    assert all(np.isfinite(row["val_median_position_m"]) for row in history)
+    # the cache holds the 70 training frames kept (80 less the 2 x 5 held out), colour only
+    [index] = (run / "cache").glob("*/index.json")
+    cached = json.loads(index.read_text())
+    assert len(cached["frames"]) == 70 and cached["with_depth"] is False
+    assert not list((run / "cache").glob("*/depth.f32"))
+    # threads, workers and the cache may change on --resume; the result does not depend on them
+    assert main(["train", "--quiet", "--out", str(run), "--resume", "--threads", "1", "epochs=3",
+                 "data.workers=1", "data.cache=false"]) == 0
+    torch.set_num_threads(threads)
+    assert len(json.loads((run / "metrics.json").read_text())) == 3
 
 
 def test_two_ddp_processes_train_and_write_one_checkpoint(tiny_scene, tmp_path):
@@ -259,7 +290,7 @@ def test_rgbd_scene_coordinates_use_each_frames_depth_through_eval_replay_and_th
     # more than twice as close (0.24 against 0.6 m, median).
     assert np.median(rgbd.position_error_N) < 0.3
     assert np.median(rgb.position_error_N) > 2 * np.median(rgbd.position_error_N)
-    assert main(["calibrate", "--quiet", "--model", str(model), "--data", str(scene)]) == 0
+    assert main(["calibrate", "--quiet", "--model", str(model), "--data", str(scene), "--split", "val"]) == 0
     assert main(["eval", "--quiet", "--model", str(model), "--data", str(scene), "--out",
                  str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]

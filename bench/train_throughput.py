@@ -9,12 +9,13 @@ network-only: one optimisation step (the real loss and backward pass) on synthet
 the crop size, so the figure is the model's speed, not the data loader's.
 
 real data (`--data`, any dataset `load_frames` reads, such as the shared 7-Scenes kitchen frames;
-its "train" split, for a flat folder the blocks `TEST_BLOCKS` keeps): the training dataset exactly as
-`posenet-ros train` builds it for an RGB PoseNet (`PoseRegressionTraining.setup`: resize, random
+its "train" split, for a flat folder the blocks `TEST_BLOCKS` keeps): the training dataset exactly
+as `posenet-ros train` builds it for an RGB PoseNet (`PoseRegressionTraining.setup`: resize, random
 crop, colour jitter, no depth), a DataLoader with `--workers` processes and the same optimisation
-step, for each (threads, workers) pair: `cold` = building the decode cache (every image decoded once), `warm` = an epoch reading the cache,
-`uncached` = an epoch decoding every file (`data.cache=false`). The network-only figure at the same
-crop and batch is measured beside them; `warm_vs_network` is their ratio.
+step, for each (threads, workers) pair: `cold` = building the decode cache (every image decoded
+once), `warm` = an epoch reading the cache, `uncached` = an epoch decoding every file
+(`data.cache=false`). The network-only figure at the same crop and batch is measured beside them;
+`warm_vs_network` is their ratio.
 
 Prints a table and writes JSON (default bench/results/train_throughput.json).
 """

@@ -98,7 +98,8 @@ def cache_key(records: Sequence[FrameRecord], resize: int | None, with_depth: bo
         parts.append([_source_key(record.image_path, memo),
                       _source_key(record.depth_path, memo) if with_depth else None,
                       record.intrinsics.to_dict() if record.intrinsics is not None else None,
-                      record.depth_unit_m])
+                      record.depth_unit_m,
+                      record.depth_intrinsics.to_dict() if record.depth_intrinsics is not None else None])
     text = json.dumps({"version": CACHE_VERSION, "resize": resize, "with_depth": with_depth, "frames": parts})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 

@@ -50,7 +50,9 @@ class FrameRecord:
     (scaled to the image's size when read) and may hold lens distortion (undistorted when read).
     `depth_unit_m`: metres per unit of an integer depth file (7-Scenes 0.001, TUM 1/5000).
     `metric`: whether poses are in metres; False for captures of arbitrary scale (COLMAP, NeRF), whose
-    metric defaults then come from the data.
+    metric defaults then come from the data. `depth_intrinsics`: the depth sensor's own camera when the
+    depth images are not registered to the colour images (read into the colour camera by
+    `images.record_depth`); None: registered.
     """
 
     image_path: Path | BagMessage
@@ -61,6 +63,7 @@ class FrameRecord:
     frame_index: int
     depth_unit_m: float = 0.001
     metric: bool = True
+    depth_intrinsics: Intrinsics | None = None
 
 
 @dataclass
@@ -113,6 +116,26 @@ def read_camera_json(root: Path) -> Intrinsics | None:
     numbers = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
     if intrinsics.width <= 0 or intrinsics.height <= 0 or not np.all(np.isfinite(numbers)):
         raise DatasetError(f"{path}: invalid intrinsics {intrinsics}")
+    return intrinsics
+
+
+def read_depth_camera_json(root: Path) -> Intrinsics | None:
+    """The depth sensor's intrinsics under the key "depth" of `<root>/camera.json` (width height fx fy
+    cx cy, pinhole), for depth images that are not registered to the colour images; None when there is
+    no such file or key."""
+    path = Path(root) / CAMERA_JSON
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("depth")
+        intrinsics = None if values is None else Intrinsics.from_dict(values)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path}: not a valid \"depth\" camera ({exc}); expected keys width height fx fy "
+                           "cx cy") from exc
+    if intrinsics is not None and (intrinsics.distorted or intrinsics.width <= 0 or intrinsics.height <= 0
+                                   or not np.all(np.isfinite((intrinsics.fx, intrinsics.fy, intrinsics.cx,
+                                                              intrinsics.cy)))):
+        raise DatasetError(f"{path}: invalid \"depth\" camera {intrinsics} (a pinhole camera is expected)")
     return intrinsics
 
 

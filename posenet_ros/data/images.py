@@ -14,7 +14,12 @@ dataset's unit, intrinsics for another resolution of the same camera, lens disto
   training camera a checkpoint records is the pinhole one;
 - depth: an integer image (uint16) times `record.depth_unit_m` metres per unit (7-Scenes 0.001, TUM
   1/5000); 0 and 65535 mean "no measurement" and become 0. Depth is the z coordinate in the camera
-  frame, so it must have the colour image's size (it is registered to it).
+  frame, so it must have the colour image's size (it is registered to it);
+- unregistered depth (`record.depth_intrinsics`, a depth sensor with its own intrinsics, such as the
+  Kinect v1 of 7-Scenes): each depth pixel is back-projected with the depth camera's K and projected
+  with the colour camera's (`register_depth`). The two sensors are taken to share their optical
+  centre and axes: the baseline between them (2.5 cm on a Kinect v1) is neglected, a parallax of
+  f * b / z pixels (about 3 px at 262 px focal length and 2 m).
 """
 
 from __future__ import annotations
@@ -95,6 +100,23 @@ def scaled_intrinsics(intrinsics: Intrinsics, width: int, height: int,
     return intrinsics.resized(width, height)
 
 
+def register_depth(depth_HW: np.ndarray, depth_camera: Intrinsics, colour_camera: Intrinsics) -> np.ndarray:
+    """Depth (metres, 0 = invalid) of the depth sensor `depth_camera` (of the depth image's size) as the
+    pinhole `colour_camera` would see it: float32 (colour height, colour width). Both cameras share
+    their centre and axes, so depth (the z coordinate) is unchanged and only moves; where several depth
+    pixels land on one colour pixel the nearest wins, colour pixels no depth pixel lands on are 0."""
+    rows, cols = np.nonzero(depth_HW > 0)
+    z = depth_HW[rows, cols]
+    sx, sy = colour_camera.fx / depth_camera.fx, colour_camera.fy / depth_camera.fy
+    u = np.rint((cols - depth_camera.cx) * sx + colour_camera.cx).astype(int)
+    v = np.rint((rows - depth_camera.cy) * sy + colour_camera.cy).astype(int)
+    inside = (u >= 0) & (u < colour_camera.width) & (v >= 0) & (v < colour_camera.height)
+    registered = np.full((colour_camera.height, colour_camera.width), np.inf, dtype=np.float32)
+    np.minimum.at(registered, (v[inside], u[inside]), z[inside])
+    registered[np.isinf(registered)] = 0.0
+    return registered
+
+
 def record_rgb(record: FrameRecord) -> tuple[np.ndarray, Intrinsics | None]:
     """The record's colour image as uint8 RGB (H, W, 3) and the pinhole intrinsics of that image
     (None when the record has none): its intrinsics scaled to the image's size, the image undistorted
@@ -127,13 +149,20 @@ def record_camera(record: FrameRecord) -> Intrinsics | None:
 
 def record_depth(record: FrameRecord, camera: Intrinsics | None) -> np.ndarray:
     """The record's depth as float32 metres (H, W), 0 = invalid, in `record.depth_unit_m` per integer
-    unit, undistorted as its colour image is. `camera`: the colour image's intrinsics from `record_rgb`
-    (or None); the depth must have its size. DatasetError naming the depth file for another size, and
-    naming the colour image for a record without depth."""
+    unit, undistorted as its colour image is, or registered to it (`register_depth`) when the record
+    has `depth_intrinsics`. `camera`: the colour image's intrinsics from `record_rgb` (or None; needed
+    for unregistered depth); registered depth must have its size. DatasetError naming the depth file
+    for another size, and naming the colour image for a record without depth."""
     if record.depth_path is None:
         raise DatasetError(f"{record.image_path}: the frame has no depth image")
     depth = read_frame_depth(record.depth_path, record.depth_unit_m)
     height, width = depth.shape
+    if record.depth_intrinsics is not None:
+        if camera is None:
+            raise DatasetError(f"{record.depth_path}: unregistered depth needs the colour camera's "
+                               "intrinsics")
+        depth_camera = scaled_intrinsics(record.depth_intrinsics, width, height, record.depth_path)
+        return register_depth(depth, depth_camera, camera)
     if camera is not None and (camera.width, camera.height) != (width, height):
         raise DatasetError(f"{record.depth_path}: depth is {width}x{height} px, its colour image "
                            f"{camera.width}x{camera.height}")

@@ -37,8 +37,12 @@ Caveat for real 7-Scenes data: the depth maps come from the Kinect's depth camer
 registered to the colour camera (a different sensor with its own intrinsics and a few centimetres
 of baseline), so depth pixel (u, v) does not see the same point as colour pixel (u, v). The
 published 585 px focal length is the depth camera's; DSAC*/ACE use 525 px for the colour images
-(pass `intrinsics=` or a camera.json for that). Data written by `write_seven_scenes` (our synthetic
-scenes) has depth registered to the colour image and exact intrinsics.
+(pass `intrinsics=` or a camera.json for that). A camera.json may also hold the depth camera under the
+key "depth" (its width height fx fy cx cy); the depth images are then registered to the colour images
+as they are read (data/images.py `register_depth`), e.g. for 7-Scenes at 640x480:
+`{"width": 640, "height": 480, "fx": 525, "fy": 525, "cx": 320, "cy": 240, "depth": {"width": 640,
+"height": 480, "fx": 585, "fy": 585, "cx": 320, "cy": 240}}`. Data written by `write_seven_scenes`
+(our synthetic scenes) has depth registered to the colour image and exact intrinsics.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from posenet_ros.data.frames import (
     SequenceToWrite,
     image_file_problem,
     read_camera_json,
+    read_depth_camera_json,
     read_text_file,
 )
 from posenet_ros.data.splits import TEST_BLOCKS
@@ -282,6 +287,7 @@ def load_seven_scenes(
     if intrinsics is None:
         folder, _, index, suffix = frames[0]
         intrinsics = _dataset_intrinsics(root, folder / f"{frame_file_stem(index)}{suffix}")
+    depth_camera = read_depth_camera_json(root) if with_depth else None
     bad = BadFrames(skip_bad)
     records: list[FrameRecord] = []
     for folder, sequence, index, suffix in frames:
@@ -310,7 +316,7 @@ def load_seven_scenes(
             continue
         records.append(FrameRecord(image_path=image_path, depth_path=depth_path,
                                    world_from_cam=world_from_cam, intrinsics=intrinsics,
-                                   sequence=sequence, frame_index=index))
+                                   sequence=sequence, frame_index=index, depth_intrinsics=depth_camera))
     return bad.finish(records, split_path, logger)
 
 

@@ -6,6 +6,7 @@ the geometric-consistency check, which fails when the distortion is ignored)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import cv2
 import numpy as np
@@ -100,3 +101,35 @@ def test_ignoring_the_distortion_breaks_the_geometry(distorted_scene):
     ignored = [dataclasses.replace(record, intrinsics=record.intrinsics.pinhole()) for record in records]
     wrong, _ = depth_disagreement(ignored, pairs)
     assert min(wrong) > 2.5 * max(medians), (medians, wrong)
+
+
+def _plane_depth(camera: Intrinsics) -> np.ndarray:
+    """Depth (metres) of the tilted plane n . X = 2 m seen by `camera`: z = 2 / (n . ray)."""
+    normal = np.array([0.2, -0.3, 1.0]) / np.linalg.norm([0.2, -0.3, 1.0])
+    u, v = np.meshgrid(np.arange(camera.width), np.arange(camera.height))
+    rays = np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones(u.shape)], axis=-1)
+    return (2.0 / (rays @ normal)).astype(np.float32)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_unregistered_depth_is_read_into_the_colour_camera(tmp_path, declared):
+    # 7-Scenes-like: colour 262.5 px, depth 292.5 px focal length at 320x240, one optical centre
+    colour = Intrinsics(320, 240, 262.5, 262.5, 159.75, 119.75)
+    depth_camera = Intrinsics(320, 240, 292.5, 292.5, 159.75, 119.75)
+    cv2.imwrite(str(tmp_path / "frame-000000.color.png"), np.zeros((240, 320, 3), np.uint8))
+    depth_mm = np.rint(_plane_depth(depth_camera) * 1000).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "frame-000000.depth.png"), depth_mm)
+    (tmp_path / "frame-000000.pose.txt").write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
+    camera_json = {**colour.to_dict(), **({"depth": depth_camera.to_dict()} if declared else {})}
+    (tmp_path / "camera.json").write_text(json.dumps(camera_json))
+    (record,) = load_seven_scenes(tmp_path, "train")
+    _, camera = record_rgb(record)
+    depth = record_depth(record, camera)
+    assert depth.shape == (240, 320)
+    inner = (slice(20, -20), slice(20, -20))  # the depth camera sees less than the colour camera
+    error = np.abs(depth - _plane_depth(colour))[inner][depth[inner] > 0]
+    if declared:
+        assert (depth[inner] > 0).mean() > 0.99
+        assert np.median(error) < 0.002  # measured: rounding to pixels and millimetres
+    else:  # read as if registered: the zoom between the two cameras shows as centimetres of error
+        assert np.median(error) > 0.005

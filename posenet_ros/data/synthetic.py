@@ -16,8 +16,10 @@ Scenes that differ (`SceneConfig`; the defaults give the original scene): `world
 poses in a rotated world frame (`z_up`: the render frame itself; `y_down`: gravity along +y, as in
 an OpenCV first camera or COLMAP model; `y_up`: OpenGL / NeRF style), `room_scale` multiplies every
 length (room, furniture, camera paths, depth) and `heading_deg` keeps the cameras' heading (about the
-up axis, from the render frame's +x) in a range instead of looking outwards around their loops. Rendering one 640x480
-frame takes a few hundred milliseconds on one core (`posenet-ros synth` prints the measured time).
+up axis, from the render frame's +x) in a range instead of looking outwards around their loops.
+
+Rendering one 640x480 frame takes a few hundred milliseconds on one core (`posenet-ros synth` prints
+the measured time).
 
 Sequences of a scene (split names as the layout writers use them):
 - `train`: loops around room A at several radii, heights and viewing directions;
@@ -118,7 +120,8 @@ class SceneConfig:
             raise ValueError(f"room_scale={self.room_scale} is outside 0.01..100")
         if self.heading_deg and not (len(self.heading_deg) == 2
                                      and 0.0 < self.heading_deg[1] - self.heading_deg[0] <= 360.0):
-            raise ValueError(f"heading_deg={self.heading_deg} must be [] or [lo, hi] with lo < hi <= lo + 360")
+            raise ValueError(f"heading_deg={self.heading_deg} must be [] or [lo, hi] with "
+                             "lo < hi <= lo + 360")
 
     def world_from_render(self) -> np.ndarray:
         """The 4x4 similarity from the render frame (metres at room_scale 1, z up) to the world frame

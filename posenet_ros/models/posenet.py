@@ -62,6 +62,12 @@ class ModelConfig:
     depth: Literal["none", "dual_stream", "early_fusion"] = "none"  # RGB-D input (module docstring)
     depth_encoding: Literal["inverse", "metric"] = "inverse"
     depth_backbone: str = ""  # dual_stream: the depth stream's backbone; "" = the same as `backbone`
+    # Ceilings of the aleatoric standard deviations (the log-variances approach them smoothly): per
+    # position axis in units of the position scale (the training positions' RMS spread, so 1 is the
+    # error of always answering the mean position), per rotation axis in degrees. A loss cannot then
+    # give up on a pose component by inflating its variance: its error keeps a weight >= 1 / max σ².
+    max_sigma_position: float = 1.0
+    max_sigma_rotation_deg: float = 20.0
 
     def __post_init__(self) -> None:
         for name in (self.backbone, self.depth_backbone or self.backbone):
@@ -72,6 +78,16 @@ class ModelConfig:
         for name in ("dropout", "backbone_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1)")
+        if not (self.max_sigma_position > 0 and 0 < self.max_sigma_rotation_deg <= 180):
+            raise ValueError("model.max_sigma_position must be > 0 and max_sigma_rotation_deg in (0, 180]")
+
+    def log_var_ceilings(self, columns: int) -> torch.Tensor:
+        """The log-variance ceilings (columns,) for K = 2 (position, rotation) or 6 (x, y, z, rx, ry, rz):
+        log σ_max² with σ in units of the position scale and in radians."""
+        position = 2.0 * math.log(self.max_sigma_position)
+        rotation = 2.0 * math.log(math.radians(self.max_sigma_rotation_deg))
+        half = columns // 2
+        return torch.tensor([position] * half + [rotation] * half)
 
     @property
     def needs_depth(self) -> bool:
@@ -134,6 +150,8 @@ class PoseNet(nn.Module):
         self.fc_quat = nn.Linear(head_dim, 4)
         log_var_dims = {"none": 0, "isotropic": 2, "per_axis": 6}[config.aleatoric]
         self.fc_log_var = nn.Linear(head_dim, log_var_dims) if log_var_dims else None
+        self.log_var_ceiling: torch.Tensor | None = (config.log_var_ceilings(log_var_dims)
+                                                     if log_var_dims else None)
         with torch.no_grad():  # start at the mean position and the identity-ish orientation
             self.fc_position.weight.mul_(0.1)
             self.fc_position.bias.zero_()
@@ -213,8 +231,14 @@ class PoseNet(nn.Module):
             position_B3=self.position_mean + self.position_scale * position_norm,
             quat_B4=quat_normalize_torch(self.fc_quat(x)),
             position_norm_B3=position_norm,
-            log_var_BK=self.fc_log_var(x) if self.fc_log_var is not None else None,
+            log_var_BK=self.bounded_log_var(self.fc_log_var(x)) if self.fc_log_var is not None else None,
         )
+
+    def bounded_log_var(self, raw_BK: torch.Tensor) -> torch.Tensor:
+        """The aleatoric log-variances, smoothly bounded above by the configured ceilings c:
+        c - softplus(c - raw) (≈ raw well below c, never above it)."""
+        ceiling = self.log_var_ceiling.to(device=raw_BK.device, dtype=raw_BK.dtype)
+        return ceiling - nn.functional.softplus(ceiling - raw_BK)
 
     def forward(self, images_BCHW: torch.Tensor) -> PoseOutput:
         return self.forward_head(self.forward_features(images_BCHW))

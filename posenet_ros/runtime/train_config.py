@@ -32,6 +32,17 @@ class LossConfig:
     reprojection_huber_px: float = 5.0  # huber: quadratic below, linear above (pixels)
     reprojection_clip_px: float = 100.0  # per-point pixel error cap, so wrong early guesses stay bounded
     min_depth: float = 0.05  # metres; points closer to (or behind) the predicted camera are clamped
+    # learned weighting: ceilings of ŝx and ŝq (log of the loss term a component may be left at): ŝx
+    # <= log 1 (the mean-position error in normalised units), ŝq <= log 0.17 (a 20° quaternion distance)
+    max_s_x: float = 0.0
+    max_s_q: float = -1.75
+    # aleatoric: the first epochs train the pose with `linear` (the log-variances learn beside it on the
+    # detached errors), so the likelihood starts from poses that already follow every component
+    warmup_epochs: int = 2
+    # From this share of the epochs on, a pose component (x, y, z, rot x, rot y, rot z) whose RMS training
+    # error is above `chance_ratio` x that of always answering the mean pose is reported as not learned
+    # (a warning in the log and `not_learned` in metrics.csv)
+    chance_ratio: float = 0.7
 
 
 @dataclass
@@ -175,6 +186,8 @@ class TrainConfig:
             raise ValueError("reprojection_after_epochs and batchnorm_frozen_after must be >= 0")
         if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
             raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
+        if self.loss.warmup_epochs < 0 or not 0 < self.loss.chance_ratio <= 1:
+            raise ValueError("loss.warmup_epochs must be >= 0 and loss.chance_ratio in (0, 1]")
 
     def eval_transform(self) -> FrameTransform:
         """How a frame becomes the network's input at test time: `data.resize` (shorter side, px) and a

@@ -57,6 +57,11 @@ class TrainingMethod(ABC):
     def start_epoch(self, model: nn.Module) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Called after `model.train()` at the start of every epoch."""
 
+    def check_epoch(self, config: TrainConfig, epoch: int, row: dict) -> dict:
+        """After each epoch, with its metrics row (mean logged terms): entries to add to the row, e.g.
+        what the method finds wrong with the training (and warns about)."""
+        return {}
+
     def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
                main_process: bool) -> dict[str, float]:
         """After the last epoch, before validation and saving, in every process (`main_process`: rank

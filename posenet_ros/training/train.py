@@ -203,6 +203,7 @@ def _train_loop(config: TrainConfig, method: TrainingMethod, data_root: Path, ou
                                **{k: v / max(images, 1) for k, v in sums.items()},
                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                "images_per_s": images * world / seconds if seconds > 0 else None}
+        row.update(method.check_epoch(config, epoch, row))
         if epoch + 1 == config.epochs:
             row.update(method.finish(model, train_records, config, device, main_process=rank == 0))
         if rank == 0:

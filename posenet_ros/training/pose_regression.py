@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,10 @@ from posenet_ros.training.losses import COMPONENTS, PoseLoss, sample_depth_point
 from posenet_ros.training.method import TrainingMethod, TrainingSetup, median_depth, train_transform
 
 logger = logging.getLogger(__name__)
+
+# Errors below these never count as "not learned" (normalised position x, y, z; rotation, radians):
+# 0.2 of the position scale, 5 degrees.
+NOT_LEARNED_FLOOR = (0.2, 0.2, 0.2, math.radians(5.0), math.radians(5.0), math.radians(5.0))
 
 
 class PoseRegressionStep(nn.Module):
@@ -99,15 +104,17 @@ class PoseRegressionTraining(TrainingMethod):
     def check_epoch(self, config: TrainConfig, epoch: int, row: dict) -> dict:
         """RMS training error of each pose component (`rms_<component>`: normalised position, rotation
         in degrees) and, from a quarter of the epochs on, the components still near chance
-        (`not_learned`, with a warning): above `loss.chance_ratio` x the mean pose's error."""
+        (`not_learned`, with a warning): above `loss.chance_ratio` x the mean pose's error and above
+        `NOT_LEARNED_FLOOR` (so a component that hardly varies in the training poses is not flagged)."""
         squared = [row.get(f"sq_err_{name}") for name in COMPONENTS]
         if self.chance_rms is None or any(value is None for value in squared):
             return {}
         rms = np.sqrt(np.array(squared, dtype=float))
         out = {f"rms_{name}": float(value if i < 3 else np.degrees(value))
                for i, (name, value) in enumerate(zip(COMPONENTS, rms, strict=True))}
-        stalled = [name for name, error, chance in zip(COMPONENTS, rms, self.chance_rms, strict=True)
-                   if chance > 0 and error > config.loss.chance_ratio * chance]
+        stalled = [name for name, error, chance, floor in zip(COMPONENTS, rms, self.chance_rms,
+                                                              NOT_LEARNED_FLOOR, strict=True)
+                   if error > max(config.loss.chance_ratio * chance, floor)]
         if epoch + 1 >= max(config.loss.warmup_epochs + 1, config.epochs // 4) and stalled:
             details = ", ".join(f"{name} {_component_text(name, rms[COMPONENTS.index(name)])} against "
                                 f"{_component_text(name, self.chance_rms[COMPONENTS.index(name)])} by the "

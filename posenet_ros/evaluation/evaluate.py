@@ -230,11 +230,21 @@ def loop_closure_metrics(known: Predictions, unknown: dict[str, Predictions],
             "min_frames": config.min_frames}
 
 
+def with_solver(loaded: LoadedModel, solver: str) -> LoadedModel:
+    """`loaded` with its scene coordinate pose solver replaced: "kabsch" (ransac.use_depth, each
+    frame's depth) or "pnp" (RGB only). Other methods have no solver to choose: a ValueError."""
+    if loaded.method != "scr":
+        raise ValueError(f"--solver chooses the pose solver of scene coordinate models; {loaded.path} is a "
+                         f"{loaded.method} model")
+    ransac = dataclasses.replace(loaded.config.ransac, use_depth=solver == "kabsch")
+    return dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, ransac=ransac))
+
+
 def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split: str = "test",
              out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
              batch_size: int = 32, device: str | torch.device = "auto", mc_samples: int | None = None,
              unknown_splits: Sequence[str] | None = None, bag_options: Mapping[str, Any] | None = None,
-             smooth: str = "off", progress: bool = True) -> dict[str, Any]:
+             smooth: str = "off", solver: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint at `model_path` on `split` of each dataset folder or rosbag2 in
     `data_roots`.
 
@@ -250,8 +260,11 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     (None: those of `DEFAULT_UNKNOWN_SPLITS` present; frames marked in-map by a synthetic scene are
     left out). `smooth`: "off" (per-frame estimates), "causal" or "offline" (the checkpoint's temporal
     model over each sequence; see inference/temporal.py). Every evaluation reports the median frame-to-frame
-    jitter (`temporal_jitter`).
+    jitter (`temporal_jitter`). `solver` (scene coordinate models): "kabsch" (3D-3D with each frame's
+    depth) or "pnp" (RGB only) instead of the checkpoint's `ransac.use_depth`.
     """
+    if solver not in (None, "kabsch", "pnp"):
+        raise ValueError(f"solver must be 'kabsch' or 'pnp', got {solver!r}")
     if smooth not in ("off", "causal", "offline"):
         raise ValueError(f"smooth must be 'off', 'causal' or 'offline', got {smooth!r}")
     roots = [Path(root) for root in data_roots]
@@ -264,6 +277,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     if smooth != "off" and loaded.temporal is None:
         raise ValueError(f"{loaded.path} has no temporal model: run `posenet-ros train-temporal` first, or "
                          "evaluate with smoothing off")
+    if solver is not None:
+        loaded = with_solver(loaded, solver)
     transform = loaded.config.eval_transform()
     method = loaded.inference(mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
@@ -284,6 +299,12 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         records = load_frames(root, split, bag=bag)
         if not records:
             raise ValueError(f"{root}: the {split!r} split has no frames")
+        without_depth = sum(record.depth_path is None for record in records)
+        if loaded.needs_depth and without_depth:
+            remedy = ("evaluate with --solver pnp (poses from RGB)" if loaded.method == "scr"
+                      else "this RGB-D model needs depth images")
+            raise ValueError(f"{root}: {without_depth} of the {len(records)} {split!r} frames have no depth "
+                             f"image, and {loaded.path} solves poses with depth; {remedy}")
         predictions = run(records, f"evaluate {name}")
         if smooth != "off":
             predictions = smoothed_predictions(loaded, predictions, smooth)  # type: ignore[arg-type]

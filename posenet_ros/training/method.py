@@ -96,6 +96,28 @@ def median_depth(records: Sequence[FrameRecord], frames: int = 64) -> float:
     return float(np.median(valid))
 
 
+MIN_VALID_DEPTH_SHARE = 0.05  # below this share of valid pixels a depth image counts as empty
+
+
+def missing_depth(records: Sequence[FrameRecord], frames: int = 8) -> str:
+    """Why the training frames have no usable depth, or "" when they have: every record needs a depth
+    image, and up to `frames` evenly spaced ones must each have at least `MIN_VALID_DEPTH_SHARE` of
+    their pixels valid (finite, > 0), so zero-filled depth images count as none."""
+    missing = sum(record.depth_path is None for record in records)
+    if missing:
+        return f"{missing} of the {len(records)} training frames have no depth image"
+    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
+    shares = []
+    for index in chosen:
+        depth = read_frame_depth(records[index].depth_path)
+        shares.append(float(np.mean(np.isfinite(depth) & (depth > 0))))
+    if min(shares) < MIN_VALID_DEPTH_SHARE:
+        return (f"the depth images are empty (valid pixels in {len(chosen)} sampled training frames: "
+                f"{100 * min(shares):.1f}% to {100 * max(shares):.1f}%, less than "
+                f"{100 * MIN_VALID_DEPTH_SHARE:.0f}% in some)")
+    return ""
+
+
 def training_autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
     """bfloat16 autocast of the training steps: `amp` on CUDA, `cpu_amp` on the CPU."""
     enabled = config.amp if device.type == "cuda" else config.cpu_amp and device.type == "cpu"

@@ -2,8 +2,8 @@
 
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
     posenet-ros train --data D --out O [--config YAML] [--resume] [--use-depth] [BAG OPTIONS] [key=value ...]
-    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N] [--solver kabsch|pnp]
-                     [BAG OPTIONS]
+    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N]
+                     [--solver kabsch|pnp] [BAG OPTIONS]
     posenet-ros calibrate --model M --data D [--split val]
     posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]

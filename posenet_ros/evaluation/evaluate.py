@@ -230,6 +230,22 @@ def loop_closure_metrics(known: Predictions, unknown: dict[str, Predictions],
             "min_frames": config.min_frames}
 
 
+def in_data_units(thresholds: Sequence[tuple[float, float]], unit_scale: float) -> list[tuple[float, float]]:
+    """The thresholds for a model trained on data of arbitrary scale (`data.unit_scale` data units per
+    metre): the default ones (`DEFAULT_THRESHOLDS`) get their metres in data units, others are kept as
+    given (in data units)."""
+    if unit_scale == 1.0:
+        return list(thresholds)
+    defaults = {tuple(pair) for pair in DEFAULT_THRESHOLDS}
+    scaled = [(metres * unit_scale, degrees) if (metres, degrees) in defaults else (metres, degrees)
+              for metres, degrees in thresholds]
+    logger.warning("the model was trained on data of arbitrary scale (%.4g units stand for 1 m): default "
+                   "position thresholds in data units: %s", unit_scale,
+                   ", ".join(f"{m:.4g}" for (m, d), (m0, _) in zip(scaled, thresholds, strict=True)
+                             if m != m0))
+    return scaled
+
+
 def with_solver(loaded: LoadedModel, solver: str) -> LoadedModel:
     """`loaded` with its scene coordinate pose solver replaced: "kabsch" (ransac.use_depth, each
     frame's depth) or "pnp" (RGB only). Other methods have no solver to choose: a ValueError."""
@@ -279,6 +295,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
                          "evaluate with smoothing off")
     if solver is not None:
         loaded = with_solver(loaded, solver)
+    checked_thresholds = in_data_units(checked_thresholds, loaded.config.data.unit_scale)
     transform = loaded.config.eval_transform()
     method = loaded.inference(mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)

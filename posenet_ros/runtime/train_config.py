@@ -129,6 +129,10 @@ class DataConfig:
     depth_holes: float = 0.3  # RGB-D models: largest share of depth pixels made holes per training frame
     skip_bad: bool = False  # skip (and count) bad frames instead of stopping
     workers: int = 0  # DataLoader worker processes
+    # What the metric defaults' 1 m is in the data's length unit: 1 for metric data; for captures of
+    # arbitrary scale (frame records with metric=False: COLMAP, NeRF) training derives it from the data
+    # (training/scale.py) and scales the metric defaults it did not get explicitly by it
+    unit_scale: float = 1.0
     bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
     # ranges when the data root is a rosbag2
 
@@ -186,6 +190,9 @@ class TrainConfig:
             raise ValueError("reprojection_after_epochs and batchnorm_frozen_after must be >= 0")
         if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
             raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
+        if not self.data.unit_scale > 0:
+            raise ValueError(f"data.unit_scale must be a positive number of data units per metre, got "
+                             f"{self.data.unit_scale}")
         if self.loss.warmup_epochs < 0 or not 0 < self.loss.chance_ratio <= 1:
             raise ValueError("loss.warmup_epochs must be >= 0 and loss.chance_ratio in (0, 1]")
 

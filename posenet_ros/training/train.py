@@ -53,6 +53,7 @@ from posenet_ros.runtime.methods import METHODS, inference_method
 from posenet_ros.runtime.train_config import TrainConfig
 from posenet_ros.training.method import TrainingMethod, TrainingSetup, epoch_seed, training_autocast
 from posenet_ros.training.pose_regression import PoseRegressionTraining
+from posenet_ros.training.scale import with_data_scale
 from posenet_ros.training.scene_coordinates import SceneCoordinateTraining
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     train_records = load_frames(data_root, config.data.train_split, skip_bad=config.data.skip_bad, bag=bag)
     val_records = (load_frames(data_root, config.data.val_split, skip_bad=config.data.skip_bad, bag=bag)
                    if config.data.val_split else [])
+    config = with_data_scale(config, train_records)
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
     mean, scale = position_statistics(map_poses[:, :3])

@@ -49,6 +49,7 @@ import torch
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.core.device import resolve_device
 from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
+from posenet_ros.data.dataset import pose_vector, read_frame_rgb
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.evaluation.plots import plot_error_cdf, plot_top_view, plot_uncertainty
@@ -58,7 +59,9 @@ from posenet_ros.inference.loop_closure import LoopClosureConfig, roc_auc, run_d
 from posenet_ros.inference.metrics import (
     DEFAULT_THRESHOLDS,
     check_thresholds,
+    image_descriptor,
     mean_pose_baseline,
+    nearest_neighbour_baseline,
     pose_errors,
     pose_metrics,
     sigmas,
@@ -228,6 +231,21 @@ def loop_closure_metrics(known: Predictions, unknown: dict[str, Predictions],
             "unknown_frames_by_split": {split: len(p) for split, p in unknown.items()},
             "enter_score": config.enter_score, "leave_score": config.leave_score,
             "min_frames": config.min_frames}
+
+
+def nearest_neighbour_errors(train_records: Sequence[FrameRecord], test_records: Sequence[FrameRecord]
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(position errors, orientation errors in degrees) of the nearest-neighbour retrieval baseline
+    (`inference.metrics.nearest_neighbour_baseline`: the pose of the training frame whose 16x12 grey
+    thumbnail is nearest) on `test_records`."""
+    def described(records: Sequence[FrameRecord]) -> tuple[np.ndarray, np.ndarray]:
+        descriptors = np.array([image_descriptor(read_frame_rgb(r.image_path)) for r in records])
+        return descriptors, np.array([pose_vector(r.world_from_cam) for r in records])
+
+    train_descriptors, train_poses = described(train_records)
+    test_descriptors, test_poses = described(test_records)
+    return nearest_neighbour_baseline(train_descriptors, train_poses[:, :3], train_poses[:, 3:],
+                                      test_descriptors, test_poses[:, :3], test_poses[:, 3:])
 
 
 def in_data_units(thresholds: Sequence[tuple[float, float]], unit_scale: float) -> list[tuple[float, float]]:

@@ -62,7 +62,7 @@ def test_settings_that_need_depth_name_the_setting_to_change(scenes, tmp_path, c
                  *TRAIN, *extra]) != 0
     err = capsys.readouterr().err
     assert message in err and "depth images are empty" in err
-    with pytest.raises(DatasetError, match="ransac.use_depth=false"):
+    with pytest.raises(DatasetError, match=r"ransac\.use_depth=false"):
         scr_uses_depth(TrainConfig(method="scr", ransac=TrainConfig().ransac.__class__(use_depth=True)),
                        load_frames(scenes["rgb"], "train"))
 

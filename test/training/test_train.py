@@ -286,8 +286,9 @@ def test_rgbd_scene_coordinates_refuse_training_data_without_depth(tmp_path, cap
     assert main(["train", "--quiet", "--use-depth", "--data", str(tmp_path / "scene"), "--out",
                  str(tmp_path / "run"), "device=cpu", "method=scr", "scr.backbone=resnet_tiny", "epochs=1",
                  "data.resize=36", "data.crop=null", "data.val_split=''"]) == 2
-    assert "ransac.use_depth (train --use-depth) solves poses with depth images, and the training frames " \
-        "have none" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ransac.use_depth=true (train --use-depth) solves poses with each frame's depth, and 4 of the 4 " \
+        "training frames have no depth image; train without --use-depth" in err
 
 
 @pytest.mark.slow

@@ -89,16 +89,17 @@ def test_rgb_only_training_refits_by_reprojection_and_eval_chooses_the_solver(sc
 @pytest.mark.slow
 def test_rgb_scene_coordinates_recipe_learns_all_six_components_on_a_y_up_double_size_scene(tmp_path):
     """docs/methods.md's scene coordinate recipe without --use-depth (depth targets where the data has
-    them, poses by PnP from RGB), shortened, on a scene it was not tuned for (y-up world, every length doubled): median orientation below 10° and below the
-    nearest-neighbour baseline's (the full matrix: bench/recipes.py, docs/results.md)."""
+    them, poses by PnP from RGB), shortened, on a scene it was not tuned for (y-up world, every length
+    doubled): median orientation below 10° and below the nearest-neighbour baseline's (the full
+    matrix: bench/recipes.py, docs/results.md)."""
     root, run = tmp_path / "scene", tmp_path / "run"
     assert main(["synth", "--quiet", str(root), "width=64", "height=48", "hfov_deg=90",
-                 "frames_per_sequence=64", "train_sequences=6", "val_sequences=0", "test_sequences=1", "outside_sequences=0",
-                 "variations=[]", "world_axes=y_up", "room_scale=2.0"]) == 0
+                 "frames_per_sequence=64", "train_sequences=6", "val_sequences=0", "test_sequences=1",
+                 "outside_sequences=0", "variations=[]", "world_axes=y_up", "room_scale=2.0"]) == 0
     assert main(["train", "--quiet", "--data", str(root), "--out", str(run), "device=cpu", "method=scr",
                  "scr.backbone=resnet_tiny", "data.resize=48", "data.crop=null", "lr=3e-3",
-                 "weight_decay=0.01", "batch_size=8", "epochs=10", "batchnorm_frozen_after=7", "scr_refit.iterations=600",
-                 "data.val_split=''"]) == 0
+                 "weight_decay=0.01", "batch_size=8", "epochs=10", "batchnorm_frozen_after=7",
+                 "scr_refit.iterations=600", "data.val_split=''"]) == 0
     assert main(["eval", "--quiet", "--model", str(run), "--data", str(root), "--out", str(tmp_path / "eval"),
                  "--mc-samples", "0"]) == 0
     overall = json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]

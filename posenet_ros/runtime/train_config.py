@@ -37,8 +37,9 @@ class LossConfig:
     max_s_x: float = 0.0
     max_s_q: float = -1.75
     # aleatoric: the first epochs train the pose with `linear` (the log-variances learn beside it on the
-    # detached errors), so the likelihood starts from poses that already follow every component
-    warmup_epochs: int = 2
+    # detached errors), so the likelihood starts from poses that already follow every component;
+    # None: a quarter of the epochs
+    warmup_epochs: int | None = None
     # From this share of the epochs on, a pose component (x, y, z, rot x, rot y, rot z) whose RMS training
     # error is above `chance_ratio` x that of always answering the mean pose is reported as not learned
     # (a warning in the log and `not_learned` in metrics.csv)
@@ -193,8 +194,14 @@ class TrainConfig:
         if not self.data.unit_scale > 0:
             raise ValueError(f"data.unit_scale must be a positive number of data units per metre, got "
                              f"{self.data.unit_scale}")
-        if self.loss.warmup_epochs < 0 or not 0 < self.loss.chance_ratio <= 1:
+        if (self.loss.warmup_epochs is not None and self.loss.warmup_epochs < 0) \
+                or not 0 < self.loss.chance_ratio <= 1:
             raise ValueError("loss.warmup_epochs must be >= 0 and loss.chance_ratio in (0, 1]")
+
+    def warmup_epochs(self) -> int:
+        """The aleatoric loss's warm-up epochs (`loss.warmup_epochs`; None: a quarter of `epochs`)."""
+        warmup = self.loss.warmup_epochs
+        return self.epochs // 4 if warmup is None else warmup
 
     def eval_transform(self) -> FrameTransform:
         """How a frame becomes the network's input at test time: `data.resize` (shorter side, px) and a

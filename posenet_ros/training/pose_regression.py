@@ -97,7 +97,7 @@ class PoseRegressionTraining(TrainingMethod):
     def loss_kind(self, config: TrainConfig, epoch: int) -> str:
         if config.reprojection_after_epochs is not None and epoch >= config.reprojection_after_epochs:
             return "reprojection"
-        if config.loss.kind == "aleatoric" and epoch < min(config.loss.warmup_epochs, config.epochs - 1):
+        if config.loss.kind == "aleatoric" and epoch < min(config.warmup_epochs(), config.epochs - 1):
             return "linear"  # the warm-up: the log-variances learn beside it on the detached errors
         return config.loss.kind
 
@@ -115,7 +115,7 @@ class PoseRegressionTraining(TrainingMethod):
         stalled = [name for name, error, chance, floor in zip(COMPONENTS, rms, self.chance_rms,
                                                               NOT_LEARNED_FLOOR, strict=True)
                    if error > max(config.loss.chance_ratio * chance, floor)]
-        if epoch + 1 >= max(config.loss.warmup_epochs + 1, config.epochs // 4) and stalled:
+        if epoch + 1 >= max(config.warmup_epochs() + 1, config.epochs // 4) and stalled:
             details = ", ".join(f"{name} {_component_text(name, rms[COMPONENTS.index(name)])} against "
                                 f"{_component_text(name, self.chance_rms[COMPONENTS.index(name)])} by the "
                                 "mean pose" for name in stalled)

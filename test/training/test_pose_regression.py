@@ -62,6 +62,9 @@ def test_the_aleatoric_loss_warms_up_with_the_linear_loss():
     assert [method.loss_kind(config, e) for e in range(5)] == ["linear"] * 3 + ["aleatoric"] * 2
     learned = TrainConfig(epochs=10, loss=LossConfig(kind="learned", warmup_epochs=3))
     assert method.loss_kind(learned, 0) == "learned"
+    default = TrainConfig(epochs=30, model=ModelConfig(aleatoric="per_axis"),
+                          loss=LossConfig(kind="aleatoric"))
+    assert [method.loss_kind(default, e) for e in (6, 7)] == ["linear", "aleatoric"]  # a quarter: 7 epochs
 
 
 SMALL_SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=64", "train_sequences=6",

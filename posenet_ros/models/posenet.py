@@ -66,6 +66,7 @@ class ModelConfig:
     # position axis in units of the position scale (the training positions' RMS spread, so 1 is the
     # error of always answering the mean position), per rotation axis in degrees. A loss cannot then
     # give up on a pose component by inflating its variance: its error keeps a weight >= 1 / max σ².
+    # inf: no ceiling (checkpoints written before the ceilings load so)
     max_sigma_position: float = 1.0
     max_sigma_rotation_deg: float = 20.0
 
@@ -78,8 +79,9 @@ class ModelConfig:
         for name in ("dropout", "backbone_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1)")
-        if not (self.max_sigma_position > 0 and 0 < self.max_sigma_rotation_deg <= 180):
-            raise ValueError("model.max_sigma_position must be > 0 and max_sigma_rotation_deg in (0, 180]")
+        if not (self.max_sigma_position > 0 and self.max_sigma_rotation_deg > 0):
+            raise ValueError("model.max_sigma_position and max_sigma_rotation_deg must be > 0 (inf: no ceiling, "
+                             "as in checkpoints written before them)")
 
     def log_var_ceilings(self, columns: int) -> torch.Tensor:
         """The log-variance ceilings (columns,) for K = 2 (position, rotation) or 6 (x, y, z, rx, ry, rz):
@@ -235,10 +237,15 @@ class PoseNet(nn.Module):
         )
 
     def bounded_log_var(self, raw_BK: torch.Tensor) -> torch.Tensor:
-        """The aleatoric log-variances, smoothly bounded above by the configured ceilings c:
-        c - softplus(c - raw) (≈ raw well below c, never above it)."""
+        """The aleatoric log-variances, smoothly bounded above by the configured ceilings c: the raw
+        value up to c - 1, then c - exp(-(raw - c + 1)), which continues it with slope 1 at c - 1 and
+        approaches c (so a checkpoint's log-variances below c - 1 are exactly what they were)."""
+        if not math.isfinite(self.config.max_sigma_position * self.config.max_sigma_rotation_deg):
+            return raw_BK  # no ceiling (a checkpoint written before them)
         ceiling = self.log_var_ceiling.to(device=raw_BK.device, dtype=raw_BK.dtype)
-        return ceiling - nn.functional.softplus(ceiling - raw_BK)
+        knee = ceiling - 1.0
+        saturated = ceiling - torch.exp(-(torch.maximum(raw_BK, knee) - knee))
+        return torch.where(raw_BK < knee, raw_BK, saturated)
 
     def forward(self, images_BCHW: torch.Tensor) -> PoseOutput:
         return self.forward_head(self.forward_features(images_BCHW))

@@ -106,7 +106,13 @@ def test_aleatoric_log_variances_are_bounded_by_the_configured_sigmas():
     ceilings = torch.tensor([2 * math.log(0.5)] * 3 + [2 * math.log(math.radians(10.0))] * 3)
     assert torch.all(bounded <= ceilings + 1e-6)
     assert torch.allclose(bounded[0, [2, 5]], ceilings[[2, 5]], atol=1e-4)  # huge -> the ceiling
-    assert torch.allclose(bounded[0, [0, 3]], raw[0, [0, 3]], atol=2e-3)  # far below: unchanged
+    assert torch.equal(bounded[0, [0, 3]], raw[0, [0, 3]])  # below the ceiling - 1: unchanged
+    knee = ceilings - 1.0  # continuous with slope 1 at the knee
+    values = torch.stack([knee - 1e-3, knee + 1e-3]).requires_grad_(True)
+    out = model.bounded_log_var(values)
+    assert torch.allclose(out[1] - out[0], torch.full((6,), 2e-3), atol=1e-5)
+    out.sum().backward()
+    assert torch.all(values.grad > 0.99)
     with torch.no_grad():  # the model's own outputs obey the bound whatever the layer says
         model.fc_log_var.bias.fill_(100.0)
     output = model.set_dropout_mode("off")(torch.rand(2, 3, 32, 32))

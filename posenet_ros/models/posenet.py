@@ -80,8 +80,8 @@ class ModelConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1)")
         if not (self.max_sigma_position > 0 and self.max_sigma_rotation_deg > 0):
-            raise ValueError("model.max_sigma_position and max_sigma_rotation_deg must be > 0 (inf: no ceiling, "
-                             "as in checkpoints written before them)")
+            raise ValueError("model.max_sigma_position and max_sigma_rotation_deg must be > 0 (inf: no "
+                             "ceiling, as in checkpoints written before them)")
 
     def log_var_ceilings(self, columns: int) -> torch.Tensor:
         """The log-variance ceilings (columns,) for K = 2 (position, rotation) or 6 (x, y, z, rx, ry, rz):

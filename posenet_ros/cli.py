@@ -3,7 +3,8 @@
     posenet-ros synth --layout 7scenes OUT [--config YAML] [key=value ...]
     posenet-ros train --data D --out O [--config YAML] [--resume] [--use-depth] [--threads N] [BAG OPTIONS]
                       [key=value ...]
-    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N] [BAG OPTIONS]
+    posenet-ros eval --model M --data D [D ...] --out O [--threshold 2,5] [--mc-samples N]
+                     [--solver kabsch|pnp] [BAG OPTIONS]
     posenet-ros calibrate --model M --data D [--split SPLIT|blocks] [--threads N]
     posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
@@ -171,7 +172,7 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
                        batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
                        unknown_splits=args.unknown_splits, bag_options=_bag_options(args),
-                       smooth=args.smooth, progress=not args.quiet)
+                       smooth=args.smooth, solver=args.solver, progress=not args.quiet)
     print(format_table(metrics))
     overall = metrics["overall"]
     print(f"smoothing {args.smooth}: median frame-to-frame jitter "
@@ -524,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     evaluate.add_argument("--smooth", choices=["off", "causal", "offline"], default="off",
                           help="temporal smoothing of each sequence (needs `train-temporal`; default off)")
+    evaluate.add_argument("--solver", choices=["kabsch", "pnp"],
+                          help="scene coordinate models: poses by Kabsch with each frame's depth, or by PnP "
+                          "from RGB only (default: the checkpoint's ransac.use_depth)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_bag_arguments(evaluate, "those the checkpoint was trained with")
     evaluate.set_defaults(func=_eval)

@@ -71,9 +71,9 @@ def test_a_bad_override_is_one_clear_error_with_exit_code_2_and_writes_nothing(t
     result = run_cli("synth", str(tmp_path / "scene"), "widht=10")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
-        "posenet-ros synth: error: unknown config key(s): widht (known: frames_per_sequence, height, "
-        "hfov_deg, outside_sequences, seed, test_sequences, train_sequences, val_sequences, variations, "
-        "width)"]
+        "posenet-ros synth: error: unknown config key(s): widht (known: frames_per_sequence, heading_deg, "
+        "height, hfov_deg, outside_sequences, room_scale, seed, test_sequences, train_sequences, "
+        "val_sequences, variations, width, world_axes)"]
     assert not (tmp_path / "scene").exists()
 
 

@@ -10,8 +10,16 @@ look alike; shading is Lambertian from point lights (view independent, no shadow
 the same from every viewpoint.
 
 Cameras follow the OpenCV convention (x right, y down, z forward); poses are `world_from_cam` 4x4
-(camera to world) and depth is the z coordinate in the camera frame in metres. Rendering one 640x480
-frame takes a few hundred milliseconds on one core (`posenet-ros synth` prints the measured time).
+(camera to world) and depth is the z coordinate in the camera frame in metres.
+
+Scenes that differ (`SceneConfig`; the defaults give the original scene): `world_axes` writes the
+poses in a rotated world frame (`z_up`: the render frame itself; `y_down`: gravity along +y, as in
+an OpenCV first camera or COLMAP model; `y_up`: OpenGL / NeRF style), `room_scale` multiplies every
+length (room, furniture, camera paths, depth) and `heading_deg` keeps the cameras' heading (about the
+up axis, from the render frame's +x) in a range instead of looking outwards around their loops.
+
+Rendering one 640x480 frame takes a few hundred milliseconds on one core (`posenet-ros synth` prints
+the measured time).
 
 Sequences of a scene (split names as the layout writers use them):
 - `train`: loops around room A at several radii, heights and viewing directions;
@@ -33,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -52,6 +61,12 @@ from posenet_ros.data.tum import write_tum
 logger = logging.getLogger(__name__)
 
 VARIATIONS: tuple[str, ...] = ("lighting", "blur", "occlusion")
+# Rotation world_from_render of each `SceneConfig.world_axes` (columns: the render x, y, z axes).
+WORLD_AXES: dict[str, np.ndarray] = {
+    "z_up": np.eye(3),
+    "y_down": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
+    "y_up": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]),
+}
 
 ROOM_MIN = np.array([0.0, 0.0, 0.0])
 ROOM_MAX = np.array([12.0, 6.0, 3.0])
@@ -81,6 +96,13 @@ class SceneConfig:
     outside_sequences: int = 1
     val_sequences: int = 1
     variations: list[str] = field(default_factory=lambda: list(VARIATIONS))
+    # The world frame the poses are written in (a fixed rotation of the render frame, which has z up):
+    # z_up (the render frame), y_down (render z -> world -y), y_up (render z -> world +y).
+    world_axes: Literal["z_up", "y_down", "y_up"] = "z_up"
+    room_scale: float = 1.0  # every length of the scene times this (room 12 x 6 x 3 m at 1)
+    # [] : cameras look outwards around their loops (every heading); [lo, hi]: the heading about the up
+    # axis (degrees from the render frame's +x, counter-clockwise seen from above) stays in lo..hi
+    heading_deg: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.width < 8 or self.height < 8:
@@ -97,6 +119,21 @@ class SceneConfig:
             raise ValueError(f"unknown variation(s) {unknown}; choose from {list(VARIATIONS)}")
         if self.variations and self.test_sequences < 1:
             raise ValueError("photometric variations re-render a test sequence: test_sequences >= 1")
+        if self.world_axes not in WORLD_AXES:
+            raise ValueError(f"unknown world_axes {self.world_axes!r}; choose from {sorted(WORLD_AXES)}")
+        if not (math.isfinite(self.room_scale) and 0.01 <= self.room_scale <= 100.0):
+            raise ValueError(f"room_scale={self.room_scale} is outside 0.01..100")
+        if self.heading_deg and not (len(self.heading_deg) == 2
+                                     and 0.0 < self.heading_deg[1] - self.heading_deg[0] <= 360.0):
+            raise ValueError(f"heading_deg={self.heading_deg} must be [] or [lo, hi] with "
+                             "lo < hi <= lo + 360")
+
+    def world_from_render(self) -> np.ndarray:
+        """The 4x4 similarity from the render frame (metres at room_scale 1, z up) to the world frame
+        the poses are written in: rotation `world_axes`, scale `room_scale`."""
+        transform = np.eye(4)
+        transform[:3, :3] = WORLD_AXES[self.world_axes] * self.room_scale
+        return transform
 
 
 @dataclass(frozen=True)
@@ -174,23 +211,30 @@ class SyntheticScene:
         self._field_dirs = waves
         self._field_phases = rng.uniform(0, 2 * math.pi, 3)
         self._pixel_rays_N3 = _pixel_rays(self.intrinsics)
-        self.sequences = _plan_sequences(config, rng)
+        self.world_from_render = config.world_from_render()
+        self._render_from_world = np.linalg.inv(self.world_from_render)
+        self.sequences = [_in_world(plan, self.world_from_render) for plan in _plan_sequences(config, rng)]
 
     def render(self, world_from_cam: np.ndarray, variation: str | None = None,
                frame_seed: int = 0) -> RenderedFrame:
-        """Render RGB (uint8 HxWx3) and depth (float32 HxW, metres) seen from `world_from_cam`.
+        """Render RGB (uint8 HxWx3) and depth (float32 HxW, metres) seen from `world_from_cam`, a
+        camera pose in the scene's world frame (`SceneConfig.world_axes`, `room_scale`).
 
         `variation` applies one photometric change ('lighting', 'blur', 'occlusion'); its random
         parameters derive from the scene seed and `frame_seed`.
         """
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, 7919, frame_seed])
-        rotation = world_from_cam[:3, :3].astype(np.float32)
-        origin = world_from_cam[:3, 3].astype(np.float32)
+        render_from_cam = self._render_from_world @ world_from_cam
+        scale = cfg.room_scale
+        rotation = (render_from_cam[:3, :3] * scale).astype(np.float32)  # undo the scale: a rotation
+        origin = render_from_cam[:3, 3].astype(np.float32)
+        render_pose = np.eye(4)
+        render_pose[:3, :3], render_pose[:3, 3] = rotation, origin
         dirs_N3 = self._pixel_rays_N3 @ rotation.T
         boxes = list(self.boxes)
         if variation == "occlusion":
-            boxes.append(_occluder_box(world_from_cam, rng, self.occluder_material))
+            boxes.append(_occluder_box(render_pose, rng, self.occluder_material))
         t_N, normal_N3, material_N, uv_N2 = _trace(origin, dirs_N3, self.room_materials, boxes)
         points_N3 = origin + t_N[:, None] * dirs_N3
         lighting = _changed_lighting(self.lighting, rng) if variation == "lighting" else self.lighting
@@ -200,7 +244,7 @@ class SyntheticScene:
         rgb_HW3 = rgb.reshape(cfg.height, cfg.width, 3)
         if variation == "blur":
             rgb_HW3 = _motion_blur(rgb_HW3, rng)
-        depth_HW = t_N.reshape(cfg.height, cfg.width).astype(np.float32)
+        depth_HW = (t_N.reshape(cfg.height, cfg.width) * scale).astype(np.float32)
         return RenderedFrame(rgb_HW3=rgb_HW3, depth_HW=depth_HW, world_from_cam=world_from_cam.copy())
 
     def frames(self, plan: SequencePlan, plan_index: int, timings: list[float] | None = None
@@ -427,38 +471,54 @@ def _procedural_tile(rng: np.random.Generator) -> np.ndarray:
     return (colour_a + noise[..., None] * (colour_b - colour_a)).astype(np.float32)
 
 
+def _in_world(plan: SequencePlan, world_from_render: np.ndarray) -> SequencePlan:
+    """A plan of render-frame poses with its poses in the world frame (a new list: plans may share one).
+
+    world_from_cam = world_from_render @ render_from_cam with the rotation's scale divided out."""
+    scale = np.cbrt(np.linalg.det(world_from_render[:3, :3]))
+    poses = []
+    for render_from_cam in plan.world_from_cam:
+        pose = world_from_render @ render_from_cam
+        pose[:3, :3] /= scale
+        poses.append(pose)
+    return SequencePlan(split=plan.split, world_from_cam=poses, in_map=plan.in_map, variation=plan.variation)
+
+
 def _plan_sequences(config: SceneConfig, rng: np.random.Generator) -> list[SequencePlan]:
+    """The sequences' camera poses in the render frame (z up, room_scale 1)."""
     n = config.frames_per_sequence
     plans = []
+    heading = tuple(math.radians(h) for h in config.heading_deg) or None
     train_scales = np.linspace(0.45, 1.0, config.train_sequences) if config.train_sequences > 1 else [0.75]
     for k, scale in enumerate(train_scales):
         plans.append(_loop_plan("train", n, rng, scale=scale, height=1.35 + 0.15 * (k % 3 - 1),
-                                yaw_offset=math.radians(25.0) * (k % 3 - 1)))
+                                yaw_offset=math.radians(25.0) * (k % 3 - 1), heading=heading))
     test_loops = range(config.test_sequences)
-    plans.extend(_test_loop_plan(k, n, rng) for k in test_loops[:1])
+    plans.extend(_test_loop_plan(k, n, rng, heading) for k in test_loops[:1])
     for _ in range(config.outside_sequences):
         plans.append(_outside_plan(n, rng))
     for k in range(config.val_sequences):  # drawn after the others: adding them changes no other sequence
         scale = 0.5 + 0.45 * (k + 0.25) / max(config.val_sequences, 1)
         plans.append(_loop_plan("val", n, rng, scale=scale, height=1.45 + 0.1 * (k % 2),
-                                yaw_offset=math.radians(-8.0 - 7.0 * k)))
+                                yaw_offset=math.radians(-8.0 - 7.0 * k), heading=heading))
     first_test = next((p for p in plans if p.split == "test"), None)
     for variation in config.variations:
         plans.append(SequencePlan(split=variation, world_from_cam=first_test.world_from_cam,
                                   in_map=first_test.in_map, variation=variation))
     # Further test loops come last, so that adding them changes no other sequence (nor its frame seeds).
-    plans.extend(_test_loop_plan(k, n, rng) for k in test_loops[1:])
+    plans.extend(_test_loop_plan(k, n, rng, heading) for k in test_loops[1:])
     return plans
 
 
-def _test_loop_plan(k: int, n: int, rng: np.random.Generator) -> SequencePlan:
+def _test_loop_plan(k: int, n: int, rng: np.random.Generator,
+                    heading: tuple[float, float] | None = None) -> SequencePlan:
     """Test loop k: between the training loops, its radius scale at the van der Corput point k of
     [0.55, 0.95] (0.75, 0.65, 0.85, 0.6, ...), so that adding loops keeps the earlier ones."""
     fraction, base, rest = 0.0, 0.5, k + 1
     while rest:
         fraction, base, rest = fraction + base * (rest % 2), base / 2, rest // 2
     return _loop_plan("test", n, rng, scale=0.55 + 0.4 * fraction, height=1.5 - 0.1 * (k % 2),
-                      yaw_offset=math.radians(12.0 + 7.0 * k))
+                      yaw_offset=math.radians(12.0 + 7.0 * k), heading=heading)
 
 
 def _smooth_wiggle(rng: np.random.Generator, phases: np.ndarray, amplitude: float) -> np.ndarray:
@@ -471,14 +531,20 @@ def _smooth_wiggle(rng: np.random.Generator, phases: np.ndarray, amplitude: floa
 
 
 def _loop_plan(split: str, n: int, rng: np.random.Generator, scale: float, height: float,
-               yaw_offset: float) -> SequencePlan:
-    """A closed loop around room A's centre; the camera looks outwards, sweeping left and right."""
+               yaw_offset: float, heading: tuple[float, float] | None = None) -> SequencePlan:
+    """A closed loop around room A's centre; the camera looks outwards, sweeping left and right, or,
+    with `heading` (lo, hi radians), sweeps its heading within lo..hi (twice per loop, shifted by
+    `yaw_offset`)."""
     phases = np.linspace(0.0, 2 * math.pi, n, endpoint=False) + rng.uniform(0, 2 * math.pi)
     radii = _LOOP_RADII * scale
     x = _ROOM_A_CENTRE[0] + (radii[0] + _smooth_wiggle(rng, phases, 0.12)) * np.cos(phases)
     y = _ROOM_A_CENTRE[1] + (radii[1] + _smooth_wiggle(rng, phases, 0.12)) * np.sin(phases)
     z = height + _smooth_wiggle(rng, phases, 0.1)
     yaw = phases + yaw_offset + _smooth_wiggle(rng, phases, 0.6)
+    if heading is not None:
+        lo, hi = heading
+        sweep = 0.5 + 0.45 * np.sin(2.0 * (phases + yaw_offset)) + 0.05 * np.sin(phases - yaw_offset)
+        yaw = lo + (hi - lo) * sweep
     pitch = math.radians(-12.0) + _smooth_wiggle(rng, phases, math.radians(8.0))
     roll = _smooth_wiggle(rng, phases, math.radians(3.0))
     poses = [camera_pose(np.array([x[i], y[i], z[i]]), yaw[i], pitch[i], roll[i]) for i in range(n)]

@@ -49,6 +49,7 @@ import torch
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.core.device import resolve_device
 from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
+from posenet_ros.data.dataset import pose_vector, read_frame_rgb
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.evaluation.plots import plot_error_cdf, plot_top_view, plot_uncertainty
@@ -58,7 +59,9 @@ from posenet_ros.inference.loop_closure import LoopClosureConfig, roc_auc, run_d
 from posenet_ros.inference.metrics import (
     DEFAULT_THRESHOLDS,
     check_thresholds,
+    image_descriptor,
     mean_pose_baseline,
+    nearest_neighbour_baseline,
     pose_errors,
     pose_metrics,
     sigmas,
@@ -230,11 +233,52 @@ def loop_closure_metrics(known: Predictions, unknown: dict[str, Predictions],
             "min_frames": config.min_frames}
 
 
+def nearest_neighbour_errors(train_records: Sequence[FrameRecord], test_records: Sequence[FrameRecord]
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(position errors, orientation errors in degrees) of the nearest-neighbour retrieval baseline
+    (`inference.metrics.nearest_neighbour_baseline`: the pose of the training frame whose 16x12 grey
+    thumbnail is nearest) on `test_records`."""
+    def described(records: Sequence[FrameRecord]) -> tuple[np.ndarray, np.ndarray]:
+        descriptors = np.array([image_descriptor(read_frame_rgb(r.image_path)) for r in records])
+        return descriptors, np.array([pose_vector(r.world_from_cam) for r in records])
+
+    train_descriptors, train_poses = described(train_records)
+    test_descriptors, test_poses = described(test_records)
+    return nearest_neighbour_baseline(train_descriptors, train_poses[:, :3], train_poses[:, 3:],
+                                      test_descriptors, test_poses[:, :3], test_poses[:, 3:])
+
+
+def in_data_units(thresholds: Sequence[tuple[float, float]], unit_scale: float) -> list[tuple[float, float]]:
+    """The thresholds for a model trained on data of arbitrary scale (`data.unit_scale` data units per
+    metre): the default ones (`DEFAULT_THRESHOLDS`) get their metres in data units, others are kept as
+    given (in data units)."""
+    if unit_scale == 1.0:
+        return list(thresholds)
+    defaults = {tuple(pair) for pair in DEFAULT_THRESHOLDS}
+    scaled = [(metres * unit_scale, degrees) if (metres, degrees) in defaults else (metres, degrees)
+              for metres, degrees in thresholds]
+    logger.warning("the model was trained on data of arbitrary scale (%.4g units stand for 1 m): default "
+                   "position thresholds in data units: %s", unit_scale,
+                   ", ".join(f"{m:.4g}" for (m, d), (m0, _) in zip(scaled, thresholds, strict=True)
+                             if m != m0))
+    return scaled
+
+
+def with_solver(loaded: LoadedModel, solver: str) -> LoadedModel:
+    """`loaded` with its scene coordinate pose solver replaced: "kabsch" (ransac.use_depth, each
+    frame's depth) or "pnp" (RGB only). Other methods have no solver to choose: a ValueError."""
+    if loaded.method != "scr":
+        raise ValueError(f"--solver chooses the pose solver of scene coordinate models; {loaded.path} is a "
+                         f"{loaded.method} model")
+    ransac = dataclasses.replace(loaded.config.ransac, use_depth=solver == "kabsch")
+    return dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, ransac=ransac))
+
+
 def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split: str = "test",
              out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
              batch_size: int = 32, device: str | torch.device = "auto", mc_samples: int | None = None,
              unknown_splits: Sequence[str] | None = None, bag_options: Mapping[str, Any] | None = None,
-             smooth: str = "off", progress: bool = True) -> dict[str, Any]:
+             smooth: str = "off", solver: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint at `model_path` on `split` of each dataset folder or rosbag2 in
     `data_roots`.
 
@@ -250,8 +294,11 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     (None: those of `DEFAULT_UNKNOWN_SPLITS` present; frames marked in-map by a synthetic scene are
     left out). `smooth`: "off" (per-frame estimates), "causal" or "offline" (the checkpoint's temporal
     model over each sequence; see inference/temporal.py). Every evaluation reports the median frame-to-frame
-    jitter (`temporal_jitter`).
+    jitter (`temporal_jitter`). `solver` (scene coordinate models): "kabsch" (3D-3D with each frame's
+    depth) or "pnp" (RGB only) instead of the checkpoint's `ransac.use_depth`.
     """
+    if solver not in (None, "kabsch", "pnp"):
+        raise ValueError(f"solver must be 'kabsch' or 'pnp', got {solver!r}")
     if smooth not in ("off", "causal", "offline"):
         raise ValueError(f"smooth must be 'off', 'causal' or 'offline', got {smooth!r}")
     roots = [Path(root) for root in data_roots]
@@ -264,6 +311,9 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     if smooth != "off" and loaded.temporal is None:
         raise ValueError(f"{loaded.path} has no temporal model: run `posenet-ros train-temporal` first, or "
                          "evaluate with smoothing off")
+    if solver is not None:
+        loaded = with_solver(loaded, solver)
+    checked_thresholds = in_data_units(checked_thresholds, loaded.config.data.unit_scale)
     transform = loaded.config.eval_transform()
     method = loaded.inference(mc_samples)
     map_poses = np.asarray(loaded.map_poses_N7, dtype=np.float64).reshape(-1, 7)
@@ -284,6 +334,12 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         records = load_frames(root, split, bag=bag)
         if not records:
             raise ValueError(f"{root}: the {split!r} split has no frames")
+        without_depth = sum(record.depth_path is None for record in records)
+        if loaded.needs_depth and without_depth:
+            remedy = ("evaluate with --solver pnp (poses from RGB)" if loaded.method == "scr"
+                      else "this RGB-D model needs depth images")
+            raise ValueError(f"{root}: {without_depth} of the {len(records)} {split!r} frames have no depth "
+                             f"image, and {loaded.path} solves poses with depth; {remedy}")
         predictions = run(records, f"evaluate {name}")
         if smooth != "off":
             predictions = smoothed_predictions(loaded, predictions, smooth)  # type: ignore[arg-type]

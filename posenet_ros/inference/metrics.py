@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -119,6 +120,33 @@ def mean_pose_baseline(train_positions_N3: ArrayLike, train_quats_N4: ArrayLike,
     if len(positions_true) != len(quats_true):
         raise ValueError(f"{len(positions_true)} true positions but {len(quats_true)} true quaternions")
     return pose_errors(mean_position[None], mean_quat[None], positions_true, quats_true)
+
+
+def image_descriptor(rgb_HW3: np.ndarray, size: tuple[int, int] = (16, 12)) -> np.ndarray:
+    """The nearest-neighbour baseline's image descriptor (width * height,): the image as grey levels,
+    shrunk to `size` (width, height) by area averaging, minus its mean, divided by its norm."""
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb_HW3), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).ravel().astype(np.float64)
+    small -= small.mean()
+    return small / max(float(np.linalg.norm(small)), 1e-9)
+
+
+def nearest_neighbour_baseline(train_descriptors_NF: ArrayLike, train_positions_N3: ArrayLike,
+                               train_quats_N4: ArrayLike, descriptors_MF: ArrayLike,
+                               positions_true_M3: ArrayLike, quats_true_M4: ArrayLike
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Errors of image retrieval: each test frame answers the pose of the training frame whose
+    `image_descriptor` is nearest (Euclidean). Returns (position_error_M in the poses' unit,
+    orientation_error_M in degrees). A pose regressor should beat it; PoseNet often does not."""
+    train = np.asarray(train_descriptors_NF, dtype=np.float64)
+    test = np.asarray(descriptors_MF, dtype=np.float64)
+    if len(train) == 0:
+        raise ValueError("nearest_neighbour_baseline needs at least one training frame")
+    distances = (test**2).sum(1)[:, None] - 2.0 * test @ train.T + (train**2).sum(1)[None]
+    nearest = np.argmin(distances, axis=1)
+    positions = np.asarray(train_positions_N3, dtype=np.float64).reshape(-1, 3)[nearest]
+    quats = np.asarray(train_quats_N4, dtype=np.float64).reshape(-1, 4)[nearest]
+    return pose_errors(positions, quats, positions_true_M3, quats_true_M4)
 
 
 def sigmas(covariance_N66: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

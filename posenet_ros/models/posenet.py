@@ -62,6 +62,13 @@ class ModelConfig:
     depth: Literal["none", "dual_stream", "early_fusion"] = "none"  # RGB-D input (module docstring)
     depth_encoding: Literal["inverse", "metric"] = "inverse"
     depth_backbone: str = ""  # dual_stream: the depth stream's backbone; "" = the same as `backbone`
+    # Ceilings of the aleatoric standard deviations (the log-variances approach them smoothly): per
+    # position axis in units of the position scale (the training positions' RMS spread, so 1 is the
+    # error of always answering the mean position), per rotation axis in degrees. A loss cannot then
+    # give up on a pose component by inflating its variance: its error keeps a weight >= 1 / max σ².
+    # inf: no ceiling (checkpoints written before the ceilings load so)
+    max_sigma_position: float = 1.0
+    max_sigma_rotation_deg: float = 20.0
 
     def __post_init__(self) -> None:
         for name in (self.backbone, self.depth_backbone or self.backbone):
@@ -72,6 +79,17 @@ class ModelConfig:
         for name in ("dropout", "backbone_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1)")
+        if not (self.max_sigma_position > 0 and self.max_sigma_rotation_deg > 0):
+            raise ValueError("model.max_sigma_position and max_sigma_rotation_deg must be > 0 (inf: no "
+                             "ceiling, as in checkpoints written before them)")
+
+    def log_var_ceilings(self, columns: int) -> torch.Tensor:
+        """The log-variance ceilings (columns,) for K = 2 (position, rotation) or 6 (x, y, z, rx, ry, rz):
+        log σ_max² with σ in units of the position scale and in radians."""
+        position = 2.0 * math.log(self.max_sigma_position)
+        rotation = 2.0 * math.log(math.radians(self.max_sigma_rotation_deg))
+        half = columns // 2
+        return torch.tensor([position] * half + [rotation] * half)
 
     @property
     def needs_depth(self) -> bool:
@@ -134,6 +152,8 @@ class PoseNet(nn.Module):
         self.fc_quat = nn.Linear(head_dim, 4)
         log_var_dims = {"none": 0, "isotropic": 2, "per_axis": 6}[config.aleatoric]
         self.fc_log_var = nn.Linear(head_dim, log_var_dims) if log_var_dims else None
+        self.log_var_ceiling: torch.Tensor | None = (config.log_var_ceilings(log_var_dims)
+                                                     if log_var_dims else None)
         with torch.no_grad():  # start at the mean position and the identity-ish orientation
             self.fc_position.weight.mul_(0.1)
             self.fc_position.bias.zero_()
@@ -213,8 +233,19 @@ class PoseNet(nn.Module):
             position_B3=self.position_mean + self.position_scale * position_norm,
             quat_B4=quat_normalize_torch(self.fc_quat(x)),
             position_norm_B3=position_norm,
-            log_var_BK=self.fc_log_var(x) if self.fc_log_var is not None else None,
+            log_var_BK=self.bounded_log_var(self.fc_log_var(x)) if self.fc_log_var is not None else None,
         )
+
+    def bounded_log_var(self, raw_BK: torch.Tensor) -> torch.Tensor:
+        """The aleatoric log-variances, smoothly bounded above by the configured ceilings c: the raw
+        value up to c - 1, then c - exp(-(raw - c + 1)), which continues it with slope 1 at c - 1 and
+        approaches c (so a checkpoint's log-variances below c - 1 are exactly what they were)."""
+        if not math.isfinite(self.config.max_sigma_position * self.config.max_sigma_rotation_deg):
+            return raw_BK  # no ceiling (a checkpoint written before them)
+        ceiling = self.log_var_ceiling.to(device=raw_BK.device, dtype=raw_BK.dtype)
+        knee = ceiling - 1.0
+        saturated = ceiling - torch.exp(-(torch.maximum(raw_BK, knee) - knee))
+        return torch.where(raw_BK < knee, raw_BK, saturated)
 
     def forward(self, images_BCHW: torch.Tensor) -> PoseOutput:
         return self.forward_head(self.forward_features(images_BCHW))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,17 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
+def unbounded_if_older(config: dict) -> dict:
+    """A stored training config with `model.max_sigma_position` / `max_sigma_rotation_deg` set to
+    infinity (no ceiling) where it predates them, so that an older checkpoint predicts the log-variances
+    it was trained with."""
+    model = config.get("model")
+    if isinstance(model, dict):
+        for key in ("max_sigma_position", "max_sigma_rotation_deg"):
+            model.setdefault(key, math.inf)
+    return config
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model stored at `path` (a file or a training folder) on `device`."""
     path = resolve_checkpoint_path(path)
@@ -139,7 +151,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise CheckpointError(f"{path}: not a posenet_ros checkpoint (format {metadata.get('format')!r}, "
                               f"expected {FORMAT!r})")
     try:
-        config = config_from_dict(TrainConfig, json.loads(metadata["config"]))
+        config = config_from_dict(TrainConfig, unbounded_if_older(json.loads(metadata["config"])))
         camera = Intrinsics.from_dict(json.loads(metadata["camera"])) if "camera" in metadata else None
     except (KeyError, json.JSONDecodeError, ConfigError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: the stored configuration is invalid ({exc})") from exc

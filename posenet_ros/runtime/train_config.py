@@ -33,6 +33,18 @@ class LossConfig:
     reprojection_huber_px: float = 5.0  # huber: quadratic below, linear above (pixels)
     reprojection_clip_px: float = 100.0  # per-point pixel error cap, so wrong early guesses stay bounded
     min_depth: float = 0.05  # metres; points closer to (or behind) the predicted camera are clamped
+    # learned weighting: ceilings of ŝx and ŝq (log of the loss term a component may be left at): ŝx
+    # <= log 1 (the mean-position error in normalised units), ŝq <= log 0.17 (a 20° quaternion distance)
+    max_s_x: float = 0.0
+    max_s_q: float = -1.75
+    # aleatoric: the first epochs train the pose with `linear` (the log-variances learn beside it on the
+    # detached errors), so the likelihood starts from poses that already follow every component;
+    # None: a quarter of the epochs
+    warmup_epochs: int | None = None
+    # From this share of the epochs on, a pose component (x, y, z, rot x, rot y, rot z) whose RMS training
+    # error is above `chance_ratio` x that of always answering the mean pose is reported as not learned
+    # (a warning in the log and `not_learned` in metrics.csv)
+    chance_ratio: float = 0.7
 
 
 @dataclass
@@ -130,6 +142,10 @@ class DataConfig:
     workers: int = 0
     cache: bool = True  # decode every training frame once into a memory-mapped cache (data/cache.py)
     cache_dir: str = ""  # where the cache goes; "": <training output>/cache
+    # What the metric defaults' 1 m is in the data's length unit: 1 for metric data; for captures of
+    # arbitrary scale (frame records with metric=False: COLMAP, NeRF) training derives it from the data
+    # (training/scale.py) and scales the metric defaults it did not get explicitly by it
+    unit_scale: float = 1.0
     bag: BagDataConfig = field(default_factory=BagDataConfig)  # topics, ground truth and split time
     # ranges when the data root is a rosbag2
 
@@ -193,6 +209,17 @@ class TrainConfig:
             raise ValueError("reprojection_after_epochs and batchnorm_frozen_after must be >= 0")
         if self.loss.kind == "aleatoric" and self.model.aleatoric == "none":
             raise ValueError("loss.kind 'aleatoric' needs model.aleatoric 'isotropic' or 'per_axis'")
+        if not self.data.unit_scale > 0:
+            raise ValueError(f"data.unit_scale must be a positive number of data units per metre, got "
+                             f"{self.data.unit_scale}")
+        if (self.loss.warmup_epochs is not None and self.loss.warmup_epochs < 0) \
+                or not 0 < self.loss.chance_ratio <= 1:
+            raise ValueError("loss.warmup_epochs must be >= 0 and loss.chance_ratio in (0, 1]")
+
+    def warmup_epochs(self) -> int:
+        """The aleatoric loss's warm-up epochs (`loss.warmup_epochs`; None: a quarter of `epochs`)."""
+        warmup = self.loss.warmup_epochs
+        return self.epochs // 4 if warmup is None else warmup
 
     def torch_threads(self) -> int:
         """The number of torch CPU threads `threads` asks for (0: `default_threads(data.workers)`)."""

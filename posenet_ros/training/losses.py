@@ -7,7 +7,8 @@ orientation term is min(||q - q̂||, ||q + q̂||) with q̂ normalised.
 
 - `linear`:      Lx + beta * Lq
 - `learned`:     Lx * exp(-ŝx) + ŝx + Lq * exp(-ŝq) + ŝq, with ŝx, ŝq learnable (homoscedastic task
-                 uncertainty); initial values as in the paper (0 and -3).
+                 uncertainty); initial values as in the paper (0 and -3), clamped to at most
+                 `max_s_x`, `max_s_q` so that neither term can be weighted away.
 - `reprojection`: the mean robust norm of the pixel distance between scene points projected with the
                  true and with the predicted pose (points from depth, or any point set seen by the
                  image). Alone from scratch it did not converge in the paper: train with `learned`
@@ -16,7 +17,9 @@ orientation term is min(||q - q̂||, ||q + q̂||) with q̂ normalised.
                  normalised position error and of the rotation error (the rotation vector δ with
                  q̂ = exp(δ) q, radians about the world axes), with the log-variances the model predicts
                  (`model.aleatoric`): Σ_k ½ e_k² exp(-s_k) + ½ s_k, isotropic (one s for the position,
-                 one for the rotation) or per axis.
+                 one for the rotation) or per axis. The model bounds its log-variances
+                 (`ModelConfig.max_sigma_position`, `max_sigma_rotation_deg`), so no component can be
+                 given up by inflating its variance; `warmup_epochs` train with `linear` first.
 
 A model with aleatoric outputs trained with another kind learns its log-variances with the same
 likelihood on the detached errors, so they are calibrated to the pose head without changing it.
@@ -79,12 +82,15 @@ class PoseLoss(nn.Module):
         cfg = self.config
         l_x = _norm(position_norm_pred_B3 - position_norm_true_B3, cfg.norm).mean()
         l_q = quaternion_distance(quat_true_B4, quat_pred_B4, cfg.norm).mean()
+        s_x, s_q = self.weights()
         terms = {"l_x": float(l_x.detach()), "l_q": float(l_q.detach()),
-                 "s_x": float(self.s_x.detach()), "s_q": float(self.s_q.detach())}
+                 "s_x": float(s_x.detach()), "s_q": float(s_q.detach()),
+                 **squared_component_errors(position_norm_pred_B3, quat_pred_B4, position_norm_true_B3,
+                                            quat_true_B4)}
         if kind == "linear":
             loss = l_x + cfg.beta * l_q
         elif kind == "learned":
-            loss = l_x * torch.exp(-self.s_x) + self.s_x + l_q * torch.exp(-self.s_q) + self.s_q
+            loss = l_x * torch.exp(-s_x) + s_x + l_q * torch.exp(-s_q) + s_q
         elif kind == "reprojection":
             if reprojection_inputs is None:
                 raise ValueError("the reprojection loss needs scene points (depth or a point set)")
@@ -105,6 +111,26 @@ class PoseLoss(nn.Module):
             terms["log_var_position"] = float(log_var_BK[:, : log_var_BK.shape[1] // 2].detach().mean())
             terms["log_var_rotation"] = float(log_var_BK[:, log_var_BK.shape[1] // 2:].detach().mean())
         return loss, terms
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ŝx, ŝq as the `learned` loss uses them: clamped to at most the ceilings `max_s_x`, `max_s_q`."""
+        cfg = self.config
+        return self.s_x.clamp(max=cfg.max_s_x), self.s_q.clamp(max=cfg.max_s_q)
+
+
+COMPONENTS = ("x", "y", "z", "rot_x", "rot_y", "rot_z")
+
+
+def squared_component_errors(position_norm_pred_B3: torch.Tensor, quat_pred_B4: torch.Tensor,
+                             position_norm_true_B3: torch.Tensor, quat_true_B4: torch.Tensor
+                             ) -> dict[str, float]:
+    """Batch means of the squared error of each pose component, keyed `sq_err_<component>`: the
+    normalised position axes and the rotation error vector's axes (rad², world axes)."""
+    with torch.no_grad():
+        errors_B6 = torch.cat([position_norm_pred_B3 - position_norm_true_B3,
+                               rotation_error_vector(quat_pred_B4.float(), quat_true_B4.float())], dim=-1)
+        means = errors_B6.float().pow(2).mean(dim=0).tolist()
+    return {f"sq_err_{name}": value for name, value in zip(COMPONENTS, means, strict=True)}
 
 
 def rotation_error_vector(quat_pred_B4: torch.Tensor, quat_true_B4: torch.Tensor) -> torch.Tensor:

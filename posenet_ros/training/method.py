@@ -21,7 +21,7 @@ from torch import nn
 from posenet_ros.core.camera import FrameTransform
 from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError, FrameRecord
-from posenet_ros.data.images import record_depth
+from posenet_ros.data.images import record_camera, record_depth
 from posenet_ros.runtime.train_config import TrainConfig
 
 
@@ -62,6 +62,11 @@ class TrainingMethod(ABC):
     def start_epoch(self, model: nn.Module) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Called after `model.train()` at the start of every epoch."""
 
+    def check_epoch(self, config: TrainConfig, epoch: int, row: dict) -> dict:
+        """After each epoch, with its metrics row (mean logged terms): entries to add to the row, e.g.
+        what the method finds wrong with the training (and warns about)."""
+        return {}
+
     def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
                main_process: bool, progress: bool = False) -> dict[str, float]:
         """After the last epoch, before validation and saving, in every process (`main_process`: rank
@@ -88,13 +93,35 @@ def median_depth(records: Sequence[FrameRecord], frames: int = 64) -> float:
     chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
     values = []
     for index in chosen:
-        depth = record_depth(records[index], None)
+        depth = record_depth(records[index], record_camera(records[index]))
         values.append(depth[np.isfinite(depth) & (depth > 0)])
     valid = np.concatenate(values)
     if not len(valid):
         raise DatasetError(f"the depth images of the training frames have no valid pixel (checked "
                            f"{len(chosen)})")
     return float(np.median(valid))
+
+
+MIN_VALID_DEPTH_SHARE = 0.05  # below this share of valid pixels a depth image counts as empty
+
+
+def missing_depth(records: Sequence[FrameRecord], frames: int = 8) -> str:
+    """Why the training frames have no usable depth, or "" when they have: every record needs a depth
+    image, and up to `frames` evenly spaced ones must each have at least `MIN_VALID_DEPTH_SHARE` of
+    their pixels valid (finite, > 0), so zero-filled depth images count as none."""
+    missing = sum(record.depth_path is None for record in records)
+    if missing:
+        return f"{missing} of the {len(records)} training frames have no depth image"
+    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
+    shares = []
+    for index in chosen:
+        depth = record_depth(records[index], record_camera(records[index]))
+        shares.append(float(np.mean(np.isfinite(depth) & (depth > 0))))
+    if min(shares) < MIN_VALID_DEPTH_SHARE:
+        return (f"the depth images are empty (valid pixels in {len(chosen)} sampled training frames: "
+                f"{100 * min(shares):.1f}% to {100 * max(shares):.1f}%, less than "
+                f"{100 * MIN_VALID_DEPTH_SHARE:.0f}% in some)")
+    return ""
 
 
 def training_autocast(config: TrainConfig, device: torch.device) -> torch.autocast:

@@ -20,7 +20,7 @@ from posenet_ros.data.dataset import PoseDataset
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.inference.scene_coordinates import depth_targets
 from posenet_ros.models.backbones import load_pretrained
-from posenet_ros.models.scene_coordinates import SceneCoordinateNet
+from posenet_ros.models.scene_coordinates import SceneCoordinateNet, cell_pixels
 from posenet_ros.runtime.methods import SceneCoordinates
 from posenet_ros.runtime.train_config import ScrLossConfig, TrainConfig
 from posenet_ros.training.method import (
@@ -28,10 +28,11 @@ from posenet_ros.training.method import (
     TrainingSetup,
     epoch_seed,
     median_depth,
+    missing_depth,
     train_transform,
     training_autocast,
 )
-from posenet_ros.training.scene_coordinate_losses import depth_loss, reprojection_loss
+from posenet_ros.training.scene_coordinate_losses import cell_reprojection_loss, depth_loss, reprojection_loss
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,14 @@ class SceneCoordinateTraining(TrainingMethod):
 
     name = "scr"
 
+    def __init__(self) -> None:
+        self.loss_name: str | None = None  # the loss `setup` chose: depth or reprojection
+
     def setup(self, config: TrainConfig, records: list[FrameRecord], position_mean_3: np.ndarray,
               position_scale_m: float, *, cache_dir: Path | None = None, progress: bool = False
               ) -> TrainingSetup:
         model, step, dataset = _setup(config, records, position_mean_3, position_scale_m, cache_dir, progress)
+        self.loss_name = "depth" if step.use_depth else "reprojection"
         return TrainingSetup(model, step, dataset)
 
     def with_depth(self, config: TrainConfig) -> TrainConfig:
@@ -73,7 +78,7 @@ class SceneCoordinateTraining(TrainingMethod):
         return dataclasses.replace(config, ransac=dataclasses.replace(config.ransac, use_depth=True))
 
     def loss_kind(self, config: TrainConfig, epoch: int) -> str:
-        return f"scr_{config.scr_loss.kind}"
+        return f"scr_{self.loss_name or config.scr_loss.kind}"
 
     def finish(self, model: nn.Module, records: list[FrameRecord], config: TrainConfig, device: torch.device,
                main_process: bool, progress: bool = False) -> dict[str, Any]:
@@ -90,13 +95,7 @@ def _setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray, sc
     plus the median depth, as the points seen lie that far from the cameras), its loss and data."""
     if any(record.intrinsics is None for record in records):
         raise DatasetError("scene coordinate regression needs the camera intrinsics of every frame")
-    has_depth = all(record.depth_path is not None for record in records)
-    if config.scr_loss.kind == "depth" and not has_depth:
-        raise DatasetError("scr_loss.kind 'depth' needs depth images; use 'reprojection' (or 'auto')")
-    if config.ransac.use_depth and not has_depth:
-        raise DatasetError("ransac.use_depth (train --use-depth) solves poses with depth images, and the "
-                           "training frames have none")
-    use_depth = has_depth and config.scr_loss.kind != "reprojection"
+    use_depth = scr_uses_depth(config, records)
     model = SceneCoordinates.network(config)
     reach = median_depth(records) if use_depth else config.scr_loss.prior_depth
     model.set_scene_statistics(torch.from_numpy(mean), scale + reach)
@@ -105,6 +104,27 @@ def _setup(config: TrainConfig, records: list[FrameRecord], mean: np.ndarray, sc
     dataset = PoseDataset(records, train_transform(config), seed=config.seed, with_depth=use_depth,
                           cache_dir=cache_dir, progress=progress)
     return model, SceneCoordinateStep(model, config.scr_loss, use_depth), dataset
+
+
+def scr_uses_depth(config: TrainConfig, records: list[FrameRecord]) -> bool:
+    """Whether scene coordinates train on depth targets: `scr_loss.kind` depth, or auto when the
+    training frames have usable depth (`missing_depth`); the choice of auto is logged. A setting that
+    needs depth the data lacks (scr_loss.kind depth, ransac.use_depth) is a DatasetError naming it."""
+    kind = config.scr_loss.kind
+    why_not = missing_depth(records) if kind != "reprojection" or config.ransac.use_depth else ""
+    if why_not and config.ransac.use_depth:
+        raise DatasetError(f"ransac.use_depth=true (train --use-depth) solves poses with each frame's "
+                           f"depth, and {why_not}; train without --use-depth (ransac.use_depth=false: "
+                           "poses by PnP from RGB)")
+    if why_not and kind == "depth":
+        raise DatasetError(f"scr_loss.kind=depth needs depth images, and {why_not}; set "
+                           "scr_loss.kind=reprojection (or auto)")
+    if kind == "auto":
+        if why_not:
+            logger.info("scr_loss.kind=auto: the reprojection loss (RGB only), as %s", why_not)
+        else:
+            logger.info("scr_loss.kind=auto: depth targets (the training frames have depth images)")
+    return kind == "depth" or (kind == "auto" and not why_not)
 
 
 def cells_through(layers: nn.Sequential, x_NC: torch.Tensor) -> torch.Tensor:
@@ -121,29 +141,39 @@ def cells_through(layers: nn.Sequential, x_NC: torch.Tensor) -> torch.Tensor:
 def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config: TrainConfig,
                    device: torch.device, progress: bool = False) -> dict[str, float]:
     """ScrRefitConfig: retrain `model.head[2:]` (its 1x1 convolutions) on buffered features of the
-    training cells, shuffled across images. Needs depth (the targets of `depth_targets`); without it
-    the model is left as it is. Returns the metrics row entries (refit seconds, final distance).
-    `progress`: a bar over the feature buffering and one over the iterations (core/progress.py)."""
+    training cells, shuffled across images: on depth targets when the training uses them
+    (`scr_uses_depth`), else by the reprojection loss under the true poses (the cells' pixels, image
+    intrinsics and poses are buffered). Returns the metrics row entries (refit seconds, and the final
+    distance in metres or the final reprojection loss). `progress`: a bar over the feature buffering
+    and one over the iterations (core/progress.py)."""
 
     refit = config.scr_refit
-    if any(record.depth_path is None for record in records):
-        logger.warning("scr_refit needs depth images; skipped")
-        return {}
+    use_depth = config.scr_loss.kind != "reprojection" and not missing_depth(records)
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, 1_000_003))
-    dataset = PoseDataset(records, config.eval_transform(), with_depth=True)
+    dataset = PoseDataset(records, config.eval_transform(), with_depth=use_depth)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                         num_workers=config.data.workers)
     frozen, trained = model.head[:2], model.head[2:]
     per_image = None
-    features, targets = [], []
+    features, targets = [], []  # targets: (x, y, z) metres with depth, else (u, v, image index)
+    intrinsics, poses = [], []
     model.eval()  # batch norm with its running statistics, as at test time
     with torch.no_grad():
         for batch in progress_bar(loader, desc="scr refit: features", unit="batch", disable=not progress):
             images = batch["image"].to(device)
             x = frozen(model.encode(images))
-            target, valid = depth_targets(batch["depth"].to(device), batch["K"].to(device),
-                                          batch["world_from_cam"].to(device))
+            if use_depth:
+                target, valid = depth_targets(batch["depth"].to(device), batch["K"].to(device),
+                                              batch["world_from_cam"].to(device))
+            else:
+                pixels = cell_pixels(*images.shape[-2:], device).permute(2, 0, 1)
+                index = torch.arange(len(images), device=device) + sum(len(k) for k in intrinsics)
+                target = torch.cat([pixels.expand(len(images), -1, -1, -1),
+                                    index.float().view(-1, 1, 1, 1).expand(-1, 1, *pixels.shape[1:])], 1)
+                valid = torch.ones(target.shape[0], *target.shape[2:], dtype=torch.bool, device=device)
+                intrinsics.append(batch["K"].to(device).float())
+                poses.append(batch["world_from_cam"].to(device).float())
             if per_image is None:
                 per_image = max(1, min(x.shape[-2] * x.shape[-1], refit.max_cells // len(dataset)))
             for f, t, v in zip(x, target, valid, strict=True):
@@ -158,6 +188,8 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
     if cells == 0:
         logger.warning("scr_refit: no training cell has valid depth; skipped")
         return {}
+    K_I33 = torch.cat(intrinsics) if intrinsics else None
+    world_from_cam_I44 = torch.cat(poses) if poses else None
     optimizer = torch.optim.AdamW(trained.parameters(), lr=refit.lr, weight_decay=0.0)
     warm_up = max(1, refit.iterations // 50)
     mean, scale = model.scene_mean.view(1, 3), model.scene_scale
@@ -179,7 +211,12 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
             hidden_NC = cells_through(trained[:-1], features_MC[index].float())
         cells_N3 = cells_through(trained[-1:], hidden_NC.float())  # float32, as in the model's forward
         coords = mean + scale * cells_N3
-        distance = (coords - targets_M3[index]).norm(dim=1).mean()
+        target = targets_M3[index]
+        if use_depth:
+            distance = (coords - target).norm(dim=1).mean()
+        else:
+            distance, _ = cell_reprojection_loss(coords, target[:, :2], target[:, 2].long(), K_I33,
+                                                 world_from_cam_I44, config.scr_loss)
         optimizer.zero_grad(set_to_none=True)
         distance.backward()
         optimizer.step()
@@ -188,8 +225,9 @@ def refit_scr_head(model: SceneCoordinateNet, records: list[FrameRecord], config
             counted += 1
     model.train()
     seconds = time.perf_counter() - start
-    logger.info("scr head refit: %d cells, %d iterations, %.1f s, distance %.3f m", cells,
-                refit.iterations, seconds, distance_sum / max(counted, 1))
-    return {"refit_seconds": seconds, "refit_distance_m": distance_sum / max(counted, 1)}
+    final = distance_sum / max(counted, 1)
+    logger.info("scr head refit: %d cells, %d iterations, %.1f s, %s %.3f", cells, refit.iterations,
+                seconds, "distance (m)" if use_depth else "reprojection loss", final)
+    return {"refit_seconds": seconds, ("refit_distance_m" if use_depth else "refit_reprojection_loss"): final}
 
 

@@ -53,6 +53,7 @@ from posenet_ros.runtime.methods import METHODS, inference_method
 from posenet_ros.runtime.train_config import TrainConfig
 from posenet_ros.training.method import TrainingMethod, TrainingSetup, epoch_seed, training_autocast
 from posenet_ros.training.pose_regression import PoseRegressionTraining
+from posenet_ros.training.scale import with_data_scale
 from posenet_ros.training.scene_coordinates import SceneCoordinateTraining
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def _train(config: TrainConfig, data_root: Path, out: Path, resume: bool, last_e
     bag = dataclasses.replace(config.data.bag, use_depth=config.data.bag.use_depth
                               or METHODS[config.method].depth_needed(config))
     train_records, val_records = load_training_frames(data_root, config.data, bag)
+    config = with_data_scale(config, train_records)
     map_poses = np.stack([pose_vector(r.world_from_cam) for r in train_records])
     torch.manual_seed(config.seed)
     mean, scale = position_statistics(map_poses[:, :3])
@@ -212,6 +214,7 @@ def _train_loop(config: TrainConfig, method: TrainingMethod, data_root: Path, ou
                                **{k: v / max(images, 1) for k, v in sums.items()},
                                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                "images_per_s": images * world / seconds if seconds > 0 else None}
+        row.update(method.check_epoch(config, epoch, row))
         if epoch + 1 == config.epochs:
             row.update(method.finish(model, train_records, config, device, main_process=rank == 0,
                                      progress=progress))

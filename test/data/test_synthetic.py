@@ -212,3 +212,48 @@ def test_distortion_maps_send_each_distorted_pixel_to_the_pinhole_pixel_the_lens
     inner = (slice(12, -12), slice(12, -12))
     assert np.abs(seen.rgb_HW3[inner].astype(int) - pattern[inner]).mean() > 4  # measured 5.9
     assert np.abs(recovered[inner].astype(int) - pattern[inner]).mean() < 1  # measured 0.29
+
+
+@pytest.mark.parametrize("world_axes, up_world", [("y_down", [0.0, -1.0, 0.0]), ("y_up", [0.0, 1.0, 0.0]),
+                                                  ("z_up", [0.0, 0.0, 1.0])])
+def test_world_axes_and_room_scale_rewrite_poses_and_depth_but_not_images(world_axes, up_world):
+    base_config = SceneConfig(width=64, height=48, frames_per_sequence=24, variations=[], outside_sequences=0)
+    base = SyntheticScene(base_config)
+    changed = SyntheticScene(SceneConfig(width=64, height=48, frames_per_sequence=24, variations=[],
+                                         outside_sequences=0, world_axes=world_axes, room_scale=2.5))
+    for plan_base, plan in zip(base.sequences, changed.sequences, strict=True):
+        for pose_base, pose in zip(plan_base.world_from_cam, plan.world_from_cam, strict=True):
+            rotation = pose[:3, :3]
+            np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+            assert np.linalg.det(rotation) == pytest.approx(1.0)
+            # The camera height (render z) is now along the world's up axis, scaled.
+            assert pose[:3, 3] @ up_world == pytest.approx(2.5 * pose_base[2, 3])
+            # The camera's down axis (y) points as far downwards in both worlds.
+            assert rotation[:, 1] @ up_world == pytest.approx(pose_base[2, 1])
+    pose_base, pose = base.sequences[0].world_from_cam[2], changed.sequences[0].world_from_cam[2]
+    frame_base, frame = base.render(pose_base), changed.render(pose)
+    np.testing.assert_array_equal(frame.rgb_HW3, frame_base.rgb_HW3)
+    np.testing.assert_allclose(frame.depth_HW, 2.5 * frame_base.depth_HW, rtol=1e-5)
+    # Depth is consistent with the written poses between two frames of the changed scene.
+    other = changed.sequences[0].world_from_cam[3]
+    error = reprojected_depth_error(frame.depth_HW, changed.render(other).depth_HW,
+                                    changed.intrinsics.matrix(), pose, other)
+    assert np.median(error) < 0.02 * 2.5
+
+
+def test_heading_range_keeps_every_loop_camera_heading_inside_it():
+    scene = SyntheticScene(SceneConfig(width=16, height=12, frames_per_sequence=40, variations=[],
+                                       outside_sequences=0, heading_deg=[90.0, 180.0]))
+    for plan in scene.sequences:
+        forward = np.array(plan.world_from_cam)[:, :3, 2]
+        heading = np.degrees(np.arctan2(forward[:, 1], forward[:, 0]))
+        assert heading.min() >= 90.0 - 1e-6 and heading.max() <= 180.0 + 1e-6
+        assert heading.max() - heading.min() > 60.0  # the range is swept, not one direction
+    default = SyntheticScene(SceneConfig(width=16, height=12, frames_per_sequence=40, variations=[],
+                                         outside_sequences=0))
+    forward = np.array(default.sequences[0].world_from_cam)[:, :3, 2]
+    assert np.ptp(np.unwrap(np.arctan2(forward[:, 1], forward[:, 0]))) > np.radians(300)  # all around
+    with pytest.raises(ValueError, match="heading_deg"):
+        SceneConfig(heading_deg=[180.0, 90.0])
+    with pytest.raises(ValueError, match="world_axes"):
+        SceneConfig(world_axes="x_up")

@@ -1,5 +1,5 @@
 """inference/metrics.py: pose errors, the metrics table (medians, means, within-threshold shares and
-their names), and the mean-pose baseline."""
+their names), and the mean-pose and nearest-neighbour baselines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from posenet_ros.inference.metrics import (
+    image_descriptor,
     mean_pose_baseline,
+    nearest_neighbour_baseline,
     pose_errors,
     pose_metrics,
     threshold_key,
@@ -81,3 +83,23 @@ def test_mean_pose_baseline_known_answers() -> None:
     np.testing.assert_allclose(orientation_error, [90.0, 0.0, 45.0], atol=1e-9)
     with pytest.raises(ValueError):
         mean_pose_baseline(np.zeros((0, 3)), np.zeros((0, 4)), true_positions, true_quats)
+
+
+def test_nearest_neighbour_baseline_answers_the_pose_of_the_most_similar_training_image():
+    rng = np.random.default_rng(0)
+    train_images = rng.integers(0, 256, (5, 48, 64, 3), dtype=np.uint8)
+    train_positions = np.arange(15, dtype=float).reshape(5, 3)
+    train_quats = np.tile([1.0, 0.0, 0.0, 0.0], (5, 1))
+    # Test frames: training images 3 and 1, brighter and with noise (the descriptor ignores brightness).
+    test_images = [np.clip(train_images[i].astype(int) * 0.8 + 30 + rng.normal(0, 4, (48, 64, 3)), 0, 255)
+                   .astype(np.uint8) for i in (3, 1)]
+    descriptor = image_descriptor(train_images[0])
+    assert descriptor.shape == (16 * 12,) and abs(descriptor.mean()) < 1e-9
+    assert np.linalg.norm(descriptor) == pytest.approx(1.0)
+    positions_true = train_positions[[3, 1]] + [[0.3, 0.4, 0.0], [0.0, 0.0, 1.0]]
+    turned = [math.cos(0.05), 0.0, 0.0, math.sin(0.05)]  # 5.73° about z
+    position_error, orientation_error = nearest_neighbour_baseline(
+        [image_descriptor(i) for i in train_images], train_positions, train_quats,
+        [image_descriptor(i) for i in test_images], positions_true, [turned, [1.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(position_error, [0.5, 1.0])
+    np.testing.assert_allclose(orientation_error, [math.degrees(0.1), 0.0], atol=1e-6)

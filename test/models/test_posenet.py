@@ -2,6 +2,8 @@
 early fusion): four input channels, the depth encoding and its holes. (Checkpoints:
 runtime/test_checkpoint.py.)"""
 
+import math
+
 import pytest
 import torch
 
@@ -93,3 +95,25 @@ def test_depth_encoding_and_holes(encoding):
         model.set_depth_scale(0.0)
     with pytest.raises(ValueError, match="reads no depth"):
         PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=32)).set_depth_scale(1.0)
+
+
+def test_aleatoric_log_variances_are_bounded_by_the_configured_sigmas():
+    torch.manual_seed(0)
+    model = PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=16, aleatoric="per_axis",
+                                max_sigma_position=0.5, max_sigma_rotation_deg=10.0))
+    raw = torch.tensor([[-12.0, 0.0, 60.0, -12.0, 0.0, 60.0]])
+    bounded = model.bounded_log_var(raw)
+    ceilings = torch.tensor([2 * math.log(0.5)] * 3 + [2 * math.log(math.radians(10.0))] * 3)
+    assert torch.all(bounded <= ceilings + 1e-6)
+    assert torch.allclose(bounded[0, [2, 5]], ceilings[[2, 5]], atol=1e-4)  # huge -> the ceiling
+    assert torch.equal(bounded[0, [0, 3]], raw[0, [0, 3]])  # below the ceiling - 1: unchanged
+    knee = ceilings - 1.0  # continuous with slope 1 at the knee
+    values = torch.stack([knee - 1e-3, knee + 1e-3]).requires_grad_(True)
+    out = model.bounded_log_var(values)
+    assert torch.allclose(out[1] - out[0], torch.full((6,), 2e-3), atol=1e-5)
+    out.sum().backward()
+    assert torch.all(values.grad > 0.99)
+    with torch.no_grad():  # the model's own outputs obey the bound whatever the layer says
+        model.fc_log_var.bias.fill_(100.0)
+    output = model.set_dropout_mode("off")(torch.rand(2, 3, 32, 32))
+    assert torch.all(output.log_var_BK <= ceilings + 1e-6)

@@ -36,7 +36,7 @@ def test_q_and_minus_q_are_the_same_rotation():
 
 
 def test_learned_weighting_formula_and_gradients_reach_s():
-    loss = PoseLoss(LossConfig(kind="learned", init_s_x=0.5, init_s_q=-2.0))
+    loss = PoseLoss(LossConfig(kind="learned", init_s_x=0.5, init_s_q=-2.0, max_s_x=1.0, max_s_q=0.0))
     x_pred = torch.tensor([[0.0, 0.0, 2.0]])
     value, _ = loss(x_pred, Q_ID, torch.zeros(1, 3), Q_ID)
     assert math.isclose(float(value.detach()), 2.0 * math.exp(-0.5) + 0.5 + 0.0 - 2.0, rel_tol=1e-4)
@@ -86,3 +86,27 @@ def test_heteroscedastic_loss_is_minimised_at_the_squared_error():
     torch.testing.assert_close(log_var.detach()[0, :4], expected[:4], atol=0.05, rtol=0)
     with pytest.raises(ValueError, match="aleatoric"):
         PoseLoss(LossConfig(kind="aleatoric"))(torch.zeros(1, 3), true_quat, torch.zeros(1, 3), true_quat)
+
+
+def test_learned_weights_cannot_weight_a_component_away():
+    """ŝq above its ceiling counts as the ceiling: the orientation term keeps weight exp(-max_s_q)."""
+    config = LossConfig(kind="learned", init_s_x=0.0, init_s_q=8.0, max_s_q=-1.75)
+    loss = PoseLoss(config)
+    q_pred = torch.tensor([[1.0, 0.0, 0.0, 1.0]], requires_grad=True)  # 90° from the truth
+    value, terms = loss(torch.zeros(1, 3), q_pred, torch.zeros(1, 3), Q_ID)
+    l_q = terms["l_q"]
+    assert terms["s_q"] == pytest.approx(-1.75)
+    assert float(value.detach()) == pytest.approx(l_q * math.exp(1.75) - 1.75, rel=1e-5)
+    value.backward()
+    assert q_pred.grad.abs().max() > 1.0  # the rotation still drives the network (5.8 x its gradient)
+    assert float(loss.s_q.grad) == 0.0
+
+
+def test_squared_component_errors_name_the_axis_that_is_wrong():
+    yaw_error = quat_exp_torch(torch.tensor([[0.0, 0.0, 0.5]]))
+    _, terms = PoseLoss(LossConfig(kind="linear"))(torch.tensor([[0.0, 2.0, 0.0]]), yaw_error,
+                                                   torch.zeros(1, 3), Q_ID)
+    assert terms["sq_err_y"] == pytest.approx(4.0)
+    assert terms["sq_err_rot_z"] == pytest.approx(0.25, rel=1e-4)
+    assert terms["sq_err_x"] == terms["sq_err_z"] == 0.0
+    assert terms["sq_err_rot_x"] == pytest.approx(0.0, abs=1e-10)

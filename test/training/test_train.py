@@ -238,7 +238,7 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
         load_file(str(scr_run / "resumed" / "model.safetensors"))
     assert all(torch.equal(first[key], second[key]) for key in first)
     history = json.loads((scr_run / "run" / "metrics.json").read_text())
-    assert history[-1]["loss_kind"] == "scr_auto"
+    assert history[-1]["loss_kind"] == "scr_depth"  # auto chose depth targets
     assert history[-1]["scr_distance_m"] < history[0]["scr_distance_m"]
     assert main(["eval", "--quiet", "--model", str(scr_run / "run"), "--data", str(scr_run / "scene"),
                  "--out", str(scr_run / "eval")]) == 0
@@ -320,8 +320,9 @@ def test_rgbd_scene_coordinates_refuse_training_data_without_depth(tmp_path, cap
     assert main(["train", "--quiet", "--use-depth", "--data", str(tmp_path / "scene"), "--out",
                  str(tmp_path / "run"), "device=cpu", "method=scr", "scr.backbone=resnet_tiny", "epochs=1",
                  "data.resize=36", "data.crop=null", "data.val_split=''"]) == 2
-    assert "ransac.use_depth (train --use-depth) solves poses with depth images, and the training frames " \
-        "have none" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ransac.use_depth=true (train --use-depth) solves poses with each frame's depth, and 4 of the 4 " \
+        "training frames have no depth image; train without --use-depth" in err
 
 
 @pytest.mark.slow

@@ -49,8 +49,9 @@ import torch
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.core.device import resolve_device
 from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
-from posenet_ros.data.dataset import pose_vector, read_frame_rgb
+from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.images import read_frame_rgb
 from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.evaluation.plots import plot_error_cdf, plot_top_view, plot_uncertainty
 from posenet_ros.evaluation.predict import Predictions, predict

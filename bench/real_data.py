@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = {
     "posenet": ["method=posenet", "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=120",
-                "data.crop=[112,144]", "batch_size=16", "lr=1e-3", "epochs=80", "loss.kind=aleatoric",
+                "data.crop=[112,144]", "batch_size=16", "lr=1e-3", "epochs=150", "loss.kind=aleatoric",
                 "model.aleatoric=per_axis"],
     "scr": ["--use-depth", "method=scr", "scr.backbone=resnet_tiny", "data.resize=240", "data.crop=null",
             "epochs=40", "batch_size=8", "lr=3e-3", "weight_decay=0.01", "scr_refit.iterations=2000",

@@ -154,13 +154,15 @@ def _threshold(text: str) -> tuple[float, float]:
 
 
 def _set_threads(threads: int | None) -> None:
-    """torch.set_num_threads(`threads`) when given (--threads)."""
-    if threads is not None:
-        import torch
+    """torch.set_num_threads(`threads`) (--threads of eval and calibrate); None or 0: the default that
+    training uses too (`train_config.default_threads`)."""
+    import torch
 
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    from posenet_ros.runtime.train_config import default_threads
+
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: the default), got {threads}")
+    torch.set_num_threads(threads or default_threads(0))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -492,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default from the config: auto)")
     train.add_argument("--pretrained", help="backbone weights (.safetensors with torchvision key names)")
     train.add_argument("--threads", type=int, metavar="N",
-                       help="torch CPU threads (config `threads`; default 0: the available cores less one "
-                       "per DataLoader worker)")
+                       help="torch CPU threads (config `threads`; default 0: half the available cores less "
+                       "the DataLoader workers, at least 1)")
     train.add_argument("--stop-after-epoch", type=int, help="stop once this many epochs are done")
     train.add_argument("--use-depth", action="store_true",
                        help="train an RGB-D model on the data's depth images (model.depth=dual_stream unless "
@@ -522,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: outside, occlusion and blur where present)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    evaluate.add_argument("--threads", type=int, metavar="N",
+                          help="torch CPU threads (default 0: half the available cores, at least 1)")
     evaluate.add_argument("--smooth", choices=["off", "causal", "offline"], default="off",
                           help="temporal smoothing of each sequence (needs `train-temporal`; default off)")
     evaluate.add_argument("--solver", choices=["kabsch", "pnp"],
@@ -563,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="unknown place above this percentile")
     calibrate.add_argument("--min-frames", type=int, default=3, help="consecutive frames to switch the flag")
     calibrate.add_argument("--device", default="auto")
-    calibrate.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    calibrate.add_argument("--threads", type=int, metavar="N",
+                           help="torch CPU threads (default 0: half the available cores, at least 1)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_bag_arguments(calibrate, "those the checkpoint was trained with")
     calibrate.set_defaults(func=_calibrate)

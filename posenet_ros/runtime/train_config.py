@@ -241,7 +241,7 @@ def available_cpus() -> int:
 
 def default_threads(workers: int) -> int:
     """torch threads beside `workers` DataLoader processes: half of the available cores less the
-    workers, at least 1. Measured on a shared 2-core machine (docs/results.md): 2 threads trained 5-7x
-    slower than 1, as torch's threads wait on each other when another process holds a core; one
-    thread is at most 2x slower where the cores are free. Set `threads` on a dedicated machine."""
+    workers, at least 1. On a shared machine torch's threads wait on each other whenever another
+    process holds a core, which costs far more than one thread too few (figures in docs/results.md
+    "Training throughput"); set `threads` on a dedicated machine."""
     return max(1, (available_cpus() - workers) // 2)

@@ -67,8 +67,8 @@ class ModelConfig:
     # error of always answering the mean position), per rotation axis in degrees. A loss cannot then
     # give up on a pose component by inflating its variance: its error keeps a weight >= 1 / max σ².
     # inf: no ceiling (checkpoints written before the ceilings load so)
-    max_sigma_position: float = 1.0
-    max_sigma_rotation_deg: float = 20.0
+    max_sigma_position: float = 3.0
+    max_sigma_rotation_deg: float = 60.0
 
     def __post_init__(self) -> None:
         for name in (self.backbone, self.depth_backbone or self.backbone):

@@ -113,9 +113,13 @@ class PoseLoss(nn.Module):
         return loss, terms
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """ŝx, ŝq as the `learned` loss uses them: clamped to at most the ceilings `max_s_x`, `max_s_q`."""
-        cfg = self.config
-        return self.s_x.clamp(max=cfg.max_s_x), self.s_q.clamp(max=cfg.max_s_q)
+        """ŝx, ŝq as the `learned` loss uses them, first projected onto their ceilings `max_s_x`,
+        `max_s_q` (in place: projected gradient descent, so a weight held at its ceiling still gets
+        gradients and comes down as soon as its loss term falls; a clamp in the graph would stop them)."""
+        with torch.no_grad():
+            self.s_x.clamp_(max=self.config.max_s_x)
+            self.s_q.clamp_(max=self.config.max_s_q)
+        return self.s_x, self.s_q
 
 
 COMPONENTS = ("x", "y", "z", "rot_x", "rot_y", "rot_z")

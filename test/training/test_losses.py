@@ -89,7 +89,8 @@ def test_heteroscedastic_loss_is_minimised_at_the_squared_error():
 
 
 def test_learned_weights_cannot_weight_a_component_away():
-    """ŝq above its ceiling counts as the ceiling: the orientation term keeps weight exp(-max_s_q)."""
+    """ŝq above its ceiling is projected onto it: the orientation term keeps weight exp(-max_s_q), and
+    ŝq keeps its gradient, so it comes down once the orientation error is small."""
     config = LossConfig(kind="learned", init_s_x=0.0, init_s_q=8.0, max_s_q=-1.75)
     loss = PoseLoss(config)
     q_pred = torch.tensor([[1.0, 0.0, 0.0, 1.0]], requires_grad=True)  # 90° from the truth
@@ -99,7 +100,15 @@ def test_learned_weights_cannot_weight_a_component_away():
     assert float(value.detach()) == pytest.approx(l_q * math.exp(1.75) - 1.75, rel=1e-5)
     value.backward()
     assert q_pred.grad.abs().max() > 1.0  # the rotation still drives the network (5.8 x its gradient)
-    assert float(loss.s_q.grad) == 0.0
+    assert float(loss.s_q) == pytest.approx(-1.75)
+    assert float(loss.s_q.grad) == pytest.approx(1.0 - l_q * math.exp(1.75), rel=1e-5)  # pushes up: held
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.1)
+    for _ in range(3):  # a small orientation error: ŝq leaves its ceiling
+        optimizer.zero_grad()
+        value, terms = loss(torch.zeros(1, 3), Q_ID * 1.0, torch.zeros(1, 3), Q_ID)
+        value.backward()
+        optimizer.step()
+    assert terms["s_q"] < -1.75 - 0.1
 
 
 def test_squared_component_errors_name_the_axis_that_is_wrong():

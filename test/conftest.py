@@ -22,8 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from posenet_ros.cli import main
+from posenet_ros.core.camera import FrameTransform
+from posenet_ros.data.dataset import PoseDataset
+from posenet_ros.data.loading import load_frames
 
 SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=96", "train_sequences=8",
          "test_sequences=4", "outside_sequences=1", "val_sequences=1", "variations=[occlusion,blur]"]
@@ -95,6 +99,18 @@ def small_capture(tmp_path_factory) -> Path:
     assert main(["synth", "--quiet", str(out), "width=32", "height=24", "frames_per_sequence=40",
                  "train_sequences=2", "val_sequences=1", "outside_sequences=0", "variations=[]"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def depth_frame_batch(tmp_path_factory) -> tuple[dict, dict]:
+    """(item, batch of one) of the first training frame of an 80x60 synthetic scene, whole (no resize
+    or crop), with depth and K: what the scene coordinate targets are made of."""
+    out = tmp_path_factory.mktemp("depth_frame") / "scene"
+    assert main(["synth", "--quiet", str(out), "width=80", "height=60", "frames_per_sequence=4",
+                 "train_sequences=1", "test_sequences=1", "val_sequences=0", "outside_sequences=0",
+                 "variations=[]"]) == 0
+    item = PoseDataset(load_frames(out, "train"), FrameTransform(resize=None))[0]
+    return item, {key: value[None] for key, value in item.items() if torch.is_tensor(value)}
 
 
 SMALL_TRAIN = ["device=cpu", "model.backbone=resnet_tiny", "model.dropout=0.2", "data.resize=24",

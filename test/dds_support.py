@@ -1,6 +1,7 @@
 """Shared by the tests that start `posenet-ros` processes over Cyclone DDS (node/test_dds_node.py,
 evaluation/test_replay.py): a CLI subprocess whose stderr lines are collected, domain ids that keep
-parallel runs apart, and a resend-until-answered helper for best-effort topics.
+parallel runs apart, a resend-until-answered helper for best-effort topics, and a random Image as a
+Cyclone DDS object (ros/test_dds.py, ros/test_dds_types.py).
 
 Cross-process waits use readiness lines and generous timeouts, never fixed sleeps.
 """
@@ -15,8 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from posenet_ros.ros.dds import loopback_config
+from posenet_ros.ros.dds_types import dds_type
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = REPO_ROOT / "config" / "relocalize.yaml"
@@ -97,3 +102,16 @@ def send_until(publish: Callable[[int], None], condition: threading.Condition, d
 def stamp_to_ns_dict(value: dict) -> int:
     """A `header.stamp` printed by `posenet-ros echo --format json`, in nanoseconds."""
     return int(value["sec"]) * 1_000_000_000 + int(value["nanosec"])
+
+
+def dds_image(height: int, width: int, seed: int, stamp_sec: int = 0) -> Any:
+    """A random rgb8 Image of `height` x `width` px, frame 'cam', stamped `stamp_sec` s and
+    1000 * `seed` + 7 ns (so images of different seeds differ in their stamps too)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = dds_type("sensor_msgs/msg/Image")(
+        height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width, data=pixels
+    )
+    image.header.stamp.sec = stamp_sec
+    image.header.stamp.nanosec = 1000 * seed + 7
+    image.header.frame_id = "cam"
+    return image

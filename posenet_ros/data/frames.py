@@ -104,38 +104,36 @@ def read_text_file(path: Path, what: str) -> str:
 
 def read_camera_json(root: Path) -> Intrinsics | None:
     """The intrinsics in `<root>/camera.json`, or None when there is no such file."""
-    path = Path(root) / CAMERA_JSON
-    if not path.is_file():
-        return None
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-        intrinsics = Intrinsics.from_dict(values)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: not a valid camera file ({exc}); expected keys "
-                           "width height fx fy cx cy") from exc
-    numbers = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
-    if intrinsics.width <= 0 or intrinsics.height <= 0 or not np.all(np.isfinite(numbers)):
-        raise DatasetError(f"{path}: invalid intrinsics {intrinsics}")
-    return intrinsics
+    return _camera_json_entry(root, depth=False)
 
 
 def read_depth_camera_json(root: Path) -> Intrinsics | None:
     """The depth sensor's intrinsics under the key "depth" of `<root>/camera.json` (width height fx fy
     cx cy, pinhole), for depth images that are not registered to the colour images; None when there is
     no such file or key."""
+    return _camera_json_entry(root, depth=True)
+
+
+def _camera_json_entry(root: Path, depth: bool) -> Intrinsics | None:
+    """The colour camera of `<root>/camera.json`, or with `depth` its "depth" entry; checked."""
     path = Path(root) / CAMERA_JSON
     if not path.is_file():
         return None
+    what = 'a valid "depth" camera' if depth else "a valid camera file"
     try:
-        values = json.loads(path.read_text(encoding="utf-8")).get("depth")
-        intrinsics = None if values is None else Intrinsics.from_dict(values)
+        values = json.loads(path.read_text(encoding="utf-8"))
+        if depth:
+            values = values.get("depth")
+            if values is None:
+                return None
+        intrinsics = Intrinsics.from_dict(values)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"{path}: not a valid \"depth\" camera ({exc}); expected keys width height fx fy "
-                           "cx cy") from exc
-    if intrinsics is not None and (intrinsics.distorted or intrinsics.width <= 0 or intrinsics.height <= 0
-                                   or not np.all(np.isfinite((intrinsics.fx, intrinsics.fy, intrinsics.cx,
-                                                              intrinsics.cy)))):
-        raise DatasetError(f"{path}: invalid \"depth\" camera {intrinsics} (a pinhole camera is expected)")
+        raise DatasetError(f"{path}: not {what} ({exc}); expected keys width height fx fy cx cy") from exc
+    numbers = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
+    if intrinsics.width <= 0 or intrinsics.height <= 0 or not np.all(np.isfinite(numbers)):
+        raise DatasetError(f"{path}: invalid intrinsics {intrinsics}")
+    if depth and intrinsics.distorted:
+        raise DatasetError(f"{path}: the \"depth\" camera must be a pinhole camera, got {intrinsics}")
     return intrinsics
 
 

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import transforms3d.quaternions as tq
 
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.core.camera import Intrinsics
+from posenet_ros.core.geometry import matrix_to_quat, quat_to_matrix
 from posenet_ros.data.frames import (
     CAMERA_JSON,
     BadFrames,
@@ -118,7 +118,7 @@ def _pose(entry: _Entry, path: Path) -> np.ndarray:
                            f"quaternion, found {' '.join(entry.values)!r} (|q| = {norm:.3g})")
     qx, qy, qz, qw = values[3:] / norm
     world_from_cam = np.eye(4)
-    world_from_cam[:3, :3] = tq.quat2mat([qw, qx, qy, qz])
+    world_from_cam[:3, :3] = quat_to_matrix([qw, qx, qy, qz])
     world_from_cam[:3, 3] = values[:3]
     return world_from_cam
 
@@ -231,9 +231,8 @@ def load_tum(
 
 def _quaternion_xyzw(rotation: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w), w >= 0, of a 3x3 rotation."""
-    w, x, y, z = tq.mat2quat(rotation)
-    quat = np.array([x, y, z, w])
-    return -quat if w < 0 else quat
+    w, x, y, z = matrix_to_quat(rotation)
+    return np.array([x, y, z, w])
 
 
 def write_tum(root: str | Path, sequences: Sequence[SequenceToWrite], intrinsics: Intrinsics, *,

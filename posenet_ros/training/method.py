@@ -87,18 +87,21 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def _sampled_depths(records: Sequence[FrameRecord], frames: int) -> list[np.ndarray]:
+    """The depth images (metres) of up to `frames` evenly spaced records, as training reads them."""
+    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
+    return [record_depth(records[index], record_camera(records[index])) for index in chosen]
+
+
 def median_depth(records: Sequence[FrameRecord], frames: int = 64) -> float:
     """The median valid depth (metres) over up to `frames` evenly spaced records: an RGB-D model's
     depth normalisation (`PoseNet.set_depth_scale`)."""
-    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
-    values = []
-    for index in chosen:
-        depth = record_depth(records[index], record_camera(records[index]))
-        values.append(depth[np.isfinite(depth) & (depth > 0)])
+    depths = _sampled_depths(records, frames)
+    values = [depth[np.isfinite(depth) & (depth > 0)] for depth in depths]
     valid = np.concatenate(values)
     if not len(valid):
         raise DatasetError(f"the depth images of the training frames have no valid pixel (checked "
-                           f"{len(chosen)})")
+                           f"{len(depths)})")
     return float(np.median(valid))
 
 
@@ -112,13 +115,9 @@ def missing_depth(records: Sequence[FrameRecord], frames: int = 8) -> str:
     missing = sum(record.depth_path is None for record in records)
     if missing:
         return f"{missing} of the {len(records)} training frames have no depth image"
-    chosen = np.unique(np.linspace(0, len(records) - 1, min(frames, len(records))).round().astype(int))
-    shares = []
-    for index in chosen:
-        depth = record_depth(records[index], record_camera(records[index]))
-        shares.append(float(np.mean(np.isfinite(depth) & (depth > 0))))
+    shares = [float(np.mean(np.isfinite(depth) & (depth > 0))) for depth in _sampled_depths(records, frames)]
     if min(shares) < MIN_VALID_DEPTH_SHARE:
-        return (f"the depth images are empty (valid pixels in {len(chosen)} sampled training frames: "
+        return (f"the depth images are empty (valid pixels in {len(shares)} sampled training frames: "
                 f"{100 * min(shares):.1f}% to {100 * max(shares):.1f}%, less than "
                 f"{100 * MIN_VALID_DEPTH_SHARE:.0f}% in some)")
     return ""

@@ -5,21 +5,12 @@ solver test_pose_solving.py, training and the whole scr workflow training/test_t
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from posenet_ros.cli import main
-from posenet_ros.core.camera import FrameTransform
-from posenet_ros.data.dataset import PoseDataset
-from posenet_ros.data.loading import load_frames
 from posenet_ros.inference.scene_coordinates import depth_targets
 
 
-def test_depth_targets_are_the_back_projected_depth(tmp_path):
-    assert main(["synth", "--quiet", str(tmp_path / "scene"), "width=80", "height=60",
-                 "frames_per_sequence=4", "train_sequences=1", "test_sequences=1", "val_sequences=0",
-                 "outside_sequences=0", "variations=[]"]) == 0
-    item = PoseDataset(load_frames(tmp_path / "scene", "train"), FrameTransform(resize=None))[0]
-    batch = {key: value[None] for key, value in item.items() if torch.is_tensor(value)}
+def test_depth_targets_are_the_back_projected_depth(depth_frame_batch):
+    item, batch = depth_frame_batch
     targets, valid = depth_targets(batch["depth"], batch["K"], batch["world_from_cam"])
     assert targets.shape == (1, 3, 8, 10) and bool(valid.all())
     # The target of cell (2, 3) is pixel (28, 20) back-projected.

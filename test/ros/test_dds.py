@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from cyclonedds.core import Policy
+from dds_support import dds_image
 
 from posenet_ros.ros.dds import (
     QOS_PROFILES,
@@ -41,17 +42,6 @@ TIMEOUT_S = 20.0
 def _test_domain_id() -> int:
     """A domain id (16..215) derived from the pid, so that parallel test runs do not meet."""
     return 16 + os.getpid() % 200
-
-
-def _image(height: int, width: int, seed: int, stamp_sec: int = 0) -> Any:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image = dds_type("sensor_msgs/msg/Image")(
-        height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width, data=pixels
-    )
-    image.header.stamp.sec = stamp_sec
-    image.header.stamp.nanosec = 1000 * seed + 7
-    image.header.frame_id = "cam"
-    return image
 
 
 def test_topic_names_and_domain_id(monkeypatch: Any) -> None:
@@ -167,9 +157,11 @@ def test_two_process_round_trip_over_loopback() -> None:
     env = dict(
         os.environ,
         CYCLONEDDS_URI=loopback_config(),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        # the child runs this file as a script: the repository and test/ (dds_support) on its path
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), str(REPO_ROOT / "test"),
+                                                 os.environ.get("PYTHONPATH")])),
     )
-    images = [_image(48, 64, seed=10 + i, stamp_sec=100 + i) for i in range(3)]
+    images = [dds_image(48, 64, seed=10 + i, stamp_sec=100 + i) for i in range(3)]
     expected_means = {float(np.asarray(image.data).mean()) for image in images}
     expected_stamps = {(image.header.stamp.sec, image.header.stamp.nanosec) for image in images}
     means: set[float] = set()

@@ -12,6 +12,7 @@ import string
 from typing import Any
 
 import numpy as np
+from dds_support import dds_image
 
 from posenet_ros.ros.conversions import RosbagsTypes, point_cloud2, points_from_point_cloud2
 from posenet_ros.ros.dds_types import (
@@ -172,22 +173,11 @@ def test_nested_sequences_roundtrip_with_content() -> None:
 # fast path for large byte sequences
 
 
-def _image(height: int, width: int, seed: int, stamp_sec: int = 0) -> Any:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image = dds_type("sensor_msgs/msg/Image")(
-        height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width, data=pixels
-    )
-    image.header.stamp.sec = stamp_sec
-    image.header.stamp.nanosec = 1000 * seed + 7
-    image.header.frame_id = "cam"
-    return image
-
-
 def test_fast_path_bytes_equal_generic_path() -> None:
     assert has_fast_path("sensor_msgs/msg/Image") and has_fast_path("sensor_msgs/msg/CompressedImage")
     assert not has_fast_path("geometry_msgs/msg/PoseStamped")
     image_type = dds_type("sensor_msgs/msg/Image")
-    image = _image(48, 64, seed=1)
+    image = dds_image(48, 64, seed=1)
     pixels = np.asarray(image.data)
     generic = image_type(
         header=image.header, height=48, width=64, encoding="rgb8", step=192, data=pixels.reshape(-1).tolist()

@@ -42,7 +42,7 @@ RECIPES = {
                 "model.aleatoric=per_axis"],
     "scr": ["--use-depth", "method=scr", "scr.backbone=resnet_tiny", "data.resize=240", "data.crop=null",
             "epochs=40", "batch_size=8", "lr=3e-3", "weight_decay=0.01", "scr_refit.iterations=2000",
-            "ransac.threshold_px=4", "batchnorm_frozen_after=28"],
+            "ransac.threshold_px=16", "batchnorm_frozen_after=28"],
 }
 """The training command lines (after `posenet-ros train --data DATA --out RUN`)."""
 

@@ -6,21 +6,28 @@ network's input image and their predicted scene coordinates coords_N3 (map frame
 input image's pinhole matrix K_33.
 
 - RGB (2D-3D): OpenCV's `solvePnPRansac` (AP3P minimal sets) finds the pose with the most inliers
-  (reprojection error <= `threshold_px`), `solvePnPRefineLM` refines it on them, the inliers are
-  re-selected with the refined pose and it is refined once more.
+  (reprojection error <= `threshold_px`).
 - RGB-D (3D-3D, the seed's regression forests): each cell also has its depth pixel back-projected,
   points_cam_N3 (camera frame, metres). Hypotheses are Kabsch fits of `world_from_cam` to 3 random
   cells (batched in torch); the one with the most inliers (|world_from_cam · p - coord| <=
-  `threshold_m`) is refitted on its inliers by least squares (Kabsch), the inliers are re-selected
-  and it is refitted once more. Depth removes PnP's rotation-translation ambiguity, and the pose
-  averages the coordinate errors of all inliers.
+  `threshold_m`) wins. Depth removes PnP's rotation-translation ambiguity, and the pose averages the
+  coordinate errors of all inliers.
 
-Covariance: Gauss-Newton on the inlier residuals r with Jacobian J, Σ_p = σ² (JᵀJ)⁻¹ with σ² =
-|r|² / (len(r) - 6). RGB: reprojection residuals (2n) over the camera-from-world parameters (OpenCV's
-rvec, tvec), mapped to the published parameters (camera position in the map, metres; rotation of
-`world_from_cam` about the fixed map axes, radians: q = exp(δ) q_est) through the numerical Jacobian
-of that map. RGB-D: 3D residuals (3n) directly over the published parameters (∂r/∂position = I,
-∂r/∂δ = -[R p]ₓ). `calibration` later scales it per block on validation frames.
+Refinement (both): `REFINE_ITERATIONS` of iteratively reweighted least squares from the RANSAC pose
+(a step that would leave fewer than `min_inliers` cells within the threshold ends it), each cell
+weighted by the Cauchy weight 1 / (1 + (e / s)²) of its error e at the current pose with
+s = `CAUCHY_SCALE` x threshold, and 0 beyond the threshold (the inliers are re-selected at every
+step): Gauss-Newton on the reprojection errors for PnP, weighted Kabsch for RGB-D. A scene coordinate's
+error is heavy-tailed even among inliers, and this beat a least-squares refit on hard inliers on real
+images (docs/results.md). The inliers are the cells within the threshold of the refined pose.
+
+Covariance: the M-estimate's, c (JᵀJ)⁻¹ on the inlier residuals r with Jacobian J, c from the Cauchy
+ψ of the residuals (`_m_estimator_covariance`; Gauss-Newton's σ² for least squares). RGB: reprojection
+residuals (2n) over the camera-from-world parameters (OpenCV's rvec, tvec), mapped to the published
+parameters (camera position in the map, metres; rotation of `world_from_cam` about the fixed map axes,
+radians: q = exp(δ) q_est) through the numerical Jacobian of that map. RGB-D: 3D residuals (3n)
+directly over the published parameters (∂r/∂position = I, ∂r/∂δ = -[R p]ₓ). `calibration` later
+scales it per block on validation frames.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import torch
 from posenet_ros.core.geometry import matrix_to_quat, quat_conjugate, quat_log, quat_multiply
 
 MIN_CORRESPONDENCES = 4
+REFINE_ITERATIONS = 10
+CAUCHY_SCALE = 0.25  # of the inlier threshold
 
 
 class PoseSolveError(ValueError):
@@ -107,21 +116,46 @@ def _residuals(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.n
     return np.where(depth > 0, errors, np.inf)
 
 
-def _gauss_newton_covariance(residuals: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
-    """σ² (JᵀJ)⁻¹ with σ² = |r|² / (len(r) - 6) (at least 1e-6); NaN where JᵀJ is singular."""
-    sigma2 = float(np.sum(residuals**2) / max(residuals.size - 6, 1))
+def _m_estimator_covariance(residuals_Nd: np.ndarray, jacobian_Nd6: np.ndarray,
+                            threshold: float) -> np.ndarray:
+    """Covariance of the refinement's Cauchy M-estimate from N inlier cells with d-dimensional
+    residuals (Huber, Robust Statistics, 7.6): [Σ ψ² / (m - 6)] / [Σ ψ' / m]² (JᵀJ)⁻¹ over the m = Nd
+    residual components, ψ(r) = w(|r_cell|) r and ψ' its derivative in r; for Gaussian residuals it
+    follows the efficiency the robust weights lose. The factor is at least 1e-6; NaN where JᵀJ is
+    singular."""
+    scale = CAUCHY_SCALE * threshold
+    weights = _refine_weights(np.linalg.norm(residuals_Nd, axis=1), threshold)
+    psi = weights[:, None] * residuals_Nd
+    slope = weights[:, None] - 2 * residuals_Nd**2 * weights[:, None] ** 2 / scale**2
+    count = residuals_Nd.size
+    factor = float(np.sum(psi**2) / max(count - 6, 1) / max(np.mean(slope), 1e-3) ** 2)
+    jacobian = jacobian_Nd6.reshape(-1, 6)
     with np.errstate(all="ignore"):
         try:
-            return max(sigma2, 1e-6) * np.linalg.inv(jacobian.T @ jacobian)
+            return max(factor, 1e-6) * np.linalg.inv(jacobian.T @ jacobian)
         except np.linalg.LinAlgError:
             return np.full((6, 6), np.nan)
 
 
-def _kabsch(points_cam: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _refine_weights(errors: np.ndarray | torch.Tensor, threshold: float) -> np.ndarray | torch.Tensor:
+    """Cauchy weights of scale `CAUCHY_SCALE` x threshold for errors within the threshold, 0 beyond."""
+    inside = errors <= threshold
+    weights = 1.0 / (1.0 + (errors / (CAUCHY_SCALE * threshold)) ** 2)
+    return weights * inside
+
+
+def _kabsch(points_cam: torch.Tensor, coords: torch.Tensor,
+            weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rotations ...x3x3, positions ...x3) of the `world_from_cam` that maps points_cam (..., n, 3)
-    onto coords (..., n, 3) with the least squared error (Kabsch; batched over the leading axes)."""
-    mean_cam, mean_world = points_cam.mean(dim=-2), coords.mean(dim=-2)
-    cross = (points_cam - mean_cam[..., None, :]).transpose(-1, -2) @ (coords - mean_world[..., None, :])
+    onto coords (..., n, 3) with the least (weighted: weights (..., n) >= 0) squared error (Kabsch;
+    batched over the leading axes)."""
+    if weights is None:
+        weights = torch.ones(points_cam.shape[:-1], dtype=points_cam.dtype)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    mean_cam = (weights[..., None] * points_cam).sum(dim=-2)
+    mean_world = (weights[..., None] * coords).sum(dim=-2)
+    cross = ((points_cam - mean_cam[..., None, :]) * weights[..., None]).transpose(-1, -2) @ (
+        coords - mean_world[..., None, :])
     u, _, vt = torch.linalg.svd(cross)
     v, ut = vt.transpose(-1, -2), u.transpose(-1, -2)
     reflection = torch.ones_like(mean_cam)
@@ -150,13 +184,14 @@ def _solve_rgbd(coords: np.ndarray, points_cam: np.ndarray, pixels: np.ndarray, 
         raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
                              f"{config.threshold_m} m ({int(counts[best])} found)")
     rotation, position = rotations[best], positions[best]
-    inlier = (cam @ rotation.T + position - world).norm(dim=1) <= config.threshold_m
-    for _ in range(2):  # refit on the inliers, then re-select them with the refitted pose
-        rotation, position = _kabsch(cam[inlier], world[inlier])
-        errors = (cam @ rotation.T + position - world).norm(dim=1)
-        if (errors <= config.threshold_m).sum() < config.min_inliers:
+    errors = (cam @ rotation.T + position - world).norm(dim=1)
+    for _ in range(REFINE_ITERATIONS):
+        candidate = _kabsch(cam, world, _refine_weights(errors, config.threshold_m))
+        candidate_errors = (cam @ candidate[0].T + candidate[1] - world).norm(dim=1)
+        if int((candidate_errors <= config.threshold_m).sum()) < config.min_inliers:
             break
-        inlier = errors <= config.threshold_m
+        (rotation, position), errors = candidate, candidate_errors
+    inlier = errors <= config.threshold_m
     rotation_33, position_3, inlier_n = rotation.numpy(), position.numpy(), inlier.numpy()
     rotated = points_cam[index[inlier_n]] @ rotation_33.T
     residuals = rotated + position_3 - coords[index[inlier_n]]
@@ -166,7 +201,7 @@ def _solve_rgbd(coords: np.ndarray, points_cam: np.ndarray, pixels: np.ndarray, 
     jacobian[:, 0, 4], jacobian[:, 0, 5] = z, -y
     jacobian[:, 1, 3], jacobian[:, 1, 5] = -z, x
     jacobian[:, 2, 3], jacobian[:, 2, 4] = y, -x
-    covariance = _gauss_newton_covariance(residuals.reshape(-1), jacobian.reshape(-1, 6))
+    covariance = _m_estimator_covariance(residuals, jacobian, config.threshold_m)
     rvec, _ = cv2.Rodrigues(rotation_33.T)
     return _result(coords, pixels, K, index, inlier_n, rvec, -rotation_33.T @ position_3, covariance)
 
@@ -185,6 +220,28 @@ def _result(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, index: np.nda
     return ScrPose(position_3=position, quat_wxyz_4=matrix_to_quat(rotation),
                    covariance_66=0.5 * (covariance + covariance.T), inliers_N=mask,
                    inlier_ratio=count / len(index), rms_px=float(np.sqrt(np.mean(errors**2))))
+
+
+def _refine_pnp(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.ndarray, tvec: np.ndarray,
+                config: RansacConfig) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's (rvec, tvec) refined by Gauss-Newton on the Cauchy-weighted reprojection errors (module
+    docstring); a step that would leave fewer than `min_inliers` cells within the threshold ends it."""
+    for _ in range(REFINE_ITERATIONS):
+        projected, jacobian = cv2.projectPoints(coords, rvec, tvec, K, None)
+        residuals = projected.reshape(-1, 2) - pixels
+        errors = _residuals(coords, pixels, K, rvec, tvec)
+        weights_2n = np.repeat(_refine_weights(errors, config.threshold_px), 2)
+        jacobian = jacobian[:, :6]
+        try:
+            step = np.linalg.solve(jacobian.T @ (jacobian * weights_2n[:, None]),
+                                   jacobian.T @ (weights_2n * residuals.reshape(-1)))
+        except np.linalg.LinAlgError:
+            break
+        candidate = rvec - step[:3], tvec - step[3:]
+        if (_residuals(coords, pixels, K, *candidate) <= config.threshold_px).sum() < config.min_inliers:
+            break
+        rvec, tvec = candidate
+    return rvec, tvec
 
 
 def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, config: RansacConfig,
@@ -215,18 +272,15 @@ def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, c
     if not found or inliers is None or len(inliers) < config.min_inliers:
         raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
                              f"{config.threshold_px} px ({0 if inliers is None else len(inliers)} found)")
-    inlier = np.zeros(len(index), bool)
-    inlier[inliers.reshape(-1)] = True
-    for _ in range(2):  # refine on the inliers, then re-select them with the refined pose
-        rvec, tvec = cv2.solvePnPRefineLM(coords[index[inlier]], pixels[index[inlier]], K, None, rvec, tvec)
-        errors = _residuals(coords[index], pixels[index], K, rvec, tvec)
-        if (errors <= config.threshold_px).sum() < config.min_inliers:
-            break
-        inlier = errors <= config.threshold_px
+    rvec, tvec = _refine_pnp(coords[index], pixels[index], K, rvec.reshape(3), tvec.reshape(3), config)
+    inlier = _residuals(coords[index], pixels[index], K, rvec, tvec) <= config.threshold_px
+    if inlier.sum() < config.min_inliers:  # OpenCV's pose itself (refinement keeps min_inliers)
+        raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
+                             f"{config.threshold_px} px ({int(inlier.sum())} found)")
     projected, jacobian = cv2.projectPoints(coords[index[inlier]], rvec, tvec, K, None)
     residuals = projected.reshape(-1, 2) - pixels[index[inlier]]
     published = _published_jacobian(rvec.reshape(3), tvec.reshape(3))
-    covariance_p = _gauss_newton_covariance(residuals.reshape(-1), jacobian[:, :6])
+    covariance_p = _m_estimator_covariance(residuals, jacobian[:, :6], config.threshold_px)
     with np.errstate(all="ignore"):
         covariance = published @ covariance_p @ published.T
     return _result(coords, pixels, K, index, inlier, rvec, tvec, covariance)

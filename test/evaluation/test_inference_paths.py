@@ -76,7 +76,8 @@ def test_eval_replay_and_node_give_the_same_pose_distributions_at_batch_sizes_1_
         _assert_equal(_replayed(test_bag, model, loaded.needs_depth, size), evaluated[size], stamps)
     # Across batch sizes each frame keeps its Monte-Carlo masks and RANSAC hypotheses (seeded by its
     # stamp); the network's float32 kernels round differently for another batch size, which RANSAC can
-    # amplify on a frame whose inlier set is borderline (frame 22 of this loop, 13 of 35 cells).
+    # amplify on a frame whose inlier set is borderline (frame 23 of this loop). A frame without a pose
+    # at both batch sizes counts as the same.
     one, many = evaluated[1], evaluated[32]
-    same = np.isclose(one.position_pred_N3, many.position_pred_N3, rtol=1e-5).all(axis=1)
+    same = np.isclose(one.position_pred_N3, many.position_pred_N3, rtol=1e-5, equal_nan=True).all(axis=1)
     assert same.sum() >= (len(stamps) if loaded.method_class.regresses_pose else len(stamps) - 2)

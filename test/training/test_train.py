@@ -252,7 +252,7 @@ def test_scr_checkpoint_trains_resumes_and_runs_through_eval_replay_and_the_relo
     try:
         estimate = relocalizer.process(rgb, stamp_ns=1)
     except ValueError as error:  # an untrained model may find no pose: a clear message
-        assert "no pose: RANSAC found none" in str(error)
+        assert "no pose: RANSAC found no pose" in str(error)
     else:
         points = estimate.scene_points_N3
         assert points is not None and points.shape[1] == 3 and len(points) >= 6

@@ -10,8 +10,9 @@ Callbacks never block: they read the header stamp, pair RGB with depth by stamp 
 and put the frame into a slot that holds only the newest frame; a frame still waiting when a newer
 one arrives is dropped and counted. The worker decodes the messages (`conversions.py`), so a bad
 message costs the callback nothing; a frame that cannot be used (unknown encoding, truncated data,
-zero size, depth of another size than the image) is rejected, counted, and logged at most once per
-`WARNING_PERIOD_S` per kind of problem; the next good frame is answered as usual.
+zero size, depth of another size than the image: `conversions.ImageProblem`) is rejected, counted,
+and logged at most once per `WARNING_PERIOD_S` per stream and kind of problem (a truncated frame
+right after one of an unknown encoding is logged too); the next good frame is answered as usual.
 
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
 image's stamp: the pose with covariance in the map frame, the loop-closure flag, the scalar
@@ -39,6 +40,8 @@ import numpy as np
 
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.ros.conversions import (
+    ImageConversionError,
+    ImageProblem,
     MessageTypes,
     bool_msg,
     depth_to_metres,
@@ -234,6 +237,14 @@ class ThrottledWarnings:
         return True
 
 
+class RejectedFrame(ValueError):
+    """A frame the node cannot use: which stream ("image" or "depth") and which kind of problem."""
+
+    def __init__(self, stream: str, problem: ImageProblem, message: str) -> None:
+        super().__init__(f"{stream}: {message}")
+        self.stream, self.problem = stream, problem
+
+
 @dataclass
 class Frame:
     """One input frame waiting for the worker: the raw messages, the image's stamp (ns) and when
@@ -367,15 +378,15 @@ class RelocalizationPipeline:
         except (AttributeError, TypeError, ValueError) as error:
             self.diagnostics.count("rejected")
             self.warnings.warn(f"{kind}-stamp",
-                               f"dropped a {kind} message without a valid header stamp: {error}")
+                               f"dropped {_A[kind]} message without a valid header stamp: {error}")
             return None
         with self._pair_lock:
             duplicate = self._last_received_ns.get(kind) == stamp
             self._last_received_ns[kind] = stamp
         if duplicate:
             self.diagnostics.count("duplicate")
-            self.warnings.warn(f"{kind}-duplicate", f"ignored a {kind} message with the stamp of the one "
-                               f"before ({_seconds(stamp)})")
+            self.warnings.warn(f"{kind}-duplicate", f"ignored {_A[kind]} message with the stamp of the "
+                               f"one before ({_seconds(stamp)})")
             return None
         return stamp
 
@@ -467,10 +478,10 @@ class RelocalizationPipeline:
         for frame in frames:
             try:
                 decoded.append((frame, *self._decode(frame)))
-            except ValueError as error:  # ImageConversionError is a ValueError
+            except RejectedFrame as rejection:
                 self.diagnostics.count("rejected")
-                self.warnings.warn(f"rejected-{type(error).__name__}",
-                                   f"dropped frame {_seconds(frame.stamp_ns)}: {error}")
+                self.warnings.warn(f"rejected-{rejection.stream}-{rejection.problem.name}",
+                                   f"dropped frame {_seconds(frame.stamp_ns)}: {rejection}")
         return decoded
 
     def _finish(self, frame: Frame, estimate_pose: Callable[[], PoseEstimate]) -> PoseEstimate | None:
@@ -490,13 +501,26 @@ class RelocalizationPipeline:
         return estimate
 
     def _decode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
-        rgb = message_to_rgb(frame.image_msg)
-        if frame.depth_msg is None:
-            return rgb, None
-        depth = depth_to_metres(frame.depth_msg)
-        if depth.shape != rgb.shape[:2]:
-            raise ValueError(f"depth image of {depth.shape[1]}x{depth.shape[0]} px does not match the "
-                             f"{rgb.shape[1]}x{rgb.shape[0]} px image it is paired with")
+        """The frame's RGB (H, W, 3) uint8 and depth (H, W) float32 metres (None without depth), as
+        the model reads them; raises RejectedFrame naming the stream and the kind of problem."""
+        try:
+            rgb = message_to_rgb(frame.image_msg)
+        except ImageConversionError as error:
+            raise RejectedFrame("image", error.problem, str(error)) from None
+        depth = None
+        if frame.depth_msg is not None:
+            try:
+                depth = depth_to_metres(frame.depth_msg)
+            except ImageConversionError as error:
+                raise RejectedFrame("depth", error.problem, str(error)) from None
+            if depth.shape != rgb.shape[:2]:
+                raise RejectedFrame("depth", ImageProblem.SIZE_MISMATCH,
+                                    f"depth image of {depth.shape[1]}x{depth.shape[0]} px does not match "
+                                    f"the {rgb.shape[1]}x{rgb.shape[0]} px image it is paired with")
+        try:
+            self.relocalizer.check_frame(rgb, depth)
+        except ValueError as error:
+            raise RejectedFrame("image", ImageProblem.UNUSABLE, str(error)) from None
         return rgb, depth
 
     def _check_stream(self, stamp_ns: int) -> None:
@@ -558,6 +582,9 @@ class RelocalizationPipeline:
         self.publish("diagnostics", diagnostic_array(
             self.types, time.time_ns(), "posenet_ros: relocalization", device, level, message, values))
         return figures
+
+
+_A = {"image": "an image", "depth": "a depth image"}  # "ignored an image message", per stream
 
 
 def _seconds(stamp_ns: int) -> str:

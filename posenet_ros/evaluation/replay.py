@@ -143,7 +143,6 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
             run.messages.append((_topic_name(topic.name), topic.type_name, last_stamp[0], msg))
 
     pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None)
-    pipeline.publish_map_poses()
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
 
@@ -164,7 +163,9 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
 
     try:
         with open_bag(bag) as reader:
-            for kind, msg in stream_messages(reader, bag, streams):
+            for index, (kind, msg) in enumerate(stream_messages(reader, bag, streams)):
+                if index == 0:  # stamped in bag time, not wall time: the output bag spans the frames
+                    pipeline.publish_map_poses(stamp_to_ns(msg.header.stamp))
                 (pipeline.on_image if kind == "image" else pipeline.on_depth)(msg)
                 while pipeline.queued() >= batch_size:
                     step(batch_size)

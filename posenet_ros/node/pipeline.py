@@ -554,13 +554,15 @@ class RelocalizationPipeline:
                                           estimate.position_3, estimate.quat_wxyz_4)
             self.publish("tf", tf_message(types, [transform]))
 
-    def publish_map_poses(self) -> None:
-        """The training camera poses stored in the checkpoint, as a PoseArray in the map frame."""
+    def publish_map_poses(self, stamp_ns: int | None = None) -> None:
+        """The training camera poses stored in the checkpoint, as a PoseArray in the map frame,
+        stamped `stamp_ns` (None: now, the node at start; bag replay gives its first frame's stamp)."""
         poses = self.relocalizer.map_poses_N7
         if not len(poses):
             return
+        stamp_ns = time.time_ns() if stamp_ns is None else stamp_ns
         try:
-            message = pose_array(self.types, time.time_ns(), self.settings.map_frame, poses)
+            message = pose_array(self.types, stamp_ns, self.settings.map_frame, poses)
         except ValueError as error:  # e.g. a zero quaternion: the node still relocalizes
             self.log.warning(f"the checkpoint's map poses cannot be published: {error}")
             return

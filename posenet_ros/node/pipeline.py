@@ -371,10 +371,12 @@ class RelocalizationPipeline:
             self._reset_requested.set()
 
     def _stamp(self, msg: Any, kind: str) -> int | None:
-        """The message's stamp (ns); None for a message to ignore: no valid stamp (rejected) or the
-        stamp of the previous message of this kind (duplicate)."""
+        """The message's stamp (ns); None for a message to ignore: no valid stamp (none, or nanosec
+        not below 1e9: rejected) or the stamp of the previous message of this kind (duplicate)."""
         try:
             stamp = stamp_to_ns(msg.header.stamp)
+            if not 0 <= int(msg.header.stamp.nanosec) < 1_000_000_000:  # not a time; sec, nanosec may
+                raise ValueError(f"nanosec {msg.header.stamp.nanosec} is not below 1e9")  # overflow output
         except (AttributeError, TypeError, ValueError) as error:
             self.diagnostics.count("rejected")
             self.warnings.warn(f"{kind}-stamp",

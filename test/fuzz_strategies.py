@@ -55,18 +55,23 @@ IMAGE_LAYOUTS: dict[str, ImageLayout] = {
 }
 """The colour encodings the node decodes (conversions.COLOUR_ENCODINGS), as sensor_msgs lays them out."""
 
-DEPTH_ENCODINGS = ("16UC1", "32FC1")  # valid messages, but not colour: the image stream rejects them
+DEPTH_LAYOUTS: dict[str, ImageLayout] = {"16UC1": ImageLayout(2, 2), "mono16": ImageLayout(2, 2),
+                                         "32FC1": ImageLayout(4, 4)}
+"""The depth encodings the node decodes (conversions.DEPTH_ENCODINGS): millimetres, or metres as float32."""
+SPECIAL_FLOATS = np.array([np.nan, np.inf, -np.inf, 0.0, -1.5, 1e30, 2.5], dtype=np.float32)
 COMPRESSED_FORMATS = ("jpeg", "png", "rgb8; jpeg compressed bgr8", "bgr8; png compressed rgb8",
                       "mono8; png compressed mono8", "rgb8; jpeg compressed rgb8")
 
 
 @dataclass(frozen=True)
 class Fuzzed:
-    """A generated message and what the node must do with it; `why` says what was generated."""
+    """A generated message and what the node must do with it; `why` says what was generated;
+    `shape`: the (height, width) in px of a good image (what a depth image paired with it needs)."""
 
     msg: Any
     expected: Expected
     why: str
+    shape: tuple[int, int] | None = None
 
 
 def _bytes(seed: int, size: int) -> np.ndarray:
@@ -91,37 +96,71 @@ def _stamp_is_valid(header: Any) -> bool:
     return header.stamp.nanosec < NS_PER_S
 
 
-@st.composite
-def raw_images(draw: st.DrawFn, max_side: int = 48) -> Fuzzed:
-    """sensor_msgs/Image with any encoding (decoded, depth, or made up), size (0 included), step
-    (exact, padded, too small, not a sample multiple), is_bigendian (any uint8) and data (exact,
-    truncated, longer), and a stamp that may be invalid."""
-    header = draw(headers())
-    encoding = draw(st.one_of(st.sampled_from(sorted(IMAGE_LAYOUTS)), st.sampled_from(DEPTH_ENCODINGS),
-                              st.text(max_size=10)))
-    height, width = draw(st.integers(0, max_side)), draw(st.integers(0, max_side))
-    layout = IMAGE_LAYOUTS.get(encoding)
+def _image_message(draw: st.DrawFn, header: Any, encoding: str, layout: ImageLayout | None, height: int,
+                   width: int) -> tuple[Any, list[str]]:
+    """sensor_msgs/Image of this encoding and size with any step (exact, padded, too small, not a
+    sample multiple), is_bigendian (any uint8) and data (exact, truncated, longer; for 32FC1 random
+    bytes, or floats that are NaN, +-inf, 0, negative or huge), and the problems it has by `layout`
+    (None: an encoding the stream does not decode)."""
     row_bytes = width * (layout.pixel_bytes if layout else draw(st.integers(1, 8)))
     step = draw(st.one_of(st.just(row_bytes), st.integers(row_bytes, row_bytes + 16),
                           st.integers(0, 2 * row_bytes + 16)))
     exact = step * height
     size = draw(st.one_of(st.just(exact), st.integers(0, max(exact - 1, 0)), st.integers(exact, exact + 64)))
+    seed = draw(st.integers(0, UINT32_MAX))
+    data = _bytes(seed, size)
+    if encoding == "32FC1" and draw(st.booleans()):
+        floats = np.random.default_rng(seed).choice(SPECIAL_FLOATS, size // 4 + 1).astype("<f4")
+        data = floats.view(np.uint8)[:size].copy()
     msg = TYPES.get("sensor_msgs/msg/Image")(
         header=header, height=height, width=width, encoding=encoding, is_bigendian=draw(st.integers(0, 255)),
-        step=step, data=_bytes(draw(st.integers(0, UINT32_MAX)), size))
-    problems = [why for why, bad in (
-        ("invalid stamp", not _stamp_is_valid(header)),
+        step=step, data=data)
+    return msg, [why for why, bad in (
         ("encoding not decoded", layout is None),
         ("zero size", height == 0 or width == 0),
         ("step too small", layout is not None and step < width * layout.pixel_bytes),
         ("step not a sample multiple", layout is not None and step % layout.sample_bytes != 0),
         ("odd 4:2:2 width", layout is not None and layout.even_width and width % 2 == 1),
         ("truncated", size < exact),
-        ("under 2x2 px", 0 < min(height, width) < MIN_SIDE_PX),
     ) if bad]
+
+
+@st.composite
+def raw_images(draw: st.DrawFn, max_side: int = 48) -> Fuzzed:
+    """sensor_msgs/Image on the image topic: any encoding (decoded, depth, or made up), size (0
+    included), step, endianness and data (`_image_message`), and a stamp that may be invalid."""
+    header = draw(headers())
+    encoding = draw(st.one_of(st.sampled_from(sorted(IMAGE_LAYOUTS)), st.sampled_from(sorted(DEPTH_LAYOUTS)),
+                              st.text(max_size=10)))
+    height, width = draw(st.integers(0, max_side)), draw(st.integers(0, max_side))
+    msg, problems = _image_message(draw, header, encoding, IMAGE_LAYOUTS.get(encoding), height, width)
+    checks = (("invalid stamp", not _stamp_is_valid(header)),
+              ("under 2x2 px", 0 < min(height, width) < MIN_SIDE_PX))
+    problems += [why for why, bad in checks if bad]
     if problems:
         return Fuzzed(msg, "reject", ", ".join(problems))
-    return Fuzzed(msg, "answer", f"{encoding} {width}x{height}, step {step}, {size} bytes")
+    return Fuzzed(msg, "answer", f"{encoding} {width}x{height}, step {msg.step}, {len(msg.data)} bytes")
+
+
+@st.composite
+def depth_images(draw: st.DrawFn, height: int, width: int, max_side: int = 48) -> Fuzzed:
+    """sensor_msgs/Image on the depth topic, to pair with a colour image of `height` x `width` px:
+    any encoding (depth, colour, or made up), that size or another, step, endianness and data
+    (`_image_message`: NaN and inf included); a valid stamp (the test sets it to the image's)."""
+    header = draw(headers(valid_stamp=True))
+    encoding = draw(st.one_of(st.sampled_from(sorted(DEPTH_LAYOUTS)), st.sampled_from(sorted(IMAGE_LAYOUTS)),
+                              st.text(max_size=10)))
+    same = (height, width)
+    depth_height, depth_width = draw(st.one_of(st.just(same), st.just(same),
+                                               st.tuples(st.integers(0, max_side), st.integers(0, max_side)),
+                                               st.sampled_from([(0, width), (height, 0)])))
+    msg, problems = _image_message(draw, header, encoding, DEPTH_LAYOUTS.get(encoding), depth_height,
+                                   depth_width)
+    if not problems and (depth_height, depth_width) != same:
+        problems = ["size mismatch"]
+    if problems:
+        return Fuzzed(msg, "reject", ", ".join(problems))
+    return Fuzzed(msg, "answer", f"{encoding} {depth_width}x{depth_height}, step {msg.step}")
 
 
 def _encoded(seed: int, height: int, width: int, channels: int, depth: type, extension: str) -> np.ndarray:
@@ -179,7 +218,7 @@ def good_images(draw: st.DrawFn, max_side: int = 48) -> Fuzzed:
         msg = TYPES.get("sensor_msgs/msg/CompressedImage")(
             header=header, format=draw(st.sampled_from(COMPRESSED_FORMATS)),
             data=_encoded(seed, height, width, 3, np.uint8, extension))
-        return Fuzzed(msg, "answer", f"intact {extension} {width}x{height}")
+        return Fuzzed(msg, "answer", f"intact {extension} {width}x{height}", (height, width))
     encoding = draw(st.sampled_from(sorted(IMAGE_LAYOUTS)))
     layout = IMAGE_LAYOUTS[encoding]
     width += width % 2 if layout.even_width else 0
@@ -187,7 +226,7 @@ def good_images(draw: st.DrawFn, max_side: int = 48) -> Fuzzed:
     msg = TYPES.get("sensor_msgs/msg/Image")(
         header=header, height=height, width=width, encoding=encoding, is_bigendian=draw(st.integers(0, 1)),
         step=step, data=_bytes(seed, step * height))
-    return Fuzzed(msg, "answer", f"{encoding} {width}x{height}, step {step}")
+    return Fuzzed(msg, "answer", f"{encoding} {width}x{height}, step {step}", (height, width))
 
 
 def reset_messages() -> st.SearchStrategy[Any]:

@@ -1,15 +1,18 @@
-"""Fuzzing node/pipeline.py: 10,000 generated messages (fuzz_strategies.py: Image and CompressedImage
-of any encoding, size, step, endianness and data, stamps out of order or invalid, reset requests)
-through the node's pipeline in this process, with a real Relocalizer on a small checkpoint. After
-every generated message comes a good frame. Properties: nothing raises, no frame fails (every
-exception in processing would be counted as failed), every message the rules call bad is counted as
-rejected (or as a duplicate, when it repeats the previous stamp) and answers nothing, every good
-message is answered with its stamp, and so is the good frame after each of them.
+"""Fuzzing node/pipeline.py: 10,000 generated messages (fuzz_strategies.py) through the node's
+pipeline in this process, with a real Relocalizer on a small checkpoint: 8,000 on the image topic
+(Image and CompressedImage of any encoding, size, step, endianness and data, stamps out of order or
+invalid, reset requests), each followed by a good frame, and 2,000 for an RGB-D node (good images
+paired with generated depth images, NaN and inf included, each pair followed by a good pair).
+Properties: nothing raises, no frame fails (an exception in processing would be counted as failed),
+every message the rules call bad is counted as rejected (or as a duplicate, when it repeats the
+previous stamp) and answers nothing, every good message is answered with its stamp, and so is the
+good frame after each of them. Camera info and TF messages have strategies already and join these
+tests when the node has inputs for them.
 
 Deterministic: hypothesis derandomized (a fixed seed), no database, no deadline; every message's
-pixels come from a drawn seed. 1,250 examples of 8 messages, about 45 s on a busy 2-core machine
-(slow tier). No shrinking: a failure reports the example as generated (each message's `why` says
-what it is) in seconds, where shrinking these examples took minutes.
+pixels come from a drawn seed. About 45 s on a busy 2-core machine (slow tier). No shrinking: a
+failure reports the example as generated (each message's `why` says what it is) in seconds, where
+shrinking these examples took minutes.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fuzz_strategies import (
+    DEPTH_LAYOUTS,
     IMAGE_LAYOUTS,
     INT32,
     NS_PER_S,
     Fuzzed,
     camera_infos,
     compressed_images,
+    depth_images,
     good_images,
     raw_images,
     reset_messages,
@@ -36,17 +42,22 @@ from fuzz_strategies import (
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from node_support import TYPES, make_checkpoint
+from node_support import STAMP0_NS, TYPES, make_checkpoint
 
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer
-from posenet_ros.ros.conversions import COLOUR_ENCODINGS, ns_to_stamp, stamp_to_ns
+from posenet_ros.ros.conversions import COLOUR_ENCODINGS, DEPTH_ENCODINGS, depth_msg, ns_to_stamp, stamp_to_ns
 from posenet_ros.runtime.relocalizer import Relocalizer
 
-MESSAGES = 10_000
+MESSAGES = 8_000  # on the image topic (and reset), and 2,000 in DEPTH_MESSAGES: 10,000 in all
+DEPTH_MESSAGES = 2_000
 PAIRS_PER_EXAMPLE = 4  # (generated message, good frame) pairs: 8 messages an example
-FUZZ = settings(max_examples=MESSAGES // (2 * PAIRS_PER_EXAMPLE), derandomize=True, database=None,
-                deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=[Phase.generate])
+DEPTH_CASES_PER_EXAMPLE = 2  # (image, generated depth, good image, good depth): 8 messages an example
+
+
+def fuzz_settings(examples: int) -> settings:
+    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow], phases=[Phase.generate])
 LAST_NS = INT32[1] * NS_PER_S + NS_PER_S - 1  # the latest stamp builtin_interfaces/Time can hold
 
 
@@ -64,25 +75,46 @@ class Log:
 
 
 @pytest.fixture(scope="module")
-def relocalizer(tmp_path_factory) -> Iterator[Relocalizer]:
-    """One Relocalizer for every example (reset before each): the node's, with the checkpoint's
-    8 Monte-Carlo samples, so MC dropout is seeded by every stamp the fuzzer makes. One torch thread:
-    the frames are tiny, and two threads on a busy 2-core machine ran 20x slower."""
-    path = make_checkpoint(Path(tmp_path_factory.mktemp("fuzz")) / "model.safetensors")
+def one_thread() -> Iterator[None]:
+    """One torch thread: the frames are tiny, and two threads on a busy 2-core machine ran 20x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield build_relocalizer(NodeSettings(model=str(path), device="cpu", reset_gap=0.5))
+    yield
     torch.set_num_threads(threads)
+
+
+def _relocalizer(folder: Path, depth: str, use_depth: bool) -> Relocalizer:
+    """The node's Relocalizer on a small checkpoint (RGB, or RGB-D with `depth`), with its 8
+    Monte-Carlo samples, so MC dropout is seeded by every stamp the fuzzer makes."""
+    path = make_checkpoint(folder / "model.safetensors", depth=depth)
+    return build_relocalizer(NodeSettings(model=str(path), device="cpu", use_depth=use_depth))
+
+
+@pytest.fixture(scope="module")
+def relocalizer(tmp_path_factory, one_thread) -> Relocalizer:
+    """One RGB Relocalizer for every example (reset before each)."""
+    return _relocalizer(tmp_path_factory.mktemp("fuzz"), "none", False)
+
+
+@pytest.fixture(scope="module")
+def rgbd_relocalizer(tmp_path_factory, one_thread) -> Relocalizer:
+    """One RGB-D (dual-stream) Relocalizer for every example (reset before each)."""
+    return _relocalizer(tmp_path_factory.mktemp("fuzz_rgbd"), "dual_stream", True)
+
+
+def _stamped(msg: Any, stamp_ns: int) -> Any:
+    """`msg` with the header stamp `stamp_ns`."""
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    header = TYPES.get("std_msgs/msg/Header")(stamp=TYPES.get("builtin_interfaces/msg/Time")(
+        sec=sec, nanosec=nanosec), frame_id="camera")
+    return dataclasses.replace(msg, header=header)
 
 
 def _good_frame(good: Fuzzed, after_ns: int, offset_ns: int) -> tuple[object, int]:
     """The good frame stamped `offset_ns` after `after_ns` (before it, where that would pass the last
     representable time: a stamp going back, which the node answers after a stream reset)."""
     stamp_ns = after_ns + offset_ns if after_ns + offset_ns <= LAST_NS else after_ns - offset_ns
-    sec, nanosec = ns_to_stamp(stamp_ns)
-    header = TYPES.get("std_msgs/msg/Header")(stamp=TYPES.get("builtin_interfaces/msg/Time")(
-        sec=sec, nanosec=nanosec), frame_id="camera")
-    return dataclasses.replace(good.msg, header=header), stamp_ns
+    return _stamped(good.msg, stamp_ns), stamp_ns
 
 
 RAW_PROBLEMS = ("invalid stamp", "encoding not decoded", "zero size", "step too small",
@@ -124,7 +156,7 @@ def test_every_bad_message_is_rejected_and_every_good_frame_answered(relocalizer
     raw_problems: set[str] = set()
     damages: set[str] = set()
 
-    @FUZZ
+    @fuzz_settings(MESSAGES // (2 * PAIRS_PER_EXAMPLE))
     @given(pairs)
     def run(pairs: list[tuple[Any, Fuzzed, int]]) -> None:
         relocalizer.reset()
@@ -169,9 +201,65 @@ def test_every_bad_message_is_rejected_and_every_good_frame_answered(relocalizer
                for outcome in ("processed", "rejected"))
 
 
+def _with_depth(image: Fuzzed) -> st.SearchStrategy[tuple[Fuzzed, Fuzzed]]:
+    return depth_images(*image.shape).map(lambda depth: (image, depth))
+
+
+depth_cases = st.lists(st.tuples(good_images().flatmap(_with_depth), good_images(), st.integers(1, NS_PER_S)),
+                       min_size=DEPTH_CASES_PER_EXAMPLE, max_size=DEPTH_CASES_PER_EXAMPLE)
+
+
+@pytest.mark.slow
+def test_every_bad_depth_image_is_rejected_and_every_good_pair_answered(rgbd_relocalizer):
+    """An RGB-D node (use_depth): a good image paired by stamp with a generated depth image (any
+    encoding, size, step, endianness and data, NaN and inf included) is answered when the depth
+    decodes and has the image's size, else rejected; the good pair after it is answered."""
+    fed: Counter[str] = Counter()
+    depth_problems: set[str] = set()
+
+    @fuzz_settings(DEPTH_MESSAGES // (4 * DEPTH_CASES_PER_EXAMPLE))
+    @given(depth_cases)
+    def run(cases: list[tuple[tuple[Fuzzed, Fuzzed], Fuzzed, int]]) -> None:
+        rgbd_relocalizer.reset()
+        node_settings = NodeSettings(model=str(rgbd_relocalizer.model_path), device="cpu", use_depth=True)
+        pipeline = RelocalizationPipeline(node_settings, rgbd_relocalizer, TYPES, lambda name, msg: None,
+                                          Log())
+        counts = pipeline.diagnostics.counts
+        stamp_ns = STAMP0_NS
+        for (image, depth), good, offset_ns in cases:
+            for frame, depth_msg_, expected in ((image.msg, depth.msg, depth.expected),
+                                                (good.msg, _good_depth(good), "answer")):
+                stamp_ns += offset_ns
+                before = dict(counts)
+                pipeline.on_image(_stamped(frame, stamp_ns))
+                pipeline.on_depth(_stamped(depth_msg_, stamp_ns))
+                estimate = pipeline.process_next(timeout=0)
+                (outcome,) = {name for name in counts if counts[name] != before[name]} - {"received"}
+                assert outcome == {"answer": "processed", "reject": "rejected"}[expected], depth.why
+                assert (estimate is not None) == (outcome == "processed"), depth.why
+                assert estimate is None or estimate.stamp_ns == stamp_ns
+                fed[outcome] += 2
+            depth_problems.add(depth.why)
+        assert counts["failed"] == counts["dropped"] == counts["unpaired"] == 0
+
+    run()
+    print("\nfuzzed depth:", dict(sorted(fed.items())))
+    assert sum(fed.values()) == DEPTH_MESSAGES
+    problems = {problem for why in depth_problems for problem in why.split(", ")}
+    missing = {"encoding not decoded", "zero size", "step too small", "truncated", "size mismatch"} - problems
+    assert not missing
+    assert any(why.startswith("32FC1") for why in depth_problems)  # decoded floats, NaN and inf among them
+
+
+def _good_depth(image: Fuzzed) -> Any:
+    """A 32FC1 depth image of the good colour image's size, 2 m everywhere."""
+    return depth_msg(TYPES, np.full(image.shape, 2.0), 0, "camera", "32FC1")
+
+
 @settings(max_examples=60, derandomize=True, database=None, deadline=None)
 @given(st.one_of(raw_images().map(lambda f: f.msg), compressed_images().map(lambda f: f.msg),
-                 good_images().map(lambda f: f.msg), reset_messages(), camera_infos(), tf_messages()))
+                 good_images().map(lambda f: f.msg), depth_images(4, 6).map(lambda f: f.msg),
+                 reset_messages(), camera_infos(), tf_messages()))
 def test_every_generated_message_is_a_well_formed_message_of_its_type(message):
     """What the fuzzer sends could arrive on the wire: each message serialises as CDR by its
     ROS 2 Humble definition and reads back to the same bytes (camera info and TF are fed to the
@@ -184,5 +272,6 @@ def test_every_generated_message_is_a_well_formed_message_of_its_type(message):
 
 def test_the_image_rules_of_the_strategies_are_the_nodes_encodings():
     assert sorted(IMAGE_LAYOUTS) == sorted(COLOUR_ENCODINGS)
+    assert sorted(DEPTH_LAYOUTS) == sorted(DEPTH_ENCODINGS)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_TOPIC",
     "POSE_TOPIC",
     "STORAGES",
+    "TF_STATIC_TOPIC",
     "TF_TOPIC",
     "TOPIC_TYPES",
 ]
@@ -39,6 +40,7 @@ DEPTH_TOPIC = "/camera/depth/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 POSE_TOPIC = "/ground_truth/pose"
 TF_TOPIC = "/tf"
+TF_STATIC_TOPIC = "/tf_static"
 
 TOPIC_TYPES: dict[str, str] = {
     CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
@@ -47,6 +49,7 @@ TOPIC_TYPES: dict[str, str] = {
     DEPTH_TOPIC: "sensor_msgs/msg/Image",
     POSE_TOPIC: "geometry_msgs/msg/PoseStamped",
     TF_TOPIC: "tf2_msgs/msg/TFMessage",
+    TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
 }
 """ROS 2 type of every topic a bag may hold (the order in which each frame's messages are written)."""
 

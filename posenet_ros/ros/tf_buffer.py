@@ -115,6 +115,11 @@ class TransformBuffer:
                 del link.stamps_ns[:first], link.positions[:first], link.quats[:first]
             self._changed.notify_all()
 
+    def frames(self) -> set[str]:
+        """Every frame named by a transform so far (parents and children)."""
+        with self._changed:
+            return set(self._links) | {link.parent for link in self._links.values()}
+
     def lookup(self, target_frame: str, source_frame: str, stamp_ns: int,
                timeout_s: float = 0.0) -> np.ndarray:
         """target_from_source (4x4 float64, metres) at `stamp_ns`, waiting up to `timeout_s` seconds for

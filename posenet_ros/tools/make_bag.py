@@ -194,7 +194,13 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, ela
     rgb = read_frame_rgb(record.image_path)
     height, width = rgb.shape[:2]
     pose = pose_vector(record.world_from_cam)
-    messages: dict[str, object] = {}
+    world_from_base = record.world_from_cam @ np.linalg.inv(BASE_FROM_CAMERA)
+    odom_from_base = np.linalg.inv(map_from_odom(elapsed_s)) @ world_from_base
+    odometry = transform_stamped(types, stamp_ns, frames["odom_frame"], frames["base_frame"],
+                                 *position_quat_from_pose(odom_from_base))
+    ground_truth = transform_stamped(types, stamp_ns, map_frame, f"{camera_frame}_ground_truth",
+                                     pose[:3], pose[3:])
+    messages: dict[str, object] = {TF_TOPIC: tf_message(types, [odometry, ground_truth])}
     if CAMERA_INFO_TOPIC in topics:
         intrinsics = record.intrinsics
         assert intrinsics is not None  # _topics_to_write checked it
@@ -213,13 +219,6 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, ela
         depth = read_frame_depth(record.depth_path, record.depth_unit_m)
         messages[DEPTH_TOPIC] = depth_msg(types, depth, stamp_ns, camera_frame, encoding="16UC1")
     messages[POSE_TOPIC] = pose_stamped(types, stamp_ns, map_frame, pose[:3], pose[3:])
-    world_from_base = record.world_from_cam @ np.linalg.inv(BASE_FROM_CAMERA)
-    odom_from_base = np.linalg.inv(map_from_odom(elapsed_s)) @ world_from_base
-    odometry = transform_stamped(types, stamp_ns, frames["odom_frame"], frames["base_frame"],
-                                 *position_quat_from_pose(odom_from_base))
-    ground_truth = transform_stamped(types, stamp_ns, map_frame, f"{camera_frame}_ground_truth",
-                                     pose[:3], pose[3:])
-    messages[TF_TOPIC] = tf_message(types, [odometry, ground_truth])
     return messages
 
 

@@ -36,8 +36,8 @@ from posenet_ros.tools.make_bag import BASE_FROM_CAMERA, make_bag, map_from_odom
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3
 SPLITS = ("train", "test")  # two train sequences and one test sequence: 9 frames
-PER_FRAME_TOPICS = [CAMERA_INFO_TOPIC, IMAGE_TOPIC, DEPTH_TOPIC, POSE_TOPIC, TF_TOPIC]
-ALL_TOPICS = [*PER_FRAME_TOPICS, TF_STATIC_TOPIC]  # /tf_static: one message
+PER_FRAME_TOPICS = [TF_TOPIC, CAMERA_INFO_TOPIC, IMAGE_TOPIC, DEPTH_TOPIC, POSE_TOPIC]
+ALL_TOPICS = [TF_STATIC_TOPIC, *PER_FRAME_TOPICS]  # /tf_static: one message
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_compressed_images(scene: Path, tmp_path: Path, image_format: str):
 def test_depth_and_camera_info_follow_the_records(scene: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch):
     no_depth = make_bag(scene, tmp_path / "no_depth", with_depth=False, storage="sqlite3", progress=False)
-    assert list(no_depth.topics) == [CAMERA_INFO_TOPIC, IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC, TF_STATIC_TOPIC]
+    assert list(no_depth.topics) == [TF_STATIC_TOPIC, TF_TOPIC, CAMERA_INFO_TOPIC, IMAGE_TOPIC, POSE_TOPIC]
 
     # Records as the Cambridge layout gives them: no depth, no intrinsics.
     def bare_frames(root, split):
@@ -203,7 +203,7 @@ def test_depth_and_camera_info_follow_the_records(scene: Path, tmp_path: Path,
 
     monkeypatch.setattr(make_bag_module, "load_frames", bare_frames)
     bare = make_bag(scene, tmp_path / "bare", progress=False)
-    assert list(bare.topics) == [IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC, TF_STATIC_TOPIC]
+    assert list(bare.topics) == [TF_STATIC_TOPIC, TF_TOPIC, IMAGE_TOPIC, POSE_TOPIC]
     assert sorted(_read_bag(bare.path)) == sorted(bare.topics)
     with pytest.raises(ValueError, match="with_depth=True but 3 of 3 frames have no depth"):
         make_bag(scene, tmp_path / "wants_depth", with_depth=True, progress=False)

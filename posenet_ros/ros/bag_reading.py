@@ -186,8 +186,10 @@ def read_transforms(reader: Any, path: str | Path) -> TransformBuffer:
     empty frame name) is a ValueError naming the bag."""
     topics = bag_topics(reader)
     buffer = TransformBuffer(cache_time_s=None)
-    for connection, _, msg in read_messages(reader, path, [t for t in (TF_TOPIC, TF_STATIC_TOPIC)
-                                                           if topics.get(t) == TF]):
+    tf_topics = [t for t in (TF_TOPIC, TF_STATIC_TOPIC) if topics.get(t) == TF]
+    if not tf_topics:
+        return buffer  # (read_messages of no topic would read every topic)
+    for connection, _, msg in read_messages(reader, path, tf_topics):
         try:
             buffer.add_message(msg, static=connection.topic == TF_STATIC_TOPIC)
         except ValueError as error:

@@ -181,7 +181,8 @@ def test_a_bag_without_transforms_replays_the_camera_pose(trained, caplog):
     assert "has no transform of base_frame 'base_link'" in caplog.text
     published = _output_poses(out)
     for stamp, map_from_camera in published["/relocalized_pose"].items():
-        np.testing.assert_array_equal(map_from_camera, published["/relocalization/camera_pose"][stamp])
+        np.testing.assert_allclose(map_from_camera, published["/relocalization/camera_pose"][stamp],
+                                   atol=1e-12)
     reference = trained["root"] / "replay_det"
     if not reference.exists():
         _replay(trained, trained["bag"], reference, "--mc-samples", "0")

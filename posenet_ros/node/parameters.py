@@ -80,8 +80,8 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_tf", False, "Publish the transform tf_mode names on /tf"),
     ParameterSpec("tf_mode", "map_odom",
                   "map_odom: map_frame -> odom_frame from the estimate and odometry (REP-105, needs "
-                  "base_frame); map_camera: map_frame -> camera frame (set-ups without odometry, where "
-                  "nothing else parents the camera frame)", choices=("map_odom", "map_camera")),
+                  "base_frame); map_camera: map_frame -> camera frame (a camera without a robot: needs "
+                  "base_frame empty)", choices=("map_odom", "map_camera")),
     ParameterSpec("transform_tolerance", 1.0,
                   "Seconds the map -> odom transform is post-dated past its image stamp, as AMCL does",
                   minimum=0.0, maximum=10.0),
@@ -156,8 +156,12 @@ class NodeSettings:
         if settings.publish_tf and settings.tf_mode == "map_odom" and not (settings.base_frame
                                                                            and settings.odom_frame):
             raise ValueError("publish_tf with tf_mode 'map_odom' needs base_frame and odom_frame (the map "
-                             "-> odom transform comes from the base pose); without odometry set tf_mode "
-                             "to 'map_camera'")
+                             "-> odom transform comes from the base pose); for a camera without a robot "
+                             "set tf_mode to 'map_camera'")
+        if settings.publish_tf and settings.tf_mode == "map_camera" and settings.base_frame:
+            raise ValueError(f"publish_tf with tf_mode 'map_camera' would give the camera frame a second "
+                             f"parent ({settings.map_frame}, besides {settings.base_frame}): set base_frame "
+                             "to '' (a camera without a robot) or tf_mode to 'map_odom'")
         return settings
 
     def values(self) -> dict[str, Any]:

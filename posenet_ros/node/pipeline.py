@@ -529,7 +529,7 @@ class RelocalizationPipeline:
         except TransformUnavailable as error:
             self.diagnostics.count("no_transform")
             self.warnings.warn("no_transform", f"dropped frame {_seconds(frame.stamp_ns)}: {error}"
-                               + (" (base_frame '': publish the camera's pose without TF)"
+                               + (" (a camera without a robot: base_frame '' publishes its pose, no TF)"
                                   if self.settings.base_frame else ""))
             return None
         try:

@@ -16,9 +16,10 @@ and from the Relocalizer's world_from_cam (map_from_camera):
                                                                  (post-dated as AMCL does)
 
 so that map_from_odom · odom_from_base(t) · base_from_camera(t) = map_from_camera exactly. tf_mode
-map_camera publishes map -> camera frame at t instead (set-ups without odometry, where nothing else
-parents the camera frame). A transform that is missing, or not yet known at t, raises
-`TransformUnavailable` naming the link; the pipeline drops the frame and counts it.
+map_camera publishes map -> camera frame at t instead (a camera without a robot: base_frame empty, so
+that nothing else parents the camera frame; parameters.py refuses it with a base_frame). A transform
+that is missing, or not yet known at t, raises `TransformUnavailable` naming the link; the pipeline
+drops the frame and counts it.
 """
 
 from __future__ import annotations

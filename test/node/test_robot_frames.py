@@ -92,7 +92,7 @@ def test_a_missing_or_stale_transform_drops_the_frame_counts_and_names_the_link(
     assert pipeline.diagnostics.counts["no_transform"] == 2 and not outputs(sent, "pose")
     (warning,) = [line for level, line in log.lines if level == "warning"]  # throttled: one warning
     assert "dropped frame" in warning and "camera_optical" in warning and "base_link" in warning
-    assert "base_frame '': publish the camera's pose without TF" in warning
+    assert "a camera without a robot: base_frame '' publishes its pose, no TF" in warning
     # The extrinsic arrives and odometry up to frame 2; frame 2 is answered, frame 3 is newer than
     # the odometry (stale) and dropped; the relocalizer never saw the dropped frames.
     pipeline.on_tf_static(tf_message(TYPES, [tf("base_link", "camera_optical", 0, BASE_FROM_CAMERA)]))
@@ -135,5 +135,8 @@ def test_tf_topics_are_subscribed_when_needed_and_map_odom_needs_a_base_frame():
     assert (topics["tf_static"].name, topics["tf_static"].qos) == ("/tf_static", "transient_local")
     with pytest.raises(ValueError, match="tf_mode 'map_odom' needs base_frame and odom_frame"):
         NodeSettings.from_values({"model": "m", "publish_tf": True, "base_frame": ""})
+    with pytest.raises(ValueError, match=r"tf_mode 'map_camera' would give the camera frame a second parent "
+                                         r"\(map, besides base_link\)"):
+        NodeSettings.from_values({"model": "m", "publish_tf": True, "tf_mode": "map_camera"})
     with pytest.raises(ValueError, match="'tf_mode' must be one of map_odom, map_camera"):
         NodeSettings.from_values({"model": "m", "tf_mode": "odom"})

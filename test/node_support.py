@@ -21,6 +21,19 @@ STAMP0_NS = 1_700_000_000_000_000_000  # 2023-11-14, a realistic ROS time
 PERIOD_NS = 100_000_000  # 10 Hz
 
 
+class ListLog:
+    """A NodeLog that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+
 def make_checkpoint(path: Path, backbone: str = "resnet_tiny", resize: int = 24, crop: int = 24,
                     mc_samples: int = 8, depth: str = "none") -> Path:
     """An untrained but calibrated checkpoint (fixed seed) with 5 map poses; `depth` "dual_stream" or

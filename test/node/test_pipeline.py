@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from node_support import TYPES, image, make_checkpoint, random_temporal, rgb_frame, stamp
+from node_support import TYPES, ListLog, image, make_checkpoint, random_temporal, rgb_frame, stamp
 
 from posenet_ros.evaluation.replay import RECORDED_OUTPUTS
 from posenet_ros.inference.temporal import TemporalCalibration
@@ -37,19 +37,6 @@ from posenet_ros.ros.conversions import (
 )
 from posenet_ros.runtime.checkpoint import load_model, store_temporal
 from posenet_ros.runtime.relocalizer import Relocalizer
-
-
-class ListLog:
-    """A NodeLog that keeps its lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", message))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", message))
 
 
 class Clock:

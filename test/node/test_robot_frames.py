@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node_support import BASE_FROM_CAMERA, TYPES, image, make_checkpoint, odom_from_base, rgb_frame, stamp
+from node_support import (
+    BASE_FROM_CAMERA,
+    TYPES,
+    ListLog,
+    image,
+    make_checkpoint,
+    odom_from_base,
+    rgb_frame,
+    stamp,
+)
 from node_support import transform as tf
 
 from posenet_ros.core.covariance_transport import transport_covariance
@@ -16,17 +25,6 @@ from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer, input_topics
 from posenet_ros.ros.conversions import covariance_from_msg, pose_from_msg, stamp_to_ns, tf_message
 from posenet_ros.runtime.relocalizer import Relocalizer
-
-
-class ListLog:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", message))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", message))
 
 
 @pytest.fixture(scope="module")

@@ -76,9 +76,10 @@ class Process:
 
 
 def start_node(model: Path, domain: int, *params: str) -> Process:
-    """`posenet-ros node` on the CPU with config/relocalize.yaml and `params`, once it says it is ready."""
+    """`posenet-ros node` on the CPU with config/relocalize.yaml and `params`, once it says it is ready;
+    base_frame "" (the camera's pose, no TF) unless `params` set it."""
     node = Process(["node", "--model", str(model), "--params", str(PARAMS), "--param", "device:=cpu",
-                    *params], domain)
+                    "--param", "base_frame:=", *params], domain)
     node.wait_for_line("node: ready")
     return node
 

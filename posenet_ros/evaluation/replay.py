@@ -5,8 +5,8 @@ message conversions, Relocalizer, stream resets and loop-closure hysteresis), st
 so that nothing is dropped, as fast as the machine allows. With `live=True` the bag is instead played
 over DDS, in lock-step, to a node that is already running (`posenet-ros node` or
 `ros2 launch posenet_ros relocalize.launch.py`), and its answers are recorded: an end-to-end check of
-a deployment. Either way the estimates are associated with the bag's ground truth by stamp
-(`ros/bag_reading.py`) and DIR receives:
+a deployment. Either way the camera estimates (the node's relocalization/camera_pose) are associated
+with the bag's ground truth of the camera by stamp (`ros/bag_reading.py`) and DIR receives:
 
     metrics.json     median errors, threshold accuracies, NEES and σ coverage, loop-closure precision
                      and recall, latency, frames dropped / rejected / failed, throughput
@@ -14,6 +14,14 @@ a deployment. Either way the estimates are associated with the bag's ground trut
     output_bag/      a rosbag2 of the node's outputs (/relocalized_pose, ...; with a scene-coordinate
                      model also /relocalization/scene_points) for other tools
     report/          index.html with the plots of `report.py`
+
+Frames (REP-105): in-process, every /tf and /tf_static transform of the bag is loaded first
+(`read_transforms`) and the pipeline looks the robot's links up in it at each image's stamp, so
+/relocalized_pose in the output bag is the pose of base_frame (and /tf, with publish_tf, map -> odom).
+A bag without transforms of base_frame (made before make-bag wrote a robot, or of a hand-held camera)
+is replayed with base_frame '' (the camera's pose), with a warning. Live, the bag's /tf and /tf_static
+are played to the node along with the images when `settings` (the running node's parameters) need
+transforms.
 
 Frames count as "in the map" (for the loop-closure precision / recall) when their ground-truth pose
 is within `in_map_radius_m` and `in_map_angle_deg` of a training camera pose of the checkpoint.
@@ -37,7 +45,8 @@ import numpy as np
 import torch
 
 from posenet_ros.core.atomic_io import atomic_write_text
-from posenet_ros.core.geometry import angular_error_deg
+from posenet_ros.core.covariance_transport import transport_covariance
+from posenet_ros.core.geometry import angular_error_deg, pose_from_position_quat, position_quat_from_pose
 from posenet_ros.core.progress import progress_bar
 from posenet_ros.evaluation.report import ReportFrames, write_report
 from posenet_ros.inference.calibration import pose_error_vectors, uncertainty_metrics
@@ -51,13 +60,16 @@ from posenet_ros.inference.metrics import (
 from posenet_ros.inference.temporal import smooth_sequence, temporal_jitter
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import OUTPUTS, NodeDiagnostics, RelocalizationPipeline, build_relocalizer
+from posenet_ros.node.robot_frames import needs_transforms
 from posenet_ros.ros.bag_reading import (
     DEFAULT_MAX_GAP_S,
     BagStreams,
     Trajectory,
+    bag_topics,
     check_overlap,
     open_bag,
     read_trajectory,
+    read_transforms,
     select_streams,
     stream_messages,
 )
@@ -69,15 +81,18 @@ from posenet_ros.ros.conversions import (
     pose_from_msg,
     pose_with_covariance_stamped,
     stamp_to_ns,
+    tf_message,
+    transform_stamped,
 )
 from posenet_ros.ros.dds import DdsNode
 from posenet_ros.ros.dds_types import from_dds
+from posenet_ros.ros.tf_buffer import TransformBuffer
 from posenet_ros.runtime.checkpoint import load_model
 from posenet_ros.tools.play import play
 
 logger = logging.getLogger(__name__)
 
-RECORDED_OUTPUTS = ("pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses")
+RECORDED_OUTPUTS = ("pose", "camera_pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses")
 
 
 @dataclass
@@ -115,12 +130,14 @@ def _topic_name(name: str) -> str:
 
 
 def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams, *,
-                   offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1) -> ReplayRun:
+                   offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1,
+                   transforms: TransformBuffer | None = None) -> ReplayRun:
     """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early.
     `offline_smoothing`: run per frame, then replace the poses of each stretch of the stream (split
     where the node would reset) by the checkpoint's bidirectional temporal model. `batch_size` > 1:
     the network takes that many frames at once (`RelocalizationPipeline.process_batch`: the same poses,
-    more frames/s on a GPU); each frame's latency is then its share of its batch's time."""
+    more frames/s on a GPU); each frame's latency is then its share of its batch's time. `transforms`:
+    the bag's TF (`read_transforms`), where the pipeline looks the robot's links up."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if offline_smoothing:
@@ -142,7 +159,8 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
                 last_stamp[0] = stamp_to_ns(msg.header.stamp)
             run.messages.append((_topic_name(topic.name), topic.type_name, last_stamp[0], msg))
 
-    pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None)
+    pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None,
+                                      transforms=transforms)
     pipeline.publish_map_poses()
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
@@ -184,10 +202,16 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
 def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.Tensor, torch.Tensor,
                     torch.Tensor]], settings: NodeSettings) -> None:
     """Replace the answers' poses, covariances and uncertainties (and the published messages) by the
-    bidirectional temporal model's, stretch by stretch (split at stamp gaps over reset_gap)."""
+    bidirectional temporal model's, stretch by stretch (split at stamp gaps over reset_gap).
+
+    A frame's published base pose and map -> odom transform were the camera pose times fixed factors
+    (camera_from_base, odom links): they move with the camera, left-multiplied by new · old⁻¹, and the
+    base covariance is the smoothed camera covariance carried to the base (as the node does)."""
     stamps = np.array([answer.stamp_ns for answer in run.answers], np.int64)
     breaks = np.flatnonzero((np.diff(stamps) > settings.reset_gap * 1e9) | (np.diff(stamps) < 0)) + 1
     types = RosbagsTypes()
+    topics = {_topic_name(OUTPUTS[name].name): name for name in ("pose", "camera_pose", "uncertainty", "tf")}
+    published = {(topics[topic], stamp): msg for topic, _, stamp, msg in run.messages if topic in topics}
     replaced: dict[tuple[str, int], Any] = {}
     for members in np.split(np.arange(len(stamps)), breaks):
         if not len(members):
@@ -196,24 +220,38 @@ def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.T
         smoothed = smooth_sequence(relocalizer.temporal, relocalizer.model, relocalizer.temporal_calibration,
                                    features, position_norm, quat, "offline")
         for row, i in enumerate(members):
-            answer = run.answers[i]
+            answer, stamp = run.answers[i], run.answers[i].stamp_ns
+            old_map_from_camera = pose_from_position_quat(answer.position_3, answer.quat_wxyz_4)
             answer.position_3, answer.quat_wxyz_4 = smoothed.position_T3[row], smoothed.quat_T4[row]
             answer.covariance_66 = smoothed.covariance_T66[row]
             answer.uncertainty_m = float(np.sqrt(max(np.trace(answer.covariance_66[:3, :3]), 0.0)))
-            replaced["pose", answer.stamp_ns] = pose_with_covariance_stamped(
-                types, answer.stamp_ns, settings.map_frame, answer.position_3, answer.quat_wxyz_4,
-                answer.covariance_66)
-            replaced["uncertainty", answer.stamp_ns] = float64_msg(types, answer.uncertainty_m)
-    topics = {_topic_name(OUTPUTS[name].name): name for name in ("pose", "uncertainty")}
+            map_from_camera = pose_from_position_quat(answer.position_3, answer.quat_wxyz_4)
+            correction = map_from_camera @ np.linalg.inv(old_map_from_camera)
+            replaced["camera_pose", stamp] = pose_with_covariance_stamped(
+                types, stamp, settings.map_frame, answer.position_3, answer.quat_wxyz_4, answer.covariance_66)
+            if ("pose", stamp) in published:
+                old_map_from_frame = pose_from_position_quat(*pose_from_msg(published["pose", stamp]))
+                camera_from_frame = np.linalg.inv(old_map_from_camera) @ old_map_from_frame
+                position, quat = position_quat_from_pose(correction @ old_map_from_frame)
+                replaced["pose", stamp] = pose_with_covariance_stamped(
+                    types, stamp, settings.map_frame, position, quat,
+                    transport_covariance(answer.covariance_66, map_from_camera, camera_from_frame))
+            if ("tf", stamp) in published:  # map -> odom or map -> camera: moves with the camera
+                replaced["tf", stamp] = tf_message(types, [transform_stamped(
+                    types, stamp_to_ns(t.header.stamp), t.header.frame_id, t.child_frame_id,
+                    *position_quat_from_pose(correction @ pose_from_position_quat(*pose_from_msg(t))))
+                    for t in published["tf", stamp].transforms])
+            replaced["uncertainty", stamp] = float64_msg(types, answer.uncertainty_m)
     run.messages = [(topic, type_name, stamp, replaced.get((topics.get(topic, ""), stamp), msg))
                     for topic, type_name, stamp, msg in run.messages]
 
 
 def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", domain_id: int | None = None,
              config: str | None = None, wait_timeout: float = 30.0, step_timeout: float = 30.0,
-             progress: bool = True) -> ReplayRun:
-    """Play the camera topics of `bag` over DDS in lock-step with a running node's /relocalized_pose
-    and record its outputs (pose, loop-closure flag, uncertainty, diagnostics)."""
+             progress: bool = True, transform_topics: Sequence[str] = ()) -> ReplayRun:
+    """Play the camera topics of `bag` (and `transform_topics`, e.g. /tf and /tf_static) over DDS in
+    lock-step with a running node's camera pose and record its outputs (camera and published pose,
+    loop-closure flag, uncertainty, diagnostics); the answers are the camera poses."""
 
     run = ReplayRun(runtime="live")
     lock = threading.Lock()
@@ -245,7 +283,8 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
     start = time.perf_counter()
     with DdsNode("posenet_ros_replay", domain_id=domain_id, config=config) as node:
-        sinks = {"pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),
+        sinks = {"camera_pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),
+                 "pose": lambda msg: None,  # recorded into the output bag only
                  "loop_closure": lambda msg: flags.append(bool(msg.data)),
                  "uncertainty": lambda msg: sigmas.append(float(msg.data)),
                  "scene_points": lambda msg: None,  # recorded into the output bag only
@@ -258,13 +297,13 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
                 record(name, sink) if name != "diagnostics" else
                 lambda sample, s=sink, t=topic: s(from_dds(sample, t.type_name)))
         # The recorder must hear the node's first answers: wait until the node's publishers match.
-        for name in ("pose", "loop_closure", "uncertainty"):
+        for name in ("camera_pose", "loop_closure", "uncertainty"):
             if not subscriptions[name].wait_for_publishers(1, wait_timeout):
                 raise ValueError(f"no node publishes {subscriptions[name].topic} within {wait_timeout:g} s: "
                                  "start the relocalization node on the same DDS domain first")
         try:
-            play(bag, rate=0.0, topics=topics, domain_id=domain_id, wait_subscribers=1,
-                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["pose"].name),
+            play(bag, rate=0.0, topics=[*topics, *transform_topics], domain_id=domain_id, wait_subscribers=1,
+                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["camera_pose"].name),
                  step_timeout=step_timeout, config=config)
             # The last frame's flag and uncertainty may trail its pose, and the node's counts come with
             # its next /diagnostics message (every diagnostics_period, 1 s by default).
@@ -447,19 +486,28 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag, image_topic, depth_topic, settings.use_depth)
         trajectory = read_trajectory(reader, bag, gt_topic, gt_tf)
+        transforms = read_transforms(reader, bag)
+        transform_topics = [t for t in ("/tf", "/tf_static") if t in bag_topics(reader)]
         image_stamps = np.array([stamp_to_ns(msg.header.stamp) for kind, msg in
                                  stream_messages(reader, bag, dataclasses.replace(streams, depth_topic=None))
                                  if kind == "image"], np.int64)
     _, _, with_truth = trajectory.at(image_stamps, max_gap_s)
     check_overlap(trajectory, image_stamps, with_truth, bag, streams.image_topic)
     settings = dataclasses.replace(settings, image_topic=streams.image_topic,
-                                   depth_topic=streams.depth_topic or settings.depth_topic)
+                                   depth_topic=streams.depth_topic or settings.depth_topic,
+                                   transform_timeout=0.0)  # every transform of the bag is loaded first
+    if settings.base_frame and settings.base_frame not in transforms.frames():
+        logger.warning("bag %s has no transform of base_frame %r: replaying with base_frame '' (the camera's "
+                       "pose on /relocalized_pose)", bag, settings.base_frame)
+        settings = dataclasses.replace(settings, base_frame="",
+                                       publish_tf=settings.publish_tf and settings.tf_mode == "map_camera")
     if live:
+        played_transforms = transform_topics if needs_transforms(settings) else []
         run = run_live(bag, streams, namespace=namespace, domain_id=domain_id, config=dds_config,
-                       progress=progress)
+                       progress=progress, transform_topics=played_transforms)
     else:
         run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress,
-                             batch_size=batch_size)
+                             batch_size=batch_size, transforms=transforms)
     if not run.answers:
         raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
                          + (" (interrupted)" if run.interrupted else ""))

@@ -7,7 +7,9 @@ It reads the same parameters file as the rclpy node (`relocalize_node: ros__para
 the same `RelocalizationPipeline` (pipeline.py) over `dds.DdsNode`, so its topics, QoS, stamps and
 messages are those of `ros2 run posenet_ros relocalize_node`; ROS 2 nodes on the same domain
 subscribe to them as usual. The TF output goes to /tf as a tf2_msgs/TFMessage, as a
-TransformBroadcaster sends it.
+TransformBroadcaster sends it. When the node needs transforms (base_frame set, or map -> odom) it
+subscribes to /tf and /tf_static (transient local, as tf2's listener) into the pipeline's
+`TransformBuffer` (ros/tf_buffer.py), which interpolates them at each image's stamp.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
                       for name, topic in OUTPUTS.items() if name != "tf" or settings.publish_tf}
         pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(),
                                           lambda name, msg: publishers[name].publish(msg), logger)
-        callbacks = {"image": pipeline.on_image, "depth": pipeline.on_depth, "reset": pipeline.on_reset}
+        callbacks = {"image": pipeline.on_image, "depth": pipeline.on_depth, "reset": pipeline.on_reset,
+                     "tf": pipeline.on_tf, "tf_static": pipeline.on_tf_static}
         for key, topic in input_topics(settings).items():
             node.subscription(topic.name, topic.type_name, topic.qos, callbacks[key])
         pipeline.start()

@@ -69,11 +69,25 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Consecutive unknown-place frames after which the temporal state is dropped; 0: never",
                   minimum=0, maximum=100000),
     ParameterSpec("map_frame", "map", "frame_id of the published poses, the map poses and the TF parent"),
+    ParameterSpec("base_frame", "base_link",
+                  "Robot base frame: relocalized_pose is its pose in map_frame (base -> camera from TF at "
+                  "the image stamp); empty: publish the camera's pose, no TF needed"),
+    ParameterSpec("odom_frame", "odom", "Odometry frame: parent of base_frame, child of the published map "
+                  "-> odom transform"),
     ParameterSpec("camera_frame", "",
-                  "TF child frame of the published transform; empty: the image's header.frame_id"),
-    ParameterSpec("publish_tf", False,
-                  "Publish the map -> camera transform on /tf (only if nothing else gives the camera "
-                  "a parent)"),
+                  "The camera's TF frame (TF lookups, tf_mode map_camera); empty: the image's "
+                  "header.frame_id"),
+    ParameterSpec("publish_tf", False, "Publish the transform tf_mode names on /tf"),
+    ParameterSpec("tf_mode", "map_odom",
+                  "map_odom: map_frame -> odom_frame from the estimate and odometry (REP-105, needs "
+                  "base_frame); map_camera: map_frame -> camera frame (a camera without a robot: needs "
+                  "base_frame empty)", choices=("map_odom", "map_camera")),
+    ParameterSpec("transform_tolerance", 1.0,
+                  "Seconds the map -> odom transform is post-dated past its image stamp, as AMCL does",
+                  minimum=0.0, maximum=10.0),
+    ParameterSpec("transform_timeout", 0.1,
+                  "Longest wait (s) for the transforms at an image's stamp; then the frame is dropped",
+                  minimum=0.0, maximum=10.0),
     ParameterSpec("loop_closure_enter_score", math.nan,
                   "Loop-closure score at or below which a place counts as known; NaN: the checkpoint's"),
     ParameterSpec("loop_closure_leave_score", math.nan,
@@ -109,8 +123,13 @@ class NodeSettings:
     smoothing: bool = True
     smoothing_reset_unknown: int = 10
     map_frame: str = "map"
+    base_frame: str = "base_link"
+    odom_frame: str = "odom"
     camera_frame: str = ""
     publish_tf: bool = False
+    tf_mode: str = "map_odom"
+    transform_tolerance: float = 1.0
+    transform_timeout: float = 0.1
     loop_closure_enter_score: float = math.nan
     loop_closure_leave_score: float = math.nan
     loop_closure_min_frames: int = 0
@@ -133,7 +152,17 @@ class NodeSettings:
         if not checked.get("model"):
             raise ValueError("parameter 'model' is required: the path of a training run or its "
                              "model.safetensors")
-        return cls(**checked)
+        settings = cls(**checked)
+        if settings.publish_tf and settings.tf_mode == "map_odom" and not (settings.base_frame
+                                                                           and settings.odom_frame):
+            raise ValueError("publish_tf with tf_mode 'map_odom' needs base_frame and odom_frame (the map "
+                             "-> odom transform comes from the base pose); for a camera without a robot "
+                             "set tf_mode to 'map_camera'")
+        if settings.publish_tf and settings.tf_mode == "map_camera" and settings.base_frame:
+            raise ValueError(f"publish_tf with tf_mode 'map_camera' would give the camera frame a second "
+                             f"parent ({settings.map_frame}, besides {settings.base_frame}): set base_frame "
+                             "to '' (a camera without a robot) or tf_mode to 'map_odom'")
+        return settings
 
     def values(self) -> dict[str, Any]:
         """name -> value of every parameter."""

@@ -13,12 +13,18 @@ message costs the callback nothing; a frame that cannot be used (unknown encodin
 zero size, depth of another size than the image) is rejected, counted, and logged at most once per
 `WARNING_PERIOD_S` per kind of problem; the next good frame is answered as usual.
 
+Frames (REP-105, `robot_frames.py`): the transforms a frame needs (base <- camera, odom <- base) are
+looked up at its stamp before the network runs, in a `TransformLookup` (by default a `TransformBuffer`
+fed by `on_tf` / `on_tf_static`; the rclpy node hands in tf2_ros's); a frame whose transforms are
+missing or stale is dropped, counted ("no_transform") and warned about, naming the link.
+
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
-image's stamp: the pose with covariance in the map frame, the loop-closure flag, the scalar
-uncertainty (√trace of the position covariance, metres), optionally the map -> camera transform,
-for scene coordinate regression the frame's inlier scene coordinates (a PointCloud2 in the map
-frame, metres; nothing for pose regression), `/diagnostics`, and once at start (transient local) the
-training camera poses as a PoseArray.
+image's stamp: the pose with covariance of base_frame (or, without one, of the camera) in the map
+frame, the camera's own pose, the loop-closure flag, the scalar uncertainty (√trace of the camera
+position covariance, metres), with publish_tf the map -> odom (post-dated by transform_tolerance) or
+map -> camera transform, for scene coordinate regression the frame's inlier scene coordinates (a
+PointCloud2 in the map frame, metres; nothing for pose regression), `/diagnostics`, and once at start
+(transient local) the training camera poses as a PoseArray.
 Relative names resolve in the node's namespace.
 """
 
@@ -37,7 +43,16 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from posenet_ros.core.geometry import position_quat_from_pose
 from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.node.robot_frames import (
+    FrameLinks,
+    TransformLookup,
+    camera_frame_of,
+    look_up_links,
+    needs_transforms,
+    robot_pose,
+)
 from posenet_ros.ros.conversions import (
     MessageTypes,
     bool_msg,
@@ -52,6 +67,7 @@ from posenet_ros.ros.conversions import (
     tf_message,
     transform_stamped,
 )
+from posenet_ros.ros.tf_buffer import TransformBuffer, TransformUnavailable
 from posenet_ros.runtime.relocalizer import PoseEstimate, Relocalizer
 
 T = TypeVar("T")
@@ -71,6 +87,8 @@ class Topic:
 
 OUTPUTS: dict[str, Topic] = {
     "pose": Topic("relocalized_pose", "geometry_msgs/msg/PoseWithCovarianceStamped", "default"),
+    "camera_pose": Topic("relocalization/camera_pose", "geometry_msgs/msg/PoseWithCovarianceStamped",
+                         "default"),
     "loop_closure": Topic("relocalization/loop_closure", "std_msgs/msg/Bool", "default"),
     "uncertainty": Topic("relocalization/uncertainty", "std_msgs/msg/Float64", "default"),
     "map_poses": Topic("relocalization/map_poses", "geometry_msgs/msg/PoseArray", "transient_local"),
@@ -84,13 +102,17 @@ def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     """The subscriptions: "image" (CompressedImage when the name ends in /compressed, as
     image_transport names it) and, with use_depth, "depth", both with sensor-data QoS; and "reset"
     (std_msgs/Bool: true drops the stream's state - temporal smoothing, loop-closure history - before
-    the next frame, e.g. after the robot was carried elsewhere)."""
+    the next frame, e.g. after the robot was carried elsewhere); and when TF is needed
+    (`robot_frames.needs_transforms`) "tf" and "tf_static" (the latter transient local, as tf2 does)."""
     image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
                   else "sensor_msgs/msg/Image")
     topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
     if settings.use_depth:
         topics["depth"] = Topic(settings.depth_topic, "sensor_msgs/msg/Image", "sensor_data")
     topics["reset"] = Topic("relocalization/reset", "std_msgs/msg/Bool", "default")
+    if needs_transforms(settings):
+        topics["tf"] = Topic("/tf", "tf2_msgs/msg/TFMessage", "default")
+        topics["tf_static"] = Topic("/tf_static", "tf2_msgs/msg/TFMessage", "transient_local")
     return topics
 
 
@@ -252,11 +274,13 @@ class NodeDiagnostics:
     queue by a newer one before the worker took them; rejected: frames that could not be used;
     unpaired: images without a depth within the slop; failed: frames whose processing raised an
     unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
-    (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it).
+    (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it);
+    no_transform: frames dropped because a transform at their stamp was missing or stale.
     latency: callback receipt -> pose published (ms).
     """
 
-    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
+    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate",
+                "no_transform")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
@@ -288,7 +312,7 @@ class NodeDiagnostics:
             result["input_rate_hz"] = delta["received"] / elapsed if elapsed > 0 else 0.0
             result["latency_p50_ms"] = float(np.percentile(latencies, 50)) if latencies.size else math.nan
             result["latency_p99_ms"] = float(np.percentile(latencies, 99)) if latencies.size else math.nan
-            result["dropped_in_period"] = delta["dropped"] + delta["unpaired"]
+            result["dropped_in_period"] = delta["dropped"] + delta["unpaired"] + delta["no_transform"]
             result["rejected_in_period"] = delta["rejected"] + delta["failed"]
             return result
 
@@ -306,11 +330,14 @@ class RelocalizationPipeline:
     to run the worker thread (or `process_next()` to step it yourself), `stop()` to end it.
     `queue_size`: frames waiting for the worker (1 in the node: a newer frame displaces a waiting
     one; None in bag replay, which steps the pipeline itself and drops nothing).
+    `transforms`: where TF lookups go; None: the pipeline's own `tf_buffer`, fed by `on_tf` and
+    `on_tf_static`.
     """
 
     def __init__(self, settings: NodeSettings, relocalizer: Relocalizer, types: MessageTypes,
                  publish: Callable[[str, Any], None], log: NodeLog | None = None,
-                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1) -> None:
+                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1,
+                 transforms: TransformLookup | None = None) -> None:
         self.settings = settings
         self.relocalizer = relocalizer
         self.types = types
@@ -319,6 +346,8 @@ class RelocalizationPipeline:
         self.clock = clock
         self.diagnostics = NodeDiagnostics(clock)
         self.warnings = ThrottledWarnings(self.log, clock=clock)
+        self.tf_buffer = TransformBuffer() if transforms is None else None
+        self.transforms: TransformLookup = transforms or self.tf_buffer  # type: ignore[assignment]
         self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
         self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
             round(settings.max_depth_stamp_diff * 1e9))
@@ -358,6 +387,24 @@ class RelocalizationPipeline:
         """Reset callback (std_msgs/Bool): true makes the worker reset the stream before the next frame."""
         if getattr(msg, "data", False):
             self._reset_requested.set()
+
+    def on_tf(self, msg: Any) -> None:
+        """/tf callback (tf2_msgs/TFMessage): into the pipeline's own TF buffer."""
+        self._add_transforms(msg, static=False)
+
+    def on_tf_static(self, msg: Any) -> None:
+        """/tf_static callback (tf2_msgs/TFMessage): static links, valid at every stamp."""
+        self._add_transforms(msg, static=True)
+
+    def _add_transforms(self, msg: Any, static: bool) -> None:
+        assert self.tf_buffer is not None, "TF goes to the transforms handed to the pipeline"
+        topic = "/tf_static" if static else "/tf"
+        for transform in getattr(msg, "transforms", ()):
+            try:
+                self.tf_buffer.add(transform, static)
+            except (AttributeError, TypeError, ValueError) as error:
+                self.diagnostics.count("rejected")
+                self.warnings.warn(f"{topic}-rejected", f"ignored a transform on {topic}: {error}")
 
     def _stamp(self, msg: Any, kind: str) -> int | None:
         """The message's stamp (ns); None for a message to ignore: no valid stamp (rejected) or the
@@ -477,9 +524,18 @@ class RelocalizationPipeline:
         """The stream checks, `estimate_pose()` and publishing for one frame, in stream order; a failure
         is counted and logged and the node keeps running."""
         try:
+            links = look_up_links(self.settings, self.transforms,
+                                  camera_frame_of(self.settings, frame.image_msg), frame.stamp_ns)
+        except TransformUnavailable as error:
+            self.diagnostics.count("no_transform")
+            self.warnings.warn("no_transform", f"dropped frame {_seconds(frame.stamp_ns)}: {error}"
+                               + (" (a camera without a robot: base_frame '' publishes its pose, no TF)"
+                                  if self.settings.base_frame else ""))
+            return None
+        try:
             self._check_stream(frame.stamp_ns)
             estimate = estimate_pose()
-            self._publish_estimate(estimate, frame)
+            self._publish_estimate(estimate, frame, links)
         except Exception as error:  # the node keeps running; the problem is counted and logged
             self.diagnostics.count("failed")
             self.warnings.warn(f"failed-{type(error).__name__}",
@@ -514,9 +570,14 @@ class RelocalizationPipeline:
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def _publish_estimate(self, estimate: PoseEstimate, frame: Frame) -> None:
+    def _publish_estimate(self, estimate: PoseEstimate, frame: Frame, links: FrameLinks) -> None:
         types, settings, stamp = self.types, self.settings, frame.stamp_ns
+        published = robot_pose(settings, links, stamp, estimate.position_3, estimate.quat_wxyz_4,
+                               estimate.covariance_66)
         self.publish("pose", pose_with_covariance_stamped(
+            types, stamp, settings.map_frame, published.position_3, published.quat_wxyz_4,
+            published.covariance_66))
+        self.publish("camera_pose", pose_with_covariance_stamped(
             types, stamp, settings.map_frame, estimate.position_3, estimate.quat_wxyz_4,
             estimate.covariance_66))
         self.publish("loop_closure", bool_msg(types, estimate.known_place))
@@ -524,11 +585,11 @@ class RelocalizationPipeline:
         if estimate.scene_points_N3 is not None:  # scene coordinate regression: its inliers, map frame
             self.publish("scene_points", point_cloud2(types, stamp, settings.map_frame,
                                                       estimate.scene_points_N3))
-        if settings.publish_tf:
-            child = settings.camera_frame or getattr(frame.image_msg.header, "frame_id", "") or "camera"
-            transform = transform_stamped(types, stamp, settings.map_frame, child,
-                                          estimate.position_3, estimate.quat_wxyz_4)
-            self.publish("tf", tf_message(types, [transform]))
+        if published.transforms:
+            self.publish("tf", tf_message(types, [
+                transform_stamped(types, t.stamp_ns, t.parent, t.child,
+                                  *position_quat_from_pose(t.parent_from_child))
+                for t in published.transforms]))
 
     def publish_map_poses(self) -> None:
         """The training camera poses stored in the checkpoint, as a PoseArray in the map frame."""

@@ -16,12 +16,15 @@ import pytest
 from dds_support import PARAMS, Process, domain_id
 
 from posenet_ros.cli import main
+from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.data.loading import load_frames
 from posenet_ros.evaluation.replay import replay
 from posenet_ros.node.dds_node import load_settings
-from posenet_ros.ros.bag_reading import open_bag
+from posenet_ros.ros.bag_reading import open_bag, read_messages
 from posenet_ros.ros.bag_writing import write_messages
+from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds import loopback_config
+from posenet_ros.tools.make_bag import BASE_FROM_CAMERA
 
 SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=24", "train_sequences=3",
          "val_sequences=1", "test_sequences=2", "outside_sequences=1", "variations=[]"]
@@ -51,6 +54,17 @@ def _replay(trained: dict[str, Path], bag: Path, out: Path, *args: str) -> dict:
 def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "frames.csv").open() as handle:
         return list(csv.DictReader(handle))
+
+
+def _output_poses(out: Path) -> dict[str, dict[int, np.ndarray]]:
+    """topic -> stamp -> 4x4 pose of the output bag's /relocalized_pose and camera_pose."""
+    topics = ("/relocalized_pose", "/relocalization/camera_pose")
+    poses: dict[str, dict[int, np.ndarray]] = {topic: {} for topic in topics}
+    with open_bag(out / "output_bag") as reader:
+        for connection, _, msg in read_messages(reader, out / "output_bag", topics):
+            pose = pose_from_position_quat(*pose_from_msg(msg))
+            poses[connection.topic][stamp_to_ns(msg.header.stamp)] = pose
+    return poses
 
 
 def _poses(out: Path) -> np.ndarray:
@@ -88,12 +102,20 @@ def test_replay_outputs(trained):
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/relocalized_pose"] == counts["/relocalization/loop_closure"] == 48
     assert counts["/relocalization/uncertainty"] == 48 and counts["/relocalization/map_poses"] == 1
+    # The bag has a robot (make-bag's /tf_static and odometry): /relocalized_pose is the base's pose,
+    # the camera's own on relocalization/camera_pose.
+    published = _output_poses(out)
+    assert len(published["/relocalized_pose"]) == len(published["/relocalization/camera_pose"]) == 48
+    for stamp, map_from_base in published["/relocalized_pose"].items():
+        np.testing.assert_allclose(map_from_base @ BASE_FROM_CAMERA,
+                                   published["/relocalization/camera_pose"][stamp], atol=1e-9)
     html = (out / "report" / "index.html").read_text()
     for name in ("trajectory.png", "error_over_time.png", "error_cdf.png", "uncertainty_vs_error.png",
                  "loop_closure.png"):
         assert name in html and (out / "report" / name).stat().st_size > 5000
     # The same answers from the /tf ground truth as from the PoseStamped topic.
-    by_tf = _replay(trained, trained["bag"], trained["root"] / "replay_tf", "--gt-tf", "map", "camera")
+    by_tf = _replay(trained, trained["bag"], trained["root"] / "replay_tf", "--gt-tf", "map",
+                    "camera_ground_truth")
     assert by_tf["median_position_error_m"] == pytest.approx(metrics["median_position_error_m"], abs=1e-9)
     # Batched replay (7 frames per network call, Monte-Carlo masks seeded per frame): the same answers.
     batched = _replay(trained, trained["bag"], trained["root"] / "replay_batch", "--batch", "7")
@@ -145,6 +167,28 @@ def test_live_replay_equals_in_process(trained):
     assert live["median_position_error_m"] == pytest.approx(in_process["median_position_error_m"], abs=1e-9)
 
 
+def test_a_bag_without_transforms_replays_the_camera_pose(trained, caplog):
+    """A bag without the robot's TF (recorded with a hand-held camera, or before make-bag wrote a robot):
+    replayed with base_frame '' and a warning; the same camera answers as with the robot's bag."""
+    bag = trained["root"] / "bag_without_tf"
+    with open_bag(trained["bag"]) as reader:
+        messages = [(c.topic, c.msgtype, log_ns, reader.deserialize(raw, c.msgtype))
+                    for c, log_ns, raw in reader.messages() if c.topic not in ("/tf", "/tf_static")]
+    write_messages(bag, messages, storage="mcap")
+    out = trained["root"] / "replay_without_tf"
+    metrics = _replay(trained, bag, out, "--mc-samples", "0")
+    assert metrics["frames"] == 48 and metrics["no_transform"] == 0
+    assert "has no transform of base_frame 'base_link'" in caplog.text
+    published = _output_poses(out)
+    for stamp, map_from_camera in published["/relocalized_pose"].items():
+        np.testing.assert_allclose(map_from_camera, published["/relocalization/camera_pose"][stamp],
+                                   atol=1e-12)
+    reference = trained["root"] / "replay_det"
+    if not reference.exists():
+        _replay(trained, trained["bag"], reference, "--mc-samples", "0")
+    np.testing.assert_allclose(_poses(out), _poses(reference), rtol=0, atol=1e-9)
+
+
 def test_interrupted_replay_still_writes_everything(trained, monkeypatch):
     from posenet_ros.runtime.relocalizer import Relocalizer
 
@@ -177,7 +221,8 @@ def test_bad_bags_name_the_problem(trained, capsys):
     assert "/vicon/pose" in message and "/ground_truth/pose [geometry_msgs/msg/PoseStamped]" in message
     assert "/camera/camera_info" in error(bag, "--image-topic", "/nope")
     assert "sensor_msgs/msg/CameraInfo; expected" in error(bag, "--image-topic", "/camera/camera_info")
-    assert "transforms found: map -> camera" in error(bag, "--gt-tf", "map", "base_link")
+    assert "transforms found: base_link -> camera, map -> camera_ground_truth, odom -> base_link" in error(
+        bag, "--gt-tf", "map", "base_link")
     assert "does not exist" in error(str(trained["root"] / "missing"))
     # A truncated file: the bag's storage cut in half.
     broken = trained["root"] / "bag_truncated"

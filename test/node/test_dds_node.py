@@ -105,7 +105,7 @@ def test_play_node_echo_in_three_processes(tmp_path):
 QUEUE_BOUND = 1
 IN_FLIGHT_BOUND = QUEUE_BOUND + 2
 BURST_FRAMES = 400
-COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
+COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate", "no_transform")
 
 
 def _unaccounted(counts: dict[str, int]) -> int:

@@ -140,7 +140,8 @@ RANGED = [spec for spec in NODE_PARAMETERS if spec.minimum is not None]
 
 def test_the_ranged_parameters_are_the_numeric_ones_with_limits():
     assert {spec.name for spec in RANGED} == {"max_depth_stamp_diff", "mc_samples", "loop_closure_min_frames",
-                                              "reset_gap", "diagnostics_period", "smoothing_reset_unknown"}
+                                              "reset_gap", "diagnostics_period", "smoothing_reset_unknown",
+                                              "transform_tolerance", "transform_timeout"}
     for spec in RANGED:
         assert spec.maximum is not None and spec.minimum <= spec.default <= spec.maximum
 

@@ -323,7 +323,7 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
         assert {s.topic: (s.msg_type, s.qos, s.callback) for s in node.subscriptions} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos], handlers[name])
             for name, topic in input_topics(settings).items()}
-        assert set(input_topics(settings)) == {"image", "depth", "reset"}
+        assert set(input_topics(settings)) == {"image", "depth", "reset", "relocalize"}
         assert node.broadcasters == [] and node.tf_broadcaster is None  # publish_tf is off
     finally:
         node.destroy_node()

@@ -76,9 +76,11 @@ class Process:
 
 
 def start_node(model: Path, domain: int, *params: str) -> Process:
-    """`posenet-ros node` on the CPU with config/relocalize.yaml and `params`, once it says it is ready."""
+    """`posenet-ros node` on the CPU with config/relocalize.yaml and `params`, once it says it is ready.
+    Every pose is published (publish_unknown:=true) unless `params` say otherwise: the tests of the
+    pose policy do (node/test_pose_policy.py)."""
     node = Process(["node", "--model", str(model), "--params", str(PARAMS), "--param", "device:=cpu",
-                    *params], domain)
+                    "--param", "publish_unknown:=true", *params], domain)
     node.wait_for_line("node: ready")
     return node
 

@@ -559,13 +559,14 @@ class RelocalizationPipeline:
     def _publish_estimate(self, estimate: PoseEstimate, frame: Frame) -> None:
         types, settings, stamp = self.types, self.settings, frame.stamp_ns
         decision = self.policy.decide(estimate.known_place, estimate.covariance_66)
+        initial_pose = self.initial_pose.update(decision.confident)
+        self.publish("status", self._status(decision, estimate.known_place, stamp, initial_pose is not None))
         pose = pose_with_covariance_stamped(types, stamp, settings.map_frame, estimate.position_3,
                                             estimate.quat_wxyz_4, estimate.covariance_66)
         if decision.published:
             self.publish("pose", pose)
         else:
             self.diagnostics.count(f"withheld_{decision.reason}")
-        initial_pose = self.initial_pose.update(decision.confident)
         if initial_pose is not None:
             self.publish("initial_pose", pose)
             self.diagnostics.count("initial_poses")
@@ -581,7 +582,6 @@ class RelocalizationPipeline:
             transform = transform_stamped(types, stamp, settings.map_frame, child,
                                           estimate.position_3, estimate.quat_wxyz_4)
             self.publish("tf", tf_message(types, [transform]))
-        self.publish("status", self._status(decision, estimate.known_place, stamp, initial_pose is not None))
 
     def _status(self, decision: PolicyDecision, known_place: bool, stamp_ns: int, initial_pose: bool) -> Any:
         """relocalization/status: the policy's verdict on one frame (a DiagnosticArray stamped with the

@@ -138,8 +138,8 @@ def test_scene_points_are_published_only_for_estimates_that_have_them(model_path
     assert cloud.is_dense is True and cloud.is_bigendian is False
     finite = np.delete(points, [4, 17], axis=0).astype(np.float32)
     np.testing.assert_array_equal(points_from_point_cloud2(cloud), finite)
-    assert [name for name, _ in sent[-6:]] == ["pose", "loop_closure", "uncertainty", "scene_points", "tf",
-                                               "status"]
+    assert [name for name, _ in sent[-6:]] == ["status", "pose", "loop_closure", "uncertainty",
+                                               "scene_points", "tf"]
 
 
 def test_scene_points_go_into_the_replay_output_bag_unchanged(model_path, tmp_path):

@@ -15,12 +15,12 @@ zero size, depth of another size than the image) is rejected, counted, and logge
 
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
 image's stamp: the pose with covariance in the map frame (only for a confident frame unless
-publish_unknown: `pose_policy.py`), the policy's verdict on every frame (relocalization/status), the
-same pose message once on `initialpose` when requested (`initial_pose.py`), the loop-closure flag, the scalar
-uncertainty (√trace of the position covariance, metres), optionally the map -> camera transform,
-for scene coordinate regression the frame's inlier scene coordinates (a PointCloud2 in the map
-frame, metres; nothing for pose regression), `/diagnostics`, and once at start (transient local) the
-training camera poses as a PoseArray.
+publish_unknown: `pose_policy.py`), the policy's verdict on every frame (relocalization/status, first),
+the same pose message once on `initialpose` when asked to (`initial_pose.py`), the loop-closure
+flag, the scalar uncertainty (√trace of the position covariance, metres), optionally the map ->
+camera transform (with the pose), for scene coordinate regression the frame's inlier scene
+coordinates (a PointCloud2 in the map frame, metres; nothing for pose regression), `/diagnostics`,
+and once at start (transient local) the training camera poses as a PoseArray.
 Relative names resolve in the node's namespace.
 """
 

@@ -1,9 +1,9 @@
 """node/rclpy_node.py, run without ROS. rclpy is not on PyPI, so the node is imported and run against
 minimal stand-ins of rclpy, rcl_interfaces and tf2_ros that record what the node asks of them, with
 the message classes of rosbags' ROS 2 Humble typestore in place of the message packages. What is
-checked is what the node does: the parameters it declares and reads, the publishers, subscriptions
-and timer it creates, what it publishes for a camera frame, how it refuses to start, and how `main`
-shuts down. (A ROS 2 Humble build beside the repository, docs/design.md, checks it on real rclpy.)"""
+checked is what the node does: the parameters it declares and reads, the publishers, subscriptions,
+timer and service it creates, what it publishes for a camera frame, how it refuses to start, and how
+`main` shuts down. (A ROS 2 Humble build beside the repository, docs/design.md, checks it on real rclpy.)"""
 
 from __future__ import annotations
 

@@ -230,6 +230,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"  loop closure: known after {loop['min_frames']} frames with score <= "
           f"{loop['enter_score']:.3f}, unknown after {loop['min_frames']} frames with score > "
           f"{loop['leave_score']:.3f}")
+    limits = report["sigma_limits"]
+    print(f"  node's σ limits of a confident pose (p{limits['percentile']:g} of these frames): position "
+          f"{limits['position_m']:.3g} m, rotation {limits['rotation_deg']:.3g}°")
     print(f"stored in {args.model}")
     return 0
 

@@ -436,10 +436,9 @@ CSV_COLUMNS = ("stamp_ns", "x", "y", "z", "qw", "qx", "qy", "qz", "gt_x", "gt_y"
                "sigma_rotation_deg", "known_place", "in_map", "score", "latency_ms", "reason", "published")
 
 
-def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndarray,
-               answers: Sequence[Answer]) -> str:
-    """The per-frame table as CSV text (full float precision, empty cells for NaN); the policy's reason
-    and published flag come from `answers` (in the order of the frames)."""
+def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, answers: Sequence[Answer]) -> str:
+    """The per-frame table as CSV text (full float precision, empty cells for NaN); latency, the
+    policy's reason and the published flag come from `answers` (in the order of the frames)."""
     def cell(value: Any) -> str:
         if isinstance(value, str):
             return value
@@ -455,7 +454,7 @@ def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndar
                *frames.position_true_N3[i], *frames.quat_true_N4[i], frames.position_error_N[i],
                frames.orientation_error_N[i],
                frames.sigma_position_m_N[i], frames.sigma_rotation_deg_N[i], frames.known_place_N[i],
-               in_map_N[i], frames.score_N[i], latency_ms_N[i], answers[i].reason, answers[i].published]
+               in_map_N[i], frames.score_N[i], answers[i].latency_ms, answers[i].reason, answers[i].published]
         lines.append(",".join(cell(value) for value in row))
     return "\n".join(lines) + "\n"
 
@@ -532,9 +531,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
                    depth_topic=streams.depth_topic, image_messages=len(image_stamps))
     out.mkdir(parents=True, exist_ok=True)
-    latency = np.array([a.latency_ms for a in run.answers], np.float64)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
-    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, latency, run.answers))
+    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, run.answers))
     write_messages(out / "output_bag", run.messages, storage=storage, replace=True)
     notes = [f"bag {bag}: {len(image_stamps)} images on {streams.image_topic}; "
              f"ground truth {trajectory.source}",

@@ -26,15 +26,10 @@ class InitialPoseTrigger:
             raise ValueError(f"lost_frames must be >= 0 (0: off), got {lost_frames}")
         self.lost_frames = lost_frames
         self._lock = threading.Lock()
+        # why the next confident pose goes to initialpose ("start", "request", "lost"); None: it does not
         self._armed_by: str | None = "start" if at_start else None
         self._lost = 0  # unconfident frames since the last confident one
         self._localized = False  # a confident frame has been seen
-
-    @property
-    def armed_by(self) -> str | None:
-        """Why the next confident pose goes to initialpose ("start", "request", "lost"); None: it won't."""
-        with self._lock:
-            return self._armed_by
 
     def request(self) -> bool:
         """Send the next confident pose; False if a request was already waiting (still one pose)."""

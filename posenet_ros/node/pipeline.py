@@ -277,7 +277,7 @@ class NodeDiagnostics:
     unpaired: images without a depth within the slop; failed: frames whose processing raised an
     unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
     (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it).
-    latency: callback receipt -> pose published (ms).
+    latency: callback receipt -> the frame's outputs published (ms).
     """
 
     COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate",

@@ -9,8 +9,10 @@ a deployment. Either way the camera estimates (the node's relocalization/camera_
 with the bag's ground truth of the camera by stamp (`ros/bag_reading.py`) and DIR receives:
 
     metrics.json     median errors, threshold accuracies, NEES and σ coverage, loop-closure precision
-                     and recall, latency, frames dropped / rejected / failed, throughput
-    frames.csv       one row per answered frame
+                     and recall, latency, frames dropped / rejected / failed, throughput, and the pose
+                     policy's figures ("policy": frames published and withheld per reason, error
+                     percentiles 50/90/99 of the published and of the withheld frames)
+    frames.csv       one row per answered frame, with the policy's reason and whether it was published
     output_bag/      a rosbag2 of the node's outputs (/relocalized_pose, ...; with a scene-coordinate
                      model also /relocalization/scene_points) for other tools
     report/          index.html with the plots of `report.py`
@@ -22,6 +24,10 @@ A bag without transforms of base_frame (made before make-bag wrote a robot, or o
 is replayed with base_frame '' (the camera's pose), with a warning. Live, the bag's /tf and /tf_static
 are played to the node along with the images when `settings` (the running node's parameters) need
 transforms.
+
+The pose policy: in-process, every frame has a pose and the figures cover them all, withheld or not;
+live, a withheld frame's pose never leaves the node, so only the published frames have errors (the
+withheld ones are counted from relocalization/status, which the live replay also steps on).
 
 Frames count as "in the map" (for the loop-closure precision / recall) when their ground-truth pose
 is within `in_map_radius_m` and `in_map_angle_deg` of a training camera pose of the checkpoint.
@@ -92,14 +98,17 @@ from posenet_ros.tools.play import play
 
 logger = logging.getLogger(__name__)
 
-RECORDED_OUTPUTS = ("pose", "camera_pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses")
+RECORDED_OUTPUTS = ("pose", "camera_pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses",
+                    "status", "initial_pose")
+ERROR_PERCENTILES = (50, 90, 99)
 
 
 @dataclass
 class Answer:
     """One answered frame, from either runtime: the pose (metres, unit wxyz quaternion, map frame),
     its 6x6 covariance, the loop-closure flag and score (NaN where the runtime does not publish it),
-    √trace of the position covariance (metres) and the processing latency (ms; NaN when unknown)."""
+    √trace of the position covariance (metres), the processing latency (ms; NaN when unknown), and
+    the pose policy's reason (`pose_policy.REASONS`) and whether the node published the pose."""
 
     stamp_ns: int
     position_3: np.ndarray
@@ -109,12 +118,16 @@ class Answer:
     score: float
     uncertainty_m: float
     latency_ms: float
+    reason: str
+    published: bool
 
 
 @dataclass
 class ReplayRun:
     """What a replay produced: answers in stream order, the output messages (topic, type, stamp ns,
-    message) for the output bag, pipeline counts, and whether it was interrupted."""
+    message) for the output bag, pipeline counts, and whether it was interrupted. `verdicts`: stamp ns
+    -> (reason, published) of every frame the node answered (live: also those whose pose it withheld);
+    `policy`: the limits in use."""
 
     answers: list[Answer] = field(default_factory=list)
     messages: list[tuple[str, str, int, Any]] = field(default_factory=list)
@@ -123,6 +136,8 @@ class ReplayRun:
     elapsed_s: float = 0.0
     runtime: str = "in-process"
     loop_closure: dict[str, float] = field(default_factory=dict)  # the thresholds in use
+    verdicts: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    policy: dict[str, float] = field(default_factory=dict)
 
 
 def _topic_name(name: str) -> str:
@@ -155,13 +170,14 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
     def publish(name: str, msg: Any) -> None:
         if name in RECORDED_OUTPUTS:
             topic = OUTPUTS[name]
-            if hasattr(msg, "header"):  # Bool and Float64 follow the pose of their frame
+            if hasattr(msg, "header"):  # Bool and Float64 follow the status of their frame
                 last_stamp[0] = stamp_to_ns(msg.header.stamp)
             run.messages.append((_topic_name(topic.name), topic.type_name, last_stamp[0], msg))
 
     pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None,
                                       transforms=transforms)
     pipeline.publish_map_poses()
+    run.policy = dataclasses.asdict(pipeline.policy)
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
 
@@ -173,9 +189,12 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
             estimates = pipeline.process_batch(frames)
         latency_ms = 1e3 * (time.perf_counter() - began) / max(frames, 1)
         for estimate in estimates:
+            decision = pipeline.policy.decide(estimate.known_place, estimate.covariance_66)
+            run.verdicts[estimate.stamp_ns] = decision.reason, decision.published
             run.answers.append(Answer(estimate.stamp_ns, estimate.position_3, estimate.quat_wxyz_4,
                                       estimate.covariance_66, estimate.known_place, estimate.score,
-                                      estimate.uncertainty_m, latency_ms))
+                                      estimate.uncertainty_m, latency_ms, decision.reason,
+                                      decision.published))
             if estimate.temporal_inputs is not None:
                 inputs.append(estimate.temporal_inputs)
         bar.update(frames)
@@ -250,14 +269,16 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
              config: str | None = None, wait_timeout: float = 30.0, step_timeout: float = 30.0,
              progress: bool = True, transform_topics: Sequence[str] = ()) -> ReplayRun:
     """Play the camera topics of `bag` (and `transform_topics`, e.g. /tf and /tf_static) over DDS in
-    lock-step with a running node's camera pose and record its outputs (camera and published pose,
-    loop-closure flag, uncertainty, diagnostics); the answers are the camera poses."""
+    lock-step with a running node's relocalization/status (published for every frame, its pose withheld
+    or not) and record its outputs (camera and published pose, status, loop-closure flag, uncertainty,
+    diagnostics); the answers are the camera poses."""
 
     run = ReplayRun(runtime="live")
     lock = threading.Lock()
     poses: list[tuple[float, Any]] = []
     flags: list[bool] = []
     sigmas: list[float] = []
+    statuses: dict[int, dict[str, str]] = {}  # stamp ns -> the status's values
     diagnostics: dict[str, str] = {}
 
     def resolve(name: str) -> str:
@@ -269,8 +290,7 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
         def callback(sample: Any) -> None:
             msg = from_dds(sample, topic.type_name)
             with lock:
-                stamp = stamp_to_ns(msg.header.stamp) if hasattr(msg, "header") else (
-                    stamp_to_ns(poses[-1][1].header.stamp) if poses else 0)
+                stamp = stamp_to_ns(msg.header.stamp) if hasattr(msg, "header") else max(statuses, default=0)
                 run.messages.append((resolve(topic.name), topic.type_name, stamp, msg))
                 sink(msg)
         return callback
@@ -283,8 +303,10 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
     start = time.perf_counter()
     with DdsNode("posenet_ros_replay", domain_id=domain_id, config=config) as node:
-        sinks = {"camera_pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),
+        sinks = {"camera_pose": lambda msg: poses.append((time.perf_counter(), msg)),
                  "pose": lambda msg: None,  # recorded into the output bag only
+                 "status": lambda msg: (statuses.update({stamp_to_ns(msg.header.stamp): {
+                     kv.key: kv.value for kv in msg.status[0].values}}), bar.update(1)),
                  "loop_closure": lambda msg: flags.append(bool(msg.data)),
                  "uncertainty": lambda msg: sigmas.append(float(msg.data)),
                  "scene_points": lambda msg: None,  # recorded into the output bag only
@@ -297,21 +319,22 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
                 record(name, sink) if name != "diagnostics" else
                 lambda sample, s=sink, t=topic: s(from_dds(sample, t.type_name)))
         # The recorder must hear the node's first answers: wait until the node's publishers match.
-        for name in ("camera_pose", "loop_closure", "uncertainty"):
+        for name in ("camera_pose", "status", "loop_closure", "uncertainty"):
             if not subscriptions[name].wait_for_publishers(1, wait_timeout):
                 raise ValueError(f"no node publishes {subscriptions[name].topic} within {wait_timeout:g} s: "
                                  "start the relocalization node on the same DDS domain first")
         try:
             play(bag, rate=0.0, topics=[*topics, *transform_topics], domain_id=domain_id, wait_subscribers=1,
-                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["camera_pose"].name),
-                 step_timeout=step_timeout, config=config)
+                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["status"].name),
+                 step_type=OUTPUTS["status"].type_name, step_timeout=step_timeout, config=config)
             # The last frame's flag and uncertainty may trail its pose, and the node's counts come with
             # its next /diagnostics message (every diagnostics_period, 1 s by default).
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline:
                 with lock:
-                    if (len(flags) >= len(poses) and len(sigmas) >= len(poses)
-                            and float(diagnostics.get("processed", -1)) >= len(poses)):
+                    published = sum(values.get("published") == "true" for values in statuses.values())
+                    if (min(len(flags), len(sigmas)) >= len(statuses) and len(poses) >= published
+                            and float(diagnostics.get("processed", -1)) >= len(statuses)):
                         break
                 time.sleep(0.01)
         except KeyboardInterrupt:
@@ -320,12 +343,20 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
             bar.close()
     run.elapsed_s = time.perf_counter() - start
     with lock:
-        for i, (_, msg) in enumerate(poses):
+        run.verdicts = {stamp: (values.get("reason", ""), values.get("published") == "true")
+                        for stamp, values in sorted(statuses.items())}
+        for _, msg in poses:
+            stamp = stamp_to_ns(msg.header.stamp)
+            values = statuses.get(stamp, {})
             position, quat = pose_from_msg(msg)
             run.answers.append(Answer(
-                stamp_to_ns(msg.header.stamp), position, quat, covariance_from_msg(msg),
-                flags[i] if i < len(flags) else False, math.nan,
-                sigmas[i] if i < len(sigmas) else math.nan, math.nan))
+                stamp, position, quat, covariance_from_msg(msg), values.get("known_place") == "true",
+                math.nan, float(values.get("sigma_position_m", "nan")), math.nan,
+                values.get("reason", ""), True))
+        if statuses:
+            last = statuses[max(statuses)]
+            run.policy = {"max_position_sigma_m": float(last["max_position_sigma_m"]),
+                          "max_rotation_sigma_deg": float(last["max_rotation_sigma_deg"])}
     for key in NodeDiagnostics.COUNTERS:
         if key in diagnostics:
             run.counts[key] = float(diagnostics[key])
@@ -403,6 +434,8 @@ def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndar
                               "p99": run.counts.get("latency_p99_ms", math.nan), "mean": math.nan})
     for key in NodeDiagnostics.COUNTERS:
         metrics[key] = int(run.counts[key]) if key in run.counts else None
+    published = np.array([a.published for a in answers], bool)
+    metrics["policy"] = policy_metrics(run, published[valid], position_error[valid], orientation_error[valid])
     metrics["elapsed_s"] = run.elapsed_s
     metrics["throughput_fps"] = len(answers) / run.elapsed_s if run.elapsed_s > 0 else math.nan
     metrics["interrupted"] = run.interrupted
@@ -416,14 +449,39 @@ def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndar
     return metrics, frames, in_map
 
 
+def policy_metrics(run: ReplayRun, published_N: np.ndarray, position_error_N: np.ndarray,
+                   orientation_error_N: np.ndarray) -> dict[str, Any]:
+    """The pose policy's figures: its limits, frames published and withheld (per reason, from every
+    frame's verdict), and the error percentiles (`ERROR_PERCENTILES`; metres, degrees) of the published
+    and the withheld frames among those with ground truth (`*_N`)."""
+    withheld: dict[str, int] = {}
+    for reason, was_published in run.verdicts.values():
+        if not was_published:
+            withheld[reason] = withheld.get(reason, 0) + 1
+
+    def errors(mask: np.ndarray) -> dict[str, Any]:
+        def percentiles(values: np.ndarray) -> dict[str, float]:
+            return {f"p{p}": float(np.percentile(values, p)) if values.size else math.nan
+                    for p in ERROR_PERCENTILES}
+        return {"frames": int(mask.sum()), "position_m": percentiles(position_error_N[mask]),
+                "orientation_deg": percentiles(orientation_error_N[mask])}
+
+    return {**run.policy, "frames_published": sum(p for _, p in run.verdicts.values()),
+            "frames_withheld": sum(withheld.values()), "withheld": withheld,
+            "published_error": errors(published_N), "withheld_error": errors(~published_N)}
+
+
 CSV_COLUMNS = ("stamp_ns", "x", "y", "z", "qw", "qx", "qy", "qz", "gt_x", "gt_y", "gt_z", "gt_qw", "gt_qx",
                "gt_qy", "gt_qz", "position_error_m", "orientation_error_deg", "sigma_position_m",
-               "sigma_rotation_deg", "known_place", "in_map", "score", "latency_ms")
+               "sigma_rotation_deg", "known_place", "in_map", "score", "latency_ms", "reason", "published")
 
 
-def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndarray) -> str:
-    """The per-frame table as CSV text (full float precision, empty cells for NaN)."""
+def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, answers: Sequence[Answer]) -> str:
+    """The per-frame table as CSV text (full float precision, empty cells for NaN); latency, the
+    policy's reason and the published flag come from `answers` (in the order of the frames)."""
     def cell(value: Any) -> str:
+        if isinstance(value, str):
+            return value
         if isinstance(value, (bool, np.bool_)):
             return str(int(value))
         if isinstance(value, (int, np.integer)):
@@ -436,7 +494,7 @@ def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndar
                *frames.position_true_N3[i], *frames.quat_true_N4[i], frames.position_error_N[i],
                frames.orientation_error_N[i],
                frames.sigma_position_m_N[i], frames.sigma_rotation_deg_N[i], frames.known_place_N[i],
-               in_map_N[i], frames.score_N[i], latency_ms_N[i]]
+               in_map_N[i], frames.score_N[i], answers[i].latency_ms, answers[i].reason, answers[i].published]
         lines.append(",".join(cell(value) for value in row))
     return "\n".join(lines) + "\n"
 
@@ -522,9 +580,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
                    depth_topic=streams.depth_topic, image_messages=len(image_stamps))
     out.mkdir(parents=True, exist_ok=True)
-    latency = np.array([a.latency_ms for a in run.answers], np.float64)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
-    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, latency))
+    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, run.answers))
     write_messages(out / "output_bag", run.messages, storage=storage, replace=True)
     notes = [f"bag {bag}: {len(image_stamps)} images on {streams.image_topic}; "
              f"ground truth {trajectory.source}",

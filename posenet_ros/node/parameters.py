@@ -95,6 +95,20 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("loop_closure_min_frames", 0,
                   "Consecutive frames needed to switch the loop-closure flag; 0: the checkpoint's",
                   minimum=0, maximum=1000),
+    ParameterSpec("publish_unknown", False,
+                  "Publish every frame's pose; false: only confident ones (a known place, σ within the "
+                  "limits), relocalization/status says why a pose was withheld"),
+    ParameterSpec("max_position_sigma", math.nan,
+                  "Largest position σ (√trace of the position covariance, m) of a confident pose; NaN: "
+                  "the checkpoint's calibrated limit (no limit if it stores none), .inf: no limit"),
+    ParameterSpec("max_rotation_sigma", math.nan,
+                  "Largest rotation σ (√trace of the rotation covariance, degrees) of a confident pose; "
+                  "NaN: the checkpoint's calibrated limit (no limit if it stores none), .inf: no limit"),
+    ParameterSpec("initial_pose_at_start", False,
+                  "Send the first confident pose to initialpose (Nav2 AMCL's initial pose)"),
+    ParameterSpec("initial_pose_lost_frames", 0,
+                  "After this many consecutive unconfident frames, send the next confident pose to "
+                  "initialpose again; 0: never", minimum=0, maximum=100000),
     ParameterSpec("reset_gap", 1.0,
                   "A stamp gap (s) longer than this, or a stamp going backwards, resets the stream state",
                   minimum=0.0, maximum=3600.0),
@@ -133,8 +147,19 @@ class NodeSettings:
     loop_closure_enter_score: float = math.nan
     loop_closure_leave_score: float = math.nan
     loop_closure_min_frames: int = 0
+    publish_unknown: bool = False
+    max_position_sigma: float = math.nan
+    max_rotation_sigma: float = math.nan
+    initial_pose_at_start: bool = False
+    initial_pose_lost_frames: int = 0
     reset_gap: float = 1.0
     diagnostics_period: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_position_sigma", "max_rotation_sigma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"parameter {name!r} must be > 0 (NaN: the checkpoint's, .inf: no limit), "
+                                 f"got {getattr(self, name)!r}")
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> NodeSettings:

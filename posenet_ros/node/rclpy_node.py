@@ -13,14 +13,20 @@ Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in t
 
     subscribes  image_topic (sensor_msgs/Image, or CompressedImage when the name ends in /compressed)
                 depth_topic (sensor_msgs/Image, only with use_depth)            both sensor-data QoS
-    publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped (base_frame)
-                relocalization/camera_pose     geometry_msgs/PoseWithCovarianceStamped (the camera)
+                relocalization/reset           std_msgs/Bool
+                relocalization/relocalize      std_msgs/Empty (as the relocalize service)
+                /tf, /tf_static                through tf2_ros's TransformListener (when frames need them)
+    publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped (base; if confident)
+                relocalization/camera_pose     geometry_msgs/PoseWithCovarianceStamped (camera; if confident)
+                relocalization/status          diagnostic_msgs/DiagnosticArray (every frame: why)
+                initialpose                    geometry_msgs/PoseWithCovarianceStamped (on request)
                 relocalization/loop_closure    std_msgs/Bool
                 relocalization/uncertainty     std_msgs/Float64
                 relocalization/map_poses       geometry_msgs/PoseArray (once, transient local)
                 relocalization/scene_points    sensor_msgs/PointCloud2 (scene coordinate regression only)
                 /tf                            map_frame -> odom_frame or -> camera (with publish_tf, tf_mode)
                 /diagnostics                   diagnostic_msgs/DiagnosticArray (every diagnostics_period)
+    serves      relocalize                     std_srvs/Trigger: the next confident pose goes to initialpose
 
 Parameters: every entry of `parameters.NODE_PARAMETERS` (read-only, with its description and range;
 `ros2 param describe /relocalize_node <name>`), validated by `NodeSettings.from_values`.
@@ -48,6 +54,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
+from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
 from posenet_ros.core.geometry import pose_from_position_quat
@@ -136,13 +143,14 @@ class RelocalizeNode(Node):
             settings, relocalizer, self.types, self._publish, log=self.get_logger(),
             transforms=Tf2Lookup(self.tf_buffer) if self.tf_buffer is not None else None)
         handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth,
-                    "reset": self.pipeline.on_reset}
+                    "reset": self.pipeline.on_reset, "relocalize": self.pipeline.on_relocalize}
         inputs = {name: topic for name, topic in input_topics(settings).items()
                   if name not in ("tf", "tf_static")}  # the TransformListener subscribes to those
         self.subscriptions_by_input = {
             name: self.create_subscription(self.types.get(topic.type_name), topic.name, handlers[name],
                                            QOS[topic.qos])
             for name, topic in inputs.items()}
+        self.relocalize_service = self.create_service(Trigger, "relocalize", self._relocalize)
         self.diagnostics_timer = self.create_timer(settings.diagnostics_period,
                                                    self.pipeline.publish_diagnostics)
         self.pipeline.start()
@@ -155,6 +163,14 @@ class RelocalizeNode(Node):
                 self.tf_broadcaster.sendTransform(msg.transforms)
         else:
             self.publishers_by_output[output].publish(msg)
+
+    def _relocalize(self, request: Any, response: Any) -> Any:
+        """std_srvs/Trigger `relocalize`: accepted at once (success); the pose follows on initialpose
+        with the next confident frame."""
+        response.success = self.pipeline is not None
+        response.message = (self.pipeline.request_relocalization() if self.pipeline is not None
+                            else "the node is shutting down")
+        return response
 
     def _fail(self, message: str) -> NoReturn:
         self.get_logger().fatal(message)

@@ -24,6 +24,7 @@ from posenet_ros.ros.bag_reading import open_bag, read_messages
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds import loopback_config
+from posenet_ros.runtime.checkpoint import calibration_report
 from posenet_ros.tools.make_bag import BASE_FROM_CAMERA
 
 SCENE = ["width=64", "height=48", "hfov_deg=90", "frames_per_sequence=24", "train_sequences=3",
@@ -100,7 +101,8 @@ def test_replay_outputs(trained):
     assert metrics["latency_ms"]["p50"] > 0 and metrics["throughput_fps"] > 0
     with open_bag(out / "output_bag") as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
-    assert counts["/relocalized_pose"] == counts["/relocalization/loop_closure"] == 48
+    assert counts["/relocalization/status"] == counts["/relocalization/loop_closure"] == 48
+    assert counts["/relocalized_pose"] == metrics["policy"]["frames_published"]
     assert counts["/relocalization/uncertainty"] == 48 and counts["/relocalization/map_poses"] == 1
     # The bag has a robot (make-bag's /tf_static and odometry): /relocalized_pose is the base's pose,
     # the camera's own on relocalization/camera_pose.
@@ -146,6 +148,46 @@ def test_storages_and_image_transports(trained, storage, compressed):
         np.testing.assert_allclose(_poses(out), _poses(reference), rtol=0, atol=1e-9)
 
 
+def test_no_fix_policy_on_the_walk_out_of_the_map(trained, capsys):
+    """The test loop and a walk out of the mapped area: the frames flagged unknown or over the σ limits
+    (the checkpoint's calibrated ones) publish no pose; the report counts them and gives the error
+    percentiles of the published and the withheld frames; publish_unknown publishes them all."""
+    bag = trained["root"] / "bag_outside"
+    assert main(["make-bag", "--quiet", str(trained["scene"]), str(bag), "--split", "test", "--split",
+                 "outside"]) == 0
+    out = trained["root"] / "replay_outside"
+    metrics = _replay(trained, bag, out)
+    printed = capsys.readouterr().out
+    policy, rows = metrics["policy"], _rows(out)
+    limits = calibration_report(trained["run"])["sigma_limits"]
+    assert (policy["max_position_sigma_m"], policy["max_rotation_sigma_deg"]) == (
+        limits["position_m"], limits["rotation_deg"])
+    for row in rows:
+        confident = (row["known_place"] == "1" and float(row["sigma_position_m"]) <= limits["position_m"]
+                     and float(row["sigma_rotation_deg"]) <= limits["rotation_deg"])
+        assert row["published"] == str(int(confident)) and (row["reason"] == "confident") == confident
+    outside = [row for row in rows if row["in_map"] == "0"]
+    assert len(outside) >= 20 and sum(row["published"] == "1" for row in outside) <= len(outside) // 10
+    withheld = {reason: sum(row["reason"] == reason for row in rows) for reason in
+                ("unknown_place", "position_sigma", "rotation_sigma")}
+    assert policy["withheld"] == {reason: n for reason, n in withheld.items() if n}
+    assert policy["frames_published"] + policy["frames_withheld"] == metrics["frames"] == len(rows) == 72
+    published, kept_back = policy["published_error"], policy["withheld_error"]
+    assert published["frames"] == policy["frames_published"]
+    assert kept_back["frames"] == policy["frames_withheld"]
+    assert published["position_m"]["p99"] < kept_back["position_m"]["p50"]  # the heavy tail is withheld
+    assert f"poses published {policy['frames_published']}, withheld {policy['frames_withheld']}" in printed
+    print("published p50/p90/p99:", published["position_m"], "withheld:", kept_back["position_m"])
+    with open_bag(out / "output_bag") as reader:
+        connections = [c for c in reader.connections if c.topic == "/relocalized_pose"]
+        stamps = [stamp for _, stamp, _ in reader.messages(connections=connections)]
+    assert stamps == [int(row["stamp_ns"]) for row in rows if row["published"] == "1"]
+    everything = _replay(trained, bag, trained["root"] / "replay_outside_all",
+                         "--param", "publish_unknown:=true")
+    assert everything["policy"]["frames_withheld"] == 0 and everything["policy"]["frames_published"] == 72
+    np.testing.assert_array_equal(_poses(trained["root"] / "replay_outside_all"), _poses(out))
+
+
 def test_live_replay_equals_in_process(trained):
     domain = domain_id(7)
     node = Process(["node", "--model", str(trained["run"]), "--params", str(PARAMS)], domain)
@@ -157,14 +199,20 @@ def test_live_replay_equals_in_process(trained):
     finally:
         node.stop()
     in_process = replay(trained["bag"], trained["root"] / "replay_in_process", settings, progress=False)
-    assert live["frames"] == in_process["frames"] == 48
+    # Live, only the published poses leave the node; the withheld frames are counted from the status.
+    published = [row for row in _rows(trained["root"] / "replay_in_process") if row["published"] == "1"]
+    assert in_process["frames"] == 48 and live["frames"] == len(published) >= 24
     assert live["runtime"] == "live" and live["processed"] == 48 and live["dropped"] == 0
+    for key in ("frames_published", "frames_withheld", "withheld"):
+        assert live["policy"][key] == in_process["policy"][key]
+    keys = ("x", "y", "z", "qw", "qx", "qy", "qz")
     np.testing.assert_allclose(_poses(trained["root"] / "replay_live"),
-                               _poses(trained["root"] / "replay_in_process"), rtol=1e-6, atol=1e-9)
-    flags = [[row["known_place"] for row in _rows(trained["root"] / name)]
-             for name in ("replay_live", "replay_in_process")]
-    assert flags[0] == flags[1]
-    assert live["median_position_error_m"] == pytest.approx(in_process["median_position_error_m"], abs=1e-9)
+                               [[float(row[key]) for key in keys] for row in published], rtol=1e-6, atol=1e-9)
+    rows = _rows(trained["root"] / "replay_live")
+    assert [row["known_place"] for row in rows] == [row["known_place"] for row in published]
+    assert [row["stamp_ns"] for row in rows] == [row["stamp_ns"] for row in published]
+    assert live["policy"]["published_error"]["position_m"] == pytest.approx(
+        in_process["policy"]["published_error"]["position_m"], abs=1e-9)
 
 
 def test_a_bag_without_transforms_replays_the_camera_pose(trained, caplog):

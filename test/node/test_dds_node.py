@@ -39,7 +39,7 @@ from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
 from posenet_ros.node.dds_node import load_settings
-from posenet_ros.node.pipeline import build_relocalizer, input_topics
+from posenet_ros.node.pipeline import NodeDiagnostics, build_relocalizer, input_topics
 from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
 from posenet_ros.runtime.relocalizer import Relocalizer
@@ -189,7 +189,7 @@ def test_overload_drops_the_oldest_frames_with_a_bounded_queue_and_counts_every_
     assert all(0 <= _unaccounted(counts) <= IN_FLIGHT_BOUND for counts, _ in reports)
     # Every image the node received is accounted for (none lost or left in the queue), and it
     # received no more than was published (best-effort samples may be lost on the way, not invented).
-    assert set(final) == set(COUNTERS) and _unaccounted(final) == 0
+    assert set(final) == set(NodeDiagnostics.COUNTERS) and _unaccounted(final) == 0
     assert 0 < final["received"] <= len(published)
     assert answered <= set(published) and len(answered) <= final["processed"]
     # Overloaded, the node drops frames, counts them and reports them as a warning.

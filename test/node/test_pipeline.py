@@ -53,7 +53,10 @@ def model_path(tmp_path_factory):
 
 
 def make_pipeline(model_path, **settings):
-    """A pipeline publishing into a list; base_frame "" (the camera's pose, no TF) unless given."""
+    """A pipeline publishing into a list; base_frame "" (the camera's pose, no TF) and every pose
+    published (publish_unknown) unless the settings say otherwise: frames and the pose policy have
+    tests of their own (test_robot_frames.py, test_pose_policy.py)."""
+    settings.setdefault("publish_unknown", True)
     sent: list[tuple[str, object]] = []
     log = ListLog()
     node_settings = NodeSettings(model=str(model_path), device="cpu", **{"base_frame": "", **settings})
@@ -123,7 +126,7 @@ def test_scene_points_are_published_only_for_estimates_that_have_them(model_path
     assert cloud.is_dense is True and cloud.is_bigendian is False
     finite = np.delete(points, [4, 17], axis=0).astype(np.float32)
     np.testing.assert_array_equal(points_from_point_cloud2(cloud), finite)
-    assert [name for name, _ in sent[-6:]] == ["pose", "camera_pose", "loop_closure", "uncertainty",
+    assert [name for name, _ in sent[-7:]] == ["status", "pose", "camera_pose", "loop_closure", "uncertainty",
                                                "scene_points", "tf"]
 
 
@@ -203,7 +206,7 @@ def test_a_message_with_the_stamp_of_the_one_before_is_ignored_and_counted(model
 
 def test_depth_of_another_size_is_rejected_and_pairs_by_stamp(model_path):
     pipeline, sent, _ = make_pipeline(model_path, use_depth=True, max_depth_stamp_diff=0.01)
-    assert set(input_topics(pipeline.settings)) == {"image", "depth", "reset"}
+    assert set(input_topics(pipeline.settings)) == {"image", "depth", "reset", "relocalize"}
     depth = np.full((30, 40), 2.0)
     # Depth arriving 5 ms after the image: paired.
     pipeline.on_image(image(0))

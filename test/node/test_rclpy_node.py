@@ -1,10 +1,10 @@
 """node/rclpy_node.py, run without ROS. rclpy is not on PyPI, so the node is imported and run against
 minimal stand-ins of rclpy, rcl_interfaces and tf2_ros that record what the node asks of them, with
 the message classes of rosbags' ROS 2 Humble typestore in place of the message packages. What is
-checked is what the node does: the parameters it declares and reads, the publishers, subscriptions
-and timer it creates, what it publishes for a camera frame, how it refuses to start, and how `main`
-shuts down, and how it looks transforms up in tf2's buffer and broadcasts map -> odom. (A ROS 2 Humble
-build beside the repository, docs/design.md, checks it on real rclpy.)"""
+checked is what the node does: the parameters it declares and reads, the publishers, subscriptions,
+timer and service it creates, what it publishes for a camera frame, how it refuses to start, how
+`main` shuts down, and how it looks transforms up in tf2's buffer and broadcasts map -> odom. (A ROS 2
+Humble build beside the repository, docs/design.md, checks it on real rclpy.)"""
 
 from __future__ import annotations
 
@@ -141,6 +141,38 @@ class Subscription:
 
 
 @dataclass
+class Service:
+    srv_type: Any
+    name: str
+    callback: Any
+
+
+@dataclass
+class TriggerRequest:
+    """std_srvs/srv/Trigger request (empty)."""
+
+
+@dataclass
+class TriggerResponse:
+    """std_srvs/srv/Trigger response."""
+
+    success: bool = False
+    message: str = ""
+
+
+class Trigger:
+    """std_srvs.srv.Trigger: rclpy hands the callback a Request and a fresh Response to fill and return."""
+
+    Request = TriggerRequest
+    Response = TriggerResponse
+
+
+def call(service: Service) -> TriggerResponse:
+    """What rclpy's executor does with a request: callback(request, response) -> response."""
+    return service.callback(service.srv_type.Request(), service.srv_type.Response())
+
+
+@dataclass
 class Timer:
     period_s: float
     callback: Any
@@ -169,6 +201,7 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             self.publishers: list[Publisher] = []
             self.subscriptions: list[Subscription] = []
             self.timers: list[Timer] = []
+            self.services: list[Service] = []
             self.broadcasters: list[TransformBroadcaster] = []
             self.listeners: list[TransformListener] = []
             self.logger = Logger()
@@ -197,6 +230,10 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
         def create_subscription(self, msg_type: type, topic: str, callback: Any, qos: Any) -> Subscription:
             self.subscriptions.append(Subscription(msg_type, topic, callback, qos))
             return self.subscriptions[-1]
+
+        def create_service(self, srv_type: Any, name: str, callback: Any) -> Service:
+            self.services.append(Service(srv_type, name, callback))
+            return self.services[-1]
 
         def create_timer(self, period_s: float, callback: Any) -> Timer:
             self.timers.append(Timer(period_s, callback))
@@ -269,6 +306,8 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             IntegerRange=lambda **kw: types.SimpleNamespace(kind="int", **kw)),
         "tf2_ros": module("tf2_ros", TransformBroadcaster=TransformBroadcaster, Buffer=Tf2Buffer,
                           TransformListener=TransformListener, TransformException=TransformException),
+        "std_srvs": module("std_srvs"),
+        "std_srvs.srv": module("std_srvs.srv", Trigger=Trigger),
     }
     for package in MESSAGE_PACKAGES:
         messages = module(f"{package}.msg")
@@ -375,11 +414,11 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos])
             for name, topic in OUTPUTS.items() if name != "tf"}
         handlers = {"image": node.pipeline.on_image, "depth": node.pipeline.on_depth,
-                    "reset": node.pipeline.on_reset}
+                    "reset": node.pipeline.on_reset, "relocalize": node.pipeline.on_relocalize}
         assert {s.topic: (s.msg_type, s.qos, s.callback) for s in node.subscriptions} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos], handlers[name])
             for name, topic in input_topics(settings).items()}
-        assert set(input_topics(settings)) == {"image", "depth", "reset"}
+        assert set(input_topics(settings)) == {"image", "depth", "reset", "relocalize"}
         assert node.broadcasters == [] and node.tf_broadcaster is None  # publish_tf is off
         assert node.listeners == [] and node.tf_buffer is None  # base_frame "": no TF needed
     finally:
@@ -393,7 +432,7 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
 
 def test_a_camera_frame_is_answered_on_every_output(ros, model_path):
     node = start(ros, model=str(model_path), device="cpu", publish_tf=True, tf_mode="map_camera",
-                 map_frame="world")
+                 map_frame="world", publish_unknown=True)  # the first frame is not yet a known place
     by_topic = {publisher.topic: publisher for publisher in node.publishers}
     try:
         (map_poses,) = by_topic["relocalization/map_poses"].wait_for(1)  # once, at start
@@ -427,6 +466,29 @@ def test_a_camera_frame_is_answered_on_every_output(ros, model_path):
     assert values["received"] == values["processed"] == "1" and values["device"] == "cpu"
 
 
+def test_the_relocalize_service_sends_the_next_confident_pose_to_initialpose(ros, model_path):
+    node = start(ros, model=str(model_path), device="cpu")
+    by_topic = {publisher.topic: publisher for publisher in node.publishers}
+    try:
+        (service,) = node.services
+        assert (service.srv_type, service.name) == (Trigger, "relocalize")
+        response = call(service)  # accepted at once; the pose follows
+        assert response.success and "next confident pose goes to initialpose" in response.message
+        (on_image,) = [s.callback for s in node.subscriptions if s.topic == "/camera/image_raw"]
+        for i in range(3):  # frame 0 is not yet a known place (min_frames 2): withheld
+            on_image(image(i))
+            by_topic["relocalization/status"].wait_for(i + 1)
+        assert wait_until(lambda: node.pipeline.diagnostics.counts["processed"] == 3)
+    finally:
+        node.destroy_node()
+    (initial,) = by_topic["initialpose"].messages
+    poses = by_topic["relocalized_pose"].messages
+    assert [stamp_to_ns(p.header.stamp) for p in poses] == [stamp(1), stamp(2)]
+    assert initial is poses[0]  # the same message, once
+    response = call(service)  # after destroy_node: refused
+    assert not response.success and response.message == "the node is shutting down"
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({}, "invalid parameters: parameter 'model' is required"),
     ({"model": "m", "mc_samples": 5000}, "invalid parameters: parameter 'mc_samples' must lie in [-1, 1024]"),
@@ -440,7 +502,7 @@ def test_invalid_parameters_or_model_stop_the_node_with_a_fatal_message(ros, ove
         start(ros, **overrides)
     (node,) = ros.state.nodes
     assert node.logger.lines[-1][0] == "fatal" and node.logger.lines[-1][1].startswith(message)
-    assert node.publishers == node.subscriptions == node.timers == []
+    assert node.publishers == node.subscriptions == node.timers == node.services == []
 
 
 def test_an_rgbd_model_needs_use_depth(ros, tmp_path):

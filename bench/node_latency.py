@@ -269,7 +269,8 @@ def main() -> None:
             node_process = subprocess.Popen(
                 [sys.executable, "-m", "posenet_ros.cli", "node", "--model", str(path), "--params",
                  str(REPO_ROOT / "config" / "relocalize.yaml"), "--param", f"device:={args.device}",
-                 "--param", f"runtime:={args.runtime}"],
+                 "--param", f"runtime:={args.runtime}", "--param", "base_frame:=",  # no TF: camera poses
+                 "--param", "publish_unknown:=true"],
                 env=env, cwd=REPO_ROOT)
             try:
                 camera = node.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")

@@ -230,6 +230,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"  loop closure: known after {loop['min_frames']} frames with score <= "
           f"{loop['enter_score']:.3f}, unknown after {loop['min_frames']} frames with score > "
           f"{loop['leave_score']:.3f}")
+    limits = report["sigma_limits"]
+    print(f"  node's σ limits of a confident pose (p{limits['percentile']:g} of these frames): position "
+          f"{limits['position_m']:.3g} m, rotation {limits['rotation_deg']:.3g}°")
     print(f"stored in {args.model}")
     return 0
 
@@ -308,6 +311,16 @@ def _replay(args: argparse.Namespace) -> int:
     for block, values in metrics.get("uncertainty", {}).items():
         print(f"  {block:<8} mean NEES {values['mean_nees']:.2f} ({values['dimension']}), inside 2σ "
               f"{100 * values['within_2sigma']:.0f}% (Gaussian {100 * values['expected_2sigma']:.0f}%)")
+    policy = metrics["policy"]
+    withheld = ", ".join(f"{reason} {count}" for reason, count in policy["withheld"].items())
+    print(f"  poses published {policy['frames_published']}, withheld {policy['frames_withheld']}"
+          + (f" ({withheld})" if withheld else ""))
+    for kind in ("published", "withheld"):
+        errors = policy[f"{kind}_error"]
+        if errors["frames"]:
+            print(f"  {kind:<9} position error p50/p90/p99 " + "/".join(
+                f"{value:.3f}" for value in errors["position_m"].values()) + " m, orientation "
+                + "/".join(f"{value:.2f}" for value in errors["orientation_deg"].values()) + "°")
     print(f"report: {args.out / 'report' / 'index.html'}")
     if metrics["interrupted"]:
         print("interrupted: the outputs cover the frames processed so far", file=sys.stderr)

@@ -76,9 +76,12 @@ class Process:
 
 
 def start_node(model: Path, domain: int, *params: str) -> Process:
-    """`posenet-ros node` on the CPU with config/relocalize.yaml and `params`, once it says it is ready."""
+    """`posenet-ros node` on the CPU with config/relocalize.yaml and `params`, once it says it is ready;
+    base_frame "" (the camera's pose, no TF) and every pose published (publish_unknown:=true) unless
+    `params` set them: the tests of frames and of the pose policy do (node/test_dds_frames.py,
+    node/test_pose_policy.py)."""
     node = Process(["node", "--model", str(model), "--params", str(PARAMS), "--param", "device:=cpu",
-                    *params], domain)
+                    "--param", "base_frame:=", "--param", "publish_unknown:=true", *params], domain)
     node.wait_for_line("node: ready")
     return node
 

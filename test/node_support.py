@@ -8,16 +8,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from posenet_ros.core.geometry import matrix_to_quat, pose_from_position_quat, quat_exp, quat_multiply
 from posenet_ros.inference.loop_closure import LoopClosureConfig
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
-from posenet_ros.ros.conversions import RosbagsTypes, image_msg
+from posenet_ros.ros.conversions import RosbagsTypes, image_msg, transform_stamped
 from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
 
 TYPES = RosbagsTypes()
 STAMP0_NS = 1_700_000_000_000_000_000  # 2023-11-14, a realistic ROS time
 PERIOD_NS = 100_000_000  # 10 Hz
+
+
+class ListLog:
+    """A NodeLog that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
 
 
 def make_checkpoint(path: Path, backbone: str = "resnet_tiny", resize: int = 24, crop: int = 24,
@@ -68,3 +82,21 @@ def random_temporal(feature_dim: int, cnn_feature_dim: int = 64, components: int
         for head in (temporal.causal_head, temporal.offline_head):
             head.weight.normal_(0.0, 0.3)
     return temporal.eval()
+
+
+# A robot for the REP-105 frame tests: the camera's optical frame (z forward, x right, y down) 0.25 m
+# ahead of, 0.05 m right of and 0.7 m above the base, pitched down 15°; odometry driving a curve.
+BASE_FROM_CAMERA = pose_from_position_quat([0.25, -0.05, 0.7], quat_multiply(
+    quat_exp([0.0, np.radians(15.0), 0.0]),
+    matrix_to_quat(np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))))
+
+
+def odom_from_base(index: int) -> np.ndarray:
+    """odom_from_base (4x4) at `stamp(index)`: 0.3 m forward and 0.1 rad about z per frame."""
+    return pose_from_position_quat([0.3 * index, 0.02 * index**2, 0.0], quat_exp([0.0, 0.0, 0.1 * index]))
+
+
+def transform(parent: str, child: str, stamp_ns: int, parent_from_child: np.ndarray) -> object:
+    """geometry_msgs/TransformStamped (rosbags class) of a 4x4 parent_from_child."""
+    return transform_stamped(TYPES, stamp_ns, parent, child, parent_from_child[:3, 3],
+                             matrix_to_quat(parent_from_child[:3, :3]))

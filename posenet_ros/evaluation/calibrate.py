@@ -23,6 +23,7 @@ from posenet_ros.evaluation.predict import Predictions, fit_feature_memory, pred
 from posenet_ros.inference.calibration import fit_block_calibration, nees, uncertainty_metrics
 from posenet_ros.inference.loop_closure import LoopClosureConfig, calibrate_thresholds
 from posenet_ros.inference.uncertainty import UncertaintyConfig, calibrated
+from posenet_ros.node.pose_policy import calibrated_sigma_limits
 from posenet_ros.runtime.checkpoint import load_model, store_calibration
 from posenet_ros.runtime.methods import inference_method
 from posenet_ros.runtime.train_config import VALIDATION_BLOCKS_SPLIT
@@ -130,6 +131,8 @@ def calibrate_checkpoint(model_path: str | Path, data_root: str | Path, *, split
         "before": uncertainty_metrics(errors, predictions.covariance_N66),
         "after": uncertainty_metrics(errors, after(predictions)),
         "after_train": uncertainty_metrics(seen_errors, after(seen)),
+        # the node's default σ limits of a confident pose (node/pose_policy.py)
+        "sigma_limits": calibrated_sigma_limits(after(predictions)),
     }
     memory = {"feature_covariance": loaded.model.feature_covariance} if method.has_feature_memory else {}
     store_calibration(loaded.path, fitted, loop_closure, report, memory)

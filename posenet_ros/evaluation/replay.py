@@ -5,15 +5,29 @@ message conversions, Relocalizer, stream resets and loop-closure hysteresis), st
 so that nothing is dropped, as fast as the machine allows. With `live=True` the bag is instead played
 over DDS, in lock-step, to a node that is already running (`posenet-ros node` or
 `ros2 launch posenet_ros relocalize.launch.py`), and its answers are recorded: an end-to-end check of
-a deployment. Either way the estimates are associated with the bag's ground truth by stamp
-(`ros/bag_reading.py`) and DIR receives:
+a deployment. Either way the camera estimates (the node's relocalization/camera_pose) are associated
+with the bag's ground truth of the camera by stamp (`ros/bag_reading.py`) and DIR receives:
 
     metrics.json     median errors, threshold accuracies, NEES and σ coverage, loop-closure precision
-                     and recall, latency, frames dropped / rejected / failed, throughput
-    frames.csv       one row per answered frame
+                     and recall, latency, frames dropped / rejected / failed, throughput, and the pose
+                     policy's figures ("policy": frames published and withheld per reason, error
+                     percentiles 50/90/99 of the published and of the withheld frames)
+    frames.csv       one row per answered frame, with the policy's reason and whether it was published
     output_bag/      a rosbag2 of the node's outputs (/relocalized_pose, ...; with a scene-coordinate
                      model also /relocalization/scene_points) for other tools
     report/          index.html with the plots of `report.py`
+
+Frames (REP-105): in-process, every /tf and /tf_static transform of the bag is loaded first
+(`read_transforms`) and the pipeline looks the robot's links up in it at each image's stamp, so
+/relocalized_pose in the output bag is the pose of base_frame (and /tf, with publish_tf, map -> odom).
+A bag without transforms of base_frame (made before make-bag wrote a robot, or of a hand-held camera)
+is replayed with base_frame '' (the camera's pose), with a warning. Live, the bag's /tf and /tf_static
+are played to the node along with the images when `settings` (the running node's parameters) need
+transforms.
+
+The pose policy: in-process, every frame has a pose and the figures cover them all, withheld or not;
+live, a withheld frame's pose never leaves the node, so only the published frames have errors (the
+withheld ones are counted from relocalization/status, which the live replay also steps on).
 
 Frames count as "in the map" (for the loop-closure precision / recall) when their ground-truth pose
 is within `in_map_radius_m` and `in_map_angle_deg` of a training camera pose of the checkpoint.
@@ -37,7 +51,8 @@ import numpy as np
 import torch
 
 from posenet_ros.core.atomic_io import atomic_write_text
-from posenet_ros.core.geometry import angular_error_deg
+from posenet_ros.core.covariance_transport import transport_covariance
+from posenet_ros.core.geometry import angular_error_deg, pose_from_position_quat, position_quat_from_pose
 from posenet_ros.core.progress import progress_bar
 from posenet_ros.evaluation.report import ReportFrames, write_report
 from posenet_ros.inference.calibration import pose_error_vectors, uncertainty_metrics
@@ -51,13 +66,16 @@ from posenet_ros.inference.metrics import (
 from posenet_ros.inference.temporal import smooth_sequence, temporal_jitter
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import OUTPUTS, NodeDiagnostics, RelocalizationPipeline, build_relocalizer
+from posenet_ros.node.robot_frames import needs_transforms
 from posenet_ros.ros.bag_reading import (
     DEFAULT_MAX_GAP_S,
     BagStreams,
     Trajectory,
+    bag_topics,
     check_overlap,
     open_bag,
     read_trajectory,
+    read_transforms,
     select_streams,
     stream_messages,
 )
@@ -69,22 +87,28 @@ from posenet_ros.ros.conversions import (
     pose_from_msg,
     pose_with_covariance_stamped,
     stamp_to_ns,
+    tf_message,
+    transform_stamped,
 )
 from posenet_ros.ros.dds import DdsNode
 from posenet_ros.ros.dds_types import from_dds
+from posenet_ros.ros.tf_buffer import TransformBuffer
 from posenet_ros.runtime.checkpoint import load_model
 from posenet_ros.tools.play import play
 
 logger = logging.getLogger(__name__)
 
-RECORDED_OUTPUTS = ("pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses")
+RECORDED_OUTPUTS = ("pose", "camera_pose", "loop_closure", "uncertainty", "scene_points", "tf", "map_poses",
+                    "status", "initial_pose")
+ERROR_PERCENTILES = (50, 90, 99)
 
 
 @dataclass
 class Answer:
     """One answered frame, from either runtime: the pose (metres, unit wxyz quaternion, map frame),
     its 6x6 covariance, the loop-closure flag and score (NaN where the runtime does not publish it),
-    √trace of the position covariance (metres) and the processing latency (ms; NaN when unknown)."""
+    √trace of the position covariance (metres), the processing latency (ms; NaN when unknown), and
+    the pose policy's reason (`pose_policy.REASONS`) and whether the node published the pose."""
 
     stamp_ns: int
     position_3: np.ndarray
@@ -94,12 +118,16 @@ class Answer:
     score: float
     uncertainty_m: float
     latency_ms: float
+    reason: str
+    published: bool
 
 
 @dataclass
 class ReplayRun:
     """What a replay produced: answers in stream order, the output messages (topic, type, stamp ns,
-    message) for the output bag, pipeline counts, and whether it was interrupted."""
+    message) for the output bag, pipeline counts, and whether it was interrupted. `verdicts`: stamp ns
+    -> (reason, published) of every frame the node answered (live: also those whose pose it withheld);
+    `policy`: the limits in use."""
 
     answers: list[Answer] = field(default_factory=list)
     messages: list[tuple[str, str, int, Any]] = field(default_factory=list)
@@ -108,6 +136,8 @@ class ReplayRun:
     elapsed_s: float = 0.0
     runtime: str = "in-process"
     loop_closure: dict[str, float] = field(default_factory=dict)  # the thresholds in use
+    verdicts: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    policy: dict[str, float] = field(default_factory=dict)
 
 
 def _topic_name(name: str) -> str:
@@ -115,12 +145,14 @@ def _topic_name(name: str) -> str:
 
 
 def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams, *,
-                   offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1) -> ReplayRun:
+                   offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1,
+                   transforms: TransformBuffer | None = None) -> ReplayRun:
     """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early.
     `offline_smoothing`: run per frame, then replace the poses of each stretch of the stream (split
     where the node would reset) by the checkpoint's bidirectional temporal model. `batch_size` > 1:
     the network takes that many frames at once (`RelocalizationPipeline.process_batch`: the same poses,
-    more frames/s on a GPU); each frame's latency is then its share of its batch's time."""
+    more frames/s on a GPU); each frame's latency is then its share of its batch's time. `transforms`:
+    the bag's TF (`read_transforms`), where the pipeline looks the robot's links up."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if offline_smoothing:
@@ -138,11 +170,13 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
     def publish(name: str, msg: Any) -> None:
         if name in RECORDED_OUTPUTS:
             topic = OUTPUTS[name]
-            if hasattr(msg, "header"):  # Bool and Float64 follow the pose of their frame
+            if hasattr(msg, "header"):  # Bool and Float64 follow the status of their frame
                 last_stamp[0] = stamp_to_ns(msg.header.stamp)
             run.messages.append((_topic_name(topic.name), topic.type_name, last_stamp[0], msg))
 
-    pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None)
+    pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None,
+                                      transforms=transforms)
+    run.policy = dataclasses.asdict(pipeline.policy)
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
 
@@ -154,9 +188,12 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
             estimates = pipeline.process_batch(frames)
         latency_ms = 1e3 * (time.perf_counter() - began) / max(frames, 1)
         for estimate in estimates:
+            decision = pipeline.policy.decide(estimate.known_place, estimate.covariance_66)
+            run.verdicts[estimate.stamp_ns] = decision.reason, decision.published
             run.answers.append(Answer(estimate.stamp_ns, estimate.position_3, estimate.quat_wxyz_4,
                                       estimate.covariance_66, estimate.known_place, estimate.score,
-                                      estimate.uncertainty_m, latency_ms))
+                                      estimate.uncertainty_m, latency_ms, decision.reason,
+                                      decision.published))
             if estimate.temporal_inputs is not None:
                 inputs.append(estimate.temporal_inputs)
         bar.update(frames)
@@ -185,10 +222,16 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
 def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.Tensor, torch.Tensor,
                     torch.Tensor]], settings: NodeSettings) -> None:
     """Replace the answers' poses, covariances and uncertainties (and the published messages) by the
-    bidirectional temporal model's, stretch by stretch (split at stamp gaps over reset_gap)."""
+    bidirectional temporal model's, stretch by stretch (split at stamp gaps over reset_gap).
+
+    A frame's published base pose and map -> odom transform were the camera pose times fixed factors
+    (camera_from_base, odom links): they move with the camera, left-multiplied by new · old⁻¹, and the
+    base covariance is the smoothed camera covariance carried to the base (as the node does)."""
     stamps = np.array([answer.stamp_ns for answer in run.answers], np.int64)
     breaks = np.flatnonzero((np.diff(stamps) > settings.reset_gap * 1e9) | (np.diff(stamps) < 0)) + 1
     types = RosbagsTypes()
+    topics = {_topic_name(OUTPUTS[name].name): name for name in ("pose", "camera_pose", "uncertainty", "tf")}
+    published = {(topics[topic], stamp): msg for topic, _, stamp, msg in run.messages if topic in topics}
     replaced: dict[tuple[str, int], Any] = {}
     for members in np.split(np.arange(len(stamps)), breaks):
         if not len(members):
@@ -197,30 +240,46 @@ def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.T
         smoothed = smooth_sequence(relocalizer.temporal, relocalizer.model, relocalizer.temporal_calibration,
                                    features, position_norm, quat, "offline")
         for row, i in enumerate(members):
-            answer = run.answers[i]
+            answer, stamp = run.answers[i], run.answers[i].stamp_ns
+            old_map_from_camera = pose_from_position_quat(answer.position_3, answer.quat_wxyz_4)
             answer.position_3, answer.quat_wxyz_4 = smoothed.position_T3[row], smoothed.quat_T4[row]
             answer.covariance_66 = smoothed.covariance_T66[row]
             answer.uncertainty_m = float(np.sqrt(max(np.trace(answer.covariance_66[:3, :3]), 0.0)))
-            replaced["pose", answer.stamp_ns] = pose_with_covariance_stamped(
-                types, answer.stamp_ns, settings.map_frame, answer.position_3, answer.quat_wxyz_4,
-                answer.covariance_66)
-            replaced["uncertainty", answer.stamp_ns] = float64_msg(types, answer.uncertainty_m)
-    topics = {_topic_name(OUTPUTS[name].name): name for name in ("pose", "uncertainty")}
+            map_from_camera = pose_from_position_quat(answer.position_3, answer.quat_wxyz_4)
+            correction = map_from_camera @ np.linalg.inv(old_map_from_camera)
+            replaced["camera_pose", stamp] = pose_with_covariance_stamped(
+                types, stamp, settings.map_frame, answer.position_3, answer.quat_wxyz_4, answer.covariance_66)
+            if ("pose", stamp) in published:
+                old_map_from_frame = pose_from_position_quat(*pose_from_msg(published["pose", stamp]))
+                camera_from_frame = np.linalg.inv(old_map_from_camera) @ old_map_from_frame
+                position, quat = position_quat_from_pose(correction @ old_map_from_frame)
+                replaced["pose", stamp] = pose_with_covariance_stamped(
+                    types, stamp, settings.map_frame, position, quat,
+                    transport_covariance(answer.covariance_66, map_from_camera, camera_from_frame))
+            if ("tf", stamp) in published:  # map -> odom or map -> camera: moves with the camera
+                replaced["tf", stamp] = tf_message(types, [transform_stamped(
+                    types, stamp_to_ns(t.header.stamp), t.header.frame_id, t.child_frame_id,
+                    *position_quat_from_pose(correction @ pose_from_position_quat(*pose_from_msg(t))))
+                    for t in published["tf", stamp].transforms])
+            replaced["uncertainty", stamp] = float64_msg(types, answer.uncertainty_m)
     run.messages = [(topic, type_name, stamp, replaced.get((topics.get(topic, ""), stamp), msg))
                     for topic, type_name, stamp, msg in run.messages]
 
 
 def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", domain_id: int | None = None,
              config: str | None = None, wait_timeout: float = 30.0, step_timeout: float = 30.0,
-             progress: bool = True) -> ReplayRun:
-    """Play the camera topics of `bag` over DDS in lock-step with a running node's /relocalized_pose
-    and record its outputs (pose, loop-closure flag, uncertainty, diagnostics)."""
+             progress: bool = True, transform_topics: Sequence[str] = ()) -> ReplayRun:
+    """Play the camera topics of `bag` (and `transform_topics`, e.g. /tf and /tf_static) over DDS in
+    lock-step with a running node's relocalization/status (published for every frame, its pose withheld
+    or not) and record its outputs (camera and published pose, status, loop-closure flag, uncertainty,
+    diagnostics); the answers are the camera poses."""
 
     run = ReplayRun(runtime="live")
     lock = threading.Lock()
     poses: list[tuple[float, Any]] = []
     flags: list[bool] = []
     sigmas: list[float] = []
+    statuses: dict[int, dict[str, str]] = {}  # stamp ns -> the status's values
     diagnostics: dict[str, str] = {}
 
     def resolve(name: str) -> str:
@@ -232,8 +291,7 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
         def callback(sample: Any) -> None:
             msg = from_dds(sample, topic.type_name)
             with lock:
-                stamp = stamp_to_ns(msg.header.stamp) if hasattr(msg, "header") else (
-                    stamp_to_ns(poses[-1][1].header.stamp) if poses else 0)
+                stamp = stamp_to_ns(msg.header.stamp) if hasattr(msg, "header") else max(statuses, default=0)
                 run.messages.append((resolve(topic.name), topic.type_name, stamp, msg))
                 sink(msg)
         return callback
@@ -246,7 +304,10 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
     start = time.perf_counter()
     with DdsNode("posenet_ros_replay", domain_id=domain_id, config=config) as node:
-        sinks = {"pose": lambda msg: (poses.append((time.perf_counter(), msg)), bar.update(1)),
+        sinks = {"camera_pose": lambda msg: poses.append((time.perf_counter(), msg)),
+                 "pose": lambda msg: None,  # recorded into the output bag only
+                 "status": lambda msg: (statuses.update({stamp_to_ns(msg.header.stamp): {
+                     kv.key: kv.value for kv in msg.status[0].values}}), bar.update(1)),
                  "loop_closure": lambda msg: flags.append(bool(msg.data)),
                  "uncertainty": lambda msg: sigmas.append(float(msg.data)),
                  "scene_points": lambda msg: None,  # recorded into the output bag only
@@ -259,21 +320,22 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
                 record(name, sink) if name != "diagnostics" else
                 lambda sample, s=sink, t=topic: s(from_dds(sample, t.type_name)))
         # The recorder must hear the node's first answers: wait until the node's publishers match.
-        for name in ("pose", "loop_closure", "uncertainty"):
+        for name in ("camera_pose", "status", "loop_closure", "uncertainty"):
             if not subscriptions[name].wait_for_publishers(1, wait_timeout):
                 raise ValueError(f"no node publishes {subscriptions[name].topic} within {wait_timeout:g} s: "
                                  "start the relocalization node on the same DDS domain first")
         try:
-            play(bag, rate=0.0, topics=topics, domain_id=domain_id, wait_subscribers=1,
-                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["pose"].name),
-                 step_timeout=step_timeout, config=config)
+            play(bag, rate=0.0, topics=[*topics, *transform_topics], domain_id=domain_id, wait_subscribers=1,
+                 wait_timeout=wait_timeout, step_topic=resolve(OUTPUTS["status"].name),
+                 step_type=OUTPUTS["status"].type_name, step_timeout=step_timeout, config=config)
             # The last frame's flag and uncertainty may trail its pose, and the node's counts come with
             # its next /diagnostics message (every diagnostics_period, 1 s by default).
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline:
                 with lock:
-                    if (len(flags) >= len(poses) and len(sigmas) >= len(poses)
-                            and float(diagnostics.get("processed", -1)) >= len(poses)):
+                    published = sum(values.get("published") == "true" for values in statuses.values())
+                    if (min(len(flags), len(sigmas)) >= len(statuses) and len(poses) >= published
+                            and float(diagnostics.get("processed", -1)) >= len(statuses)):
                         break
                 time.sleep(0.01)
         except KeyboardInterrupt:
@@ -282,12 +344,20 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
             bar.close()
     run.elapsed_s = time.perf_counter() - start
     with lock:
-        for i, (_, msg) in enumerate(poses):
+        run.verdicts = {stamp: (values.get("reason", ""), values.get("published") == "true")
+                        for stamp, values in sorted(statuses.items())}
+        for _, msg in poses:
+            stamp = stamp_to_ns(msg.header.stamp)
+            values = statuses.get(stamp, {})
             position, quat = pose_from_msg(msg)
             run.answers.append(Answer(
-                stamp_to_ns(msg.header.stamp), position, quat, covariance_from_msg(msg),
-                flags[i] if i < len(flags) else False, math.nan,
-                sigmas[i] if i < len(sigmas) else math.nan, math.nan))
+                stamp, position, quat, covariance_from_msg(msg), values.get("known_place") == "true",
+                math.nan, float(values.get("sigma_position_m", "nan")), math.nan,
+                values.get("reason", ""), True))
+        if statuses:
+            last = statuses[max(statuses)]
+            run.policy = {"max_position_sigma_m": float(last["max_position_sigma_m"]),
+                          "max_rotation_sigma_deg": float(last["max_rotation_sigma_deg"])}
     for key in NodeDiagnostics.COUNTERS:
         if key in diagnostics:
             run.counts[key] = float(diagnostics[key])
@@ -365,6 +435,8 @@ def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndar
                               "p99": run.counts.get("latency_p99_ms", math.nan), "mean": math.nan})
     for key in NodeDiagnostics.COUNTERS:
         metrics[key] = int(run.counts[key]) if key in run.counts else None
+    published = np.array([a.published for a in answers], bool)
+    metrics["policy"] = policy_metrics(run, published[valid], position_error[valid], orientation_error[valid])
     metrics["elapsed_s"] = run.elapsed_s
     metrics["throughput_fps"] = len(answers) / run.elapsed_s if run.elapsed_s > 0 else math.nan
     metrics["interrupted"] = run.interrupted
@@ -378,14 +450,39 @@ def replay_results(run: ReplayRun, trajectory: Trajectory, map_poses_M7: np.ndar
     return metrics, frames, in_map
 
 
+def policy_metrics(run: ReplayRun, published_N: np.ndarray, position_error_N: np.ndarray,
+                   orientation_error_N: np.ndarray) -> dict[str, Any]:
+    """The pose policy's figures: its limits, frames published and withheld (per reason, from every
+    frame's verdict), and the error percentiles (`ERROR_PERCENTILES`; metres, degrees) of the published
+    and the withheld frames among those with ground truth (`*_N`)."""
+    withheld: dict[str, int] = {}
+    for reason, was_published in run.verdicts.values():
+        if not was_published:
+            withheld[reason] = withheld.get(reason, 0) + 1
+
+    def errors(mask: np.ndarray) -> dict[str, Any]:
+        def percentiles(values: np.ndarray) -> dict[str, float]:
+            return {f"p{p}": float(np.percentile(values, p)) if values.size else math.nan
+                    for p in ERROR_PERCENTILES}
+        return {"frames": int(mask.sum()), "position_m": percentiles(position_error_N[mask]),
+                "orientation_deg": percentiles(orientation_error_N[mask])}
+
+    return {**run.policy, "frames_published": sum(p for _, p in run.verdicts.values()),
+            "frames_withheld": sum(withheld.values()), "withheld": withheld,
+            "published_error": errors(published_N), "withheld_error": errors(~published_N)}
+
+
 CSV_COLUMNS = ("stamp_ns", "x", "y", "z", "qw", "qx", "qy", "qz", "gt_x", "gt_y", "gt_z", "gt_qw", "gt_qx",
                "gt_qy", "gt_qz", "position_error_m", "orientation_error_deg", "sigma_position_m",
-               "sigma_rotation_deg", "known_place", "in_map", "score", "latency_ms")
+               "sigma_rotation_deg", "known_place", "in_map", "score", "latency_ms", "reason", "published")
 
 
-def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndarray) -> str:
-    """The per-frame table as CSV text (full float precision, empty cells for NaN)."""
+def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, answers: Sequence[Answer]) -> str:
+    """The per-frame table as CSV text (full float precision, empty cells for NaN); latency, the
+    policy's reason and the published flag come from `answers` (in the order of the frames)."""
     def cell(value: Any) -> str:
+        if isinstance(value, str):
+            return value
         if isinstance(value, (bool, np.bool_)):
             return str(int(value))
         if isinstance(value, (int, np.integer)):
@@ -398,7 +495,7 @@ def frames_csv(frames: ReportFrames, in_map_N: np.ndarray, latency_ms_N: np.ndar
                *frames.position_true_N3[i], *frames.quat_true_N4[i], frames.position_error_N[i],
                frames.orientation_error_N[i],
                frames.sigma_position_m_N[i], frames.sigma_rotation_deg_N[i], frames.known_place_N[i],
-               in_map_N[i], frames.score_N[i], latency_ms_N[i]]
+               in_map_N[i], frames.score_N[i], answers[i].latency_ms, answers[i].reason, answers[i].published]
         lines.append(",".join(cell(value) for value in row))
     return "\n".join(lines) + "\n"
 
@@ -448,19 +545,28 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag, image_topic, depth_topic, settings.use_depth)
         trajectory = read_trajectory(reader, bag, gt_topic, gt_tf)
+        transforms = read_transforms(reader, bag)
+        transform_topics = [t for t in ("/tf", "/tf_static") if t in bag_topics(reader)]
         image_stamps = np.array([stamp_to_ns(msg.header.stamp) for kind, msg in
                                  stream_messages(reader, bag, dataclasses.replace(streams, depth_topic=None))
                                  if kind == "image"], np.int64)
     _, _, with_truth = trajectory.at(image_stamps, max_gap_s)
     check_overlap(trajectory, image_stamps, with_truth, bag, streams.image_topic)
     settings = dataclasses.replace(settings, image_topic=streams.image_topic,
-                                   depth_topic=streams.depth_topic or settings.depth_topic)
+                                   depth_topic=streams.depth_topic or settings.depth_topic,
+                                   transform_timeout=0.0)  # every transform of the bag is loaded first
+    if settings.base_frame and settings.base_frame not in transforms.frames():
+        logger.warning("bag %s has no transform of base_frame %r: replaying with base_frame '' (the camera's "
+                       "pose on /relocalized_pose)", bag, settings.base_frame)
+        settings = dataclasses.replace(settings, base_frame="",
+                                       publish_tf=settings.publish_tf and settings.tf_mode == "map_camera")
     if live:
+        played_transforms = transform_topics if needs_transforms(settings) else []
         run = run_live(bag, streams, namespace=namespace, domain_id=domain_id, config=dds_config,
-                       progress=progress)
+                       progress=progress, transform_topics=played_transforms)
     else:
         run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress,
-                             batch_size=batch_size)
+                             batch_size=batch_size, transforms=transforms)
     if not run.answers:
         raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
                          + (" (interrupted)" if run.interrupted else ""))
@@ -475,9 +581,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
                    depth_topic=streams.depth_topic, image_messages=len(image_stamps))
     out.mkdir(parents=True, exist_ok=True)
-    latency = np.array([a.latency_ms for a in run.answers], np.float64)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
-    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, latency))
+    atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, run.answers))
     write_messages(out / "output_bag", run.messages, storage=storage, replace=True)
     notes = [f"bag {bag}: {len(image_stamps)} images on {streams.image_topic}; "
              f"ground truth {trajectory.source}",

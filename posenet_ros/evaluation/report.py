@@ -351,7 +351,8 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     Looked for, in this order: frames, frames_with_ground_truth, median_position_error_m (3 decimals,
     metres), median_orientation_error_deg (2 decimals, degrees), accuracy (label -> share, in percent),
     uncertainty (per block: mean_nees, within_2sigma with expected_2sigma), loop_closure (precision,
-    recall), latency_ms (p50, p99), dropped, rejected, throughput_fps. A missing key gives no row; a
+    recall), policy (frames published / withheld, the published frames' p99 position error),
+    latency_ms (p50, p99), dropped, rejected, throughput_fps. A missing key gives no row; a
     value that is None, NaN or not a number is 'n/a'.
     """
     rows: list[tuple[str, str]] = []
@@ -380,6 +381,12 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(loop, dict):
         rows.append(("Loop closure", f"precision {_format(loop.get('precision'))}, "
                                      f"recall {_format(loop.get('recall'))}"))
+    policy = metrics.get("policy")
+    if isinstance(policy, dict):
+        published = policy.get("published_error", {}).get("position_m", {})
+        rows.append(("Poses published / withheld",
+                     f"{_count(policy.get('frames_published'))} / {_count(policy.get('frames_withheld'))}; "
+                     f"published p99 position error {_format(published.get('p99'), '{:.3f}', 'm')}"))
     latency = metrics.get("latency_ms")
     if isinstance(latency, dict):
         rows.append(("Latency", f"p50 {_format(latency.get('p50'), '{:.1f}', 'ms')}, "

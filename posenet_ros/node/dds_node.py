@@ -7,7 +7,11 @@ It reads the same parameters file as the rclpy node (`relocalize_node: ros__para
 the same `RelocalizationPipeline` (pipeline.py) over `dds.DdsNode`, so its topics, QoS, stamps and
 messages are those of `ros2 run posenet_ros relocalize_node`; ROS 2 nodes on the same domain
 subscribe to them as usual. The TF output goes to /tf as a tf2_msgs/TFMessage, as a
-TransformBroadcaster sends it.
+TransformBroadcaster sends it. When the node needs transforms (base_frame set, or map -> odom) it
+subscribes to /tf and /tf_static (transient local, as tf2's listener) into the pipeline's
+`TransformBuffer` (ros/tf_buffer.py), which interpolates them at each image's stamp. Without ROS there
+are no services: the rclpy node's `relocalize` service is the `relocalization/relocalize` topic here
+(std_msgs/Empty; both runtimes have it).
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
                       for name, topic in OUTPUTS.items() if name != "tf" or settings.publish_tf}
         pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(),
                                           lambda name, msg: publishers[name].publish(msg), logger)
-        callbacks = {"image": pipeline.on_image, "depth": pipeline.on_depth, "reset": pipeline.on_reset}
+        callbacks = {"image": pipeline.on_image, "depth": pipeline.on_depth, "reset": pipeline.on_reset,
+                     "tf": pipeline.on_tf, "tf_static": pipeline.on_tf_static,
+                     "relocalize": pipeline.on_relocalize}
         for key, topic in input_topics(settings).items():
             node.subscription(topic.name, topic.type_name, topic.qos, callbacks[key])
         pipeline.start()

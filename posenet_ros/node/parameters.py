@@ -69,11 +69,25 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Consecutive unknown-place frames after which the temporal state is dropped; 0: never",
                   minimum=0, maximum=100000),
     ParameterSpec("map_frame", "map", "frame_id of the published poses, the map poses and the TF parent"),
+    ParameterSpec("base_frame", "base_link",
+                  "Robot base frame: relocalized_pose is its pose in map_frame (base -> camera from TF at "
+                  "the image stamp); empty: publish the camera's pose, no TF needed"),
+    ParameterSpec("odom_frame", "odom", "Odometry frame: parent of base_frame, child of the published map "
+                  "-> odom transform"),
     ParameterSpec("camera_frame", "",
-                  "TF child frame of the published transform; empty: the image's header.frame_id"),
-    ParameterSpec("publish_tf", False,
-                  "Publish the map -> camera transform on /tf (only if nothing else gives the camera "
-                  "a parent)"),
+                  "The camera's TF frame (TF lookups, tf_mode map_camera); empty: the image's "
+                  "header.frame_id"),
+    ParameterSpec("publish_tf", False, "Publish the transform tf_mode names on /tf"),
+    ParameterSpec("tf_mode", "map_odom",
+                  "map_odom: map_frame -> odom_frame from the estimate and odometry (REP-105, needs "
+                  "base_frame); map_camera: map_frame -> camera frame (a camera without a robot: needs "
+                  "base_frame empty)", choices=("map_odom", "map_camera")),
+    ParameterSpec("transform_tolerance", 1.0,
+                  "Seconds the map -> odom transform is post-dated past its image stamp, as AMCL does",
+                  minimum=0.0, maximum=10.0),
+    ParameterSpec("transform_timeout", 0.1,
+                  "Longest wait (s) for the transforms at an image's stamp; then the frame is dropped",
+                  minimum=0.0, maximum=10.0),
     ParameterSpec("loop_closure_enter_score", math.nan,
                   "Loop-closure score at or below which a place counts as known; NaN: the checkpoint's"),
     ParameterSpec("loop_closure_leave_score", math.nan,
@@ -81,6 +95,20 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("loop_closure_min_frames", 0,
                   "Consecutive frames needed to switch the loop-closure flag; 0: the checkpoint's",
                   minimum=0, maximum=1000),
+    ParameterSpec("publish_unknown", False,
+                  "Publish every frame's pose; false: only confident ones (a known place, σ within the "
+                  "limits), relocalization/status says why a pose was withheld"),
+    ParameterSpec("max_position_sigma", math.nan,
+                  "Largest position σ (√trace of the position covariance, m) of a confident pose; NaN: "
+                  "the checkpoint's calibrated limit (no limit if it stores none), .inf: no limit"),
+    ParameterSpec("max_rotation_sigma", math.nan,
+                  "Largest rotation σ (√trace of the rotation covariance, degrees) of a confident pose; "
+                  "NaN: the checkpoint's calibrated limit (no limit if it stores none), .inf: no limit"),
+    ParameterSpec("initial_pose_at_start", False,
+                  "Send the first confident pose to initialpose (Nav2 AMCL's initial pose)"),
+    ParameterSpec("initial_pose_lost_frames", 0,
+                  "After this many consecutive unconfident frames, send the next confident pose to "
+                  "initialpose again; 0: never", minimum=0, maximum=100000),
     ParameterSpec("reset_gap", 1.0,
                   "A stamp gap (s) longer than this, or a stamp going backwards, resets the stream state",
                   minimum=0.0, maximum=3600.0),
@@ -109,13 +137,29 @@ class NodeSettings:
     smoothing: bool = True
     smoothing_reset_unknown: int = 10
     map_frame: str = "map"
+    base_frame: str = "base_link"
+    odom_frame: str = "odom"
     camera_frame: str = ""
     publish_tf: bool = False
+    tf_mode: str = "map_odom"
+    transform_tolerance: float = 1.0
+    transform_timeout: float = 0.1
     loop_closure_enter_score: float = math.nan
     loop_closure_leave_score: float = math.nan
     loop_closure_min_frames: int = 0
+    publish_unknown: bool = False
+    max_position_sigma: float = math.nan
+    max_rotation_sigma: float = math.nan
+    initial_pose_at_start: bool = False
+    initial_pose_lost_frames: int = 0
     reset_gap: float = 1.0
     diagnostics_period: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_position_sigma", "max_rotation_sigma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"parameter {name!r} must be > 0 (NaN: the checkpoint's, .inf: no limit), "
+                                 f"got {getattr(self, name)!r}")
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> NodeSettings:
@@ -127,7 +171,17 @@ class NodeSettings:
         if not checked.get("model"):
             raise ValueError("parameter 'model' is required: the path of a training run or its "
                              "model.safetensors")
-        return cls(**checked)
+        settings = cls(**checked)
+        if settings.publish_tf and settings.tf_mode == "map_odom" and not (settings.base_frame
+                                                                           and settings.odom_frame):
+            raise ValueError("publish_tf with tf_mode 'map_odom' needs base_frame and odom_frame (the map "
+                             "-> odom transform comes from the base pose); for a camera without a robot "
+                             "set tf_mode to 'map_camera'")
+        if settings.publish_tf and settings.tf_mode == "map_camera" and settings.base_frame:
+            raise ValueError(f"publish_tf with tf_mode 'map_camera' would give the camera frame a second "
+                             f"parent ({settings.map_frame}, besides {settings.base_frame}): set base_frame "
+                             "to '' (a camera without a robot) or tf_mode to 'map_odom'")
+        return settings
 
     def values(self) -> dict[str, Any]:
         """name -> value of every parameter."""

@@ -14,12 +14,21 @@ zero size, depth of another size than the image: `conversions.ImageProblem`) is 
 and logged at most once per `WARNING_PERIOD_S` per stream and kind of problem (a truncated frame
 right after one of an unknown encoding is logged too); the next good frame is answered as usual.
 
+Frames (REP-105, `robot_frames.py`): the transforms a frame needs (base <- camera, odom <- base) are
+looked up at its stamp before the network runs, in a `TransformLookup` (by default a `TransformBuffer`
+fed by `on_tf` / `on_tf_static`; the rclpy node hands in tf2_ros's); a frame whose transforms are
+missing or stale is dropped, counted ("no_transform") and warned about, naming the link.
+
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
-image's stamp: the pose with covariance in the map frame, the loop-closure flag, the scalar
-uncertainty (√trace of the position covariance, metres), optionally the map -> camera transform,
-for scene coordinate regression the frame's inlier scene coordinates (a PointCloud2 in the map
-frame, metres; nothing for pose regression), `/diagnostics`, and once at start (transient local) the
-training camera poses as a PoseArray.
+image's stamp: the pose with covariance of base_frame (or, without one, of the camera) in the map
+frame and the camera's own pose, both only for a confident frame unless publish_unknown
+(`pose_policy.py`); the policy's verdict on every frame (relocalization/status, first); the same pose
+message once on `initialpose` when asked to (`initial_pose.py`); the loop-closure flag; the scalar
+uncertainty (√trace of the camera position covariance, metres); with publish_tf and the pose, the
+map -> odom (post-dated by transform_tolerance) or map -> camera transform; for scene coordinate
+regression the frame's inlier scene coordinates (a PointCloud2 in the map frame, metres; nothing for
+pose regression); `/diagnostics`; and once at start (transient local) the training camera poses as a
+PoseArray.
 Relative names resolve in the node's namespace.
 """
 
@@ -38,7 +47,18 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from posenet_ros.core.geometry import position_quat_from_pose
+from posenet_ros.node.initial_pose import InitialPoseTrigger
 from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.node.pose_policy import CONFIDENT, REASONS, PolicyDecision, PosePolicy, policy_limits
+from posenet_ros.node.robot_frames import (
+    FrameLinks,
+    TransformLookup,
+    camera_frame_of,
+    look_up_links,
+    needs_transforms,
+    robot_pose,
+)
 from posenet_ros.ros.conversions import (
     ImageConversionError,
     ImageProblem,
@@ -55,11 +75,16 @@ from posenet_ros.ros.conversions import (
     tf_message,
     transform_stamped,
 )
+from posenet_ros.ros.tf_buffer import TransformBuffer, TransformUnavailable
+from posenet_ros.runtime.checkpoint import calibration_report
 from posenet_ros.runtime.relocalizer import PoseEstimate, Relocalizer
 
 T = TypeVar("T")
 WARNING_PERIOD_S = 5.0  # at most one warning per kind of rejected input in this time
 LATENCY_WINDOW = 1000  # frames over which latency percentiles are reported
+STATUS_NAME = "posenet_ros: pose policy"  # the DiagnosticStatus name on relocalization/status
+INITIAL_POSE_CAUSES = {"start": "initial_pose_at_start", "request": "requested",
+                       "lost": "re-initialisation after initial_pose_lost_frames unconfident frames"}
 
 
 @dataclass(frozen=True)
@@ -74,8 +99,12 @@ class Topic:
 
 OUTPUTS: dict[str, Topic] = {
     "pose": Topic("relocalized_pose", "geometry_msgs/msg/PoseWithCovarianceStamped", "default"),
+    "camera_pose": Topic("relocalization/camera_pose", "geometry_msgs/msg/PoseWithCovarianceStamped",
+                         "default"),
     "loop_closure": Topic("relocalization/loop_closure", "std_msgs/msg/Bool", "default"),
     "uncertainty": Topic("relocalization/uncertainty", "std_msgs/msg/Float64", "default"),
+    "status": Topic("relocalization/status", "diagnostic_msgs/msg/DiagnosticArray", "default"),
+    "initial_pose": Topic("initialpose", "geometry_msgs/msg/PoseWithCovarianceStamped", "default"),
     "map_poses": Topic("relocalization/map_poses", "geometry_msgs/msg/PoseArray", "transient_local"),
     "scene_points": Topic("relocalization/scene_points", "sensor_msgs/msg/PointCloud2", "default"),
     "tf": Topic("/tf", "tf2_msgs/msg/TFMessage", "default"),
@@ -87,13 +116,20 @@ def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     """The subscriptions: "image" (CompressedImage when the name ends in /compressed, as
     image_transport names it) and, with use_depth, "depth", both with sensor-data QoS; and "reset"
     (std_msgs/Bool: true drops the stream's state - temporal smoothing, loop-closure history - before
-    the next frame, e.g. after the robot was carried elsewhere)."""
+    the next frame, e.g. after the robot was carried elsewhere); "relocalize" (std_msgs/Empty: send the
+    next confident pose to initialpose, as the rclpy node's `relocalize` service does); and when TF is
+    needed (`robot_frames.needs_transforms`) "tf" and "tf_static" (the latter transient local, as tf2
+    does)."""
     image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
                   else "sensor_msgs/msg/Image")
     topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
     if settings.use_depth:
         topics["depth"] = Topic(settings.depth_topic, "sensor_msgs/msg/Image", "sensor_data")
     topics["reset"] = Topic("relocalization/reset", "std_msgs/msg/Bool", "default")
+    topics["relocalize"] = Topic("relocalization/relocalize", "std_msgs/msg/Empty", "default")
+    if needs_transforms(settings):
+        topics["tf"] = Topic("/tf", "tf2_msgs/msg/TFMessage", "default")
+        topics["tf_static"] = Topic("/tf_static", "tf2_msgs/msg/TFMessage", "transient_local")
     return topics
 
 
@@ -103,6 +139,16 @@ class NodeLog(Protocol):
     def info(self, message: str) -> Any: ...
 
     def warning(self, message: str) -> Any: ...
+
+
+def build_policy(settings: NodeSettings, relocalizer: Relocalizer, log: NodeLog) -> PosePolicy:
+    """The pose policy of the parameters, with the checkpoint's calibrated σ limits where the
+    parameters leave them NaN; logs what it is."""
+    position, rotation, source = policy_limits(settings.max_position_sigma, settings.max_rotation_sigma,
+                                               calibration_report(relocalizer.model_path))
+    policy = PosePolicy(position, rotation, settings.publish_unknown)
+    log.info(f"{policy.describe()}; σ limits: {source}")
+    return policy
 
 
 def build_relocalizer(settings: NodeSettings) -> Relocalizer:
@@ -259,15 +305,21 @@ class Frame:
 class NodeDiagnostics:
     """Thread-safe counters and latencies of the node, reported on /diagnostics.
 
-    received: image messages received; processed: poses published; dropped: frames replaced in the
+    received: image messages received; processed: frames answered (their verdict on
+    relocalization/status, their pose unless withheld); withheld_<reason>: poses withheld by the
+    policy, per reason; initial_poses: poses sent to initialpose; dropped: frames replaced in the
     queue by a newer one before the worker took them; rejected: frames that could not be used;
     unpaired: images without a depth within the slop; failed: frames whose processing raised an
     unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
-    (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it).
-    latency: callback receipt -> pose published (ms).
+    (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it);
+    no_transform: frames dropped because a transform at their stamp was missing or stale;
+    withheld_<reason>: frames answered without a pose by the no-fix policy; initial_poses: poses sent
+    to initialpose. latency: callback receipt -> the frame's outputs published (ms).
     """
 
-    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
+    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate",
+                "no_transform", *(f"withheld_{reason}" for reason in REASONS if reason != CONFIDENT),
+                "initial_poses")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
@@ -299,8 +351,9 @@ class NodeDiagnostics:
             result["input_rate_hz"] = delta["received"] / elapsed if elapsed > 0 else 0.0
             result["latency_p50_ms"] = float(np.percentile(latencies, 50)) if latencies.size else math.nan
             result["latency_p99_ms"] = float(np.percentile(latencies, 99)) if latencies.size else math.nan
-            result["dropped_in_period"] = delta["dropped"] + delta["unpaired"]
+            result["dropped_in_period"] = delta["dropped"] + delta["unpaired"] + delta["no_transform"]
             result["rejected_in_period"] = delta["rejected"] + delta["failed"]
+            result["withheld_in_period"] = sum(delta[k] for k in self.COUNTERS if k.startswith("withheld_"))
             return result
 
 
@@ -317,11 +370,14 @@ class RelocalizationPipeline:
     to run the worker thread (or `process_next()` to step it yourself), `stop()` to end it.
     `queue_size`: frames waiting for the worker (1 in the node: a newer frame displaces a waiting
     one; None in bag replay, which steps the pipeline itself and drops nothing).
+    `transforms`: where TF lookups go; None: the pipeline's own `tf_buffer`, fed by `on_tf` and
+    `on_tf_static`.
     """
 
     def __init__(self, settings: NodeSettings, relocalizer: Relocalizer, types: MessageTypes,
                  publish: Callable[[str, Any], None], log: NodeLog | None = None,
-                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1) -> None:
+                 clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1,
+                 transforms: TransformLookup | None = None) -> None:
         self.settings = settings
         self.relocalizer = relocalizer
         self.types = types
@@ -330,6 +386,8 @@ class RelocalizationPipeline:
         self.clock = clock
         self.diagnostics = NodeDiagnostics(clock)
         self.warnings = ThrottledWarnings(self.log, clock=clock)
+        self.tf_buffer = TransformBuffer() if transforms is None else None
+        self.transforms: TransformLookup = transforms or self.tf_buffer  # type: ignore[assignment]
         self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
         self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
             round(settings.max_depth_stamp_diff * 1e9))
@@ -337,6 +395,9 @@ class RelocalizationPipeline:
         self._last_received_ns: dict[str, int] = {}  # per kind ("image", "depth"), for duplicates
         self._last_stamp_ns: int | None = None
         self._reset_requested = threading.Event()
+        self.policy = build_policy(settings, relocalizer, self.log)
+        self.initial_pose = InitialPoseTrigger(settings.initial_pose_at_start,
+                                               settings.initial_pose_lost_frames)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -369,6 +430,36 @@ class RelocalizationPipeline:
         """Reset callback (std_msgs/Bool): true makes the worker reset the stream before the next frame."""
         if getattr(msg, "data", False):
             self._reset_requested.set()
+
+    def on_tf(self, msg: Any) -> None:
+        """/tf callback (tf2_msgs/TFMessage): into the pipeline's own TF buffer."""
+        self._add_transforms(msg, static=False)
+
+    def on_tf_static(self, msg: Any) -> None:
+        """/tf_static callback (tf2_msgs/TFMessage): static links, valid at every stamp."""
+        self._add_transforms(msg, static=True)
+
+    def _add_transforms(self, msg: Any, static: bool) -> None:
+        assert self.tf_buffer is not None, "TF goes to the transforms handed to the pipeline"
+        topic = "/tf_static" if static else "/tf"
+        for transform in getattr(msg, "transforms", ()):
+            try:
+                self.tf_buffer.add(transform, static)
+            except (AttributeError, TypeError, ValueError) as error:
+                self.diagnostics.count("rejected")
+                self.warnings.warn(f"{topic}-rejected", f"ignored a transform on {topic}: {error}")
+    def on_relocalize(self, msg: Any) -> None:
+        """Trigger callback (std_msgs/Empty): send the next confident pose to initialpose."""
+        self.request_relocalization()
+
+    def request_relocalization(self) -> str:
+        """Send the next confident pose to initialpose (once); returns what happens, for a service's
+        answer."""
+        fresh = self.initial_pose.request()
+        message = ("relocalization requested" if fresh else "relocalization already requested") + (
+            f": the next confident pose goes to {OUTPUTS['initial_pose'].name}")
+        self.log.info(message)
+        return message
 
     def _stamp(self, msg: Any, kind: str) -> int | None:
         """The message's stamp (ns); None for a message to ignore: no valid stamp (none, or nanosec
@@ -490,9 +581,18 @@ class RelocalizationPipeline:
         """The stream checks, `estimate_pose()` and publishing for one frame, in stream order; a failure
         is counted and logged and the node keeps running."""
         try:
+            links = look_up_links(self.settings, self.transforms,
+                                  camera_frame_of(self.settings, frame.image_msg), frame.stamp_ns)
+        except TransformUnavailable as error:
+            self.diagnostics.count("no_transform")
+            self.warnings.warn("no_transform", f"dropped frame {_seconds(frame.stamp_ns)}: {error}"
+                               + (" (a camera without a robot: base_frame '' publishes its pose, no TF)"
+                                  if self.settings.base_frame else ""))
+            return None
+        try:
             self._check_stream(frame.stamp_ns)
             estimate = estimate_pose()
-            self._publish_estimate(estimate, frame)
+            self._publish_estimate(estimate, frame, links)
         except Exception as error:  # the node keeps running; the problem is counted and logged
             self.diagnostics.count("failed")
             self.warnings.warn(f"failed-{type(error).__name__}",
@@ -540,21 +640,49 @@ class RelocalizationPipeline:
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def _publish_estimate(self, estimate: PoseEstimate, frame: Frame) -> None:
+    def _publish_estimate(self, estimate: PoseEstimate, frame: Frame, links: FrameLinks) -> None:
         types, settings, stamp = self.types, self.settings, frame.stamp_ns
-        self.publish("pose", pose_with_covariance_stamped(
-            types, stamp, settings.map_frame, estimate.position_3, estimate.quat_wxyz_4,
-            estimate.covariance_66))
+        decision = self.policy.decide(estimate.known_place, estimate.covariance_66)
+        initial_pose = self.initial_pose.update(decision.confident)
+        self.publish("status", self._status(decision, estimate.known_place, stamp, initial_pose is not None))
+        published = robot_pose(settings, links, stamp, estimate.position_3, estimate.quat_wxyz_4,
+                               estimate.covariance_66)
+        pose = pose_with_covariance_stamped(types, stamp, settings.map_frame, published.position_3,
+                                            published.quat_wxyz_4, published.covariance_66)
+        if decision.published:
+            self.publish("pose", pose)
+            self.publish("camera_pose", pose_with_covariance_stamped(
+                types, stamp, settings.map_frame, estimate.position_3, estimate.quat_wxyz_4,
+                estimate.covariance_66))
+        else:
+            self.diagnostics.count(f"withheld_{decision.reason}")
+        if initial_pose is not None:
+            self.publish("initial_pose", pose)
+            self.diagnostics.count("initial_poses")
+            self.log.info(f"sent the pose of {_seconds(stamp)} to {OUTPUTS['initial_pose'].name} "
+                          f"({INITIAL_POSE_CAUSES[initial_pose]})")
         self.publish("loop_closure", bool_msg(types, estimate.known_place))
         self.publish("uncertainty", float64_msg(types, estimate.uncertainty_m))
         if estimate.scene_points_N3 is not None:  # scene coordinate regression: its inliers, map frame
             self.publish("scene_points", point_cloud2(types, stamp, settings.map_frame,
                                                       estimate.scene_points_N3))
-        if settings.publish_tf:
-            child = settings.camera_frame or getattr(frame.image_msg.header, "frame_id", "") or "camera"
-            transform = transform_stamped(types, stamp, settings.map_frame, child,
-                                          estimate.position_3, estimate.quat_wxyz_4)
-            self.publish("tf", tf_message(types, [transform]))
+        if published.transforms and decision.published:
+            self.publish("tf", tf_message(types, [
+                transform_stamped(types, t.stamp_ns, t.parent, t.child,
+                                  *position_quat_from_pose(t.parent_from_child))
+                for t in published.transforms]))
+
+    def _status(self, decision: PolicyDecision, known_place: bool, stamp_ns: int, initial_pose: bool) -> Any:
+        """relocalization/status: the policy's verdict on one frame (a DiagnosticArray stamped with the
+        image's stamp; its status's message is the reason, level OK when confident, WARN otherwise)."""
+        values = {"reason": decision.reason, "published": str(decision.published).lower(),
+                  "known_place": str(bool(known_place)).lower(), "initial_pose": str(initial_pose).lower(),
+                  "sigma_position_m": f"{decision.sigma_position_m:.6g}",
+                  "sigma_rotation_deg": f"{decision.sigma_rotation_deg:.6g}",
+                  "max_position_sigma_m": f"{self.policy.max_position_sigma_m:g}",
+                  "max_rotation_sigma_deg": f"{self.policy.max_rotation_sigma_deg:g}"}
+        return diagnostic_array(self.types, stamp_ns, STATUS_NAME, str(self.relocalizer.device),
+                                "OK" if decision.confident else "WARN", decision.reason, values)
 
     def publish_map_poses(self, stamp_ns: int | None = None) -> None:
         """The training camera poses stored in the checkpoint, as a PoseArray in the map frame,
@@ -575,6 +703,8 @@ class RelocalizationPipeline:
         figures = self.diagnostics.snapshot()
         device = str(self.relocalizer.device)
         level, message = "OK", f"{figures['rate_hz']:.1f} poses/s"
+        if figures["withheld_in_period"]:
+            message += f", {figures['withheld_in_period']:.0f} withheld"
         if figures["rejected_in_period"] or figures["dropped_in_period"]:
             level = "WARN"
             message += (f", {figures['dropped_in_period']:.0f} frames dropped, "

@@ -13,13 +13,20 @@ Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in t
 
     subscribes  image_topic (sensor_msgs/Image, or CompressedImage when the name ends in /compressed)
                 depth_topic (sensor_msgs/Image, only with use_depth)            both sensor-data QoS
-    publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped
+                relocalization/reset           std_msgs/Bool
+                relocalization/relocalize      std_msgs/Empty (as the relocalize service)
+                /tf, /tf_static                through tf2_ros's TransformListener (when frames need them)
+    publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped (base; if confident)
+                relocalization/camera_pose     geometry_msgs/PoseWithCovarianceStamped (camera; if confident)
+                relocalization/status          diagnostic_msgs/DiagnosticArray (every frame: why)
+                initialpose                    geometry_msgs/PoseWithCovarianceStamped (on request)
                 relocalization/loop_closure    std_msgs/Bool
                 relocalization/uncertainty     std_msgs/Float64
                 relocalization/map_poses       geometry_msgs/PoseArray (once, transient local)
                 relocalization/scene_points    sensor_msgs/PointCloud2 (scene coordinate regression only)
-                /tf                            map_frame -> camera (only with publish_tf)
+                /tf                            map_frame -> odom_frame or -> camera (with publish_tf, tf_mode)
                 /diagnostics                   diagnostic_msgs/DiagnosticArray (every diagnostics_period)
+    serves      relocalize                     std_srvs/Trigger: the next confident pose goes to initialpose
 
 Parameters: every entry of `parameters.NODE_PARAMETERS` (read-only, with its description and range;
 `ros2 param describe /relocalize_node <name>`), validated by `NodeSettings.from_values`.
@@ -28,7 +35,9 @@ This module is wiring only: the decisions (settings, topics, QoS profile names, 
 when) are made by `parameters.py` and `pipeline.py`, which the Cyclone DDS runtime
 (`posenet-ros node`) shares. It is the only module that imports rclpy. The messages are built by
 `conversions.py` with `RclpyTypes` (rclpy's message classes; point clouds by sensor_msgs_py's
-`create_cloud_xyz32`).
+`create_cloud_xyz32`). Transforms (base <- camera, odom <- base at each image's stamp) come from a
+tf2_ros Buffer filled by a TransformListener, through `Tf2Lookup`, the interface the DDS runtime's
+`TransformBuffer` also offers.
 """
 
 from __future__ import annotations
@@ -36,19 +45,26 @@ from __future__ import annotations
 import sys
 from typing import Any, NoReturn
 
+import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
-from tf2_ros import TransformBroadcaster
+from rclpy.time import Time
+from std_srvs.srv import Trigger
+from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
+from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings, ParameterSpec
 from posenet_ros.node.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer, input_topics
+from posenet_ros.node.robot_frames import needs_transforms
 from posenet_ros.node.shutdown import POLL_S, SignalStop
-from posenet_ros.ros.conversions import RclpyTypes
+from posenet_ros.ros.conversions import RclpyTypes, pose_from_msg
+from posenet_ros.ros.tf_buffer import TransformUnavailable
 
 # The rclpy profile of each QoS profile name that `pipeline.Topic.qos` uses.
 QOS: dict[str, QoSProfile] = {
@@ -57,6 +73,24 @@ QOS: dict[str, QoSProfile] = {
     "transient_local": QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                   reliability=ReliabilityPolicy.RELIABLE),
 }
+
+
+class Tf2Lookup:
+    """`robot_frames.TransformLookup` over a tf2_ros Buffer: target_from_source (4x4, metres) at a stamp;
+    tf2's lookup, connectivity and extrapolation errors become TransformUnavailable (their message
+    names the frames)."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+
+    def lookup(self, target_frame: str, source_frame: str, stamp_ns: int,
+               timeout_s: float = 0.0) -> np.ndarray:
+        try:
+            transform = self.buffer.lookup_transform(target_frame, source_frame, Time(nanoseconds=stamp_ns),
+                                                     timeout=Duration(nanoseconds=round(timeout_s * 1e9)))
+        except TransformException as error:
+            raise TransformUnavailable(f"no transform {target_frame} -> {source_frame}: {error}") from None
+        return pose_from_position_quat(*pose_from_msg(transform))
 
 
 class StartupError(RuntimeError):
@@ -104,15 +138,21 @@ class RelocalizeNode(Node):
             for name, topic in OUTPUTS.items() if name != "tf"}
         # /tf through tf2_ros (its QoS); the pipeline publishes "tf" only with publish_tf
         self.tf_broadcaster = TransformBroadcaster(self) if settings.publish_tf else None
-        self.pipeline = RelocalizationPipeline(settings, relocalizer, self.types, self._publish,
-                                               log=self.get_logger())
+        # /tf and /tf_static into tf2's buffer, when the frames need them
+        self.tf_buffer = Buffer() if needs_transforms(settings) else None
+        self.tf_listener = TransformListener(self.tf_buffer, self) if self.tf_buffer is not None else None
+        self.pipeline = RelocalizationPipeline(
+            settings, relocalizer, self.types, self._publish, log=self.get_logger(),
+            transforms=Tf2Lookup(self.tf_buffer) if self.tf_buffer is not None else None)
         handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth,
-                    "reset": self.pipeline.on_reset}
-        inputs = input_topics(settings)
+                    "reset": self.pipeline.on_reset, "relocalize": self.pipeline.on_relocalize}
+        inputs = {name: topic for name, topic in input_topics(settings).items()
+                  if name not in ("tf", "tf_static")}  # the TransformListener subscribes to those
         self.subscriptions_by_input = {
             name: self.create_subscription(self.types.get(topic.type_name), topic.name, handlers[name],
                                            QOS[topic.qos])
             for name, topic in inputs.items()}
+        self.relocalize_service = self.create_service(Trigger, "relocalize", self._relocalize)
         self.diagnostics_timer = self.create_timer(settings.diagnostics_period,
                                                    self.pipeline.publish_diagnostics)
         self.pipeline.start()
@@ -125,6 +165,14 @@ class RelocalizeNode(Node):
                 self.tf_broadcaster.sendTransform(msg.transforms)
         else:
             self.publishers_by_output[output].publish(msg)
+
+    def _relocalize(self, request: Any, response: Any) -> Any:
+        """std_srvs/Trigger `relocalize`: accepted at once (success); the pose follows on initialpose
+        with the next confident frame."""
+        response.success = self.pipeline is not None
+        response.message = (self.pipeline.request_relocalization() if self.pipeline is not None
+                            else "the node is shutting down")
+        return response
 
     def _fail(self, message: str) -> NoReturn:
         self.get_logger().fatal(message)

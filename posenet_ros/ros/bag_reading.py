@@ -5,6 +5,7 @@ timestamp association between them. No ROS installation needed (the `rosbags` li
         streams = select_streams(reader, path)                   # image / depth / camera_info topics
         trajectory = read_trajectory(reader, path, gt_topic=None)  # /ground_truth/pose by default
         for kind, msg in stream_messages(reader, streams): ...   # ("image" | "depth", message)
+        transforms = read_transforms(reader, path)               # /tf and /tf_static: a TransformBuffer
         position_N3, quat_N4, valid_N = trajectory.at(stamps_ns, max_gap_s=0.1)
 
 Ground truth comes from a topic of geometry_msgs PoseStamped, PoseWithCovarianceStamped,
@@ -35,15 +36,18 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from posenet_ros.core.geometry import quat_conjugate, quat_exp, quat_log, quat_multiply, quat_normalize
 from posenet_ros.ros.conversions import intrinsics_from_camera_info, pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds_types import typestore
+from posenet_ros.ros.tf_buffer import TransformBuffer
 
 __all__ = ["BagStreams", "Trajectory", "bag_topics", "describe_topics", "ground_truth_topics", "open_bag",
-           "read_camera_info", "read_messages", "read_trajectory", "select_streams", "stream_messages",
+           "read_camera_info", "read_messages", "read_trajectory", "read_transforms", "select_streams",
+           "stream_messages",
            "trajectory_from_messages"]
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 TF = "tf2_msgs/msg/TFMessage"
+TF_TOPIC, TF_STATIC_TOPIC = "/tf", "/tf_static"
 GROUND_TRUTH_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped",
                       "geometry_msgs/msg/TransformStamped", "nav_msgs/msg/Odometry")
 DEFAULT_IMAGE_TOPICS = ("/camera/image_raw", "/camera/image_raw/compressed")
@@ -173,6 +177,24 @@ def stream_messages(reader: Any, path: str | Path, streams: BagStreams) -> Itera
     for connection, _, msg in read_messages(reader, path, list(kinds)):
         if connection.msgtype == (streams.image_type if kinds[connection.topic] == "image" else IMAGE):
             yield kinds[connection.topic], msg
+
+
+def read_transforms(reader: Any, path: str | Path) -> TransformBuffer:
+    """Every transform on /tf and /tf_static (of type tf2_msgs/TFMessage) of the bag in a
+    TransformBuffer that keeps them all, so that a replay can look transforms up at any frame's stamp
+    (an empty buffer when the bag has neither topic). A transform that cannot be used (zero quaternion,
+    empty frame name) is a ValueError naming the bag."""
+    topics = bag_topics(reader)
+    buffer = TransformBuffer(cache_time_s=None)
+    tf_topics = [t for t in (TF_TOPIC, TF_STATIC_TOPIC) if topics.get(t) == TF]
+    if not tf_topics:
+        return buffer  # (read_messages of no topic would read every topic)
+    for connection, _, msg in read_messages(reader, path, tf_topics):
+        try:
+            buffer.add_message(msg, static=connection.topic == TF_STATIC_TOPIC)
+        except ValueError as error:
+            raise ValueError(f"bag {path}, {connection.topic}: {error}") from None
+    return buffer
 
 
 def read_camera_info(reader: Any, path: str | Path,

@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_TOPIC",
     "POSE_TOPIC",
     "STORAGES",
+    "TF_STATIC_TOPIC",
     "TF_TOPIC",
     "TOPIC_TYPES",
 ]
@@ -39,16 +40,19 @@ DEPTH_TOPIC = "/camera/depth/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 POSE_TOPIC = "/ground_truth/pose"
 TF_TOPIC = "/tf"
+TF_STATIC_TOPIC = "/tf_static"
 
 TOPIC_TYPES: dict[str, str] = {
+    TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
+    TF_TOPIC: "tf2_msgs/msg/TFMessage",
     CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
     IMAGE_TOPIC: "sensor_msgs/msg/Image",
     COMPRESSED_IMAGE_TOPIC: "sensor_msgs/msg/CompressedImage",
     DEPTH_TOPIC: "sensor_msgs/msg/Image",
     POSE_TOPIC: "geometry_msgs/msg/PoseStamped",
-    TF_TOPIC: "tf2_msgs/msg/TFMessage",
 }
-"""ROS 2 type of every topic a bag may hold (the order in which each frame's messages are written)."""
+"""ROS 2 type of every topic a bag may hold, in the order in which each frame's messages are written:
+transforms first, so that a node replayed in lock-step has a frame's transforms before its image."""
 
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 """Storage identifier (as in metadata.yaml) -> rosbags storage plugin."""

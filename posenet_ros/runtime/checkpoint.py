@@ -221,6 +221,15 @@ def store_temporal(path: str | Path, temporal: TemporalModel, description: dict[
     return path
 
 
+def calibration_report(path: str | Path) -> dict[str, Any]:
+    """The figures `store_calibration` stored with the checkpoint at `path` ({} if never calibrated);
+    reads the metadata only."""
+    path = resolve_checkpoint_path(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return json.loads(metadata.get("calibration_report") or "{}")
+
+
 def store_calibration(path: str | Path, uncertainty: UncertaintyConfig, loop_closure: LoopClosureConfig,
                       report: dict[str, Any] | None = None,
                       tensors_update: dict[str, torch.Tensor] | None = None) -> Path:

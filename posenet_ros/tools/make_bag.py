@@ -11,11 +11,22 @@ message per topic, all with the same ``header.stamp``, which is also the bag's l
 - ``/camera/depth/image_raw`` (sensor_msgs/msg/Image): 16UC1 millimetres, 0 invalid; only when the
   records have depth (and ``with_depth`` is not False).
 - ``/ground_truth/pose`` (geometry_msgs/msg/PoseStamped): the record's world_from_cam in ``map_frame``.
-- ``/tf`` (tf2_msgs/msg/TFMessage): one TransformStamped ``map_frame`` -> ``camera_frame``, the same pose.
+- ``/tf`` (tf2_msgs/msg/TFMessage): a robot's odometry ``odom_frame`` -> ``base_frame`` and, as a motion
+  capture system would publish it, the ground truth ``map_frame`` -> ``<camera_frame>_ground_truth``
+  (the record's world_from_cam).
+- ``/tf_static`` (tf2_msgs/msg/TFMessage), once, at the first stamp: ``base_frame`` -> ``camera_frame``,
+  `BASE_FROM_CAMERA` (an optical frame: z forward, x right, y down; 0.2 m ahead of and 0.5 m above the
+  base).
+
+The robot: the camera is mounted on a base, world_from_base = world_from_cam · BASE_FROM_CAMERA⁻¹; its
+odometry follows the base but drifts (`map_from_odom`: an initial offset, then 2 cm/s and 0.5°/s about
+the map's z axis), so odom_from_base = map_from_odom(t)⁻¹ · world_from_base and a localizer's
+map -> odom is not the identity. With the map -> odom a relocalizer publishes, the TF tree is
+map -> odom -> base -> camera (REP-105).
 
 ``header.frame_id`` is ``camera_frame`` for the images and camera info and ``map_frame`` for the
-pose and the transform (whose ``child_frame_id`` is ``camera_frame``). Poses are metres, quaternions
-normalised with w >= 0 (the sign is a choice; q and -q are the same rotation).
+pose. Poses are metres, quaternions normalised with w >= 0 (the sign is a choice; q and -q are the
+same rotation).
 
 Timing (integer nanoseconds): frame k of a sequence is stamped ``sequence start + round(k * 1e9 /
 rate_hz)``; the first sequence starts at ``start_ns`` and every later sequence (of the same split or
@@ -37,6 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from posenet_ros.core.geometry import pose_from_position_quat, position_quat_from_pose, quat_exp
 from posenet_ros.core.progress import progress_bar
 from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
@@ -50,6 +64,7 @@ from posenet_ros.ros.bag_writing import (
     IMAGE_TOPIC,
     POSE_TOPIC,
     STORAGES,
+    TF_STATIC_TOPIC,
     TF_TOPIC,
     TOPIC_TYPES,
     write_messages,
@@ -64,6 +79,19 @@ from posenet_ros.ros.conversions import (
     tf_message,
     transform_stamped,
 )
+
+BASE_FROM_CAMERA = np.array([[0.0, 0.0, 1.0, 0.2],   # the camera's optical axis (z) is the base's x,
+                             [-1.0, 0.0, 0.0, 0.0],  # its x (right) the base's -y,
+                             [0.0, -1.0, 0.0, 0.5],  # its y (down) the base's -z
+                             [0.0, 0.0, 0.0, 1.0]])
+"""base_from_camera of the bag's robot (4x4, metres)."""
+
+
+def map_from_odom(elapsed_s: float) -> np.ndarray:
+    """The bag's odometry drift: map_from_odom (4x4, metres) `elapsed_s` seconds after the first
+    frame: (0.5, -0.3, 0) m and 0.2 rad about z at first, then 0.02 m/s along x and 0.5°/s about z."""
+    return pose_from_position_quat([0.5 + 0.02 * elapsed_s, -0.3, 0.0],
+                                   quat_exp([0.0, 0.0, 0.2 + math.radians(0.5) * elapsed_s]))
 
 
 @dataclass
@@ -91,7 +119,7 @@ class BagSummary:
 
 
 def _check_arguments(splits: Sequence[str], storage: str, compressed_format: str, rate_hz: float,
-                     start_ns: int, sequence_gap_s: float, map_frame: str, camera_frame: str) -> None:
+                     start_ns: int, sequence_gap_s: float, frames: dict[str, str]) -> None:
     if isinstance(splits, str) or not splits:
         raise ValueError(f"splits must be a non-empty list of split names, got {splits!r}")
     repeated = sorted({split for split in splits if list(splits).count(split) > 1})
@@ -108,9 +136,11 @@ def _check_arguments(splits: Sequence[str], storage: str, compressed_format: str
         raise ValueError(f"sequence_gap_s must be a positive number of seconds, got {sequence_gap_s}")
     if isinstance(start_ns, bool) or not isinstance(start_ns, int) or start_ns < 0:
         raise ValueError(f"start_ns must be a non-negative integer (nanoseconds), got {start_ns!r}")
-    for name, frame in (("map_frame", map_frame), ("camera_frame", camera_frame)):
+    for name, frame in frames.items():
         if not frame:
             raise ValueError(f"{name} must not be empty")
+    if len(set(frames.values())) < len(frames):
+        raise ValueError(f"the frames must differ, got {frames}")
 
 
 def _frame_stamps(records_by_split: list[tuple[str, list[FrameRecord]]], rate_hz: float, start_ns: int,
@@ -151,17 +181,26 @@ def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: b
         DEPTH_TOPIC: bool(with_depth),
         POSE_TOPIC: True,
         TF_TOPIC: True,
+        TF_STATIC_TOPIC: True,
     }
     return [topic for topic in TOPIC_TYPES if wanted[topic]]
 
 
-def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, topics: list[str],
-                    compressed_format: str, map_frame: str, camera_frame: str) -> dict[str, object]:
-    """topic -> message (rosbags class) of one frame, for the topics in `topics`."""
+def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, elapsed_s: float,
+                    topics: list[str], compressed_format: str, frames: dict[str, str]) -> dict[str, object]:
+    """topic -> message (rosbags class) of one frame, for the topics in `topics` (not /tf_static);
+    `elapsed_s` since the first frame (the odometry's drift)."""
+    map_frame, camera_frame = frames["map_frame"], frames["camera_frame"]
     rgb = read_frame_rgb(record.image_path)
     height, width = rgb.shape[:2]
     pose = pose_vector(record.world_from_cam)
-    messages: dict[str, object] = {}
+    world_from_base = record.world_from_cam @ np.linalg.inv(BASE_FROM_CAMERA)
+    odom_from_base = np.linalg.inv(map_from_odom(elapsed_s)) @ world_from_base
+    odometry = transform_stamped(types, stamp_ns, frames["odom_frame"], frames["base_frame"],
+                                 *position_quat_from_pose(odom_from_base))
+    ground_truth = transform_stamped(types, stamp_ns, map_frame, f"{camera_frame}_ground_truth",
+                                     pose[:3], pose[3:])
+    messages: dict[str, object] = {TF_TOPIC: tf_message(types, [odometry, ground_truth])}
     if CAMERA_INFO_TOPIC in topics:
         intrinsics = record.intrinsics
         assert intrinsics is not None  # _topics_to_write checked it
@@ -180,8 +219,6 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, top
         depth = read_frame_depth(record.depth_path, record.depth_unit_m)
         messages[DEPTH_TOPIC] = depth_msg(types, depth, stamp_ns, camera_frame, encoding="16UC1")
     messages[POSE_TOPIC] = pose_stamped(types, stamp_ns, map_frame, pose[:3], pose[3:])
-    transform = transform_stamped(types, stamp_ns, map_frame, camera_frame, pose[:3], pose[3:])
-    messages[TF_TOPIC] = tf_message(types, [transform])
     return messages
 
 
@@ -199,6 +236,8 @@ def make_bag(
     sequence_gap_s: float = 5.0,
     map_frame: str = "map",
     camera_frame: str = "camera",
+    base_frame: str = "base_link",
+    odom_frame: str = "odom",
     progress: bool = True,
 ) -> BagSummary:
     """Write the frames of `splits` of the dataset in `data_root` as a rosbag2 folder `out`.
@@ -207,16 +246,18 @@ def make_bag(
     (`compressed_format` "jpeg" or "png") on `COMPRESSED_IMAGE_TOPIC` instead of rgb8 on `IMAGE_TOPIC`.
     `with_depth`: None writes depth when every frame has a depth image, False never, True requires
     it. `rate_hz` (frames per second), `start_ns` (first stamp, ns since the epoch) and
-    `sequence_gap_s` (seconds between sequences) set the stamps; `map_frame` and `camera_frame` the
-    frame ids. See the module docstring for the topics and the timing.
+    `sequence_gap_s` (seconds between sequences) set the stamps; `map_frame`, `camera_frame`,
+    `base_frame` and `odom_frame` the frame ids (all different). See the module docstring for the
+    topics, the robot and the timing.
 
     Raises FileExistsError if `out` exists; ValueError for a bad argument (before anything is read
     or written); DatasetError (a ValueError) for a split without frames or an unreadable frame.
     On any error the partly written bag is removed and `out` is left as it was.
     """
     out = Path(out)
-    _check_arguments(splits, storage, compressed_format, rate_hz, start_ns, sequence_gap_s, map_frame,
-                     camera_frame)
+    frames = {"map_frame": map_frame, "camera_frame": camera_frame, "base_frame": base_frame,
+              "odom_frame": odom_frame}
+    _check_arguments(splits, storage, compressed_format, rate_hz, start_ns, sequence_gap_s, frames)
     if out.exists() or out.is_symlink():
         raise FileExistsError(f"{out} exists; choose a new bag folder")
     records_by_split: list[tuple[str, list[FrameRecord]]] = []
@@ -239,10 +280,14 @@ def make_bag(
     types = RosbagsTypes()
 
     def messages() -> Iterator[tuple[str, str, int, Any]]:
+        first_ns = frame_stamps[0][0]
+        extrinsic = transform_stamped(types, first_ns, base_frame, camera_frame,
+                                      *position_quat_from_pose(BASE_FROM_CAMERA))
+        yield TF_STATIC_TOPIC, TOPIC_TYPES[TF_STATIC_TOPIC], first_ns, tf_message(types, [extrinsic])
         with progress_bar(total=len(all_records), desc="make-bag", unit="frame", disable=not progress) as bar:
             for record, (stamp_ns, _, _, _) in zip(all_records, frame_stamps, strict=True):
-                frame = _frame_messages(types, record, stamp_ns, topics, compressed_format, map_frame,
-                                        camera_frame)
+                frame = _frame_messages(types, record, stamp_ns, (stamp_ns - first_ns) / 1e9, topics,
+                                        compressed_format, frames)
                 for topic, message in frame.items():
                     yield topic, TOPIC_TYPES[topic], stamp_ns, message
                 bar.update(1)

@@ -36,7 +36,7 @@ def test_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _replayed(bag: Path, model: Path, needs_depth: bool, batch_size: int) -> dict[int, tuple]:
-    settings = NodeSettings(model=str(model), device="cpu", use_depth=needs_depth)
+    settings = NodeSettings(model=str(model), device="cpu", use_depth=needs_depth, base_frame="")
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag, use_depth=needs_depth)
     run = run_in_process(bag, settings, streams, progress=False, batch_size=batch_size)

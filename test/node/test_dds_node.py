@@ -40,7 +40,7 @@ from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
 from posenet_ros.node.dds_node import load_settings
-from posenet_ros.node.pipeline import build_relocalizer, input_topics
+from posenet_ros.node.pipeline import NodeDiagnostics, build_relocalizer, input_topics
 from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
 from posenet_ros.runtime.relocalizer import Relocalizer
@@ -124,7 +124,7 @@ def test_any_number_of_sigint_and_sigterm_stop_the_node_cleanly(tmp_path):
 QUEUE_BOUND = 1
 IN_FLIGHT_BOUND = QUEUE_BOUND + 2
 BURST_FRAMES = 400
-COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
+COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate", "no_transform")
 
 
 def _unaccounted(counts: dict[str, int]) -> int:
@@ -208,7 +208,7 @@ def test_overload_drops_the_oldest_frames_with_a_bounded_queue_and_counts_every_
     assert all(0 <= _unaccounted(counts) <= IN_FLIGHT_BOUND for counts, _ in reports)
     # Every image the node received is accounted for (none lost or left in the queue), and it
     # received no more than was published (best-effort samples may be lost on the way, not invented).
-    assert set(final) == set(COUNTERS) and _unaccounted(final) == 0
+    assert set(final) == set(NodeDiagnostics.COUNTERS) and _unaccounted(final) == 0
     assert 0 < final["received"] <= len(published)
     assert answered <= set(published) and len(answered) <= final["processed"]
     # Overloaded, the node drops frames, counts them and reports them as a warning.

@@ -141,7 +141,9 @@ RANGED = [spec for spec in NODE_PARAMETERS if spec.minimum is not None]
 
 def test_the_ranged_parameters_are_the_numeric_ones_with_limits():
     assert {spec.name for spec in RANGED} == {"max_depth_stamp_diff", "mc_samples", "loop_closure_min_frames",
-                                              "reset_gap", "diagnostics_period", "smoothing_reset_unknown"}
+                                              "reset_gap", "diagnostics_period", "smoothing_reset_unknown",
+                                              "transform_tolerance", "transform_timeout",
+                                              "initial_pose_lost_frames"}
     for spec in RANGED:
         assert spec.maximum is not None and spec.minimum <= spec.default <= spec.maximum
 
@@ -155,6 +157,16 @@ def test_the_range_limits_are_accepted_and_values_outside_refused(spec):
     for outside in (kind(spec.minimum) - step, kind(spec.maximum) + step):
         with pytest.raises(ValueError, match=rf"parameter '{spec.name}' must lie in \["):
             NodeSettings.from_values({"model": "m", spec.name: outside})
+
+
+@pytest.mark.parametrize("name", ["max_position_sigma", "max_rotation_sigma"])
+def test_a_sigma_limit_is_nan_positive_or_inf(name):
+    assert math.isnan(getattr(NodeSettings.from_values({"model": "m"}), name))  # the checkpoint's
+    for value in (0.25, math.inf):
+        assert getattr(NodeSettings.from_values({"model": "m", name: value}), name) == value
+    for value in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"parameter '{name}' must be > 0"):
+            NodeSettings.from_values({"model": "m", name: value})
 
 
 def test_a_value_outside_the_choices_is_refused():

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from node_support import TYPES, image, make_checkpoint, random_temporal, rgb_frame, stamp
+from node_support import TYPES, ListLog, image, make_checkpoint, random_temporal, rgb_frame, stamp
 
 from posenet_ros.evaluation.replay import RECORDED_OUTPUTS
 from posenet_ros.inference.temporal import TemporalCalibration
@@ -39,19 +39,6 @@ from posenet_ros.runtime.checkpoint import load_model, store_temporal
 from posenet_ros.runtime.relocalizer import Relocalizer
 
 
-class ListLog:
-    """A NodeLog that keeps its lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", message))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", message))
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -66,9 +53,13 @@ def model_path(tmp_path_factory):
 
 
 def make_pipeline(model_path, **settings):
+    """A pipeline publishing into a list; base_frame "" (the camera's pose, no TF) and every pose
+    published (publish_unknown) unless the settings say otherwise: frames and the pose policy have
+    tests of their own (test_robot_frames.py, test_pose_policy.py)."""
+    settings.setdefault("publish_unknown", True)
     sent: list[tuple[str, object]] = []
     log = ListLog()
-    node_settings = NodeSettings(model=str(model_path), device="cpu", **settings)
+    node_settings = NodeSettings(model=str(model_path), device="cpu", **{"base_frame": "", **settings})
     pipeline = RelocalizationPipeline(node_settings, build_relocalizer(node_settings), TYPES,
                                       lambda name, msg: sent.append((name, msg)), log, Clock())
     return pipeline, sent, log
@@ -79,7 +70,7 @@ def outputs(sent, name):
 
 
 def test_each_frame_gives_the_relocalizers_estimate_with_the_image_stamp(model_path):
-    pipeline, sent, _ = make_pipeline(model_path, publish_tf=True, map_frame="world")
+    pipeline, sent, _ = make_pipeline(model_path, publish_tf=True, tf_mode="map_camera", map_frame="world")
     reference = Relocalizer(model_path, device="cpu")
     for i in range(3):
         pipeline.on_image(image(i))
@@ -116,7 +107,7 @@ def test_scene_points_are_published_only_for_estimates_that_have_them(model_path
     assert OUTPUTS["scene_points"].name == "relocalization/scene_points"
     assert OUTPUTS["scene_points"].type_name == "sensor_msgs/msg/PointCloud2"
     assert OUTPUTS["scene_points"].qos == "default"
-    pipeline, sent, _ = make_pipeline(model_path, map_frame="world", publish_tf=True)
+    pipeline, sent, _ = make_pipeline(model_path, map_frame="world", publish_tf=True, tf_mode="map_camera")
     pipeline.on_image(image(0))
     estimate = pipeline.process_next(timeout=0)
     assert estimate is not None and estimate.scene_points_N3 is None  # pose regression
@@ -135,7 +126,8 @@ def test_scene_points_are_published_only_for_estimates_that_have_them(model_path
     assert cloud.is_dense is True and cloud.is_bigendian is False
     finite = np.delete(points, [4, 17], axis=0).astype(np.float32)
     np.testing.assert_array_equal(points_from_point_cloud2(cloud), finite)
-    assert [name for name, _ in sent[-5:]] == ["pose", "loop_closure", "uncertainty", "scene_points", "tf"]
+    assert [name for name, _ in sent[-7:]] == ["status", "pose", "camera_pose", "loop_closure", "uncertainty",
+                                               "scene_points", "tf"]
 
 
 def test_scene_points_go_into_the_replay_output_bag_unchanged(model_path, tmp_path):
@@ -219,7 +211,7 @@ def test_a_message_with_the_stamp_of_the_one_before_is_ignored_and_counted(model
 
 def test_depth_of_another_size_is_rejected_and_pairs_by_stamp(model_path):
     pipeline, sent, _ = make_pipeline(model_path, use_depth=True, max_depth_stamp_diff=0.01)
-    assert set(input_topics(pipeline.settings)) == {"image", "depth", "reset"}
+    assert set(input_topics(pipeline.settings)) == {"image", "depth", "reset", "relocalize"}
     depth = np.full((30, 40), 2.0)
     # Depth arriving 5 ms after the image: paired.
     pipeline.on_image(image(0))
@@ -323,7 +315,7 @@ def test_process_batch_gives_the_frame_by_frame_poses_resets_and_rejections(mode
     for mode in ("batch", "one by one"):
         sent: list = []
         log = ListLog()
-        settings = NodeSettings(model=str(model_path), device="cpu")
+        settings = NodeSettings(model=str(model_path), device="cpu", base_frame="")
         relocalizer = build_relocalizer(settings)
         pipeline = RelocalizationPipeline(settings, relocalizer, TYPES,
                                           lambda name, msg, sent=sent: sent.append((name, msg)), log, Clock(),
@@ -363,7 +355,7 @@ def test_a_stamp_gap_or_a_reset_request_resets_the_smoothing_state(tmp_path):
     model = load_model(path).model
     store_temporal(path, random_temporal(0, model.head_dim), {
         "config": {"hidden": 16, "feature_dim": 0}, "calibration": vars(TemporalCalibration())})
-    settings = load_settings(None, str(path), ["reset_gap:=1.0"])
+    settings = load_settings(None, str(path), ["reset_gap:=1.0", "base_frame:="])
 
     def run(indices: list[int | str]) -> list:
         pipeline = RelocalizationPipeline(settings, build_relocalizer(settings), TYPES,

@@ -1,9 +1,10 @@
 """node/rclpy_node.py, run without ROS. rclpy is not on PyPI, so the node is imported and run against
 minimal stand-ins of rclpy, rcl_interfaces and tf2_ros that record what the node asks of them, with
 the message classes of rosbags' ROS 2 Humble typestore in place of the message packages. What is
-checked is what the node does: the parameters it declares and reads, the publishers, subscriptions
-and timer it creates, what it publishes for a camera frame, how it refuses to start, and how `main`
-shuts down. (A ROS 2 Humble build beside the repository, docs/design.md, checks it on real rclpy.)"""
+checked is what the node does: the parameters it declares and reads, the publishers, subscriptions,
+timer and service it creates, what it publishes for a camera frame, how it refuses to start, how
+`main` shuts down, and how it looks transforms up in tf2's buffer and broadcasts map -> odom. (A ROS 2
+Humble build beside the repository, docs/design.md, checks it on real rclpy.)"""
 
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from node_support import image, make_checkpoint, rgb_frame, stamp
+from node_support import BASE_FROM_CAMERA, image, make_checkpoint, odom_from_base, rgb_frame, stamp, transform
 from rosbags.typesys import Stores, get_typestore
 
 import posenet_ros.node
+from posenet_ros.core.covariance_transport import transport_covariance
+from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings
 from posenet_ros.node.pipeline import OUTPUTS, input_topics
 from posenet_ros.ros.conversions import covariance_from_msg, pose_from_msg, stamp_to_ns
+from posenet_ros.ros.tf_buffer import TransformBuffer, TransformUnavailable
 from posenet_ros.runtime.relocalizer import Relocalizer
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
@@ -50,6 +54,48 @@ class ParameterException(Exception):
 
 class ExternalShutdownException(Exception):
     """rclpy.executors.ExternalShutdownException."""
+
+
+class TransformException(Exception):
+    """tf2_ros.TransformException (the base of LookupException, ExtrapolationException, ...)."""
+
+
+class Time:
+    """rclpy.time.Time."""
+
+    def __init__(self, *, nanoseconds: int = 0) -> None:
+        self.nanoseconds = nanoseconds
+
+
+class Duration:
+    """rclpy.duration.Duration."""
+
+    def __init__(self, *, nanoseconds: int = 0) -> None:
+        self.nanoseconds = nanoseconds
+
+
+class Tf2Buffer:
+    """tf2_ros.Buffer's Python interface (set_transform, set_transform_static, lookup_transform) over
+    the package's TransformBuffer for the tree; records every lookup (target, source, stamp ns,
+    timeout ns). A lookup that cannot be answered raises at once (no waiting here)."""
+
+    def __init__(self) -> None:
+        self.tree = TransformBuffer()
+        self.lookups: list[tuple[str, str, int, int]] = []
+
+    def set_transform(self, transform: Any, authority: str) -> None:
+        self.tree.add(transform)
+
+    def set_transform_static(self, transform: Any, authority: str) -> None:
+        self.tree.add(transform, static=True)
+
+    def lookup_transform(self, target_frame: str, source_frame: str, time: Time, timeout: Duration) -> Any:
+        self.lookups.append((target_frame, source_frame, time.nanoseconds, timeout.nanoseconds))
+        try:
+            target_from_source = self.tree.lookup(target_frame, source_frame, time.nanoseconds)
+        except TransformUnavailable as error:
+            raise TransformException(f"tf2 stand-in: {error}") from None
+        return transform(target_frame, source_frame, time.nanoseconds, target_from_source)
 
 
 class QoSProfile:
@@ -108,6 +154,38 @@ class Subscription:
 
 
 @dataclass
+class Service:
+    srv_type: Any
+    name: str
+    callback: Any
+
+
+@dataclass
+class TriggerRequest:
+    """std_srvs/srv/Trigger request (empty)."""
+
+
+@dataclass
+class TriggerResponse:
+    """std_srvs/srv/Trigger response."""
+
+    success: bool = False
+    message: str = ""
+
+
+class Trigger:
+    """std_srvs.srv.Trigger: rclpy hands the callback a Request and a fresh Response to fill and return."""
+
+    Request = TriggerRequest
+    Response = TriggerResponse
+
+
+def call(service: Service) -> TriggerResponse:
+    """What rclpy's executor does with a request: callback(request, response) -> response."""
+    return service.callback(service.srv_type.Request(), service.srv_type.Response())
+
+
+@dataclass
 class Timer:
     period_s: float
     callback: Any
@@ -144,7 +222,9 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             self.publishers: list[Publisher] = []
             self.subscriptions: list[Subscription] = []
             self.timers: list[Timer] = []
+            self.services: list[Service] = []
             self.broadcasters: list[TransformBroadcaster] = []
+            self.listeners: list[TransformListener] = []
             self.logger = Logger(state)
             self.destroyed = False
             state.nodes.append(self)
@@ -172,6 +252,10 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             self.subscriptions.append(Subscription(msg_type, topic, callback, qos))
             return self.subscriptions[-1]
 
+        def create_service(self, srv_type: Any, name: str, callback: Any) -> Service:
+            self.services.append(Service(srv_type, name, callback))
+            return self.services[-1]
+
         def create_timer(self, period_s: float, callback: Any) -> Timer:
             self.timers.append(Timer(period_s, callback))
             return self.timers[-1]
@@ -190,6 +274,11 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
 
         def sendTransform(self, transforms: list[Any]) -> None:  # tf2_ros's name
             self.sent.append(list(transforms))
+
+    class TransformListener:
+        def __init__(self, buffer: Tf2Buffer, node: Node) -> None:
+            self.buffer = buffer
+            node.listeners.append(self)
 
     class ParameterDescriptor:
         def __init__(self, description: str = "", read_only: bool = False) -> None:
@@ -236,6 +325,8 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
                             ReliabilityPolicy=types.SimpleNamespace(RELIABLE="reliable",
                                                                     BEST_EFFORT="best_effort")),
         "rclpy.exceptions": module("rclpy.exceptions", ParameterException=ParameterException),
+        "rclpy.time": module("rclpy.time", Time=Time),
+        "rclpy.duration": module("rclpy.duration", Duration=Duration),
         "rclpy.executors": module("rclpy.executors", ExternalShutdownException=ExternalShutdownException,
                                   SingleThreadedExecutor=SingleThreadedExecutor),
         "rclpy.signals": module("rclpy.signals",
@@ -245,7 +336,10 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             "rcl_interfaces.msg", ParameterDescriptor=ParameterDescriptor,
             FloatingPointRange=lambda **kw: types.SimpleNamespace(kind="float", **kw),
             IntegerRange=lambda **kw: types.SimpleNamespace(kind="int", **kw)),
-        "tf2_ros": module("tf2_ros", TransformBroadcaster=TransformBroadcaster),
+        "tf2_ros": module("tf2_ros", TransformBroadcaster=TransformBroadcaster, Buffer=Tf2Buffer,
+                          TransformListener=TransformListener, TransformException=TransformException),
+        "std_srvs": module("std_srvs"),
+        "std_srvs.srv": module("std_srvs.srv", Trigger=Trigger),
     }
     for package in MESSAGE_PACKAGES:
         messages = module(f"{package}.msg")
@@ -278,8 +372,9 @@ def model_path(tmp_path_factory) -> Path:
 
 
 def start(ros, **overrides: Any) -> Any:
-    """RelocalizeNode with these parameter overrides (as `-p NAME:=VALUE`); stop it with destroy_node."""
-    return ros.node.RelocalizeNode(parameter_overrides=overrides)
+    """RelocalizeNode with these parameter overrides (as `-p NAME:=VALUE`), base_frame "" (the camera's
+    pose, no TF) unless they set it; stop it with destroy_node."""
+    return ros.node.RelocalizeNode(parameter_overrides={"base_frame": "", **overrides})
 
 
 def wait_until(condition: Any, timeout_s: float = TIMEOUT_S) -> bool:
@@ -328,7 +423,7 @@ def test_parameter_values_are_what_the_pipeline_runs_with(ros, model_path):
               "image_topic": "/cam/image_raw/compressed", "diagnostics_period": 0.5, "reset_gap": 2.5}
     node = start(ros, **values)
     try:
-        assert node.pipeline.settings == NodeSettings.from_values(values)
+        assert node.pipeline.settings == NodeSettings.from_values({**values, "base_frame": ""})
         assert node.pipeline.relocalizer.uncertainty.mc_samples == 4
         (timer,) = node.timers
         assert timer.period_s == 0.5 and timer.callback == node.pipeline.publish_diagnostics
@@ -354,12 +449,13 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos])
             for name, topic in OUTPUTS.items() if name != "tf"}
         handlers = {"image": node.pipeline.on_image, "depth": node.pipeline.on_depth,
-                    "reset": node.pipeline.on_reset}
+                    "reset": node.pipeline.on_reset, "relocalize": node.pipeline.on_relocalize}
         assert {s.topic: (s.msg_type, s.qos, s.callback) for s in node.subscriptions} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos], handlers[name])
             for name, topic in input_topics(settings).items()}
-        assert set(input_topics(settings)) == {"image", "depth", "reset"}
+        assert set(input_topics(settings)) == {"image", "depth", "reset", "relocalize"}
         assert node.broadcasters == [] and node.tf_broadcaster is None  # publish_tf is off
+        assert node.listeners == [] and node.tf_buffer is None  # base_frame "": no TF needed
     finally:
         node.destroy_node()
 
@@ -370,7 +466,8 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
 
 
 def test_a_camera_frame_is_answered_on_every_output(ros, model_path):
-    node = start(ros, model=str(model_path), device="cpu", publish_tf=True, map_frame="world")
+    node = start(ros, model=str(model_path), device="cpu", publish_tf=True, tf_mode="map_camera",
+                 map_frame="world", publish_unknown=True)  # the first frame is not yet a known place
     by_topic = {publisher.topic: publisher for publisher in node.publishers}
     try:
         (map_poses,) = by_topic["relocalization/map_poses"].wait_for(1)  # once, at start
@@ -404,6 +501,29 @@ def test_a_camera_frame_is_answered_on_every_output(ros, model_path):
     assert values["received"] == values["processed"] == "1" and values["device"] == "cpu"
 
 
+def test_the_relocalize_service_sends_the_next_confident_pose_to_initialpose(ros, model_path):
+    node = start(ros, model=str(model_path), device="cpu")
+    by_topic = {publisher.topic: publisher for publisher in node.publishers}
+    try:
+        (service,) = node.services
+        assert (service.srv_type, service.name) == (Trigger, "relocalize")
+        response = call(service)  # accepted at once; the pose follows
+        assert response.success and "next confident pose goes to initialpose" in response.message
+        (on_image,) = [s.callback for s in node.subscriptions if s.topic == "/camera/image_raw"]
+        for i in range(3):  # frame 0 is not yet a known place (min_frames 2): withheld
+            on_image(image(i))
+            by_topic["relocalization/status"].wait_for(i + 1)
+        assert wait_until(lambda: node.pipeline.diagnostics.counts["processed"] == 3)
+    finally:
+        node.destroy_node()
+    (initial,) = by_topic["initialpose"].messages
+    poses = by_topic["relocalized_pose"].messages
+    assert [stamp_to_ns(p.header.stamp) for p in poses] == [stamp(1), stamp(2)]
+    assert initial is poses[0]  # the same message, once
+    response = call(service)  # after destroy_node: refused
+    assert not response.success and response.message == "the node is shutting down"
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({}, "invalid parameters: parameter 'model' is required"),
     ({"model": "m", "mc_samples": 5000}, "invalid parameters: parameter 'mc_samples' must lie in [-1, 1024]"),
@@ -417,7 +537,7 @@ def test_invalid_parameters_or_model_stop_the_node_with_a_fatal_message(ros, ove
         start(ros, **overrides)
     (node,) = ros.state.nodes
     assert node.logger.lines[-1][0] == "fatal" and node.logger.lines[-1][1].startswith(message)
-    assert node.publishers == node.subscriptions == node.timers == []
+    assert node.publishers == node.subscriptions == node.timers == node.services == []
 
 
 def test_an_rgbd_model_needs_use_depth(ros, tmp_path):
@@ -473,3 +593,42 @@ def test_main_exits_1_when_the_node_cannot_start(ros):
     (node,) = ros.state.nodes
     assert node.logger.lines[-1] == ("fatal", "invalid parameters: parameter 'model' is required: the path "
                                               "of a training run or its model.safetensors")
+
+
+def test_the_base_pose_comes_from_tf2s_buffer_and_map_to_odom_goes_to_its_broadcaster(ros, model_path):
+    node = start(ros, model=str(model_path), device="cpu", base_frame="base_link", publish_tf=True,
+                 transform_timeout=0.5)
+    by_topic = {publisher.topic: publisher for publisher in node.publishers}
+    try:
+        (listener,) = node.listeners
+        assert listener.buffer is node.tf_buffer
+        assert {s.topic for s in node.subscriptions} == {"/camera/image_raw", "relocalization/reset"}
+        # What tf2's listener does with /tf_static and /tf.
+        extrinsic = transform("base_link", "camera_optical", 0, BASE_FROM_CAMERA)
+        node.tf_buffer.set_transform_static(extrinsic, "test")
+        node.tf_buffer.set_transform(transform("odom", "base_link", stamp(0), odom_from_base(0)), "test")
+        (on_image,) = [s.callback for s in node.subscriptions if s.topic == "/camera/image_raw"]
+        on_image(image(0))
+        (pose,) = by_topic["relocalized_pose"].wait_for(1)
+        (camera_pose,) = by_topic["relocalization/camera_pose"].wait_for(1)
+        on_image(image(1))  # no odometry at stamp(1): dropped
+        assert wait_until(lambda: node.pipeline.diagnostics.counts["no_transform"] == 1)
+    finally:
+        node.destroy_node()
+    # The pipeline asked tf2 at the image stamps, with transform_timeout.
+    assert node.tf_buffer.lookups[:2] == [("base_link", "camera_optical", stamp(0), 500_000_000),
+                                          ("odom", "base_link", stamp(0), 500_000_000)]
+    map_from_camera = pose_from_position_quat(*pose_from_msg(camera_pose))
+    map_from_base = pose_from_position_quat(*pose_from_msg(pose))
+    np.testing.assert_allclose(map_from_base @ BASE_FROM_CAMERA, map_from_camera, atol=1e-9)
+    np.testing.assert_allclose(covariance_from_msg(pose), transport_covariance(
+        covariance_from_msg(camera_pose), map_from_camera, np.linalg.inv(BASE_FROM_CAMERA)), atol=1e-12)
+    (broadcaster,) = node.broadcasters
+    ((sent,),) = broadcaster.sent
+    assert (sent.header.frame_id, sent.child_frame_id) == ("map", "odom")
+    assert stamp_to_ns(sent.header.stamp) == stamp(0) + 1_000_000_000  # transform_tolerance 1 s
+    map_from_odom = pose_from_position_quat(*pose_from_msg(sent))
+    np.testing.assert_allclose(map_from_odom @ odom_from_base(0) @ BASE_FROM_CAMERA, map_from_camera,
+                               atol=1e-9)
+    (warning,) = [line for level, line in node.logger.lines if level == "warning"]
+    assert "no transform odom -> base_link" in warning and "stale" in warning

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from posenet_ros.cli import main
+from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.images import read_depth_mm, read_rgb
@@ -25,16 +26,18 @@ from posenet_ros.ros.bag_writing import (
     DEPTH_TOPIC,
     IMAGE_TOPIC,
     POSE_TOPIC,
+    TF_STATIC_TOPIC,
     TF_TOPIC,
     TOPIC_TYPES,
 )
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
 from posenet_ros.tools import make_bag as make_bag_module
-from posenet_ros.tools.make_bag import make_bag
+from posenet_ros.tools.make_bag import BASE_FROM_CAMERA, make_bag, map_from_odom
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3
 SPLITS = ("train", "test")  # two train sequences and one test sequence: 9 frames
-ALL_TOPICS = [CAMERA_INFO_TOPIC, IMAGE_TOPIC, DEPTH_TOPIC, POSE_TOPIC, TF_TOPIC]
+PER_FRAME_TOPICS = [TF_TOPIC, CAMERA_INFO_TOPIC, IMAGE_TOPIC, DEPTH_TOPIC, POSE_TOPIC]
+ALL_TOPICS = [TF_STATIC_TOPIC, *PER_FRAME_TOPICS]  # /tf_static: one message
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +89,24 @@ def test_bag_holds_every_frame_exactly(scene: Path, tmp_path: Path, storage: str
     suffix = {"mcap": ".mcap", "sqlite3": ".db3"}[storage]
     assert info["storage_identifier"] == storage and info["version"] == 8
     assert info["relative_file_paths"] == [f"bag{suffix}"] and (out / f"bag{suffix}").is_file()
-    assert info["message_count"] == 5 * n
+    assert info["message_count"] == 5 * n + 1
+    counts = {**dict.fromkeys(PER_FRAME_TOPICS, n), TF_STATIC_TOPIC: 1}
     assert {t["topic_metadata"]["name"]: (t["topic_metadata"]["type"], t["message_count"])
-            for t in info["topics_with_message_count"]} == {t: (TOPIC_TYPES[t], n) for t in ALL_TOPICS}
-    assert summary.topics == dict.fromkeys(ALL_TOPICS, n)
+            for t in info["topics_with_message_count"]} == {t: (TOPIC_TYPES[t], counts[t])
+                                                            for t in ALL_TOPICS}
+    assert summary.topics == counts
 
     with open_bag(out) as reader:
         offered = {c.topic: c.ext.offered_qos_profiles[0].reliability.name for c in reader.connections}
     assert offered[IMAGE_TOPIC] == "BEST_EFFORT" and offered[POSE_TOPIC] == "RELIABLE"
+    assert offered[TF_STATIC_TOPIC] == "RELIABLE"
 
     messages = _read_bag(out)
     assert sorted(messages) == sorted(ALL_TOPICS)
     stamps = [stamp for stamp, *_ in summary.frame_stamps]
     assert [(split, seq, index) for _, split, seq, index in summary.frame_stamps] == [
         (split, r.sequence, r.frame_index) for split in SPLITS for r in load_frames(scene, split)]
-    for topic in ALL_TOPICS:
+    for topic in PER_FRAME_TOPICS:
         # Every message of frame i carries frame i's stamp, which is also its log time.
         assert [log_time for log_time, _ in messages[topic]] == stamps
         if topic == TF_TOPIC:
@@ -124,11 +130,24 @@ def test_bag_holds_every_frame_exactly(scene: Path, tmp_path: Path, storage: str
         pose = messages[POSE_TOPIC][i][1]
         assert pose.header.frame_id == "map"
         _assert_same_pose(pose, expected)
-        tf = messages[TF_TOPIC][i][1]
-        assert len(tf.transforms) == 1
-        transform = tf.transforms[0]
-        assert (transform.header.frame_id, transform.child_frame_id) == ("map", "camera")
-        _assert_same_pose(transform, expected)
+        odometry, ground_truth = messages[TF_TOPIC][i][1].transforms
+        assert (ground_truth.header.frame_id, ground_truth.child_frame_id) == ("map", "camera_ground_truth")
+        _assert_same_pose(ground_truth, expected)
+        # The robot: drifting odometry of the base that carries the camera.
+        assert (odometry.header.frame_id, odometry.child_frame_id) == ("odom", "base_link")
+        elapsed_s = (stamps[i] - stamps[0]) / 1e9
+        odom_from_base = pose_from_position_quat(*pose_from_msg(odometry))
+        np.testing.assert_allclose(map_from_odom(elapsed_s) @ odom_from_base @ BASE_FROM_CAMERA,
+                                   record.world_from_cam, atol=1e-9)
+    ((log_time, static),) = messages[TF_STATIC_TOPIC]
+    (extrinsic,) = static.transforms
+    assert log_time == stamp_to_ns(extrinsic.header.stamp) == stamps[0]
+    assert (extrinsic.header.frame_id, extrinsic.child_frame_id) == ("base_link", "camera")
+    np.testing.assert_allclose(pose_from_position_quat(*pose_from_msg(extrinsic)), BASE_FROM_CAMERA,
+                               atol=1e-12)
+    # The odometry drifts: map -> odom is no identity and changes over the bag.
+    assert not np.allclose(map_from_odom(0.0), np.eye(4), atol=0.1)
+    assert not np.allclose(map_from_odom(0.0), map_from_odom((stamps[-1] - stamps[0]) / 1e9), atol=1e-3)
 
 
 def test_stamps_are_periodic_within_a_sequence_with_a_gap_between_sequences(scene: Path, tmp_path: Path):
@@ -158,8 +177,9 @@ def test_compressed_images(scene: Path, tmp_path: Path, image_format: str):
     out = tmp_path / "bag"
     summary = make_bag(scene, out, splits=["test"], compressed=True, compressed_format=image_format,
                        progress=False)
-    expected_topics = [CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, DEPTH_TOPIC, POSE_TOPIC, TF_TOPIC]
-    assert summary.topics == dict.fromkeys(expected_topics, 3)
+    expected_topics = [CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, DEPTH_TOPIC, POSE_TOPIC, TF_TOPIC,
+                       TF_STATIC_TOPIC]
+    assert summary.topics == {**dict.fromkeys(expected_topics, 3), TF_STATIC_TOPIC: 1}
     messages = _read_bag(out)
     assert sorted(messages) == sorted(expected_topics)
     for (_, msg), record in zip(messages[COMPRESSED_IMAGE_TOPIC], load_frames(scene, "test"), strict=True):
@@ -175,7 +195,7 @@ def test_compressed_images(scene: Path, tmp_path: Path, image_format: str):
 def test_depth_and_camera_info_follow_the_records(scene: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch):
     no_depth = make_bag(scene, tmp_path / "no_depth", with_depth=False, storage="sqlite3", progress=False)
-    assert list(no_depth.topics) == [CAMERA_INFO_TOPIC, IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC]
+    assert list(no_depth.topics) == [TF_STATIC_TOPIC, TF_TOPIC, CAMERA_INFO_TOPIC, IMAGE_TOPIC, POSE_TOPIC]
 
     # Records as the Cambridge layout gives them: no depth, no intrinsics.
     def bare_frames(root, split):
@@ -183,7 +203,7 @@ def test_depth_and_camera_info_follow_the_records(scene: Path, tmp_path: Path,
 
     monkeypatch.setattr(make_bag_module, "load_frames", bare_frames)
     bare = make_bag(scene, tmp_path / "bare", progress=False)
-    assert list(bare.topics) == [IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC]
+    assert list(bare.topics) == [TF_STATIC_TOPIC, TF_TOPIC, IMAGE_TOPIC, POSE_TOPIC]
     assert sorted(_read_bag(bare.path)) == sorted(bare.topics)
     with pytest.raises(ValueError, match="with_depth=True but 3 of 3 frames have no depth"):
         make_bag(scene, tmp_path / "wants_depth", with_depth=True, progress=False)
@@ -255,7 +275,8 @@ def test_cli_writes_a_bag_and_prints_a_summary(scene: Path, tmp_path: Path, caps
         assert f"{topic} 9" in printed[0]
     assert DEPTH_TOPIC not in printed[0]
     messages = _read_bag(out)
-    assert sorted(messages) == sorted([CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC])
+    assert sorted(messages) == sorted([CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, POSE_TOPIC, TF_TOPIC,
+                                       TF_STATIC_TOPIC])
     stamps = [log_time for log_time, _ in messages[POSE_TOPIC]]
     assert stamps[1] - stamps[0] == 100_000_000  # 10 Hz
 

@@ -537,12 +537,13 @@ def test_main_exits_1_when_the_node_cannot_start(ros):
 
 def test_the_base_pose_comes_from_tf2s_buffer_and_map_to_odom_goes_to_its_broadcaster(ros, model_path):
     node = start(ros, model=str(model_path), device="cpu", base_frame="base_link", publish_tf=True,
-                 transform_timeout=0.5)
+                 transform_timeout=0.5, publish_unknown=True)
     by_topic = {publisher.topic: publisher for publisher in node.publishers}
     try:
         (listener,) = node.listeners
         assert listener.buffer is node.tf_buffer
-        assert {s.topic for s in node.subscriptions} == {"/camera/image_raw", "relocalization/reset"}
+        assert {s.topic for s in node.subscriptions} == {"/camera/image_raw", "relocalization/reset",
+                                                         "relocalization/relocalize"}
         # What tf2's listener does with /tf_static and /tf.
         extrinsic = transform("base_link", "camera_optical", 0, BASE_FROM_CAMERA)
         node.tf_buffer.set_transform_static(extrinsic, "test")

@@ -38,6 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.node.query_camera import QueryCamera, subscribed_camera_info_topic
 from posenet_ros.ros.conversions import (
     MessageTypes,
     bool_msg,
@@ -82,12 +83,16 @@ OUTPUTS: dict[str, Topic] = {
 
 def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     """The subscriptions: "image" (CompressedImage when the name ends in /compressed, as
-    image_transport names it) and, with use_depth, "depth", both with sensor-data QoS; and "reset"
+    image_transport names it), "camera_info" (unless camera_info_topic is empty; query_camera.py) and,
+    with use_depth, "depth", all with sensor-data QoS; and "reset"
     (std_msgs/Bool: true drops the stream's state - temporal smoothing, loop-closure history - before
     the next frame, e.g. after the robot was carried elsewhere)."""
     image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
                   else "sensor_msgs/msg/Image")
     topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
+    info_topic = subscribed_camera_info_topic(settings)
+    if info_topic is not None:
+        topics["camera_info"] = Topic(info_topic, "sensor_msgs/msg/CameraInfo", "sensor_data")
     if settings.use_depth:
         topics["depth"] = Topic(settings.depth_topic, "sensor_msgs/msg/Image", "sensor_data")
     topics["reset"] = Topic("relocalization/reset", "std_msgs/msg/Bool", "default")
@@ -253,10 +258,12 @@ class NodeDiagnostics:
     unpaired: images without a depth within the slop; failed: frames whose processing raised an
     unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
     (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it).
+    camera_info_rejected (not a frame count): CameraInfo messages dropped (query_camera.py).
     latency: callback receipt -> pose published (ms).
     """
 
-    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate")
+    COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate",
+                "camera_info_rejected")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
@@ -319,6 +326,8 @@ class RelocalizationPipeline:
         self.clock = clock
         self.diagnostics = NodeDiagnostics(clock)
         self.warnings = ThrottledWarnings(self.log, clock=clock)
+        self.query_camera = QueryCamera(subscribed_camera_info_topic(settings), self.diagnostics.count,
+                                        self.warnings.warn, self.log)
         self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
         self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
             round(settings.max_depth_stamp_diff * 1e9))
@@ -353,6 +362,10 @@ class RelocalizationPipeline:
         with self._pair_lock:
             pairs, lost = self._pairer.add_depth(stamp, msg)
         self._queue_pairs(pairs, lost)
+
+    def on_camera_info(self, msg: Any) -> None:
+        """CameraInfo callback: the calibration of the next frames (query_camera.py)."""
+        self.query_camera.on_camera_info(msg)
 
     def on_reset(self, msg: Any) -> None:
         """Reset callback (std_msgs/Bool): true makes the worker reset the stream before the next frame."""
@@ -426,7 +439,9 @@ class RelocalizationPipeline:
         if not decoded:
             return None
         frame, rgb, depth = decoded[0]
-        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns))
+        camera = self.query_camera.for_image(rgb.shape[1], rgb.shape[0])
+        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns,
+                                                                    camera=camera))
 
     def process_batch(self, max_frames: int) -> list[PoseEstimate]:
         """Bag replay's batched step: up to `max_frames` queued frames through the network as one
@@ -438,13 +453,15 @@ class RelocalizationPipeline:
                   if frame is not None]
         decoded = self._decoded(frames)
         positions = [i for i, (_, rgb, _) in enumerate(decoded) if rgb.shape == decoded[0][1].shape]
+        cameras = [self.query_camera.for_image(rgb.shape[1], rgb.shape[0]) for _, rgb, _ in decoded]
         batch, batched = None, {}  # batched: position in `decoded` -> index in the batch
         if len(positions) > 1 and self.relocalizer.batches:
             try:
                 start = time.perf_counter()
                 prepared = self.relocalizer.prepare_batch([decoded[i][1] for i in positions],
                                                           [decoded[i][2] for i in positions],
-                                                          [decoded[i][0].stamp_ns for i in positions])
+                                                          [decoded[i][0].stamp_ns for i in positions],
+                                                          cameras[positions[0]])
                 batch = self.relocalizer.infer_batch(prepared, start)
                 batched = {position: index for index, position in enumerate(positions)}
             except Exception:  # a frame the batch cannot take: every frame goes on its own below
@@ -455,7 +472,7 @@ class RelocalizationPipeline:
                 estimate_pose = functools.partial(self.relocalizer.finish, batch, batched[position])
             else:
                 estimate_pose = functools.partial(self.relocalizer.process, rgb, depth,
-                                                  stamp_ns=frame.stamp_ns)
+                                                  stamp_ns=frame.stamp_ns, camera=cameras[position])
             estimate = self._finish(frame, estimate_pose)
             if estimate is not None:
                 estimates.append(estimate)
@@ -554,7 +571,8 @@ class RelocalizationPipeline:
         values = {key: f"{value:.3f}" if isinstance(value, float) else str(value)
                   for key, value in figures.items()}
         values.update(device=device, model=str(self.relocalizer.model_path),
-                      mc_samples=str(self.relocalizer.uncertainty.mc_samples))
+                      mc_samples=str(self.relocalizer.uncertainty.mc_samples),
+                      camera=self.query_camera.source)
         self.publish("diagnostics", diagnostic_array(
             self.types, time.time_ns(), "posenet_ros: relocalization", device, level, message, values))
         return figures

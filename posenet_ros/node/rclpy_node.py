@@ -12,7 +12,8 @@ or directly, with a parameters file and overrides:
 Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in the node's namespace):
 
     subscribes  image_topic (sensor_msgs/Image, or CompressedImage when the name ends in /compressed)
-                depth_topic (sensor_msgs/Image, only with use_depth)            both sensor-data QoS
+                camera_info_topic (sensor_msgs/CameraInfo; auto: beside image_topic; empty: none)
+                depth_topic (sensor_msgs/Image, only with use_depth)            all sensor-data QoS
     publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped
                 relocalization/loop_closure    std_msgs/Bool
                 relocalization/uncertainty     std_msgs/Float64
@@ -104,8 +105,8 @@ class RelocalizeNode(Node):
         self.tf_broadcaster = TransformBroadcaster(self) if settings.publish_tf else None
         self.pipeline = RelocalizationPipeline(settings, relocalizer, self.types, self._publish,
                                                log=self.get_logger())
-        handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth,
-                    "reset": self.pipeline.on_reset}
+        handlers = {"image": self.pipeline.on_image, "camera_info": self.pipeline.on_camera_info,
+                    "depth": self.pipeline.on_depth, "reset": self.pipeline.on_reset}
         inputs = input_topics(settings)
         self.subscriptions_by_input = {
             name: self.create_subscription(self.types.get(topic.type_name), topic.name, handlers[name],

@@ -20,8 +20,9 @@ Arguments:
     namespace    namespace of the node and of its relative output topics (default: none)
 
 image_topic, camera_info_topic and depth_topic are remappings of the node's default topic names, the
-defaults of its image_topic, camera_info_topic and depth_topic parameters (/camera/image_raw,
-/camera/camera_info, /camera/depth/image_raw): they apply as long as params_file keeps those defaults. A compressed image stream needs the parameter instead
+topics of the defaults of its image_topic, camera_info_topic (auto) and depth_topic parameters
+(/camera/image_raw, /camera/camera_info, /camera/depth/image_raw): they apply as long as params_file
+keeps those defaults. A compressed image stream needs the parameter instead
 (image_topic: /my/camera/image_raw/compressed in params_file), because the node chooses
 CompressedImage by the parameter's name, before remapping. model, use_depth, device and runtime are
 passed as parameters and override the values of params_file, so set them here, not in the file.

@@ -203,6 +203,7 @@ def test_camera_info_carries_the_lens_distortion_of_the_images_or_is_left_out(tm
     assert infos[0].distortion_model == "plumb_bob" and infos[0].d.tolist() == [-0.25, 0.05, 0.001, 0.0, 0.0]
     plumb_bob = dataclasses.replace(camera, distortion=(*camera.distortion, 0.0))  # k3 = 0 written
     assert len(infos) == 2 and camera_from_camera_info(infos[0]) == plumb_bob and camera.distorted
+    assert load_frames(tmp_path / "bag", "test")[0].intrinsics == plumb_bob  # training from the bag
     assert main(["make-bag", "--quiet", "--no-camera-info", str(tmp_path / "other"),
                  str(tmp_path / "bare")]) == 0
     assert CAMERA_INFO_TOPIC not in _read_bag(tmp_path / "bare")

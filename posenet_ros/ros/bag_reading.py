@@ -32,9 +32,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 from rosbags.highlevel import AnyReader, AnyReaderError
 
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.geometry import quat_conjugate, quat_exp, quat_log, quat_multiply, quat_normalize
-from posenet_ros.ros.camera_info import camera_info_topic
-from posenet_ros.ros.conversions import intrinsics_from_camera_info, pose_from_msg, stamp_to_ns
+from posenet_ros.ros.camera_info import camera_from_camera_info, camera_info_topic
+from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds_types import typestore
 
 __all__ = ["BagStreams", "Trajectory", "bag_topics", "describe_topics", "ground_truth_topics", "open_bag",
@@ -181,13 +182,13 @@ def stream_messages(reader: Any, path: str | Path, streams: BagStreams,
             yield kinds[connection.topic], msg
 
 
-def read_camera_info(reader: Any, path: str | Path,
-                     streams: BagStreams) -> tuple[np.ndarray, int, int] | None:
-    """(K (3, 3) pixels, width, height) of the first CameraInfo message, or None without one."""
+def read_camera_info(reader: Any, path: str | Path, streams: BagStreams) -> Intrinsics | None:
+    """The camera (K and distortion, ros/camera_info.py) of the first CameraInfo message, or None
+    without one. Raises CameraInfoError (a ValueError) for a message that describes no usable camera."""
     if streams.camera_info_topic is None:
         return None
     for _, _, msg in read_messages(reader, path, [streams.camera_info_topic]):
-        return intrinsics_from_camera_info(msg)
+        return camera_from_camera_info(msg)
     return None
 
 

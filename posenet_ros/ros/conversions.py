@@ -84,7 +84,6 @@ __all__ = [
     "float64_msg",
     "image_msg",
     "image_to_rgb",
-    "intrinsics_from_camera_info",
     "message_to_rgb",
     "ns_to_stamp",
     "point_cloud2",
@@ -409,14 +408,6 @@ def covariance_from_msg(msg: Any) -> np.ndarray:
     if covariance.size != 36:
         raise ValueError(f"covariance has {covariance.size} entries, expected 36")
     return covariance.reshape(6, 6).copy()
-
-
-def intrinsics_from_camera_info(msg: Any) -> tuple[np.ndarray, int, int]:
-    """sensor_msgs/CameraInfo -> (K (3, 3) float64 in pixels, width, height). Distortion is ignored."""
-    K = np.asarray(msg.k, dtype=np.float64)
-    if K.size != 9:
-        raise ValueError(f"CameraInfo.k has {K.size} entries, expected 9")
-    return K.reshape(3, 3).copy(), int(msg.width), int(msg.height)
 
 
 # sensor_msgs/msg/PointField.datatype values (the message's constants), for error messages.

@@ -5,6 +5,7 @@ Data flow (one stream of camera frames):
 
     image / depth callbacks --(stamps only; RGB-depth pairing)--> LatestSlot (depth 1, drop-oldest)
         --> worker thread: decode, check, Relocalizer.process --> publish(output name, message)
+    camera_info callback --> QueryCamera (the latest calibration, which the worker gives each frame)
 
 Callbacks never block: they read the header stamp, pair RGB with depth by stamp (`StampPairer`)
 and put the frame into a slot that holds only the newest frame; a frame still waiting when a newer

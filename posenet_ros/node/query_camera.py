@@ -24,7 +24,7 @@ from typing import Any
 
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.node.parameters import NodeSettings
-from posenet_ros.ros.camera_info import CameraInfoError, camera_from_camera_info, camera_info_topic, describe
+from posenet_ros.ros.camera_info import camera_from_camera_info, camera_info_topic, describe
 
 AUTO_TOPIC = "auto"
 """`camera_info_topic` value meaning the `camera_info` topic beside the image topic."""
@@ -57,7 +57,7 @@ class QueryCamera:
         """CameraInfo callback: keep its camera, or drop, count and report an invalid message."""
         try:
             camera = camera_from_camera_info(msg)
-        except (CameraInfoError, AttributeError, TypeError, ValueError) as error:
+        except (AttributeError, TypeError, ValueError) as error:  # CameraInfoError, or not a CameraInfo
             self._count("camera_info_rejected")
             self._warn("camera_info-invalid", f"dropped a CameraInfo on {self.topic}: {error}")
             return

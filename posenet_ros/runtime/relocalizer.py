@@ -332,8 +332,8 @@ class Relocalizer:
                 stamp_ns: int = 0, camera: Intrinsics | None = None) -> PoseEstimate:
         """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
         models that need depth (`needs_depth`) and ignored by the others; `camera`: the frame's
-        intrinsics, undistorted when it has distortion (module docstring). Raises ValueError as
-        `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
+        intrinsics, undistorted or resampled to the checkpoint's camera (module docstring). Raises
+        ValueError as `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
         start = time.perf_counter()
         return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns, camera), start), 0)
 

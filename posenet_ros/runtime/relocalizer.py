@@ -18,7 +18,7 @@ with (core/undistortion.py does the resampling; its maps are cached per camera):
 - pose regression, whose network learned the training camera's field of view: a frame whose K or D
   differ from the checkpoint's camera (`camera`, at the checkpoint's image size) is resampled to that
   camera's pinhole K and image size (depth too), then prepared as a training frame. A checkpoint
-  without its training camera (older ones) can only undistort the frame to its own pinhole K.
+  without its training camera (data without intrinsics, older ones) can only undistort the frame.
 - scene coordinates, which regress per pixel and solve PnP / Kabsch with K: a distorted frame is
   undistorted to its own pinhole K (`Intrinsics.pinhole()`), and the solver uses that query K.
 Without `camera=` the frames are taken to be pinhole images of the checkpoint's training camera.

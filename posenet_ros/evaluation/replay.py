@@ -1,7 +1,8 @@
 """Bag replay evaluation: `posenet-ros replay BAG --model M --out DIR`.
 
 Every camera frame of a rosbag2 goes through exactly the node's pipeline (`ros/pipeline.py`: the same
-message conversions, Relocalizer, stream resets and loop-closure hysteresis), stepped frame by frame
+message conversions, Relocalizer, stream resets and loop-closure hysteresis, and the bag's CameraInfo
+on the node's `camera_info_topic` as the query camera's calibration), stepped frame by frame
 so that nothing is dropped, as fast as the machine allows. With `live=True` the bag is instead played
 over DDS, in lock-step, to a node that is already running (`posenet-ros node` or
 `ros2 launch posenet_ros relocalize.launch.py`), and its answers are recorded: an end-to-end check of

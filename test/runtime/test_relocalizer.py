@@ -16,7 +16,7 @@ from node_support import depth_frame, make_checkpoint, random_temporal, rgb_fram
 from posenet_ros.cli import main
 from posenet_ros.core.camera import Intrinsics, crop_box, input_intrinsics
 from posenet_ros.core.config import config_from_dict
-from posenet_ros.core.undistortion import resample_rgb, undistort_rgb
+from posenet_ros.core.undistortion import resample_rgb, resampling_maps, undistort_rgb
 from posenet_ros.data.dataset import hole_mask
 from posenet_ros.data.frames import RenderedFrame
 from posenet_ros.data.images import read_frame_depth, read_frame_rgb, read_rgb
@@ -201,11 +201,14 @@ def test_pose_regression_resamples_another_query_camera_to_the_checkpoints_camer
     relocalizer = Relocalizer(path, device="cpu")
     query = Intrinsics(80, 60, 33.5, 33.5, 40.0, 29.0, (-0.25, 0.05, 0.0, 0.0))
     rgb = rgb_frame(3, 80, 60)
+    misses = resampling_maps.cache_info().misses
     resampled = resample_rgb(rgb, query, training_camera)
     assert resampled.shape == (30, 40, 3)
     torch.testing.assert_close(relocalizer.prepare(rgb, camera=query).images_BCHW,
                                relocalizer.prepare(resampled).images_BCHW, rtol=0, atol=0)
     assert relocalizer.network_camera(query) == training_camera
+    relocalizer.process(rgb_frame(4, 80, 60), stamp_ns=1, camera=query)
+    assert resampling_maps.cache_info().misses == misses + 1  # the maps are computed once per camera
     # The training camera at twice the resolution: no resampling, the frame is prepared as it is.
     double = training_camera.resized(80, 60)
     assert relocalizer.network_camera(double) == double

@@ -82,6 +82,7 @@ def test_frames_use_the_latest_camera_info_and_keep_the_last_good_one(model_path
     assert np.abs(with_camera - without).max() > 1e-4  # the calibration is used
     assert any("camera calibration on /camera/camera_info" in line for _, line in log.lines)
     assert pipeline.publish_diagnostics()["camera_info_rejected"] == 0
+    assert pipeline.query_camera.source == "camera_info"  # /diagnostics value "camera"
 
     # Invalid messages (zero K, a D of the wrong length, an unknown model) are dropped and counted when
     # they arrive; one of another size when a frame needs it, once. The last good calibration goes on.
@@ -110,3 +111,4 @@ def test_without_camera_info_the_checkpoints_camera_is_used_with_one_warning(mod
             rgb_frame(index), stamp_ns=stamp(index)).position_3, atol=1e-6)
     assert len(warnings(log)) == 1 and "pinhole images of the checkpoint's camera" in warnings(log)[0]
     assert pipeline.publish_diagnostics()["camera_info_rejected"] == 0
+    assert pipeline.query_camera.source == "checkpoint"

@@ -8,6 +8,10 @@ Arguments:
                  node exit with "parameter 'model' is required")
     params_file  parameters file (default: share/posenet_ros/config/relocalize.yaml)
     image_topic  camera image topic (default /camera/image_raw)
+    camera_info_topic
+                 its sensor_msgs/CameraInfo topic (default /camera/camera_info); give it with
+                 image_topic: the node's camera_info topic (parameter camera_info_topic: auto) is the
+                 one beside the default image topic, which remapping the image topic does not move
     depth_topic  depth image topic (default /camera/depth/image_raw; used with use_depth:=true)
     use_depth    true: pair a depth image with every frame (default false)
     device       auto, cpu, cuda or cuda:N (default auto)
@@ -15,9 +19,10 @@ Arguments:
                  `posenet-ros export` wrote beside the checkpoint; onnx is the fastest on CPU)
     namespace    namespace of the node and of its relative output topics (default: none)
 
-image_topic and depth_topic are remappings of the node's default topic names, the defaults of its
-image_topic and depth_topic parameters (/camera/image_raw, /camera/depth/image_raw): they apply as
-long as params_file keeps those defaults. A compressed image stream needs the parameter instead
+image_topic, camera_info_topic and depth_topic are remappings of the node's default topic names, the
+topics of the defaults of its image_topic, camera_info_topic (auto) and depth_topic parameters
+(/camera/image_raw, /camera/camera_info, /camera/depth/image_raw): they apply as long as params_file
+keeps those defaults. A compressed image stream needs the parameter instead
 (image_topic: /my/camera/image_raw/compressed in params_file), because the node chooses
 CompressedImage by the parameter's name, before remapping. model, use_depth, device and runtime are
 passed as parameters and override the values of params_file, so set them here, not in the file.
@@ -45,6 +50,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="ROS 2 parameters file with a relocalize_node section"),
         DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
                               description="camera image topic (remaps /camera/image_raw)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
+                              description="camera info topic of the images (remaps /camera/camera_info)"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/depth/image_raw",
                               description="depth image topic (remaps /camera/depth/image_raw)"),
         DeclareLaunchArgument("use_depth", default_value="false",
@@ -73,6 +80,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         remappings=[
             ("/camera/image_raw", LaunchConfiguration("image_topic")),
+            ("/camera/camera_info", LaunchConfiguration("camera_info_topic")),
             ("/camera/depth/image_raw", LaunchConfiguration("depth_topic")),
         ],
         output="screen",

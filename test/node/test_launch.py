@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings, read_parameters_file
+from posenet_ros.ros.camera_info import camera_info_topic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_PY = REPO_ROOT / "launch" / "relocalize.launch.py"
@@ -257,8 +258,8 @@ def launch(description: LaunchDescription, install_prefix: Path, **arguments: st
 def test_every_launch_argument_is_declared_once_and_used(description, install_prefix):
     names = [entity.args[0] for entity in description.args[0] if isinstance(entity, DeclareLaunchArgument)]
     assert len(names) == len(set(names))
-    assert set(names) == {"model", "params_file", "image_topic", "depth_topic", "use_depth", "device",
-                          "runtime", "namespace"}
+    assert set(names) == {"model", "params_file", "image_topic", "camera_info_topic", "depth_topic",
+                          "use_depth", "device", "runtime", "namespace"}
     assert launch(description, install_prefix, model="/runs/office").used == set(names)
     for entity in declared(description).values():
         assert entity.kwargs["description"], entity.args[0]
@@ -269,6 +270,8 @@ def test_launch_argument_defaults_are_the_parameter_defaults(description, instal
     for name in ("image_topic", "depth_topic", "device", "runtime"):
         assert defaults[name] == SPECS[name].default, name
     assert defaults["use_depth"] == str(SPECS["use_depth"].default).lower()
+    # The node's automatic camera_info topic (beside the default image topic) is what is remapped.
+    assert defaults["camera_info_topic"] == camera_info_topic(SPECS["image_topic"].default)
     assert defaults["model"] == "" and defaults["namespace"] == ""
     context = Context({}, {PACKAGE: install_prefix / "share" / PACKAGE}, set())
     assert Path(perform(defaults["params_file"], context)) == (
@@ -285,6 +288,7 @@ def test_the_default_launch_runs_the_console_script_with_the_installed_parameter
     assert all(_same(settings.values()[name], expected[name]) for name in SPECS)
     # The remappings act on the node's default topic names (the parameters' defaults).
     assert launched.remappings == {SPECS["image_topic"].default: "/camera/image_raw",
+                                   "/camera/camera_info": "/camera/camera_info",
                                    SPECS["depth_topic"].default: "/camera/depth/image_raw"}
     # Without model:=..., the node refuses to start with the message the launch file documents.
     with pytest.raises(ValueError, match="parameter 'model' is required"):
@@ -293,12 +297,14 @@ def test_the_default_launch_runs_the_console_script_with_the_installed_parameter
 
 def test_launch_arguments_reach_the_node_as_typed_parameters_and_remappings(description, install_prefix):
     launched = launch(description, install_prefix, model="2024", use_depth="true", device="cuda:1",
-                      runtime="onnx", image_topic="/my/camera/image_raw", depth_topic="/my/depth")
+                      runtime="onnx", image_topic="/my/camera/image_raw",
+                      camera_info_topic="/my/camera/camera_info", depth_topic="/my/depth")
     settings = NodeSettings.from_values(launched.parameters)
     # model stays a string (a path may look like a number); use_depth becomes a bool.
     assert (settings.model, settings.use_depth, settings.device, settings.runtime) == (
         "2024", True, "cuda:1", "onnx")
     assert launched.remappings == {"/camera/image_raw": "/my/camera/image_raw",
+                                   "/camera/camera_info": "/my/camera/camera_info",
                                    "/camera/depth/image_raw": "/my/depth"}
     with pytest.raises(TypeError, match="not a bool"):
         launch(description, install_prefix, model="m", use_depth="maybe")

@@ -413,12 +413,14 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
         assert {p.topic: (p.msg_type, p.qos) for p in node.publishers} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos])
             for name, topic in OUTPUTS.items() if name != "tf"}
-        handlers = {"image": node.pipeline.on_image, "depth": node.pipeline.on_depth,
-                    "reset": node.pipeline.on_reset, "relocalize": node.pipeline.on_relocalize}
+        handlers = {"image": node.pipeline.on_image, "camera_info": node.pipeline.on_camera_info,
+                    "depth": node.pipeline.on_depth, "reset": node.pipeline.on_reset,
+                    "relocalize": node.pipeline.on_relocalize}
         assert {s.topic: (s.msg_type, s.qos, s.callback) for s in node.subscriptions} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos], handlers[name])
             for name, topic in input_topics(settings).items()}
-        assert set(input_topics(settings)) == {"image", "depth", "reset", "relocalize"}
+        assert set(input_topics(settings)) == {"image", "camera_info", "depth", "reset", "relocalize"}
+        assert input_topics(settings)["camera_info"].name == "/camera/camera_info"
         assert node.broadcasters == [] and node.tf_broadcaster is None  # publish_tf is off
         assert node.listeners == [] and node.tf_buffer is None  # base_frame "": no TF needed
     finally:

@@ -9,6 +9,7 @@
     posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
     posenet-ros make-bag DATA OUT [--split test ...] [--storage mcap] [--compressed] [--no-depth] [--rate 30]
+                         [--no-camera-info]
     posenet-ros replay BAG --model M --out O [--live] [--gt-topic T | --gt-tf PARENT CHILD]
     posenet-ros play BAG [--rate R] [--topics T ...] [--loop] [--step-topic OUT]
     posenet-ros echo TOPIC [--type T] [--qos sensor_data] [--count N] [--format json]
@@ -253,7 +254,7 @@ def _make_bag(args: argparse.Namespace) -> int:
     summary = make_bag(args.data, args.out, splits=args.split or ["test"], storage=args.storage,
                        compressed=args.compressed, compressed_format=args.compressed_format,
                        with_depth=False if args.no_depth else None, rate_hz=args.rate,
-                       progress=not args.quiet)
+                       with_camera_info=not args.no_camera_info, progress=not args.quiet)
     topics = ", ".join(f"{topic} {count}" for topic, count in summary.topics.items())
     print(f"wrote {summary.path} ({summary.storage}): {summary.frames} frames, {summary.duration_s:.1f} s; "
           f"topics: {topics}")
@@ -278,6 +279,8 @@ def _add_make_bag_parser(commands: argparse._SubParsersAction) -> None:
     make_bag.add_argument("--compressed-format", choices=["jpeg", "png"], default="jpeg",
                           help="codec of --compressed (default jpeg)")
     make_bag.add_argument("--no-depth", action="store_true", help="leave out the depth images")
+    make_bag.add_argument("--no-camera-info", action="store_true",
+                          help="leave out /camera/camera_info (the images' K and lens distortion)")
     make_bag.add_argument("--rate", type=float, default=30.0, metavar="HZ",
                           help="frames per second of the stamps (default 30)")
     make_bag.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,11 +3,13 @@ checkpoint, a random temporal model, and synthetic camera frames and messages.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.geometry import matrix_to_quat, pose_from_position_quat, quat_exp, quat_multiply
 from posenet_ros.inference.loop_closure import LoopClosureConfig
 from posenet_ros.inference.uncertainty import UncertaintyConfig
@@ -35,9 +37,9 @@ class ListLog:
 
 
 def make_checkpoint(path: Path, backbone: str = "resnet_tiny", resize: int = 24, crop: int = 24,
-                    mc_samples: int = 8, depth: str = "none") -> Path:
+                    mc_samples: int = 8, depth: str = "none", camera: Intrinsics | None = None) -> Path:
     """An untrained but calibrated checkpoint (fixed seed) with 5 map poses; `depth` "dual_stream" or
-    "early_fusion" makes it an RGB-D model."""
+    "early_fusion" makes it an RGB-D model; `camera`: its training camera."""
     config = {"model": {"backbone": backbone, "feature_dim": 64, "aleatoric": "per_axis", "depth": depth},
               "data": {"resize": resize, "crop": [crop, crop]}}
     torch.manual_seed(0)
@@ -45,7 +47,8 @@ def make_checkpoint(path: Path, backbone: str = "resnet_tiny", resize: int = 24,
     with torch.no_grad():
         model.feature_covariance.copy_(torch.eye(model.head_dim))
     map_poses = np.column_stack([np.arange(5.0), np.zeros((5, 2)), np.ones(5), np.zeros((5, 3))])
-    path = save_checkpoint(path, model, config, map_poses)
+    path = save_checkpoint(path, model, config, map_poses,
+                           {"camera": json.dumps(camera.to_dict())} if camera is not None else None)
     store_calibration(path, UncertaintyConfig(mc_samples=mc_samples, position_scale=2.0),
                       LoopClosureConfig(enter_score=1e9, leave_score=1e9, min_frames=2))
     return path

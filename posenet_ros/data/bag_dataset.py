@@ -8,8 +8,9 @@ Which messages (`BagDataConfig`, the training config's `data.bag`, stored in the
 `posenet-ros replay` chooses them (`ros/bag_reading.py`):
 
 - images: `image_topic`, or /camera/image_raw, else /camera/image_raw/compressed, else the only
-  Image or CompressedImage topic; intrinsics from the first CameraInfo of the `camera_info` topic
-  beside it (none without one);
+  Image or CompressedImage topic; intrinsics (K and lens distortion, ros/camera_info.py) from the
+  first CameraInfo of the `camera_info` topic beside it (none without one), so distorted images are
+  undistorted as a dataset folder's are;
 - ground truth: the PoseStamped / PoseWithCovarianceStamped / TransformStamped / Odometry topic
   `gt_topic` (default /ground_truth/pose), or the /tf transform `gt_tf` = "PARENT CHILD"; each image
   gets the pose at its header stamp, exact or interpolated between poses at most `max_gap_s` apart;
@@ -52,7 +53,6 @@ from typing import Any
 
 import numpy as np
 
-from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import config_from_dict, config_to_dict
 from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
@@ -119,7 +119,8 @@ def _bag_index(bag: Path, modified_ns: int, options: BagDataConfig) -> _BagIndex
         select_streams,
         trajectory_from_messages,
     )
-    from posenet_ros.ros.conversions import intrinsics_from_camera_info, stamp_to_ns
+    from posenet_ros.ros.camera_info import CameraInfoError, camera_from_camera_info
+    from posenet_ros.ros.conversions import stamp_to_ns
 
     del modified_ns  # only part of the cache key
     images: list[tuple[int, int]] = []  # (log time, header stamp) ns
@@ -139,7 +140,10 @@ def _bag_index(bag: Path, modified_ns: int, options: BagDataConfig) -> _BagIndex
             elif connection.topic == streams.depth_topic and connection.msgtype == IMAGE:
                 depths.append((log_time, stamp_to_ns(msg.header.stamp)))
             elif connection.topic == streams.camera_info_topic and camera is None:
-                camera = intrinsics_from_camera_info(msg)
+                try:
+                    camera = camera_from_camera_info(msg)
+                except CameraInfoError as error:
+                    raise DatasetError(f"bag {bag}: {streams.camera_info_topic}: {error}") from None
     trajectory = trajectory_from_messages(bag, truth, truth_topics, options.tf_pair())
     if not images:
         raise DatasetError(f"bag {bag}: no {streams.image_type} message on {streams.image_topic}")
@@ -170,10 +174,6 @@ def _bag_index(bag: Path, modified_ns: int, options: BagDataConfig) -> _BagIndex
                        bag, without_truth + without_depth, len(stamps), streams.image_topic, without_truth,
                        trajectory.source, options.max_gap_s,
                        f", {without_depth} without depth on {streams.depth_topic}" if without_depth else "")
-    intrinsics = None
-    if camera is not None:
-        K, width, height = camera
-        intrinsics = Intrinsics(width, height, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
     kept = np.flatnonzero(keep)
     names, indices = _sequences(stamps[kept])
     records = []
@@ -185,7 +185,7 @@ def _bag_index(bag: Path, modified_ns: int, options: BagDataConfig) -> _BagIndex
         records.append(FrameRecord(
             image_path=BagMessage(bag, streams.image_topic, int(log_times[i]), int(stamps[i])),
             depth_path=depth, world_from_cam=pose_from_position_quat(position[i], quat[i]),
-            intrinsics=intrinsics, sequence=name, frame_index=index))
+            intrinsics=camera, sequence=name, frame_index=index))
     return _BagIndex(tuple(records), stamps[kept], int(stamps[0]), int(stamps[-1]), len(stamps))
 
 

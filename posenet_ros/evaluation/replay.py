@@ -1,7 +1,8 @@
 """Bag replay evaluation: `posenet-ros replay BAG --model M --out DIR`.
 
 Every camera frame of a rosbag2 goes through exactly the node's pipeline (`ros/pipeline.py`: the same
-message conversions, Relocalizer, stream resets and loop-closure hysteresis), stepped frame by frame
+message conversions, Relocalizer, stream resets and loop-closure hysteresis, and the bag's CameraInfo
+on the node's `camera_info_topic` as the query camera's calibration), stepped frame by frame
 so that nothing is dropped, as fast as the machine allows. With `live=True` the bag is instead played
 over DDS, in lock-step, to a node that is already running (`posenet-ros node` or
 `ros2 launch posenet_ros relocalize.launch.py`), and its answers are recorded: an end-to-end check of
@@ -66,8 +67,10 @@ from posenet_ros.inference.metrics import (
 from posenet_ros.inference.temporal import smooth_sequence, temporal_jitter
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import OUTPUTS, NodeDiagnostics, RelocalizationPipeline, build_relocalizer
+from posenet_ros.node.query_camera import subscribed_camera_info_topic
 from posenet_ros.node.robot_frames import needs_transforms
 from posenet_ros.ros.bag_reading import (
+    CAMERA_INFO,
     DEFAULT_MAX_GAP_S,
     BagStreams,
     Trajectory,
@@ -200,10 +203,12 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
 
     try:
         with open_bag(bag) as reader:
-            for index, (kind, msg) in enumerate(stream_messages(reader, bag, streams)):
+            handlers = {"image": pipeline.on_image, "depth": pipeline.on_depth,
+                        "camera_info": pipeline.on_camera_info}
+            for index, (kind, msg) in enumerate(stream_messages(reader, bag, streams, with_camera_info=True)):
                 if index == 0:  # stamped in bag time, not wall time: the output bag spans the frames
                     pipeline.publish_map_poses(stamp_to_ns(msg.header.stamp))
-                (pipeline.on_image if kind == "image" else pipeline.on_depth)(msg)
+                handlers[kind](msg)
                 while pipeline.queued() >= batch_size:
                     step(batch_size)
         while pipeline.queued():
@@ -300,7 +305,8 @@ def run_live(bag: str | Path, streams: BagStreams, *, namespace: str = "/", doma
         for status in msg.status:
             diagnostics.update({kv.key: kv.value for kv in status.values})
 
-    topics = [streams.image_topic] + ([streams.depth_topic] if streams.depth_topic else [])
+    topics = [topic for topic in (streams.image_topic, streams.depth_topic, streams.camera_info_topic)
+              if topic]
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay --live", disable=not progress)
     start = time.perf_counter()
     with DdsNode("posenet_ros_replay", domain_id=domain_id, config=config) as node:
@@ -544,6 +550,12 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
         settings = dataclasses.replace(settings, use_depth=True)
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag, image_topic, depth_topic, settings.use_depth)
+        settings = dataclasses.replace(settings, image_topic=streams.image_topic,
+                                       depth_topic=streams.depth_topic or settings.depth_topic,
+                                       transform_timeout=0.0)  # every transform of the bag is loaded first
+        info_topic = subscribed_camera_info_topic(settings)  # what the node subscribes to, if recorded
+        streams = dataclasses.replace(streams, camera_info_topic=(
+            info_topic if bag_topics(reader).get(info_topic or "") == CAMERA_INFO else None))
         trajectory = read_trajectory(reader, bag, gt_topic, gt_tf)
         transforms = read_transforms(reader, bag)
         transform_topics = [t for t in ("/tf", "/tf_static") if t in bag_topics(reader)]
@@ -552,9 +564,6 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
                                  if kind == "image"], np.int64)
     _, _, with_truth = trajectory.at(image_stamps, max_gap_s)
     check_overlap(trajectory, image_stamps, with_truth, bag, streams.image_topic)
-    settings = dataclasses.replace(settings, image_topic=streams.image_topic,
-                                   depth_topic=streams.depth_topic or settings.depth_topic,
-                                   transform_timeout=0.0)  # every transform of the bag is loaded first
     if settings.base_frame and settings.base_frame not in transforms.frames():
         logger.warning("bag %s has no transform of base_frame %r: replaying with base_frame '' (the camera's "
                        "pose on /relocalized_pose)", bag, settings.base_frame)
@@ -579,7 +588,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     if smooth == "node":
         smooth = "causal" if settings.smoothing and loaded.temporal is not None else "off"
     metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
-                   depth_topic=streams.depth_topic, image_messages=len(image_stamps))
+                   depth_topic=streams.depth_topic, camera_info_topic=streams.camera_info_topic,
+                   image_messages=len(image_stamps))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
     atomic_write_text(out / "frames.csv", frames_csv(frames, in_map, run.answers))

@@ -55,7 +55,8 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
                       for name, topic in OUTPUTS.items() if name != "tf" or settings.publish_tf}
         pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(),
                                           lambda name, msg: publishers[name].publish(msg), logger)
-        callbacks = {"image": pipeline.on_image, "depth": pipeline.on_depth, "reset": pipeline.on_reset,
+        callbacks = {"image": pipeline.on_image, "camera_info": pipeline.on_camera_info,
+                     "depth": pipeline.on_depth, "reset": pipeline.on_reset,
                      "tf": pipeline.on_tf, "tf_static": pipeline.on_tf_static,
                      "relocalize": pipeline.on_relocalize}
         for key, topic in input_topics(settings).items():

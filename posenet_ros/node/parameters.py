@@ -54,6 +54,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "On CUDA: preprocessing on the GPU, channels_last and CUDA graphs (no effect on CPU)"),
     ParameterSpec("image_topic", "/camera/image_raw",
                   "Camera image topic (sensor_msgs/Image; a name ending in /compressed: CompressedImage)"),
+    ParameterSpec("camera_info_topic", "auto",
+                  "CameraInfo of the images (sensor_msgs/CameraInfo, the latest one is used): auto: "
+                  "camera_info beside image_topic (/camera/image_raw -> /camera/camera_info); empty: "
+                  "none, the images are taken as the checkpoint's camera"),
     ParameterSpec("depth_topic", "/camera/depth/image_raw",
                   "Depth image topic (16UC1 millimetres or 32FC1 metres), used when use_depth is true"),
     ParameterSpec("use_depth", False, "Subscribe to the depth topic and pair depth with each image by stamp"),
@@ -130,6 +134,7 @@ class NodeSettings:
     exported_model: str = ""
     fast_path: bool = True
     image_topic: str = "/camera/image_raw"
+    camera_info_topic: str = "auto"
     depth_topic: str = "/camera/depth/image_raw"
     use_depth: bool = False
     max_depth_stamp_diff: float = 0.02

@@ -5,6 +5,7 @@ Data flow (one stream of camera frames):
 
     image / depth callbacks --(stamps only; RGB-depth pairing)--> LatestSlot (depth 1, drop-oldest)
         --> worker thread: decode, check, Relocalizer.process --> publish(output name, message)
+    camera_info callback --> QueryCamera (the latest calibration, which the worker gives each frame)
 
 Callbacks never block: they read the header stamp, pair RGB with depth by stamp (`StampPairer`)
 and put the frame into a slot that holds only the newest frame; a frame still waiting when a newer
@@ -51,6 +52,7 @@ from posenet_ros.core.geometry import position_quat_from_pose
 from posenet_ros.node.initial_pose import InitialPoseTrigger
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pose_policy import CONFIDENT, REASONS, PolicyDecision, PosePolicy, policy_limits
+from posenet_ros.node.query_camera import QueryCamera, subscribed_camera_info_topic
 from posenet_ros.node.robot_frames import (
     FrameLinks,
     TransformLookup,
@@ -114,7 +116,8 @@ OUTPUTS: dict[str, Topic] = {
 
 def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     """The subscriptions: "image" (CompressedImage when the name ends in /compressed, as
-    image_transport names it) and, with use_depth, "depth", both with sensor-data QoS; and "reset"
+    image_transport names it), "camera_info" (unless camera_info_topic is empty; query_camera.py) and,
+    with use_depth, "depth", all with sensor-data QoS; and "reset"
     (std_msgs/Bool: true drops the stream's state - temporal smoothing, loop-closure history - before
     the next frame, e.g. after the robot was carried elsewhere); "relocalize" (std_msgs/Empty: send the
     next confident pose to initialpose, as the rclpy node's `relocalize` service does); and when TF is
@@ -123,6 +126,9 @@ def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
                   else "sensor_msgs/msg/Image")
     topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
+    info_topic = subscribed_camera_info_topic(settings)
+    if info_topic is not None:
+        topics["camera_info"] = Topic(info_topic, "sensor_msgs/msg/CameraInfo", "sensor_data")
     if settings.use_depth:
         topics["depth"] = Topic(settings.depth_topic, "sensor_msgs/msg/Image", "sensor_data")
     topics["reset"] = Topic("relocalization/reset", "std_msgs/msg/Bool", "default")
@@ -314,12 +320,13 @@ class NodeDiagnostics:
     (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it);
     no_transform: frames dropped because a transform at their stamp was missing or stale;
     withheld_<reason>: frames answered without a pose by the no-fix policy; initial_poses: poses sent
-    to initialpose. latency: callback receipt -> the frame's outputs published (ms).
+    to initialpose; camera_info_rejected (not a frame count): CameraInfo messages dropped
+    (query_camera.py). latency: callback receipt -> the frame's outputs published (ms).
     """
 
     COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate",
                 "no_transform", *(f"withheld_{reason}" for reason in REASONS if reason != CONFIDENT),
-                "initial_poses")
+                "initial_poses", "camera_info_rejected")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
@@ -388,6 +395,8 @@ class RelocalizationPipeline:
         self.warnings = ThrottledWarnings(self.log, clock=clock)
         self.tf_buffer = TransformBuffer() if transforms is None else None
         self.transforms: TransformLookup = transforms or self.tf_buffer  # type: ignore[assignment]
+        self.query_camera = QueryCamera(subscribed_camera_info_topic(settings), self.diagnostics.count,
+                                        self.warnings.warn, self.log)
         self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
         self._pairer: StampPairer[tuple[Any, int, float]] = StampPairer(
             round(settings.max_depth_stamp_diff * 1e9))
@@ -425,6 +434,10 @@ class RelocalizationPipeline:
         with self._pair_lock:
             pairs, lost = self._pairer.add_depth(stamp, msg)
         self._queue_pairs(pairs, lost)
+
+    def on_camera_info(self, msg: Any) -> None:
+        """CameraInfo callback: the calibration of the next frames (query_camera.py)."""
+        self.query_camera.on_camera_info(msg)
 
     def on_reset(self, msg: Any) -> None:
         """Reset callback (std_msgs/Bool): true makes the worker reset the stream before the next frame."""
@@ -530,7 +543,9 @@ class RelocalizationPipeline:
         if not decoded:
             return None
         frame, rgb, depth = decoded[0]
-        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns))
+        camera = self.query_camera.for_image(rgb.shape[1], rgb.shape[0])
+        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns,
+                                                                    camera=camera))
 
     def process_batch(self, max_frames: int) -> list[PoseEstimate]:
         """Bag replay's batched step: up to `max_frames` queued frames through the network as one
@@ -542,13 +557,15 @@ class RelocalizationPipeline:
                   if frame is not None]
         decoded = self._decoded(frames)
         positions = [i for i, (_, rgb, _) in enumerate(decoded) if rgb.shape == decoded[0][1].shape]
+        cameras = [self.query_camera.for_image(rgb.shape[1], rgb.shape[0]) for _, rgb, _ in decoded]
         batch, batched = None, {}  # batched: position in `decoded` -> index in the batch
         if len(positions) > 1 and self.relocalizer.batches:
             try:
                 start = time.perf_counter()
                 prepared = self.relocalizer.prepare_batch([decoded[i][1] for i in positions],
                                                           [decoded[i][2] for i in positions],
-                                                          [decoded[i][0].stamp_ns for i in positions])
+                                                          [decoded[i][0].stamp_ns for i in positions],
+                                                          cameras[positions[0]])
                 batch = self.relocalizer.infer_batch(prepared, start)
                 batched = {position: index for index, position in enumerate(positions)}
             except Exception:  # a frame the batch cannot take: every frame goes on its own below
@@ -559,7 +576,7 @@ class RelocalizationPipeline:
                 estimate_pose = functools.partial(self.relocalizer.finish, batch, batched[position])
             else:
                 estimate_pose = functools.partial(self.relocalizer.process, rgb, depth,
-                                                  stamp_ns=frame.stamp_ns)
+                                                  stamp_ns=frame.stamp_ns, camera=cameras[position])
             estimate = self._finish(frame, estimate_pose)
             if estimate is not None:
                 estimates.append(estimate)
@@ -712,7 +729,8 @@ class RelocalizationPipeline:
         values = {key: f"{value:.3f}" if isinstance(value, float) else str(value)
                   for key, value in figures.items()}
         values.update(device=device, model=str(self.relocalizer.model_path),
-                      mc_samples=str(self.relocalizer.uncertainty.mc_samples))
+                      mc_samples=str(self.relocalizer.uncertainty.mc_samples),
+                      camera=self.query_camera.source)
         self.publish("diagnostics", diagnostic_array(
             self.types, time.time_ns(), "posenet_ros: relocalization", device, level, message, values))
         return figures

@@ -12,7 +12,8 @@ or directly, with a parameters file and overrides:
 Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in the node's namespace):
 
     subscribes  image_topic (sensor_msgs/Image, or CompressedImage when the name ends in /compressed)
-                depth_topic (sensor_msgs/Image, only with use_depth)            both sensor-data QoS
+                camera_info_topic (sensor_msgs/CameraInfo; auto: beside image_topic; empty: none)
+                depth_topic (sensor_msgs/Image, only with use_depth)            all sensor-data QoS
                 relocalization/reset           std_msgs/Bool
                 relocalization/relocalize      std_msgs/Empty (as the relocalize service)
                 /tf, /tf_static                through tf2_ros's TransformListener (when frames need them)
@@ -144,8 +145,9 @@ class RelocalizeNode(Node):
         self.pipeline = RelocalizationPipeline(
             settings, relocalizer, self.types, self._publish, log=self.get_logger(),
             transforms=Tf2Lookup(self.tf_buffer) if self.tf_buffer is not None else None)
-        handlers = {"image": self.pipeline.on_image, "depth": self.pipeline.on_depth,
-                    "reset": self.pipeline.on_reset, "relocalize": self.pipeline.on_relocalize}
+        handlers = {"image": self.pipeline.on_image, "camera_info": self.pipeline.on_camera_info,
+                    "depth": self.pipeline.on_depth, "reset": self.pipeline.on_reset,
+                    "relocalize": self.pipeline.on_relocalize}
         inputs = {name: topic for name, topic in input_topics(settings).items()
                   if name not in ("tf", "tf_static")}  # the TransformListener subscribes to those
         self.subscriptions_by_input = {

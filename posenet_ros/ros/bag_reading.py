@@ -33,8 +33,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 from rosbags.highlevel import AnyReader, AnyReaderError
 
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.geometry import quat_conjugate, quat_exp, quat_log, quat_multiply, quat_normalize
-from posenet_ros.ros.conversions import intrinsics_from_camera_info, pose_from_msg, stamp_to_ns
+from posenet_ros.ros.camera_info import camera_from_camera_info, camera_info_topic
+from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds_types import typestore
 from posenet_ros.ros.tf_buffer import TransformBuffer
 
@@ -146,7 +148,7 @@ def select_streams(reader: Any, path: str | Path, image_topic: str | None = None
     if use_depth:
         depth = depth_topic or DEFAULT_DEPTH_TOPIC
         _require(topics, path, depth, (IMAGE,), "depth")
-    info: str | None = image_topic.removesuffix("/compressed").rsplit("/", 1)[0] + "/camera_info"
+    info: str | None = camera_info_topic(image_topic)
     if topics.get(info) != CAMERA_INFO:
         info = None
     count = sum(c.msgcount for c in reader.connections if c.topic == image_topic)
@@ -169,13 +171,18 @@ def read_messages(reader: Any, path: str | Path, topics: Sequence[str]) -> Itera
                          f"{error}") from None
 
 
-def stream_messages(reader: Any, path: str | Path, streams: BagStreams) -> Iterator[tuple[str, Any]]:
-    """("image" | "depth", message) in the bag's order, as a node subscribed to both receives them."""
+def stream_messages(reader: Any, path: str | Path, streams: BagStreams,
+                    with_camera_info: bool = False) -> Iterator[tuple[str, Any]]:
+    """("image" | "depth", message) in the bag's order, as a node subscribed to both receives them;
+    with `with_camera_info` also ("camera_info", message) of `streams.camera_info_topic`."""
     kinds = {streams.image_topic: "image"}
     if streams.depth_topic:
         kinds[streams.depth_topic] = "depth"
+    if with_camera_info and streams.camera_info_topic:
+        kinds[streams.camera_info_topic] = "camera_info"
+    types = {"image": streams.image_type, "depth": IMAGE, "camera_info": CAMERA_INFO}
     for connection, _, msg in read_messages(reader, path, list(kinds)):
-        if connection.msgtype == (streams.image_type if kinds[connection.topic] == "image" else IMAGE):
+        if connection.msgtype == types[kinds[connection.topic]]:
             yield kinds[connection.topic], msg
 
 
@@ -197,13 +204,13 @@ def read_transforms(reader: Any, path: str | Path) -> TransformBuffer:
     return buffer
 
 
-def read_camera_info(reader: Any, path: str | Path,
-                     streams: BagStreams) -> tuple[np.ndarray, int, int] | None:
-    """(K (3, 3) pixels, width, height) of the first CameraInfo message, or None without one."""
+def read_camera_info(reader: Any, path: str | Path, streams: BagStreams) -> Intrinsics | None:
+    """The camera (K and distortion, ros/camera_info.py) of the first CameraInfo message, or None
+    without one. Raises CameraInfoError (a ValueError) for a message that describes no usable camera."""
     if streams.camera_info_topic is None:
         return None
     for _, _, msg in read_messages(reader, path, [streams.camera_info_topic]):
-        return intrinsics_from_camera_info(msg)
+        return camera_from_camera_info(msg)
     return None
 
 

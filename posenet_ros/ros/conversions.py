@@ -86,7 +86,6 @@ __all__ = [
     "float64_msg",
     "image_msg",
     "image_to_rgb",
-    "intrinsics_from_camera_info",
     "message_to_rgb",
     "ns_to_stamp",
     "point_cloud2",
@@ -455,14 +454,6 @@ def covariance_from_msg(msg: Any) -> np.ndarray:
     if covariance.size != 36:
         raise ValueError(f"covariance has {covariance.size} entries, expected 36")
     return covariance.reshape(6, 6).copy()
-
-
-def intrinsics_from_camera_info(msg: Any) -> tuple[np.ndarray, int, int]:
-    """sensor_msgs/CameraInfo -> (K (3, 3) float64 in pixels, width, height). Distortion is ignored."""
-    K = np.asarray(msg.k, dtype=np.float64)
-    if K.size != 9:
-        raise ValueError(f"CameraInfo.k has {K.size} entries, expected 9")
-    return K.reshape(3, 3).copy(), int(msg.width), int(msg.height)
 
 
 # sensor_msgs/msg/PointField.datatype values (the message's constants), for error messages.
@@ -920,13 +911,21 @@ def compressed_image_msg(
 
 
 def camera_info_msg(
-    types: MessageTypes, stamp_ns: int, frame_id: str, width: int, height: int, K_33: ArrayLike
+    types: MessageTypes, stamp_ns: int, frame_id: str, width: int, height: int, K_33: ArrayLike,
+    distortion: ArrayLike = (),
 ) -> Any:
-    """sensor_msgs/CameraInfo of an undistorted pinhole camera: plumb_bob with zero distortion,
-    R = identity, P = [K | 0]. K is the 3x3 intrinsic matrix in pixels (see geometry's conventions)."""
+    """sensor_msgs/CameraInfo of a camera with the 3x3 intrinsic matrix K in pixels and OpenCV
+    `distortion` (k1 k2 p1 p2 [k3], written as plumb_bob with 5 coefficients; or 8 coefficients,
+    rational_polynomial; empty: plumb_bob with zero distortion), R = identity, P = [K | 0]."""
     K = np.asarray(K_33, dtype=np.float64)
     if K.shape != (3, 3) or not np.all(np.isfinite(K)):
         raise ValueError(f"K must be a finite (3, 3) matrix, got shape {K.shape}")
+    D = np.asarray(distortion, dtype=np.float64).reshape(-1)
+    if len(D) not in (0, 4, 5, 8) or not np.all(np.isfinite(D)):
+        raise ValueError(f"distortion must hold 0, 4, 5 or 8 finite coefficients, got {D.tolist()}")
+    model = "rational_polynomial" if len(D) == 8 else "plumb_bob"
+    if model == "plumb_bob":
+        D = np.concatenate([D, np.zeros(5 - len(D))])
     if int(width) <= 0 or int(height) <= 0:
         raise ValueError(f"image size must be positive, got width={width}, height={height}")
     P = np.concatenate([K, np.zeros((3, 1))], axis=1)
@@ -937,8 +936,8 @@ def camera_info_msg(
         header=_header(types, stamp_ns, frame_id),
         height=int(height),
         width=int(width),
-        distortion_model="plumb_bob",
-        d=_sequence(types, np.zeros(5, dtype=np.float64)),
+        distortion_model=model,
+        d=_sequence(types, D),
         k=np.ascontiguousarray(K).reshape(9),
         r=np.eye(3, dtype=np.float64).reshape(9),
         p=np.ascontiguousarray(P).reshape(12),

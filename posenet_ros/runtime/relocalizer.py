@@ -13,10 +13,15 @@ halves `infer_batch` and `finish`); nothing else decides anything.
 
 The query camera: `process` / `prepare` / `prepare_batch` take the intrinsics of the frames
 (`camera=`, an `Intrinsics` with K and OpenCV distortion D; for another size of the same aspect ratio
-they are scaled to the frame's size). A distorted frame (and its depth) is undistorted to the
-camera's pinhole K (`Intrinsics.pinhole()`, core/undistortion.py) before the network, as training
-undistorted its images, and scene-coordinate PnP solves with that pinhole K. Without `camera=` the
-frames are taken to be pinhole images of the checkpoint's training camera.
+they are scaled to the frame's size), which may be another camera than the one the map was built
+with (core/undistortion.py does the resampling; its maps are cached per camera):
+- pose regression, whose network learned the training camera's field of view: a frame whose K or D
+  differ from the checkpoint's camera (`camera`, at the checkpoint's image size) is resampled to that
+  camera's pinhole K and image size (depth too), then prepared as a training frame. A checkpoint
+  without its training camera (data without intrinsics, older ones) can only undistort the frame.
+- scene coordinates, which regress per pixel and solve PnP / Kabsch with K: a distorted frame is
+  undistorted to its own pinhole K (`Intrinsics.pinhole()`), and the solver uses that query K.
+Without `camera=` the frames are taken to be pinhole images of the checkpoint's training camera.
 
 The network runs in PyTorch (`runtime="torch"`) or from a file written by `posenet-ros export`
 ("onnx": ONNX Runtime, the fastest on CPU; "torchscript"). On a CUDA device the fast path
@@ -42,7 +47,7 @@ import torch
 
 from posenet_ros.core.camera import CropBox, Intrinsics, crop_box, input_intrinsics
 from posenet_ros.core.device import resolve_device
-from posenet_ros.core.undistortion import undistort_depth, undistort_rgb
+from posenet_ros.core.undistortion import resample_depth, resample_rgb
 from posenet_ros.inference.loop_closure import LoopClosureConfig, LoopClosureDetector
 from posenet_ros.inference.temporal import CausalSmoother, head_inputs
 from posenet_ros.inference.uncertainty import (
@@ -238,11 +243,11 @@ class Relocalizer:
         height, width = frames[0][0].shape[:2]
         if camera is not None:
             camera = _camera_for_image(camera, width, height)
-            if camera.distorted:
-                frames = [(undistort_rgb(rgb, camera),
-                           None if depth is None else undistort_depth(depth, camera))
-                          for rgb, depth in frames]
-            camera = camera.pinhole()
+            target = self.network_camera(camera)
+            frames = [(resample_rgb(rgb, camera, target),
+                       None if depth is None else resample_depth(depth, camera, target))
+                      for rgb, depth in frames]
+            camera, width, height = target, target.width, target.height
         box = crop_box(width, height, self.transform)
         keys = [int(stamp) for stamp in stamps_ns]
         K = None
@@ -262,6 +267,19 @@ class Relocalizer:
         images_BCHW = torch.from_numpy(np.ascontiguousarray(images_BHWC.transpose(0, 3, 1, 2)))
         images_BCHW = images_BCHW.to(self.device, non_blocking=True)
         return FrameBatch(images_BCHW, keys, K, depth)
+
+    def network_camera(self, camera: Intrinsics) -> Intrinsics:
+        """The pinhole camera whose images of `camera`'s frames go to the network (module docstring):
+        the checkpoint's training camera for pose regression (unless `camera` is that camera at another
+        resolution, within 1e-3 px), `camera.pinhole()` for scene coordinates and for checkpoints
+        without their training camera."""
+        model = self.camera
+        if self.method.needs_intrinsics or model is None:
+            return camera.pinhole()
+        same = camera.resized(model.width, model.height)
+        if not same.distorted and np.allclose(same.matrix(), model.pinhole().matrix(), rtol=0.0, atol=1e-3):
+            return camera
+        return model.pinhole()
 
     def check_frame(self, rgb_HW3: np.ndarray,
                     depth_HW: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -315,8 +333,8 @@ class Relocalizer:
                 stamp_ns: int = 0, camera: Intrinsics | None = None) -> PoseEstimate:
         """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
         models that need depth (`needs_depth`) and ignored by the others; `camera`: the frame's
-        intrinsics, undistorted when it has distortion (module docstring). Raises ValueError as
-        `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
+        intrinsics, undistorted or resampled to the checkpoint's camera (module docstring). Raises
+        ValueError as `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
         start = time.perf_counter()
         return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns, camera), start), 0)
 

@@ -3,8 +3,11 @@
 Each frame of the chosen splits (``load_frames``, in split order, then record order) becomes one
 message per topic, all with the same ``header.stamp``, which is also the bag's log time:
 
-- ``/camera/camera_info`` (sensor_msgs/msg/CameraInfo): K of the record's intrinsics in pixels, zero
-  distortion; only when the records have intrinsics.
+- ``/camera/camera_info`` (sensor_msgs/msg/CameraInfo): K of the record's intrinsics in pixels and
+  its lens distortion (plumb_bob, or rational_polynomial for 8 coefficients; zero for a pinhole
+  camera), which describe the images as written (a dataset rendered by ``synth --distortion`` with
+  another ``hfov_deg`` or size gives a camera other than the map's); only when the records have
+  intrinsics and ``with_camera_info`` is not False.
 - ``/camera/image_raw`` (sensor_msgs/msg/Image): rgb8, exactly the pixels ``read_frame_rgb`` returns; or,
   with ``compressed=True``, ``/camera/image_raw/compressed`` (sensor_msgs/msg/CompressedImage, jpeg or
   png, image_transport's topic name and format string) instead.
@@ -163,7 +166,8 @@ def _frame_stamps(records_by_split: list[tuple[str, list[FrameRecord]]], rate_hz
     return stamps
 
 
-def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: bool | None) -> list[str]:
+def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: bool | None,
+                     with_camera_info: bool) -> list[str]:
     """The topics of the bag, in `TOPIC_TYPES` order; ValueError if depth is asked for but missing."""
     lacking_depth = sum(record.depth_path is None for record in records)
     if with_depth is None:
@@ -171,11 +175,11 @@ def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: b
     elif with_depth and lacking_depth:
         raise ValueError(f"with_depth=True but {lacking_depth} of {len(records)} frames have no depth image")
     lacking_intrinsics = sum(record.intrinsics is None for record in records)
-    if 0 < lacking_intrinsics < len(records):
+    if with_camera_info and 0 < lacking_intrinsics < len(records):
         raise DatasetError(f"{lacking_intrinsics} of {len(records)} frames have no intrinsics; the bag "
                            "needs intrinsics for all frames (one camera_info topic) or none")
     wanted = {
-        CAMERA_INFO_TOPIC: lacking_intrinsics == 0,
+        CAMERA_INFO_TOPIC: with_camera_info and lacking_intrinsics == 0,
         IMAGE_TOPIC: not compressed,
         COMPRESSED_IMAGE_TOPIC: compressed,
         DEPTH_TOPIC: bool(with_depth),
@@ -208,7 +212,7 @@ def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, ela
             raise DatasetError(f"{record.image_path}: image is {width}x{height} but its intrinsics are for "
                                f"{intrinsics.width}x{intrinsics.height}")
         messages[CAMERA_INFO_TOPIC] = camera_info_msg(types, stamp_ns, camera_frame, width, height,
-                                                      intrinsics.matrix())
+                                                      intrinsics.matrix(), intrinsics.distortion)
     if IMAGE_TOPIC in topics:
         messages[IMAGE_TOPIC] = image_msg(types, rgb, stamp_ns, camera_frame, "rgb8")
     if COMPRESSED_IMAGE_TOPIC in topics:
@@ -231,6 +235,7 @@ def make_bag(
     compressed: bool = False,
     compressed_format: str = "jpeg",
     with_depth: bool | None = None,
+    with_camera_info: bool = True,
     rate_hz: float = 30.0,
     start_ns: int = 1_700_000_000 * 10**9,
     sequence_gap_s: float = 5.0,
@@ -245,10 +250,10 @@ def make_bag(
     `storage`: "mcap" or "sqlite3". `compressed`: send the colour image as a CompressedImage
     (`compressed_format` "jpeg" or "png") on `COMPRESSED_IMAGE_TOPIC` instead of rgb8 on `IMAGE_TOPIC`.
     `with_depth`: None writes depth when every frame has a depth image, False never, True requires
-    it. `rate_hz` (frames per second), `start_ns` (first stamp, ns since the epoch) and
-    `sequence_gap_s` (seconds between sequences) set the stamps; `map_frame`, `camera_frame`,
-    `base_frame` and `odom_frame` the frame ids (all different). See the module docstring for the
-    topics, the robot and the timing.
+    it. `with_camera_info`: False leaves out the camera info. `rate_hz` (frames per second),
+    `start_ns` (first stamp, ns since the epoch) and `sequence_gap_s` (seconds between sequences) set
+    the stamps; `map_frame`, `camera_frame`, `base_frame` and `odom_frame` the frame ids (all
+    different). See the module docstring for the topics, the robot and the timing.
 
     Raises FileExistsError if `out` exists; ValueError for a bad argument (before anything is read
     or written); DatasetError (a ValueError) for a split without frames or an unreadable frame.
@@ -270,7 +275,7 @@ def make_bag(
             raise DatasetError(f"{data_root}: split {split!r} has no frames")
         records_by_split.append((split, records))
     all_records = [record for _, records in records_by_split for record in records]
-    topics = _topics_to_write(all_records, compressed, with_depth)
+    topics = _topics_to_write(all_records, compressed, with_depth, with_camera_info)
     frame_stamps = _frame_stamps(records_by_split, rate_hz, start_ns, sequence_gap_s)
     # Every frame must fit builtin_interfaces/Time (int32 seconds) before anything is written.
     if frame_stamps[-1][0] >= 2**31 * 10**9:

@@ -131,7 +131,8 @@ def test_replay_outputs(trained):
     # The bag has a robot (make-bag's /tf_static and odometry): /relocalized_pose is the base's pose,
     # the camera's own on relocalization/camera_pose.
     published = _output_poses(out)
-    assert len(published["/relocalized_pose"]) == len(published["/relocalization/camera_pose"]) == 48
+    assert len(published["/relocalized_pose"]) == len(published["/relocalization/camera_pose"]) \
+        == metrics["policy"]["frames_published"] > 0
     for stamp, map_from_base in published["/relocalized_pose"].items():
         np.testing.assert_allclose(map_from_base @ BASE_FROM_CAMERA,
                                    published["/relocalization/camera_pose"][stamp], atol=1e-9)

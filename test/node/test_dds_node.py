@@ -1,7 +1,7 @@
 """node/dds_node.py: the relocalization node over Cyclone DDS on loopback, in separate processes
 started through the CLI as a user starts them: `posenet-ros play` -> `posenet-ros node` ->
-`posenet-ros echo`; the node under overload and fed bad messages; RGB-D pairing by stamp; and the
-settings it reads from a parameters file and overrides.
+`posenet-ros echo`; the node under overload and fed bad messages; RGB-D pairing by stamp; the camera
+calibration from camera_info; and the settings it reads from a parameters file and overrides.
 
 Cross-process waits use readiness lines and generous timeouts, never fixed sleeps, and nothing is
 asserted about time: the overload test checks counts and the queue's bound (latency and memory under
@@ -39,9 +39,10 @@ from node_support import TYPES, depth_frame, image, make_checkpoint, rgb_frame, 
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
+from posenet_ros.core.camera import Intrinsics
 from posenet_ros.node.dds_node import load_settings
 from posenet_ros.node.pipeline import NodeDiagnostics, build_relocalizer, input_topics
-from posenet_ros.ros.conversions import depth_msg, image_msg, stamp_to_ns
+from posenet_ros.ros.conversions import camera_info_msg, depth_msg, image_msg, stamp_to_ns
 from posenet_ros.ros.dds import DdsNode, loopback_config
 from posenet_ros.runtime.relocalizer import Relocalizer
 
@@ -308,3 +309,52 @@ def test_settings_come_from_the_parameters_file_with_overrides(tmp_path):
         load_settings(params, str(model_path), ["mc_samples:=2000"])
     with pytest.raises(ValueError, match="'model' is required"):
         load_settings(params)
+
+
+def test_the_node_relocalizes_with_the_camera_info_published_beside_the_images(tmp_path):
+    """A camera with other intrinsics and lens distortion than the checkpoint's training camera: the
+    node subscribes to /camera/camera_info (beside /camera/image_raw) and answers each frame as
+    `Relocalizer.process(camera=...)` does with that calibration, not as with the checkpoint's."""
+    training_camera = Intrinsics(40, 30, 20.0, 20.0, 19.5, 14.5)
+    query_camera = Intrinsics(40, 30, 16.0, 16.5, 20.0, 14.0, (-0.2, 0.03, 0.0, 0.0))
+    model = make_checkpoint(tmp_path / "model.safetensors", camera=training_camera)
+    domain = domain_id(4)
+    node = start_node(model, domain)
+    answers: dict[int, object] = {}
+    condition = threading.Condition()
+
+    def on_pose(msg) -> None:
+        with condition:
+            answers[stamp_to_ns(msg.header.stamp)] = msg
+            condition.notify_all()
+
+    def publish(index: int, stamp_ns: int) -> None:  # as a camera driver: the CameraInfo, then its image
+        info.publish(camera_info_msg(TYPES, stamp_ns, "camera_optical", 40, 30, query_camera.matrix(),
+                                     query_camera.distortion))
+        camera.publish(image_msg(TYPES, rgb_frame(index), stamp_ns, "camera_optical", "rgb8"))
+
+    frames = range(3)
+    try:
+        with DdsNode("camera_info_test", domain_id=domain, config=loopback_config()) as dds:
+            dds.subscription("/relocalized_pose", POSE_TYPE, "default", on_pose)
+            camera = dds.publisher("/camera/image_raw", "sensor_msgs/msg/Image", "sensor_data")
+            info = dds.publisher("/camera/camera_info", "sensor_msgs/msg/CameraInfo", "sensor_data")
+            assert camera.wait_for_subscribers(1, TIMEOUT_S) and info.wait_for_subscribers(1, TIMEOUT_S)
+            # Warm-up frames (stamped 10 s before) until the node has answered one with the CameraInfo.
+            used = "relocalizing with the camera calibration on /camera/camera_info"
+            send_until(lambda k: publish(0, stamp(0) - 10**10 + k * 10**8), condition,
+                       lambda: any(used in line for line in node.lines))
+            for i in frames:
+                publish(i, stamp(i))
+                with condition:
+                    assert condition.wait_for(lambda i=i: stamp(i) in answers, TIMEOUT_S)
+    finally:
+        assert node.stop() == 0, "".join(node.lines)
+    reference = Relocalizer(model, device="cpu")
+    for i in frames:
+        pose = answers[stamp(i)].pose.pose
+        position = [pose.position.x, pose.position.y, pose.position.z]
+        expected = reference.process(rgb_frame(i), stamp_ns=stamp(i), camera=query_camera)
+        np.testing.assert_allclose(position, expected.position_3, rtol=1e-5, atol=1e-6)
+        without = reference.process(rgb_frame(i), stamp_ns=stamp(i))
+        assert np.abs(without.position_3 - expected.position_3).max() > 1e-4  # the calibration is used

@@ -378,10 +378,12 @@ def test_a_compressed_image_topic_subscribes_to_compressed_images(description, i
     """The Humble finding: image_topic was a remapping, so a /compressed topic was subscribed as
     sensor_msgs/Image. It is the parameter now, from which the node chooses the type."""
     launched = launch(description, install_prefix, model="m", image_topic="/cam/image_raw/compressed",
-                      depth_topic="/cam/depth", use_depth="true")
+                      camera_info_topic="/cam/info", depth_topic="/cam/depth", use_depth="true")
     topics = input_topics(NodeSettings.from_values(launched.parameters))
     assert (topics["image"].name, topics["image"].type_name) == (
         "/cam/image_raw/compressed", "sensor_msgs/msg/CompressedImage")
+    assert (topics["camera_info"].name, topics["camera_info"].type_name) == (
+        "/cam/info", "sensor_msgs/msg/CameraInfo")
     assert (topics["depth"].name, topics["depth"].type_name) == ("/cam/depth", "sensor_msgs/msg/Image")
     assert launched.remappings == {}
 

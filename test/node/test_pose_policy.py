@@ -114,8 +114,10 @@ def model_path(tmp_path_factory):
 
 
 def make_pipeline(model_path, **settings):
+    """A pipeline publishing into a list, of the camera's pose (no TF; with publish_tf map -> camera)."""
     sent: list[tuple[str, object]] = []
-    node_settings = NodeSettings(model=str(model_path), device="cpu", **settings)
+    node_settings = NodeSettings(model=str(model_path), device="cpu",
+                                 **{"base_frame": "", "tf_mode": "map_camera", **settings})
     pipeline = RelocalizationPipeline(node_settings, build_relocalizer(node_settings), TYPES,
                                       lambda name, msg: sent.append((name, msg)))
     return pipeline, sent

@@ -448,12 +448,14 @@ def test_publishers_and_subscriptions_are_the_pipelines_topics_with_their_qos(ro
         assert {p.topic: (p.msg_type, p.qos) for p in node.publishers} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos])
             for name, topic in OUTPUTS.items() if name != "tf"}
-        handlers = {"image": node.pipeline.on_image, "depth": node.pipeline.on_depth,
-                    "reset": node.pipeline.on_reset, "relocalize": node.pipeline.on_relocalize}
+        handlers = {"image": node.pipeline.on_image, "camera_info": node.pipeline.on_camera_info,
+                    "depth": node.pipeline.on_depth, "reset": node.pipeline.on_reset,
+                    "relocalize": node.pipeline.on_relocalize}
         assert {s.topic: (s.msg_type, s.qos, s.callback) for s in node.subscriptions} == {
             topic.name: (TYPESTORE.types[topic.type_name], qos[topic.qos], handlers[name])
             for name, topic in input_topics(settings).items()}
-        assert set(input_topics(settings)) == {"image", "depth", "reset", "relocalize"}
+        assert set(input_topics(settings)) == {"image", "camera_info", "depth", "reset", "relocalize"}
+        assert input_topics(settings)["camera_info"].name == "/camera/camera_info"
         assert node.broadcasters == [] and node.tf_broadcaster is None  # publish_tf is off
         assert node.listeners == [] and node.tf_buffer is None  # base_frame "": no TF needed
     finally:
@@ -597,12 +599,13 @@ def test_main_exits_1_when_the_node_cannot_start(ros):
 
 def test_the_base_pose_comes_from_tf2s_buffer_and_map_to_odom_goes_to_its_broadcaster(ros, model_path):
     node = start(ros, model=str(model_path), device="cpu", base_frame="base_link", publish_tf=True,
-                 transform_timeout=0.5)
+                 transform_timeout=0.5, publish_unknown=True)
     by_topic = {publisher.topic: publisher for publisher in node.publishers}
     try:
         (listener,) = node.listeners
         assert listener.buffer is node.tf_buffer
-        assert {s.topic for s in node.subscriptions} == {"/camera/image_raw", "relocalization/reset"}
+        assert {s.topic for s in node.subscriptions} == {"/camera/image_raw", "relocalization/reset",
+                                                         "relocalization/relocalize"}
         # What tf2's listener does with /tf_static and /tf.
         extrinsic = transform("base_link", "camera_optical", 0, BASE_FROM_CAMERA)
         node.tf_buffer.set_transform_static(extrinsic, "test")

@@ -33,10 +33,11 @@ def model_path(tmp_path_factory):
 
 
 def make_pipeline(model_path, **values):
+    """A pipeline publishing into a list, every pose (publish_unknown: the pose policy has its own tests)."""
     sent: list[tuple[str, object]] = []
     log = ListLog()
     settings = NodeSettings.from_values({"model": str(model_path), "device": "cpu", "transform_timeout": 0.0,
-                                         **values})
+                                         "publish_unknown": True, **values})
     pipeline = RelocalizationPipeline(settings, build_relocalizer(settings), TYPES,
                                       lambda name, msg: sent.append((name, msg)), log, clock=lambda: 100.0)
     return pipeline, sent, log
@@ -114,7 +115,7 @@ def test_a_missing_or_stale_transform_drops_the_frame_counts_and_names_the_link(
 def test_without_a_base_frame_the_camera_pose_is_published_and_map_camera_needs_no_tf(model_path):
     pipeline, sent, _ = make_pipeline(model_path, base_frame="", publish_tf=True, tf_mode="map_camera",
                                       camera_frame="cam")
-    assert set(input_topics(pipeline.settings)) == {"image", "reset"}
+    assert set(input_topics(pipeline.settings)) == {"image", "reset", "relocalize"}
     pipeline.on_image(image(0))
     estimate = pipeline.process_next(timeout=0)
     assert estimate is not None

@@ -102,9 +102,9 @@ def test_a_small_bag_reads_back_as_written(tmp_path, storage):
             np.testing.assert_array_equal(message_to_rgb(image), rgb_frame(i))
             np.testing.assert_allclose(depth_to_metres(depth), depth_frame(i), atol=0.5e-3 + 1e-6)
         assert [kind for kind, _ in stream_messages(reader, bag, streams)] == ["image"] * FRAMES
-        K_read, width, height = read_camera_info(reader, bag, streams)
-        np.testing.assert_array_equal(K_read, K)
-        assert (width, height) == (40, 30)
+        camera = read_camera_info(reader, bag, streams)
+        np.testing.assert_array_equal(camera.matrix(), K)
+        assert (camera.width, camera.height, camera.distortion) == (40, 30, ())
         # The ground truth, and the frames' poses at their stamps.
         trajectory = read_trajectory(reader, bag)
         assert trajectory.source == "/ground_truth/pose" and len(trajectory) == FRAMES

@@ -1,8 +1,9 @@
 """runtime/relocalizer.py: the same frame gives the same estimate as `posenet-ros eval`'s path; bad
 images are clear errors; the loop-closure flag follows the hysteresis; an RGB-D checkpoint gets the
 depth image (and, trained, answers depth holes with a finite pose and a larger covariance: slow);
-temporal smoothing on and off; a distorted query camera is undistorted, and scene coordinates solve
-with the query's pinhole K."""
+temporal smoothing on and off; a distorted query camera is undistorted, pose regression resamples
+another query camera to the checkpoint's camera, and scene coordinates solve with the query's pinhole
+K."""
 
 import json
 
@@ -15,7 +16,7 @@ from node_support import depth_frame, make_checkpoint, random_temporal, rgb_fram
 from posenet_ros.cli import main
 from posenet_ros.core.camera import Intrinsics, crop_box, input_intrinsics
 from posenet_ros.core.config import config_from_dict
-from posenet_ros.core.undistortion import undistort_rgb
+from posenet_ros.core.undistortion import resample_rgb, resampling_maps, undistort_rgb
 from posenet_ros.data.dataset import hole_mask
 from posenet_ros.data.frames import RenderedFrame
 from posenet_ros.data.images import read_frame_depth, read_frame_rgb, read_rgb
@@ -189,3 +190,27 @@ def test_scene_coordinates_solve_with_the_query_cameras_pinhole_k(tmp_path):
     K = relocalizer.prepare(rgb, camera=query).K_B33[0]
     np.testing.assert_allclose(K, input_intrinsics(query.pinhole(), box))
     assert K[0, 0] == pytest.approx(50.0 * 24 / 60)  # shorter side 60 px -> 24 px
+
+
+def test_pose_regression_resamples_another_query_camera_to_the_checkpoints_camera(tmp_path):
+    """A query camera with other K and D is resampled to the training camera at its size before the
+    network; the training camera itself, at another resolution, only goes through the usual resize."""
+    training_camera = Intrinsics(40, 30, 20.0, 20.0, 19.5, 14.5)
+    path = save_checkpoint(tmp_path / "model.safetensors", PoseNet(ModelConfig(**CONFIG["model"])), CONFIG,
+                           np.zeros((1, 7)), {"camera": json.dumps(training_camera.to_dict())})
+    relocalizer = Relocalizer(path, device="cpu")
+    query = Intrinsics(80, 60, 33.5, 33.5, 40.0, 29.0, (-0.25, 0.05, 0.0, 0.0))
+    rgb = rgb_frame(3, 80, 60)
+    misses = resampling_maps.cache_info().misses
+    resampled = resample_rgb(rgb, query, training_camera)
+    assert resampled.shape == (30, 40, 3)
+    torch.testing.assert_close(relocalizer.prepare(rgb, camera=query).images_BCHW,
+                               relocalizer.prepare(resampled).images_BCHW, rtol=0, atol=0)
+    assert relocalizer.network_camera(query) == training_camera
+    relocalizer.process(rgb_frame(4, 80, 60), stamp_ns=1, camera=query)
+    assert resampling_maps.cache_info().misses == misses + 1  # the maps are computed once per camera
+    # The training camera at twice the resolution: no resampling, the frame is prepared as it is.
+    double = training_camera.resized(80, 60)
+    assert relocalizer.network_camera(double) == double
+    torch.testing.assert_close(relocalizer.prepare(rgb, camera=double).images_BCHW,
+                               relocalizer.prepare(rgb).images_BCHW, rtol=0, atol=0)

@@ -1,6 +1,6 @@
 """tools/make_bag.py (`posenet-ros make-bag`): a tiny synthetic scene written as a rosbag2 (mcap and
 sqlite3) and read back with rosbags' AnyReader (`play.open_bag`): topics, types, counts, pixels, depth,
-poses, intrinsics, stamps, and the atomic write (nothing left behind on errors)."""
+poses, intrinsics and lens distortion, stamps, and the atomic write (nothing left behind on errors)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from posenet_ros.ros.bag_writing import (
     TF_TOPIC,
     TOPIC_TYPES,
 )
+from posenet_ros.ros.camera_info import camera_from_camera_info
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
 from posenet_ros.tools import make_bag as make_bag_module
 from posenet_ros.tools.make_bag import BASE_FROM_CAMERA, make_bag, map_from_odom
@@ -208,6 +209,24 @@ def test_depth_and_camera_info_follow_the_records(scene: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="with_depth=True but 3 of 3 frames have no depth"):
         make_bag(scene, tmp_path / "wants_depth", with_depth=True, progress=False)
     assert _no_leftovers(tmp_path, "wants_depth")
+
+
+def test_camera_info_carries_the_lens_distortion_of_the_images_or_is_left_out(tmp_path: Path):
+    """A camera other than the map's (`synth --distortion`, another field of view): the bag's
+    CameraInfo describes its images as written (K and D), so a node can undistort them."""
+    assert main(["synth", "--quiet", "--distortion=-0.25,0.05,0.001,0", str(tmp_path / "other"), "width=40",
+                 "height=30", "hfov_deg=100", "frames_per_sequence=2", "train_sequences=1",
+                 "outside_sequences=0", "val_sequences=0", "variations=[]"]) == 0
+    camera = load_frames(tmp_path / "other", "test")[0].intrinsics
+    assert main(["make-bag", "--quiet", str(tmp_path / "other"), str(tmp_path / "bag")]) == 0
+    infos = [msg for _, msg in _read_bag(tmp_path / "bag")[CAMERA_INFO_TOPIC]]
+    assert infos[0].distortion_model == "plumb_bob" and infos[0].d.tolist() == [-0.25, 0.05, 0.001, 0.0, 0.0]
+    plumb_bob = dataclasses.replace(camera, distortion=(*camera.distortion, 0.0))  # k3 = 0 written
+    assert len(infos) == 2 and camera_from_camera_info(infos[0]) == plumb_bob and camera.distorted
+    assert load_frames(tmp_path / "bag", "test")[0].intrinsics == plumb_bob  # training from the bag
+    assert main(["make-bag", "--quiet", "--no-camera-info", str(tmp_path / "other"),
+                 str(tmp_path / "bare")]) == 0
+    assert CAMERA_INFO_TOPIC not in _read_bag(tmp_path / "bare")
 
 
 def test_existing_output_is_left_alone(scene: Path, tmp_path: Path):

@@ -243,14 +243,16 @@ def _double_arrays(size: int) -> st.SearchStrategy[np.ndarray]:
     return st.lists(_doubles(), min_size=size, max_size=size).map(lambda v: np.array(v, dtype=np.float64))
 
 
-def camera_infos() -> st.SearchStrategy[Any]:
+def camera_infos(size: tuple[int, int] | None = None) -> st.SearchStrategy[Any]:
     """sensor_msgs/CameraInfo with any size (0 included), distortion model and coefficients (any
-    number, NaN and inf), K, R, P of any values (singular, NaN, inf), binning and ROI."""
+    number, NaN and inf), K, R, P of any values (singular, NaN, inf), binning and ROI; with `size`
+    (height, width of the images), as often a calibration of that size with a pinhole K of any focal
+    length and principal point and distortion of any strength (`_pinhole_infos`), which a node uses."""
     roi = st.builds(TYPES.get("sensor_msgs/msg/RegionOfInterest"),
                     x_offset=st.integers(0, UINT32_MAX), y_offset=st.integers(0, UINT32_MAX),
                     height=st.integers(0, UINT32_MAX), width=st.integers(0, UINT32_MAX),
                     do_rectify=st.booleans())
-    return st.builds(
+    anything = st.builds(
         TYPES.get("sensor_msgs/msg/CameraInfo"), header=headers(), height=st.integers(0, UINT32_MAX),
         width=st.integers(0, UINT32_MAX),
         distortion_model=st.one_of(st.sampled_from(["plumb_bob", "rational_polynomial", "equidistant", ""]),
@@ -258,6 +260,24 @@ def camera_infos() -> st.SearchStrategy[Any]:
         d=st.integers(0, 14).flatmap(_double_arrays), k=_double_arrays(9), r=_double_arrays(9),
         p=_double_arrays(12), binning_x=st.integers(0, UINT32_MAX), binning_y=st.integers(0, UINT32_MAX),
         roi=roi)
+    return anything if size is None else st.one_of(anything, _pinhole_infos(*size))
+
+
+@st.composite
+def _pinhole_infos(draw: st.DrawFn, height: int, width: int) -> Any:
+    fx, fy = draw(st.floats(1e-3, 1e5)), draw(st.floats(1e-3, 1e5))
+    cx, cy = draw(st.floats(-2.0 * width, 3.0 * width)), draw(st.floats(-2.0 * height, 3.0 * height))
+    model, length = draw(st.sampled_from([("", 0), ("plumb_bob", 4), ("plumb_bob", 5),
+                                          ("rational_polynomial", 8)]))
+    d = draw(st.lists(st.floats(-2.0, 2.0), min_size=length, max_size=length))
+    binning = draw(st.sampled_from([0, 1, 2]))
+    k = np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+    return TYPES.get("sensor_msgs/msg/CameraInfo")(
+        header=draw(headers()), height=height * max(binning, 1), width=width * max(binning, 1),
+        distortion_model=model, d=np.array(d, dtype=np.float64), k=k, r=np.eye(3).reshape(-1),
+        p=np.concatenate([k.reshape(3, 3), np.zeros((3, 1))], axis=1).reshape(-1), binning_x=binning,
+        binning_y=binning, roi=TYPES.get("sensor_msgs/msg/RegionOfInterest")(
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
 def quaternions() -> st.SearchStrategy[Any]:

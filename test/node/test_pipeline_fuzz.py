@@ -1,13 +1,15 @@
 """Fuzzing node/pipeline.py: 10,000 generated messages (fuzz_strategies.py) through the node's
-pipeline in this process, with a real Relocalizer on a small checkpoint: 8,000 on the image topic
+pipeline in this process, with a real Relocalizer on a small checkpoint: 7,000 on the image topic
 (Image and CompressedImage of any encoding, size, step, endianness and data, stamps out of order or
-invalid, reset requests), each followed by a good frame, and 2,000 for an RGB-D node (good images
-paired with generated depth images, NaN and inf included, each pair followed by a good pair).
+invalid, reset requests), each followed by a good frame; 2,000 for an RGB-D node (good images paired
+with generated depth images, NaN and inf included, each pair followed by a good pair); and 1,000
+CameraInfo messages (any values, or calibrations of the image's size with any focal length,
+principal point and distortion), each followed by a good frame.
 Properties: nothing raises, no frame fails (an exception in processing would be counted as failed),
 every message the rules call bad is counted as rejected (or as a duplicate, when it repeats the
 previous stamp) and answers nothing, every good message is answered with its stamp, and so is the
-good frame after each of them. Camera info and TF messages have strategies already and join these
-tests when the node has inputs for them.
+good frame after each of them. The TF strategies (fuzz_strategies.tf_messages) are checked for
+well-formedness here; feeding them to the pipeline's TF buffer is still to be written.
 
 Deterministic: hypothesis derandomized (a fixed seed), no database, no deadline; every message's
 pixels come from a drawn seed. About 45 s on a busy 2-core machine (slow tier). No shrinking: a
@@ -49,8 +51,9 @@ from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer
 from posenet_ros.ros.conversions import COLOUR_ENCODINGS, DEPTH_ENCODINGS, depth_msg, ns_to_stamp, stamp_to_ns
 from posenet_ros.runtime.relocalizer import Relocalizer
 
-MESSAGES = 8_000  # on the image topic (and reset), and 2,000 in DEPTH_MESSAGES: 10,000 in all
+MESSAGES = 7_000  # on the image topic (and reset); with DEPTH_ and CAMERA_INFO_MESSAGES 10,000 in all
 DEPTH_MESSAGES = 2_000
+CAMERA_INFO_MESSAGES = 1_000
 PAIRS_PER_EXAMPLE = 4  # (generated message, good frame) pairs: 8 messages an example
 DEPTH_CASES_PER_EXAMPLE = 2  # (image, generated depth, good image, good depth): 8 messages an example
 
@@ -265,6 +268,44 @@ def test_every_bad_depth_image_is_rejected_and_every_good_pair_answered(rgbd_rel
 def _good_depth(image: Fuzzed) -> Any:
     """A 32FC1 depth image of the good colour image's size, 2 m everywhere."""
     return depth_msg(TYPES, np.full(image.shape, 2.0), 0, "camera", "32FC1")
+
+
+camera_info_cases = st.lists(st.tuples(good_images().flatmap(
+    lambda good: st.tuples(camera_infos(good.shape), st.just(good))), st.integers(1, NS_PER_S)),
+    min_size=PAIRS_PER_EXAMPLE, max_size=PAIRS_PER_EXAMPLE)
+
+
+@pytest.mark.slow
+def test_after_any_camera_info_the_next_good_frame_is_answered(relocalizer):
+    """A generated CameraInfo (anything, or a pinhole calibration of the image's size with any focal
+    length, principal point and distortion) then a good frame: the node keeps or refuses the
+    calibration (counted as camera_info_rejected) and answers the frame."""
+    fed: Counter[str] = Counter()
+
+    @fuzz_settings(CAMERA_INFO_MESSAGES // (2 * PAIRS_PER_EXAMPLE))
+    @given(camera_info_cases)
+    def run(cases: list[tuple[tuple[Any, Fuzzed], int]]) -> None:
+        relocalizer.reset()
+        pipeline = RelocalizationPipeline(node_settings(relocalizer.model_path, False), relocalizer, TYPES,
+                                          lambda name, msg: None, Log())
+        counts = pipeline.diagnostics.counts
+        stamp_ns = STAMP0_NS
+        for (info, good), offset_ns in cases:
+            stamp_ns += offset_ns
+            before = dict(counts)
+            pipeline.on_camera_info(info)
+            pipeline.on_image(_stamped(good.msg, stamp_ns))
+            estimate = pipeline.process_next(timeout=0)
+            assert _moved(counts, before) - {"camera_info_rejected"} == {"processed"}, good.why
+            assert estimate.stamp_ns == stamp_ns
+            used = counts["camera_info_rejected"] == before["camera_info_rejected"]
+            fed["camera info kept" if used else "camera info rejected"] += 1
+            fed["good frame answered"] += 1
+
+    run()
+    print("\nfuzzed camera info:", dict(sorted(fed.items())))
+    assert sum(fed.values()) == CAMERA_INFO_MESSAGES
+    assert fed["camera info kept"] > 0 and fed["camera info rejected"] > 0
 
 
 @settings(max_examples=60, derandomize=True, database=None, deadline=None)

@@ -17,10 +17,12 @@ text) leaves the parameter to params_file, so a params_file that sets device: cp
 values are checked before the node starts (publish_tf:=maybe is refused with the parameter's
 message); a string parameter takes the text as it is (model:=2024 is a path). An empty value cannot
 override a params_file value: to set camera_frame or exported_model back to "", edit params_file.
-image_topic and depth_topic are the parameters (not remappings), so image_topic:=/cam/image/compressed
-subscribes to a CompressedImage, as the node chooses its type by the parameter. An argument that is no
-parameter and no argument of this file (a typo such as publish_ft:=true) is named in a warning; launch
-itself says nothing about undeclared arguments.
+image_topic, camera_info_topic and depth_topic are the parameters (not remappings), so
+image_topic:=/cam/image_raw/compressed subscribes to a CompressedImage (the node chooses the type by
+the parameter) and, with camera_info_topic auto, to /cam/camera_info beside it. An argument that is
+no parameter and no argument of this file (a typo such as publish_ft:=true; when another launch file
+includes this one, that file's own arguments too) is named in a warning; launch itself says nothing
+about undeclared arguments.
 
 ROS 2 applies a parameters file section to the node of that full name: the `relocalize_node:` section
 of the default file configures the node without a namespace; with namespace:=robot1 a custom

@@ -213,8 +213,8 @@ def main(args: list[str] | None = None) -> int:
         pass  # the context is shut down already: nothing may log through it now
     finally:
         if node is not None:
-            if rclpy.ok():
-                node.get_logger().info(f"shutting down ({stop.signal_name or 'context shut down'})")
+            if rclpy.ok():  # not after an external shutdown
+                node.get_logger().info("shutting down" + (f" ({stop.signal_name})" if stop.requested else ""))
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

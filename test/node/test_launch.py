@@ -386,6 +386,9 @@ def test_a_compressed_image_topic_subscribes_to_compressed_images(description, i
         "/cam/info", "sensor_msgs/msg/CameraInfo")
     assert (topics["depth"].name, topics["depth"].type_name) == ("/cam/depth", "sensor_msgs/msg/Image")
     assert launched.remappings == {}
+    # camera_info_topic left to params_file (auto): the camera_info topic beside the image topic
+    auto = launch(description, install_prefix, model="m", image_topic="/cam/image_raw/compressed")
+    assert input_topics(NodeSettings.from_values(auto.parameters))["camera_info"].name == "/cam/camera_info"
 
 
 def test_an_argument_that_is_no_parameter_is_named_in_a_warning(description, install_prefix):

@@ -9,9 +9,9 @@ floats, corrupt compressed data, stamps out of order, negative or with nanosec >
 integer.
 
 Image strategies draw a `Fuzzed`: the message and what the node must do with it, from the rules of
-sensor_msgs/Image (`IMAGE_LAYOUTS`: the encodings the node decodes, with their bytes per pixel) and of
-the node (a frame under 2x2 px is rejected). Strategies of the other inputs (camera info, TF, reset)
-draw the message alone: the node's handling of them is checked where it has such an input.
+sensor_msgs/Image (`IMAGE_LAYOUTS`, `DEPTH_LAYOUTS`: the encodings the node decodes, with their bytes
+per pixel) and of the node (a frame under 2x2 px is rejected). Strategies of the other inputs (camera
+info, TF, reset) draw the message alone: the fuzz tests say what the node must do with it.
 """
 
 from __future__ import annotations
@@ -286,14 +286,24 @@ def quaternions() -> st.SearchStrategy[Any]:
                      w=_doubles())
 
 
+ROBOT_FRAMES = ("base_link", "/base_link", "camera", "odom", "map", "", "other")
+"""Frame names the TF strategies use besides random ones: a robot's (REP-105), with a leading slash,
+empty, and one of nothing, so that generated transforms replace, re-parent and loop the real links."""
+
+
+def frame_names() -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(ROBOT_FRAMES), st.text(max_size=12))
+
+
 def transforms() -> st.SearchStrategy[Any]:
-    """geometry_msgs/TransformStamped of any frames (empty, equal parent and child), stamp (out of
-    order, invalid nanosec), translation and rotation."""
+    """geometry_msgs/TransformStamped of any frames (a robot's, empty, equal parent and child, random),
+    stamp (out of order, invalid nanosec), translation and rotation (`quaternions`)."""
     vector = st.builds(TYPES.get("geometry_msgs/msg/Vector3"), x=_doubles(), y=_doubles(), z=_doubles())
     transform = st.builds(TYPES.get("geometry_msgs/msg/Transform"), translation=vector,
                           rotation=quaternions())
-    return st.builds(TYPES.get("geometry_msgs/msg/TransformStamped"), header=headers(),
-                     child_frame_id=st.text(max_size=12), transform=transform)
+    header = st.builds(TYPES.get("std_msgs/msg/Header"), stamp=stamps(), frame_id=frame_names())
+    return st.builds(TYPES.get("geometry_msgs/msg/TransformStamped"), header=header,
+                     child_frame_id=frame_names(), transform=transform)
 
 
 def tf_messages() -> st.SearchStrategy[Any]:

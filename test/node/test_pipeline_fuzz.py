@@ -1,18 +1,21 @@
 """Fuzzing node/pipeline.py: 10,000 generated messages (fuzz_strategies.py) through the node's
-pipeline in this process, with a real Relocalizer on a small checkpoint: 7,000 on the image topic
-(Image and CompressedImage of any encoding, size, step, endianness and data, stamps out of order or
-invalid, reset requests), each followed by a good frame; 2,000 for an RGB-D node (good images paired
-with generated depth images, NaN and inf included, each pair followed by a good pair); and 1,000
-CameraInfo messages (any values, or calibrations of the image's size with any focal length,
-principal point and distortion), each followed by a good frame.
+pipeline in this process, with a real Relocalizer on a small checkpoint:
+- 6,000 on the image topic (Image and CompressedImage of any encoding, size, step, endianness and
+  data, stamps out of order or invalid, reset requests), each followed by a good frame;
+- 2,000 for an RGB-D node: good images paired with generated depth images (NaN and inf included),
+  each pair followed by a good pair;
+- 1,000 CameraInfo messages (any values, or calibrations of the image's size with any focal length,
+  principal point and distortion), each followed by a good frame;
+- 1,000 for a robot's node (base_link, odom, map -> odom on /tf): generated /tf and /tf_static
+  messages (a robot's frames and others, re-parented, looped, non-unit, zero, NaN and inf rotations),
+  each followed by the robot's good transforms and a frame.
 Properties: nothing raises, no frame fails (an exception in processing would be counted as failed),
 every message the rules call bad is counted as rejected (or as a duplicate, when it repeats the
 previous stamp) and answers nothing, every good message is answered with its stamp, and so is the
-good frame after each of them. The TF strategies (fuzz_strategies.tf_messages) are checked for
-well-formedness here; feeding them to the pipeline's TF buffer is still to be written.
+good frame after each of them.
 
 Deterministic: hypothesis derandomized (a fixed seed), no database, no deadline; every message's
-pixels come from a drawn seed. About 45 s on a busy 2-core machine (slow tier). No shrinking: a
+pixels come from a drawn seed. About 35 s on a busy 2-core machine (slow tier). No shrinking: a
 failure reports the example as generated (each message's `why` says what it is) in seconds, where
 shrinking these examples took minutes.
 """
@@ -48,12 +51,23 @@ from node_support import STAMP0_NS, TYPES, make_checkpoint
 
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer
-from posenet_ros.ros.conversions import COLOUR_ENCODINGS, DEPTH_ENCODINGS, depth_msg, ns_to_stamp, stamp_to_ns
+from posenet_ros.ros.conversions import (
+    COLOUR_ENCODINGS,
+    DEPTH_ENCODINGS,
+    depth_msg,
+    ns_to_stamp,
+    pose_from_msg,
+    stamp_to_ns,
+    tf_message,
+    transform_stamped,
+)
 from posenet_ros.runtime.relocalizer import Relocalizer
 
-MESSAGES = 7_000  # on the image topic (and reset); with DEPTH_ and CAMERA_INFO_MESSAGES 10,000 in all
+MESSAGES = 6_000  # on the image topic (and reset); with the DEPTH_, CAMERA_INFO_ and TF_ ones 10,000
 DEPTH_MESSAGES = 2_000
 CAMERA_INFO_MESSAGES = 1_000
+TF_MESSAGES = 1_000
+TF_CASES_PER_EXAMPLE = 5  # (generated TF, two good transforms, good frame): 20 messages an example
 PAIRS_PER_EXAMPLE = 4  # (generated message, good frame) pairs: 8 messages an example
 DEPTH_CASES_PER_EXAMPLE = 2  # (image, generated depth, good image, good depth): 8 messages an example
 
@@ -306,6 +320,66 @@ def test_after_any_camera_info_the_next_good_frame_is_answered(relocalizer):
     print("\nfuzzed camera info:", dict(sorted(fed.items())))
     assert sum(fed.values()) == CAMERA_INFO_MESSAGES
     assert fed["camera info kept"] > 0 and fed["camera info rejected"] > 0
+
+
+def _invalid_transforms(msg: Any) -> int:
+    """How many transforms of a TFMessage a TF buffer must refuse: a frame name empty (a leading
+    slash aside) or the same for parent and child, a translation not finite, a rotation whose norm is
+    not finite or zero."""
+    def invalid(transform: Any) -> bool:
+        parent, child = transform.header.frame_id.lstrip("/"), transform.child_frame_id.lstrip("/")
+        position, quat = pose_from_msg(transform)
+        with np.errstate(over="ignore"):
+            norm = np.linalg.norm(quat)
+        return not parent or not child or parent == child or not np.isfinite(position).all() or not (
+            np.isfinite(norm) and norm > 0)
+    return sum(invalid(transform) for transform in msg.transforms)
+
+
+tf_cases = st.lists(st.tuples(tf_messages(), st.booleans(), good_images(), st.integers(1, NS_PER_S)),
+                    min_size=TF_CASES_PER_EXAMPLE, max_size=TF_CASES_PER_EXAMPLE)
+
+
+@pytest.mark.slow
+def test_after_any_tf_message_the_robot_is_relocalized_or_the_frame_counted_without_transform(relocalizer):
+    """A robot's node (base_link, odom, publish_tf map -> odom): a generated /tf or /tf_static message
+    (a robot's frames and others, re-parented, looped, any stamp, translation and rotation), then the
+    robot's good transforms at the next frame's stamp and the frame: each invalid transform is counted
+    as rejected, and the frame is answered, or dropped and counted (no_transform) where the generated
+    links broke the chain (a transform far in the future expires the robot's), never failed."""
+    fed: Counter[str] = Counter()
+    settings = dataclasses.replace(node_settings(relocalizer.model_path, False), base_frame="base_link",
+                                   publish_tf=True, transform_timeout=0.0)
+
+    @fuzz_settings(TF_MESSAGES // (4 * TF_CASES_PER_EXAMPLE))
+    @given(tf_cases)
+    def run(cases: list[tuple[Any, bool, Fuzzed, int]]) -> None:
+        relocalizer.reset()
+        pipeline = RelocalizationPipeline(settings, relocalizer, TYPES, lambda name, msg: None, Log())
+        counts = pipeline.diagnostics.counts
+        stamp_ns = STAMP0_NS
+        for tf, static, good, offset_ns in cases:
+            before = dict(counts)
+            (pipeline.on_tf_static if static else pipeline.on_tf)(tf)
+            assert counts["rejected"] - before["rejected"] == _invalid_transforms(tf)
+            stamp_ns += offset_ns
+            pipeline.on_tf_static(tf_message(TYPES, [transform_stamped(
+                TYPES, stamp_ns, "base_link", "camera", [0.1, 0.0, 0.5], [0.5, -0.5, 0.5, -0.5])]))
+            pipeline.on_tf(tf_message(TYPES, [transform_stamped(
+                TYPES, stamp_ns, "odom", "base_link", [1.0, 2.0, 0.0], [1.0, 0.0, 0.0, 0.0])]))
+            before = dict(counts)
+            pipeline.on_image(_stamped(good.msg, stamp_ns))
+            estimate = pipeline.process_next(timeout=0)
+            (outcome,) = _moved(counts, before)
+            assert outcome in ("processed", "no_transform"), good.why
+            assert (estimate is not None) == (outcome == "processed")
+            fed[f"tf {'static' if static else 'dynamic'}"] += 1
+            fed["good transforms"] += 2
+            fed[f"good frame {outcome}"] += 1
+
+    run()
+    print("\nfuzzed tf:", dict(sorted(fed.items())))
+    assert sum(fed.values()) == TF_MESSAGES and fed["good frame processed"] > 0
 
 
 @settings(max_examples=60, derandomize=True, database=None, deadline=None)

@@ -479,20 +479,21 @@ class RelocalizationPipeline:
         not below 1e9: rejected) or the stamp of the previous message of this kind (duplicate)."""
         try:
             stamp = stamp_to_ns(msg.header.stamp)
-            if not 0 <= int(msg.header.stamp.nanosec) < 1_000_000_000:  # not a time; sec, nanosec may
-                raise ValueError(f"nanosec {msg.header.stamp.nanosec} is not below 1e9")  # overflow output
+            # nanosec >= 1e9 is no time (and near the end of int32 sec the outputs' stamps overflow)
+            if not 0 <= int(msg.header.stamp.nanosec) < 1_000_000_000:
+                raise ValueError(f"nanosec {msg.header.stamp.nanosec} is not below 1e9")
         except (AttributeError, TypeError, ValueError) as error:
             self.diagnostics.count("rejected")
             self.warnings.warn(f"{kind}-stamp",
-                               f"dropped {_A[kind]} message without a valid header stamp: {error}")
+                               f"dropped {_A_MESSAGE_OF[kind]} message without a valid header stamp: {error}")
             return None
         with self._pair_lock:
             duplicate = self._last_received_ns.get(kind) == stamp
             self._last_received_ns[kind] = stamp
         if duplicate:
             self.diagnostics.count("duplicate")
-            self.warnings.warn(f"{kind}-duplicate", f"ignored {_A[kind]} message with the stamp of the "
-                               f"one before ({_seconds(stamp)})")
+            self.warnings.warn(f"{kind}-duplicate", f"ignored {_A_MESSAGE_OF[kind]} message with the "
+                               f"stamp of the one before ({_seconds(stamp)})")
             return None
         return stamp
 
@@ -736,7 +737,7 @@ class RelocalizationPipeline:
         return figures
 
 
-_A = {"image": "an image", "depth": "a depth image"}  # "ignored an image message", per stream
+_A_MESSAGE_OF = {"image": "an image", "depth": "a depth image"}  # "ignored an image message"
 
 
 def _seconds(stamp_ns: int) -> str:

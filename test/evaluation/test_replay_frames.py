@@ -51,7 +51,7 @@ def test_offline_smoothing_moves_the_base_pose_and_map_to_odom_with_the_camera(t
     bag = tmp_path / "bag"
     _robot_bag(bag)
     settings = load_settings(None, str(path), ["device:=cpu", "publish_tf:=true", "transform_timeout:=0.0",
-                                               "mc_samples:=0"])
+                                               "mc_samples:=0", "publish_unknown:=true"])
     with open_bag(bag) as reader:
         streams = select_streams(reader, bag)
         transforms = read_transforms(reader, bag)

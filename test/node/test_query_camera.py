@@ -40,7 +40,9 @@ def model_path(tmp_path_factory):
 
 
 def make_pipeline(model_path, **values):
-    settings = NodeSettings(model=str(model_path), device="cpu", **values)
+    """A pipeline of the camera's pose (no TF), every pose published."""
+    settings = NodeSettings(model=str(model_path), device="cpu",
+                            **{"base_frame": "", "publish_unknown": True, **values})
     log = ListLog()
     pipeline = RelocalizationPipeline(settings, build_relocalizer(settings), TYPES, lambda *_: None, log)
     return pipeline, log

@@ -39,7 +39,8 @@ setup(
     ],
     extras_require={
         "export": ["onnx>=1.14", "onnxruntime>=1.16"],  # posenet-ros export, runtime onnx
-        "test": ["pytest>=7", "ruff>=0.5", "rosbags-image>=0.9", "onnx>=1.14", "onnxruntime>=1.16"],
+        "test": ["pytest>=7", "ruff>=0.5", "rosbags-image>=0.9", "onnx>=1.14", "onnxruntime>=1.16",
+                 "hypothesis>=6.100"],
     },
     zip_safe=True,
     entry_points={

@@ -179,7 +179,6 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
 
     pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None,
                                       transforms=transforms)
-    pipeline.publish_map_poses()
     run.policy = dataclasses.asdict(pipeline.policy)
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
@@ -206,7 +205,9 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
         with open_bag(bag) as reader:
             handlers = {"image": pipeline.on_image, "depth": pipeline.on_depth,
                         "camera_info": pipeline.on_camera_info}
-            for kind, msg in stream_messages(reader, bag, streams, with_camera_info=True):
+            for index, (kind, msg) in enumerate(stream_messages(reader, bag, streams, with_camera_info=True)):
+                if index == 0:  # stamped in bag time, not wall time: the output bag spans the frames
+                    pipeline.publish_map_poses(stamp_to_ns(msg.header.stamp))
                 handlers[kind](msg)
                 while pipeline.queued() >= batch_size:
                     step(batch_size)

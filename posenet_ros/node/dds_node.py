@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from posenet_ros.node.parameters import NODE_NAME, NodeSettings, parse_override, read_parameters_file
 from posenet_ros.node.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer, input_topics
+from posenet_ros.node.shutdown import POLL_S, SignalStop
 from posenet_ros.ros.conversions import RosbagsTypes
 from posenet_ros.ros.dds import DdsNode
 
@@ -42,11 +43,12 @@ def load_settings(params_file: str | Path | None, model: str | None = None,
 
 
 def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | None = None,
-             config: str | None = None, stop: threading.Event | None = None,
+             config: str | None = None,
              on_ready: Callable[[RelocalizationPipeline], None] | None = None) -> RelocalizationPipeline:
-    """Run the node until `stop` is set (or KeyboardInterrupt); returns the pipeline (its
+    """Run the node until SIGINT or SIGTERM, then stop it in order (any number of further signals
+    change nothing: `shutdown.SignalStop`); call from the main thread. Returns the pipeline (its
     diagnostics hold the final counts). `config`: Cyclone XML (e.g. `dds.loopback_config()`)."""
-    stop = stop or threading.Event()
+    stop = SignalStop().install()
     relocalizer = build_relocalizer(settings)
     with DdsNode(NODE_NAME, namespace=namespace, domain_id=domain_id, config=config) as node:
         publishers = {name: node.publisher(topic.name, topic.type_name, topic.qos)
@@ -63,10 +65,13 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
         try:
             if on_ready is not None:
                 on_ready(pipeline)
-            while not stop.wait(settings.diagnostics_period):
-                pipeline.publish_diagnostics()
-        except KeyboardInterrupt:
-            logger.info("interrupted: stopping the node")
+            next_report = time.monotonic() + settings.diagnostics_period
+            while not stop.requested:
+                time.sleep(POLL_S)
+                if time.monotonic() >= next_report:
+                    pipeline.publish_diagnostics()
+                    next_report += settings.diagnostics_period
+            logger.info(f"{stop.signal_name}: stopping the node")
         finally:
             pipeline.stop()
             pipeline.publish_diagnostics()
@@ -76,18 +81,14 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
 def main(model: str | None, params_file: str | None, overrides: list[str], namespace: str,
          domain_id: int | None) -> int:
     """The `posenet-ros node` command: run until Ctrl-C or SIGTERM, then print the counts."""
-    import signal
-
     settings = load_settings(params_file, model, overrides, namespace)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def ready(pipeline: RelocalizationPipeline) -> None:
         topics = ", ".join(topic.name for topic in input_topics(settings).values())
         print(f"node: ready on {pipeline.relocalizer.device}; listening to {topics}", file=sys.stderr,
               flush=True)
 
-    pipeline = run_node(settings, namespace=namespace, domain_id=domain_id, stop=stop, on_ready=ready)
+    pipeline = run_node(settings, namespace=namespace, domain_id=domain_id, on_ready=ready)
     counts = pipeline.diagnostics.counts
     summary = ", ".join(f"{key} {value}" for key, value in counts.items())
     print(f"node: {summary}", file=sys.stderr, flush=True)

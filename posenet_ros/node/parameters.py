@@ -172,13 +172,7 @@ class NodeSettings:
 
         Raises ValueError naming the offending parameter.
         """
-        checked: dict[str, Any] = {}
-        for name, value in values.items():
-            spec = _SPECS.get(name)
-            if spec is None:
-                raise ValueError(f"unknown parameter {name!r}; the node's parameters are: "
-                                 f"{', '.join(_SPECS)}")
-            checked[name] = _check(spec, value)
+        checked = {name: _check(_spec(name), value) for name, value in values.items()}
         if not checked.get("model"):
             raise ValueError("parameter 'model' is required: the path of a training run or its "
                              "model.safetensors")
@@ -197,6 +191,34 @@ class NodeSettings:
     def values(self) -> dict[str, Any]:
         """name -> value of every parameter."""
         return dataclasses.asdict(self)
+
+
+def parameter_from_text(name: str, text: str) -> bool | int | float | str:
+    """The value of parameter `name` written as text (a launch argument `name:=text`), of the
+    parameter's type: a string parameter takes the text as it is (a path such as 2024 stays a
+    string), the others parse it as YAML (`true`, `8`, `0.5`, `.nan`; a double also takes `nan` and
+    `inf`). Raises ValueError naming the parameter for an unknown name or a value of the wrong type,
+    out of range or not among the choices, as `NodeSettings.from_values` does."""
+    spec = _spec(name)
+    if isinstance(spec.default, str):
+        return _check(spec, text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if isinstance(spec.default, float) and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass  # refused below, with the text in the message
+    return _check(spec, value)
+
+
+def _spec(name: str) -> ParameterSpec:
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown parameter {name!r}; the node's parameters are: {', '.join(_SPECS)}")
+    return spec
 
 
 def _check(spec: ParameterSpec, value: Any) -> bool | int | float | str:

@@ -11,8 +11,9 @@ Callbacks never block: they read the header stamp, pair RGB with depth by stamp 
 and put the frame into a slot that holds only the newest frame; a frame still waiting when a newer
 one arrives is dropped and counted. The worker decodes the messages (`conversions.py`), so a bad
 message costs the callback nothing; a frame that cannot be used (unknown encoding, truncated data,
-zero size, depth of another size than the image) is rejected, counted, and logged at most once per
-`WARNING_PERIOD_S` per kind of problem; the next good frame is answered as usual.
+zero size, depth of another size than the image: `conversions.ImageProblem`) is rejected, counted,
+and logged at most once per `WARNING_PERIOD_S` per stream and kind of problem (a truncated frame
+right after one of an unknown encoding is logged too); the next good frame is answered as usual.
 
 Frames (REP-105, `robot_frames.py`): the transforms a frame needs (base <- camera, odom <- base) are
 looked up at its stamp before the network runs, in a `TransformLookup` (by default a `TransformBuffer`
@@ -61,6 +62,8 @@ from posenet_ros.node.robot_frames import (
     robot_pose,
 )
 from posenet_ros.ros.conversions import (
+    ImageConversionError,
+    ImageProblem,
     MessageTypes,
     bool_msg,
     depth_to_metres,
@@ -286,6 +289,14 @@ class ThrottledWarnings:
         return True
 
 
+class RejectedFrame(ValueError):
+    """A frame the node cannot use: which stream ("image" or "depth") and which kind of problem."""
+
+    def __init__(self, stream: str, problem: ImageProblem, message: str) -> None:
+        super().__init__(f"{stream}: {message}")
+        self.stream, self.problem = stream, problem
+
+
 @dataclass
 class Frame:
     """One input frame waiting for the worker: the raw messages, the image's stamp (ns) and when
@@ -464,22 +475,25 @@ class RelocalizationPipeline:
         return message
 
     def _stamp(self, msg: Any, kind: str) -> int | None:
-        """The message's stamp (ns); None for a message to ignore: no valid stamp (rejected) or the
-        stamp of the previous message of this kind (duplicate)."""
+        """The message's stamp (ns); None for a message to ignore: no valid stamp (none, or nanosec
+        not below 1e9: rejected) or the stamp of the previous message of this kind (duplicate)."""
         try:
             stamp = stamp_to_ns(msg.header.stamp)
+            # nanosec >= 1e9 is no time (and near the end of int32 sec the outputs' stamps overflow)
+            if not 0 <= int(msg.header.stamp.nanosec) < 1_000_000_000:
+                raise ValueError(f"nanosec {msg.header.stamp.nanosec} is not below 1e9")
         except (AttributeError, TypeError, ValueError) as error:
             self.diagnostics.count("rejected")
             self.warnings.warn(f"{kind}-stamp",
-                               f"dropped a {kind} message without a valid header stamp: {error}")
+                               f"dropped {_A_MESSAGE_OF[kind]} message without a valid header stamp: {error}")
             return None
         with self._pair_lock:
             duplicate = self._last_received_ns.get(kind) == stamp
             self._last_received_ns[kind] = stamp
         if duplicate:
             self.diagnostics.count("duplicate")
-            self.warnings.warn(f"{kind}-duplicate", f"ignored a {kind} message with the stamp of the one "
-                               f"before ({_seconds(stamp)})")
+            self.warnings.warn(f"{kind}-duplicate", f"ignored {_A_MESSAGE_OF[kind]} message with the "
+                               f"stamp of the one before ({_seconds(stamp)})")
             return None
         return stamp
 
@@ -575,10 +589,10 @@ class RelocalizationPipeline:
         for frame in frames:
             try:
                 decoded.append((frame, *self._decode(frame)))
-            except ValueError as error:  # ImageConversionError is a ValueError
+            except RejectedFrame as rejection:
                 self.diagnostics.count("rejected")
-                self.warnings.warn(f"rejected-{type(error).__name__}",
-                                   f"dropped frame {_seconds(frame.stamp_ns)}: {error}")
+                self.warnings.warn(f"rejected-{rejection.stream}-{rejection.problem.name}",
+                                   f"dropped frame {_seconds(frame.stamp_ns)}: {rejection}")
         return decoded
 
     def _finish(self, frame: Frame, estimate_pose: Callable[[], PoseEstimate]) -> PoseEstimate | None:
@@ -607,13 +621,26 @@ class RelocalizationPipeline:
         return estimate
 
     def _decode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
-        rgb = message_to_rgb(frame.image_msg)
-        if frame.depth_msg is None:
-            return rgb, None
-        depth = depth_to_metres(frame.depth_msg)
-        if depth.shape != rgb.shape[:2]:
-            raise ValueError(f"depth image of {depth.shape[1]}x{depth.shape[0]} px does not match the "
-                             f"{rgb.shape[1]}x{rgb.shape[0]} px image it is paired with")
+        """The frame's RGB (H, W, 3) uint8 and depth (H, W) float32 metres (None without depth), as
+        the model reads them; raises RejectedFrame naming the stream and the kind of problem."""
+        try:
+            rgb = message_to_rgb(frame.image_msg)
+        except ImageConversionError as error:
+            raise RejectedFrame("image", error.problem, str(error)) from None
+        depth = None
+        if frame.depth_msg is not None:
+            try:
+                depth = depth_to_metres(frame.depth_msg)
+            except ImageConversionError as error:
+                raise RejectedFrame("depth", error.problem, str(error)) from None
+            if depth.shape != rgb.shape[:2]:
+                raise RejectedFrame("depth", ImageProblem.SIZE_MISMATCH,
+                                    f"depth image of {depth.shape[1]}x{depth.shape[0]} px does not match "
+                                    f"the {rgb.shape[1]}x{rgb.shape[0]} px image it is paired with")
+        try:
+            self.relocalizer.check_frame(rgb, depth)
+        except ValueError as error:
+            raise RejectedFrame("image", ImageProblem.UNUSABLE, str(error)) from None
         return rgb, depth
 
     def _check_stream(self, stamp_ns: int) -> None:
@@ -675,13 +702,15 @@ class RelocalizationPipeline:
         return diagnostic_array(self.types, stamp_ns, STATUS_NAME, str(self.relocalizer.device),
                                 "OK" if decision.confident else "WARN", decision.reason, values)
 
-    def publish_map_poses(self) -> None:
-        """The training camera poses stored in the checkpoint, as a PoseArray in the map frame."""
+    def publish_map_poses(self, stamp_ns: int | None = None) -> None:
+        """The training camera poses stored in the checkpoint, as a PoseArray in the map frame,
+        stamped `stamp_ns` (None: now, the node at start; bag replay gives its first frame's stamp)."""
         poses = self.relocalizer.map_poses_N7
         if not len(poses):
             return
+        stamp_ns = time.time_ns() if stamp_ns is None else stamp_ns
         try:
-            message = pose_array(self.types, time.time_ns(), self.settings.map_frame, poses)
+            message = pose_array(self.types, stamp_ns, self.settings.map_frame, poses)
         except ValueError as error:  # e.g. a zero quaternion: the node still relocalizes
             self.log.warning(f"the checkpoint's map poses cannot be published: {error}")
             return
@@ -706,6 +735,9 @@ class RelocalizationPipeline:
         self.publish("diagnostics", diagnostic_array(
             self.types, time.time_ns(), "posenet_ros: relocalization", device, level, message, values))
         return figures
+
+
+_A_MESSAGE_OF = {"image": "an image", "depth": "a depth image"}  # "ignored an image message"
 
 
 def _seconds(stamp_ns: int) -> str:

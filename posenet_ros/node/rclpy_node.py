@@ -51,9 +51,10 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
@@ -62,6 +63,7 @@ from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings, ParameterSpec
 from posenet_ros.node.pipeline import OUTPUTS, RelocalizationPipeline, build_relocalizer, input_topics
 from posenet_ros.node.robot_frames import needs_transforms
+from posenet_ros.node.shutdown import POLL_S, SignalStop
 from posenet_ros.ros.conversions import RclpyTypes, pose_from_msg
 from posenet_ros.ros.tf_buffer import TransformUnavailable
 
@@ -187,19 +189,32 @@ class RelocalizeNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """`relocalize_node`: run until Ctrl-C or shutdown; exit code 1 if the node cannot start."""
-    rclpy.init(args=args)
+    """`relocalize_node`: run until SIGINT or SIGTERM, or until the context is shut down; exit code 1
+    if the node cannot start.
+
+    rclpy's own signal handlers are off (`SignalHandlerOptions.NO`): they shut the context down on
+    the first SIGINT, so that "shutting down" and whatever the worker still logged failed to reach
+    /rosout ("publisher's context is invalid"), and the next SIGINT raised KeyboardInterrupt in the
+    cleanup. Instead every signal only requests a stop (`shutdown.SignalStop`), and the node stops
+    once, in order: the log line, the worker, the node, then the context. Nothing logs through rclpy
+    after that."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = SignalStop().install()
     node: RelocalizeNode | None = None
     try:
         node = RelocalizeNode()
-        rclpy.spin(node)  # the single-threaded executor: callbacks never block
+        executor = SingleThreadedExecutor()  # callbacks never block: one thread is enough
+        executor.add_node(node)
+        while not stop.requested:
+            executor.spin_once(timeout_sec=POLL_S)
     except StartupError:
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        if node is not None:
-            node.get_logger().info("shutting down")
+    except ExternalShutdownException:
+        pass  # the context is shut down already: nothing may log through it now
     finally:
         if node is not None:
+            if rclpy.ok():  # not after an external shutdown
+                node.get_logger().info("shutting down" + (f" ({stop.signal_name})" if stop.requested else ""))
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

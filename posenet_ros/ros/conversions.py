@@ -56,6 +56,7 @@ that a colour image was compressed as RGB ("rgb8; jpeg compressed rgb8").
 from __future__ import annotations
 
 import array
+import enum
 import importlib
 import operator
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ __all__ = [
     "DEPTH_ENCODINGS",
     "POINT_FIELD_FLOAT32",
     "ImageConversionError",
+    "ImageProblem",
     "MessageTypes",
     "RclpyTypes",
     "RosbagsTypes",
@@ -98,8 +100,27 @@ __all__ = [
 ]
 
 
+class ImageProblem(enum.Enum):
+    """What is wrong with an image that cannot be converted: the kind of problem, so that a node can
+    warn once per kind (a truncated frame right after one of an unknown encoding is another problem)."""
+
+    UNSUPPORTED_ENCODING = "unsupported encoding"  # unknown, or colour where depth is read (or back)
+    ZERO_SIZE = "zero size"  # height or width 0
+    BAD_LAYOUT = "bad layout"  # step too small or not a multiple of the sample, odd yuv422 width, shape
+    TRUNCATED = "truncated data"  # fewer bytes than step x height
+    BAD_DATA = "bad data"  # `data` is not a sequence of bytes
+    UNDECODABLE = "undecodable"  # compressed data that no decoder reads (empty, corrupt)
+    UNUSABLE = "unusable"  # decoded, but the model cannot read it (e.g. smaller than 2x2 px)
+    SIZE_MISMATCH = "size mismatch"  # a depth image of another size than its colour image
+
+
 class ImageConversionError(ValueError):
-    """An Image / CompressedImage message that cannot be converted (or an array that cannot be sent)."""
+    """An Image / CompressedImage message that cannot be converted (or an array that cannot be sent);
+    `problem` says which kind of problem it is."""
+
+    def __init__(self, message: str, problem: ImageProblem) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,24 +202,28 @@ def _as_bytes(data: Any) -> np.ndarray:
         if data.dtype.itemsize != 1:
             raise ImageConversionError(
                 f"msg.data must hold single bytes (uint8), got a numpy array of {data.dtype} "
-                f"({data.dtype.itemsize}-byte elements)"
+                f"({data.dtype.itemsize}-byte elements)", ImageProblem.BAD_DATA
             )
         return data.reshape(-1).view(np.uint8)
     if isinstance(data, (list, tuple)):
         try:
             return np.frombuffer(bytes(data), dtype=np.uint8)
         except (TypeError, ValueError) as err:
-            raise ImageConversionError(f"msg.data must be a list of ints in [0, 255]: {err}") from None
+            raise ImageConversionError(
+                f"msg.data must be a list of ints in [0, 255]: {err}",
+                ImageProblem.BAD_DATA
+            ) from None
     try:
         view = memoryview(data)
     except TypeError:
         raise ImageConversionError(
-            f"msg.data of type {type(data).__name__} is not bytes, a buffer or a list of ints"
+            f"msg.data of type {type(data).__name__} is not bytes, a buffer or a list of ints",
+            ImageProblem.BAD_DATA
         ) from None
     if view.itemsize != 1:
         raise ImageConversionError(
             f"msg.data must hold single bytes (uint8), got {view.itemsize}-byte elements "
-            f"(format {view.format!r})"
+            f"(format {view.format!r})", ImageProblem.BAD_DATA
         )
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
@@ -217,23 +242,27 @@ def _samples(msg: Any, layout: _Layout, encoding: str) -> np.ndarray:
     """
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
-        raise ImageConversionError(f"{encoding} image has zero size: height={height}, width={width}")
+        raise ImageConversionError(
+            f"{encoding} image has zero size: height={height}, width={width}",
+            ImageProblem.ZERO_SIZE
+        )
     sample = np.dtype(layout.dtype)
     row_bytes = width * layout.channels * sample.itemsize
     if step < row_bytes:
         raise ImageConversionError(
             f"{encoding} image: step {step} is smaller than width x bytes per pixel = "
-            f"{width} x {layout.channels * sample.itemsize} = {row_bytes}"
+            f"{width} x {layout.channels * sample.itemsize} = {row_bytes}", ImageProblem.BAD_LAYOUT
         )
     if step % sample.itemsize:
         raise ImageConversionError(
-            f"{encoding} image: step {step} is not a multiple of the {sample.itemsize}-byte sample size"
+            f"{encoding} image: step {step} is not a multiple of the {sample.itemsize}-byte sample size",
+            ImageProblem.BAD_LAYOUT
         )
     data = _as_bytes(msg.data)
     if data.size < step * height:
         raise ImageConversionError(
             f"{encoding} image: data has {data.size} bytes, fewer than step x height = "
-            f"{step} x {height} = {step * height}"
+            f"{step} x {height} = {step * height}", ImageProblem.TRUNCATED
         )
     rows = data[: step * height].reshape(height, step)[:, :row_bytes]
     shape = (height, width) if layout.channels == 1 else (height, width, layout.channels)
@@ -256,13 +285,18 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     if layout is None:
         if encoding in _DEPTH:
             raise ImageConversionError(
-                f"encoding {encoding!r} is a depth encoding, not a colour one; use depth_to_metres"
+                f"encoding {encoding!r} is a depth encoding, not a colour one; use depth_to_metres",
+                ImageProblem.UNSUPPORTED_ENCODING
             )
         raise ImageConversionError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(COLOUR_ENCODINGS)}"
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(COLOUR_ENCODINGS)}",
+            ImageProblem.UNSUPPORTED_ENCODING
         )
     if layout.channels == 2 and int(msg.width) % 2:
-        raise ImageConversionError(f"{encoding} image needs an even width, got {int(msg.width)}")
+        raise ImageConversionError(
+            f"{encoding} image needs an even width, got {int(msg.width)}",
+            ImageProblem.BAD_LAYOUT
+        )
     pixels = _samples(msg, layout, encoding)
     if layout.to_rgb is None:
         rgb = np.array(pixels, order="C")
@@ -292,25 +326,33 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     image_format = str(getattr(msg, "format", ""))
     if "compressedDepth" in image_format:
         raise ImageConversionError(
-            f"CompressedImage format {image_format!r} is compressed depth, which is not supported"
+            f"CompressedImage format {image_format!r} is compressed depth, which is not supported",
+            ImageProblem.UNSUPPORTED_ENCODING
         )
     data = _as_bytes(msg.data)
     if data.size == 0:
-        raise ImageConversionError(f"CompressedImage (format {image_format!r}) has no data")
+        raise ImageConversionError(
+            f"CompressedImage (format {image_format!r}) has no data",
+            ImageProblem.UNDECODABLE
+        )
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
         raise ImageConversionError(
-            f"cannot decode CompressedImage (format {image_format!r}): {err}"
+            f"cannot decode CompressedImage (format {image_format!r}): {err}", ImageProblem.UNDECODABLE
         ) from None
     if image is None:
         raise ImageConversionError(
-            f"cannot decode {data.size} bytes of CompressedImage data (format {image_format!r})"
+            f"cannot decode {data.size} bytes of CompressedImage data (format {image_format!r})",
+            ImageProblem.UNDECODABLE
         )
     if image.dtype == np.uint16:
         image = _scale_16_to_8(image)
     elif image.dtype != np.uint8:
-        raise ImageConversionError(f"decoded CompressedImage has unsupported sample type {image.dtype}")
+        raise ImageConversionError(
+            f"decoded CompressedImage has unsupported sample type {image.dtype}",
+            ImageProblem.UNSUPPORTED_ENCODING
+        )
     channels = 1 if image.ndim == 2 else image.shape[2]
     as_rgb = _compressed_as_rgb(image_format)
     if channels == 1:
@@ -319,7 +361,10 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
         return np.ascontiguousarray(image) if as_rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB if as_rgb else cv2.COLOR_BGRA2RGB)
-    raise ImageConversionError(f"decoded CompressedImage has {channels} channels; expected 1, 3 or 4")
+    raise ImageConversionError(
+        f"decoded CompressedImage has {channels} channels; expected 1, 3 or 4",
+        ImageProblem.UNSUPPORTED_ENCODING
+    )
 
 
 def message_to_rgb(msg: Any) -> np.ndarray:
@@ -339,10 +384,11 @@ def depth_to_metres(msg: Any) -> np.ndarray:
         if encoding in _COLOUR:
             raise ImageConversionError(
                 f"encoding {encoding!r} is a colour encoding, not depth; depth_to_metres reads "
-                f"{', '.join(DEPTH_ENCODINGS)}"
+                f"{', '.join(DEPTH_ENCODINGS)}", ImageProblem.UNSUPPORTED_ENCODING
             )
         raise ImageConversionError(
-            f"unsupported depth encoding {encoding!r}; supported: {', '.join(DEPTH_ENCODINGS)}"
+            f"unsupported depth encoding {encoding!r}; supported: {', '.join(DEPTH_ENCODINGS)}",
+            ImageProblem.UNSUPPORTED_ENCODING
         )
     raw = _samples(msg, layout, encoding)
     if layout.dtype == "u2":
@@ -733,7 +779,10 @@ def _image_layout(encoding: str) -> _Layout:
     layout = _COLOUR.get(encoding) or _DEPTH.get(encoding)
     if layout is None:
         supported = sorted({*_COLOUR, *_DEPTH})
-        raise ImageConversionError(f"cannot build encoding {encoding!r}; supported: {', '.join(supported)}")
+        raise ImageConversionError(
+            f"cannot build encoding {encoding!r}; supported: {', '.join(supported)}",
+            ImageProblem.UNSUPPORTED_ENCODING
+        )
     return layout
 
 
@@ -753,14 +802,21 @@ def image_msg(types: MessageTypes, pixels: ArrayLike, stamp_ns: int, frame_id: s
     expected_ndim = 2 if layout.channels == 1 else 3
     if array_.ndim != expected_ndim or (expected_ndim == 3 and array_.shape[2] != layout.channels):
         want = "(H, W)" if layout.channels == 1 else f"(H, W, {layout.channels})"
-        raise ImageConversionError(f"{encoding} needs pixels of shape {want}, got {array_.shape}")
+        raise ImageConversionError(
+            f"{encoding} needs pixels of shape {want}, got {array_.shape}",
+            ImageProblem.BAD_LAYOUT
+        )
     if array_.dtype != np.dtype(layout.dtype):
         raise ImageConversionError(
-            f"{encoding} needs pixels of dtype {np.dtype(layout.dtype)}, got {array_.dtype}"
+            f"{encoding} needs pixels of dtype {np.dtype(layout.dtype)}, got {array_.dtype}",
+            ImageProblem.BAD_LAYOUT
         )
     height, width = array_.shape[:2]
     if height == 0 or width == 0:
-        raise ImageConversionError(f"cannot send an empty image of shape {array_.shape}")
+        raise ImageConversionError(
+            f"cannot send an empty image of shape {array_.shape}",
+            ImageProblem.ZERO_SIZE
+        )
     wire = np.ascontiguousarray(array_, dtype=np.dtype(layout.dtype).newbyteorder("<"))
     data = wire.reshape(-1).view(np.uint8)
     return types.get("sensor_msgs/msg/Image")(
@@ -784,7 +840,10 @@ def depth_msg(
     """
     depth = np.asarray(depth_m, dtype=np.float64)
     if depth.ndim != 2:
-        raise ImageConversionError(f"depth must have shape (H, W), got {depth.shape}")
+        raise ImageConversionError(
+            f"depth must have shape (H, W), got {depth.shape}",
+            ImageProblem.BAD_LAYOUT
+        )
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(depth) & (depth > 0)
     if encoding == "32FC1":
@@ -793,7 +852,10 @@ def depth_msg(
         millimetres = np.rint(np.where(valid, depth, 0.0) * 1000.0)
         pixels = np.where(millimetres < np.iinfo(np.uint16).max, millimetres, 0.0).astype(np.uint16)
     else:
-        raise ImageConversionError(f"depth encoding must be 32FC1, 16UC1 or mono16, got {encoding!r}")
+        raise ImageConversionError(
+            f"depth encoding must be 32FC1, 16UC1 or mono16, got {encoding!r}",
+            ImageProblem.UNSUPPORTED_ENCODING
+        )
     return image_msg(types, pixels, stamp_ns, frame_id, encoding)
 
 
@@ -812,15 +874,24 @@ def compressed_image_msg(
     """
     image = np.asarray(rgb)
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ImageConversionError(f"need (H, W, 3) or (H, W) uint8 pixels, got {image.shape} {image.dtype}")
+        raise ImageConversionError(
+            f"need (H, W, 3) or (H, W) uint8 pixels, got {image.shape} {image.dtype}",
+            ImageProblem.BAD_LAYOUT
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageConversionError(f"cannot compress an empty image of shape {image.shape}")
+        raise ImageConversionError(
+            f"cannot compress an empty image of shape {image.shape}",
+            ImageProblem.ZERO_SIZE
+        )
     if format == "jpeg":
         extension, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     elif format == "png":
         extension, params = ".png", []
     else:
-        raise ImageConversionError(f"compressed format must be 'jpeg' or 'png', got {format!r}")
+        raise ImageConversionError(
+            f"compressed format must be 'jpeg' or 'png', got {format!r}",
+            ImageProblem.UNSUPPORTED_ENCODING
+        )
     if image.ndim == 3:
         source, target = "rgb8", "bgr8"
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
@@ -828,7 +899,10 @@ def compressed_image_msg(
         source = target = "mono8"
     ok, encoded = cv2.imencode(extension, image, params)
     if not ok:
-        raise ImageConversionError(f"OpenCV could not encode a {image.shape} image as {format}")
+        raise ImageConversionError(
+            f"OpenCV could not encode a {image.shape} image as {format}",
+            ImageProblem.UNSUPPORTED_ENCODING
+        )
     return types.get("sensor_msgs/msg/CompressedImage")(
         header=_header(types, stamp_ns, frame_id),
         format=f"{source}; {format} compressed {target}",

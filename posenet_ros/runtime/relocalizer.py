@@ -236,7 +236,7 @@ class Relocalizer:
                       stamps_ns: Sequence[int], camera: Intrinsics | None = None) -> FrameBatch:
         """`prepare` for B frames of one size and one camera -> (B, C, h, w). Raises ValueError as
         `prepare` does, and for frames of different sizes."""
-        frames = [self._checked(rgb, depth) for rgb, depth in zip(rgbs_HW3, depths_HW, strict=True)]
+        frames = [self.check_frame(rgb, depth) for rgb, depth in zip(rgbs_HW3, depths_HW, strict=True)]
         if len({rgb.shape for rgb, _ in frames}) != 1:
             raise ValueError("the frames of one batch must have one size, got "
                              f"{sorted({rgb.shape for rgb, _ in frames})}")
@@ -281,9 +281,10 @@ class Relocalizer:
             return camera
         return model.pinhole()
 
-    def _checked(self, rgb_HW3: np.ndarray,
-                 depth_HW: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The frame as arrays the model can read (module docstring of `prepare` for the errors)."""
+    def check_frame(self, rgb_HW3: np.ndarray,
+                    depth_HW: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The frame as arrays the model can read: uint8 RGB (H, W, 3) of at least 2x2 px, and for a
+        model that needs depth a float32 (H, W) depth in metres; raises ValueError otherwise."""
         rgb = np.asarray(rgb_HW3)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB image as uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")

@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dds_support import PARAMS, Process, domain_id
+from node_support import image, make_checkpoint
+from node_support import stamp as image_stamp
 
 from posenet_ros.cli import main
 from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.data.loading import load_frames
-from posenet_ros.evaluation.replay import replay
+from posenet_ros.evaluation.replay import replay, run_in_process
 from posenet_ros.node.dds_node import load_settings
-from posenet_ros.ros.bag_reading import open_bag, read_messages
+from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.ros.bag_reading import open_bag, read_messages, select_streams
 from posenet_ros.ros.bag_writing import write_messages
 from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
 from posenet_ros.ros.dds import loopback_config
@@ -71,6 +74,27 @@ def _output_poses(out: Path) -> dict[str, dict[int, np.ndarray]]:
 def _poses(out: Path) -> np.ndarray:
     keys = ("x", "y", "z", "qw", "qx", "qy", "qz")
     return np.array([[float(row[key]) for key in keys] for row in _rows(out)])
+
+
+def test_the_output_bag_is_in_bag_time_from_the_first_frame_to_the_last(tmp_path):
+    """The Humble finding: the map poses were stamped with the wall clock, so `ros2 bag info` gave the
+    output bag of a 2023 recording a duration of about 3 years. They carry the first frame's stamp now."""
+    frames = [image(i) for i in (0, 1, 2, 3, 4)]
+    write_messages(tmp_path / "bag", [("/camera/image_raw", "sensor_msgs/msg/Image", image_stamp(i), msg)
+                                      for i, msg in enumerate(frames)])
+    model = make_checkpoint(tmp_path / "model.safetensors")
+    with open_bag(tmp_path / "bag") as reader:
+        streams = select_streams(reader, tmp_path / "bag")
+    settings = NodeSettings(model=str(model), device="cpu", base_frame="", publish_unknown=True)
+    run = run_in_process(tmp_path / "bag", settings, streams, progress=False)
+    counts = write_messages(tmp_path / "out", run.messages)
+    assert counts["/relocalization/map_poses"] == 1 and counts["/relocalized_pose"] == 5
+    with open_bag(tmp_path / "out") as reader:
+        assert (reader.start_time, reader.end_time) == (image_stamp(0), image_stamp(4) + 1)
+        (connection,) = [c for c in reader.connections if c.topic == "/relocalization/map_poses"]
+        ((_, timestamp, raw),) = list(reader.messages([connection]))
+        map_poses = reader.deserialize(raw, connection.msgtype)
+    assert timestamp == stamp_to_ns(map_poses.header.stamp) == image_stamp(0) and len(map_poses.poses) == 5
 
 
 def test_replay_reproduces_eval_on_the_same_frames(trained, capsys):

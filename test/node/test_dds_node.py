@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -97,6 +98,24 @@ def test_play_node_echo_in_three_processes(tmp_path):
         np.testing.assert_allclose(position, expected.position_3, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(quat, expected.quat_wxyz_4, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(covariance, expected.covariance_66, rtol=1e-5, atol=1e-10)
+
+
+def test_any_number_of_sigint_and_sigterm_stop_the_node_cleanly(tmp_path):
+    """Ctrl-C under `ros2 launch` reaches the node twice (the terminal's and launch's SIGINT), and
+    launch may add SIGTERM: the node stops once, in order, exits 0 and prints no traceback, wherever
+    the later signals land (in the main loop, in the cleanup, or after it)."""
+    model = make_checkpoint(tmp_path / "model.safetensors")
+    node = start_node(model, domain_id(3))
+    node.popen.send_signal(signal.SIGINT)
+    node.popen.send_signal(signal.SIGINT)
+    node.wait_for_line("SIGINT: stopping the node")
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # during the cleanup or after it
+        node.popen.send_signal(signum)
+    assert node.popen.wait(timeout=TIMEOUT_S) == 0
+    node.wait_for_line("node: received 0, processed 0")  # the final counts: the whole stderr was read
+    stderr = "".join(node.lines)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.count("stopping the node") == 1
 
 
 # The node's queue holds one frame (pipeline.LatestSlot); besides it, one frame can be in the worker

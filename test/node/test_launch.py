@@ -1,8 +1,9 @@
 """The ROS 2 entry of the node, run without ROS: what setup.py installs (the console scripts, the
 launch file, the parameters file, the packages), and launch/relocalize.launch.py launched against
-minimal stand-ins of `launch` and `launch_ros` that evaluate its substitutions as `ros2 launch`
-does: the node it starts, with which parameters (the installed parameters file, then the launch
-arguments) and remappings, for the default arguments and for a user's.
+minimal stand-ins of `launch` and `launch_ros` that evaluate it as `ros2 launch` does (neither is on
+PyPI: the `launch` there is another project): the arguments it declares (one per node parameter), the
+node it starts, with which parameters (the installed parameters file, then the arguments the user
+gave, typed), for the default arguments and for a user's, and what it refuses or warns about.
 
 setup.py is run with `setuptools.setup` recording its arguments (the values setuptools would get,
 globs included), and its data files are copied into a temporary install prefix, so the launch file's
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import runpy
 import shutil
 import sys
@@ -24,8 +26,14 @@ from typing import Any
 import pytest
 import yaml
 
-from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings, read_parameters_file
-from posenet_ros.ros.camera_info import camera_info_topic
+from posenet_ros.node.parameters import (
+    NODE_NAME,
+    NODE_PARAMETERS,
+    NodeSettings,
+    ParameterSpec,
+    read_parameters_file,
+)
+from posenet_ros.node.pipeline import input_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_PY = REPO_ROOT / "launch" / "relocalize.launch.py"
@@ -109,9 +117,11 @@ def install_prefix(setup_arguments, tmp_path_factory) -> Path:
 
 @dataclass
 class Context:
-    arguments: dict[str, str]
+    """launch's LaunchContext: the launch configurations (argument name -> text), and where each
+    package's share folder is (for FindPackageShare)."""
+
+    launch_configurations: dict[str, str]
     share: dict[str, Path]
-    used: set[str]
 
 
 def perform(value: Any, context: Context) -> Any:
@@ -121,15 +131,6 @@ def perform(value: Any, context: Context) -> Any:
     if isinstance(value, list):
         return "".join(str(perform(part, context)) for part in value)
     return value.perform(context)
-
-
-class LaunchConfiguration:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def perform(self, context: Context) -> str:
-        context.used.add(self.name)
-        return context.arguments[self.name]  # launch fails on an undeclared argument too
 
 
 class PathJoinSubstitution:
@@ -149,29 +150,40 @@ class FindPackageShare:
 
 
 class ParameterValue:
-    """launch_ros's: the performed text, as a string (value_type str) or parsed as YAML and checked."""
+    """launch_ros's: the performed text, as a string (value_type str) or parsed as YAML."""
 
     def __init__(self, value: Any, value_type: type | None = None) -> None:
         self.value, self.value_type = value, value_type
 
     def perform(self, context: Context) -> Any:
         text = perform(self.value, context)
-        if self.value_type is str:
-            return text
-        parsed = yaml.safe_load(text)
-        if self.value_type is not None and type(parsed) is not self.value_type:
-            raise TypeError(f"{text!r} is not a {self.value_type.__name__}")
-        return parsed
+        return text if self.value_type is str else yaml.safe_load(text)
+
+
+def node_parameter(value: Any, context: Context) -> Any:
+    """A value of a Node's parameter dictionary as launch_ros evaluates it: a ParameterValue
+    performed, a plain string read as YAML (its substitutions are performed, then parsed), a bool,
+    int or float as it is."""
+    if isinstance(value, ParameterValue):
+        return value.perform(context)
+    if isinstance(value, str):
+        return yaml.safe_load(value)
+    assert type(value) in (bool, int, float), value
+    return value
 
 
 class Recorded:
-    """DeclareLaunchArgument, Node, LaunchDescription: their arguments, recorded."""
+    """DeclareLaunchArgument, OpaqueFunction, Node, LaunchDescription: their arguments, recorded."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
 
 
 class DeclareLaunchArgument(Recorded):
+    pass
+
+
+class OpaqueFunction(Recorded):
     pass
 
 
@@ -183,14 +195,19 @@ class LaunchDescription(Recorded):
     pass
 
 
+WARNINGS: list[str] = []  # what the launch file logged as warnings (launch.logging's logger)
+
+
 @pytest.fixture(scope="module")
 def description() -> LaunchDescription:
     """`generate_launch_description()` of the launch file, against the stand-ins."""
+    logger = types.SimpleNamespace(warning=WARNINGS.append)
     stand_ins = {
-        "launch": types.SimpleNamespace(LaunchDescription=LaunchDescription),
-        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=DeclareLaunchArgument),
-        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration,
-                                                      PathJoinSubstitution=PathJoinSubstitution),
+        "launch": types.SimpleNamespace(LaunchDescription=LaunchDescription, LaunchContext=Context),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=DeclareLaunchArgument,
+                                                OpaqueFunction=OpaqueFunction),
+        "launch.logging": types.SimpleNamespace(get_logger=lambda name=None: logger),
+        "launch.substitutions": types.SimpleNamespace(PathJoinSubstitution=PathJoinSubstitution),
         "launch_ros": types.SimpleNamespace(),
         "launch_ros.actions": types.SimpleNamespace(Node=Node),
         "launch_ros.parameter_descriptions": types.SimpleNamespace(ParameterValue=ParameterValue),
@@ -218,7 +235,8 @@ def declared(description: LaunchDescription) -> dict[str, DeclareLaunchArgument]
 
 @dataclass
 class Launched:
-    """What `ros2 launch` would start: the node's identity, parameters, remappings."""
+    """What `ros2 launch` would start: the node's identity, parameters, remappings, and the warnings
+    the launch file logged."""
 
     package: str
     executable: str
@@ -226,55 +244,67 @@ class Launched:
     namespace: str
     parameters: dict[str, Any]
     remappings: dict[str, str]
-    used: set[str]
+    warnings: list[str]
 
 
 def launch(description: LaunchDescription, install_prefix: Path, **arguments: str) -> Launched:
     """Evaluate the description with `name:=value` launch arguments, as ros2 launch does: the
-    declared defaults, then the arguments; the node's parameters are its parameters files (read as rcl
-    reads them, for the node's full name) and dictionaries, in order."""
-    defaults = {name: entity.kwargs["default_value"] for name, entity in declared(description).items()}
-    assert set(arguments) <= set(defaults), f"undeclared launch arguments {set(arguments) - set(defaults)}"
-    context = Context({}, {PACKAGE: install_prefix / "share" / PACKAGE}, set())
-    context.arguments = {name: str(perform(default, context)) for name, default in defaults.items()}
-    context.arguments.update(arguments)
-    (node,) = [entity for entity in description.args[0] if isinstance(entity, Node)]
+    arguments (declared or not) become launch configurations, each declared argument not given
+    takes its default, then the OpaqueFunction runs with that context. The node's parameters are its
+    parameters files (read as rcl reads them, for the node's full name) and dictionaries, in order."""
+    context = Context(dict(arguments), {PACKAGE: install_prefix / "share" / PACKAGE})
+    for name, entity in declared(description).items():
+        context.launch_configurations.setdefault(name, str(perform(entity.kwargs["default_value"], context)))
+    (opaque,) = [entity for entity in description.args[0] if isinstance(entity, OpaqueFunction)]
+    WARNINGS.clear()
+    (node,) = opaque.kwargs["function"](context)
+    assert isinstance(node, Node)
     namespace = perform(node.kwargs["namespace"], context)
     parameters: dict[str, Any] = {}
     for entry in node.kwargs["parameters"]:
         if isinstance(entry, dict):
-            parameters.update({name: perform(value, context) for name, value in entry.items()})
+            parameters.update({name: node_parameter(value, context) for name, value in entry.items()})
             continue
         path = perform(entry, context)
         try:
             parameters.update(read_parameters_file(path, NODE_NAME, "/" + namespace.strip("/")))
         except ValueError as error:  # rcl applies no section of another node name
             assert "has no section" in str(error)
-    remappings = {source: perform(target, context) for source, target in node.kwargs["remappings"]}
+    remappings = {source: perform(target, context) for source, target in node.kwargs.get("remappings", [])}
     return Launched(node.kwargs["package"], node.kwargs["executable"], node.kwargs["name"], namespace,
-                    parameters, remappings, context.used)
+                    parameters, remappings, list(WARNINGS))
 
 
-def test_every_launch_argument_is_declared_once_and_used(description, install_prefix):
+def a_value_other_than_the_default(spec: ParameterSpec) -> tuple[str, Any]:
+    """(launch argument text, the typed value the node must get) for a valid non-default value."""
+    if isinstance(spec.default, bool):
+        return str(not spec.default).lower(), not spec.default
+    if spec.choices:
+        other = next(choice for choice in spec.choices if choice != spec.default)
+        return other, other
+    if isinstance(spec.default, str):
+        return f"/given/{spec.name}", f"/given/{spec.name}"
+    if isinstance(spec.default, int):
+        value = spec.default + 1 if spec.maximum is None or spec.default < spec.maximum else spec.default - 1
+        return str(value), value
+    low, high = (spec.minimum, spec.maximum) if spec.minimum is not None else (-4.0, 4.0)
+    value = low + 0.375 * (high - low)  # exact in binary: the text reads back to the same double
+    assert value != spec.default or math.isnan(spec.default)
+    return repr(value), value
+
+
+def test_every_node_parameter_is_a_launch_argument_and_nothing_else_is(description, install_prefix):
     names = [entity.args[0] for entity in description.args[0] if isinstance(entity, DeclareLaunchArgument)]
-    assert len(names) == len(set(names))
-    assert set(names) == {"model", "params_file", "image_topic", "camera_info_topic", "depth_topic",
-                          "use_depth", "device", "runtime", "namespace"}
-    assert launch(description, install_prefix, model="/runs/office").used == set(names)
+    assert names == ["params_file", "namespace", *(spec.name for spec in NODE_PARAMETERS)]
     for entity in declared(description).values():
         assert entity.kwargs["description"], entity.args[0]
-
-
-def test_launch_argument_defaults_are_the_parameter_defaults(description, install_prefix):
-    defaults = {name: entity.kwargs["default_value"] for name, entity in declared(description).items()}
-    for name in ("image_topic", "depth_topic", "device", "runtime"):
-        assert defaults[name] == SPECS[name].default, name
-    assert defaults["use_depth"] == str(SPECS["use_depth"].default).lower()
-    # The node's automatic camera_info topic (beside the default image topic) is what is remapped.
-    assert defaults["camera_info_topic"] == camera_info_topic(SPECS["image_topic"].default)
-    assert defaults["model"] == "" and defaults["namespace"] == ""
-    context = Context({}, {PACKAGE: install_prefix / "share" / PACKAGE}, set())
-    assert Path(perform(defaults["params_file"], context)) == (
+    for spec in NODE_PARAMETERS:  # not given: left to params_file, with the parameter's description
+        entity = declared(description)[spec.name]
+        assert entity.kwargs["default_value"] == ""
+        assert entity.kwargs["description"].startswith(spec.description), spec.name
+    assert declared(description)["namespace"].kwargs["default_value"] == ""
+    context = Context({}, {PACKAGE: install_prefix / "share" / PACKAGE})
+    assert Path(perform(declared(description)["params_file"].kwargs["default_value"], context)) == (
         install_prefix / "share" / PACKAGE / "config" / "relocalize.yaml")
 
 
@@ -286,39 +316,41 @@ def test_the_default_launch_runs_the_console_script_with_the_installed_parameter
     settings = NodeSettings.from_values(launched.parameters)
     expected = NodeSettings(model="/runs/office").values()
     assert all(_same(settings.values()[name], expected[name]) for name in SPECS)
-    # The remappings act on the node's default topic names (the parameters' defaults).
-    assert launched.remappings == {SPECS["image_topic"].default: "/camera/image_raw",
-                                   "/camera/camera_info": "/camera/camera_info",
-                                   SPECS["depth_topic"].default: "/camera/depth/image_raw"}
+    assert launched.remappings == {} and launched.warnings == []
     # Without model:=..., the node refuses to start with the message the launch file documents.
     with pytest.raises(ValueError, match="parameter 'model' is required"):
         NodeSettings.from_values(launch(description, install_prefix).parameters)
 
 
-def test_launch_arguments_reach_the_node_as_typed_parameters_and_remappings(description, install_prefix):
-    launched = launch(description, install_prefix, model="2024", use_depth="true", device="cuda:1",
-                      runtime="onnx", image_topic="/my/camera/image_raw",
-                      camera_info_topic="/my/camera/camera_info", depth_topic="/my/depth")
-    settings = NodeSettings.from_values(launched.parameters)
-    # model stays a string (a path may look like a number); use_depth becomes a bool.
-    assert (settings.model, settings.use_depth, settings.device, settings.runtime) == (
-        "2024", True, "cuda:1", "onnx")
-    assert launched.remappings == {"/camera/image_raw": "/my/camera/image_raw",
-                                   "/camera/camera_info": "/my/camera/camera_info",
-                                   "/camera/depth/image_raw": "/my/depth"}
-    with pytest.raises(TypeError, match="not a bool"):
-        launch(description, install_prefix, model="m", use_depth="maybe")
+def test_every_parameter_given_as_a_launch_argument_reaches_the_node_typed(description, install_prefix):
+    """The Humble finding: publish_tf:=true was silently ignored (only 8 arguments were declared).
+    Now each parameter of the table, set on the command line, is what the node gets."""
+    launched = launch(description, install_prefix, model="RUN", publish_tf="true")
+    assert launched.parameters["publish_tf"] is True and launched.warnings == []
+    given = {spec.name: a_value_other_than_the_default(spec) for spec in NODE_PARAMETERS}
+    launched = launch(description, install_prefix, **{name: text for name, (text, _) in given.items()})
+    for name, (text, value) in given.items():  # (the node checks how the values go together)
+        assert type(launched.parameters[name]) is type(SPECS[name].default), name
+        assert launched.parameters[name] == value, (name, text)
+    # A string parameter takes the text as it is: a path that reads as a number stays a string.
+    assert launch(description, install_prefix, model="2024").parameters["model"] == "2024"
+    nan = launch(description, install_prefix, model="m", loop_closure_enter_score="nan").parameters
+    assert math.isnan(nan["loop_closure_enter_score"])
 
 
-def test_the_parameters_file_comes_first_and_the_launch_arguments_override_it(description, install_prefix,
-                                                                             tmp_path):
+def test_the_parameters_file_keeps_what_no_launch_argument_gives(description, install_prefix, tmp_path):
+    """The Humble finding: params_file's model, use_depth, device and runtime were always replaced by
+    the launch defaults. Now only the arguments the user gave override the file."""
     params = tmp_path / "params.yaml"
-    params.write_text("relocalize_node:\n  ros__parameters:\n    map_frame: odom\n    device: cpu\n"
-                      "    mc_samples: 8\n")
-    launched = launch(description, install_prefix, model="/runs/office", params_file=str(params))
+    params.write_text("relocalize_node:\n  ros__parameters:\n    model: /runs/kitchen\n    device: cpu\n"
+                      "    runtime: onnx\n    use_depth: true\n    map_frame: odom\n    mc_samples: 8\n")
+    launched = launch(description, install_prefix, params_file=str(params))
     settings = NodeSettings.from_values(launched.parameters)
-    assert (settings.map_frame, settings.mc_samples) == ("odom", 8)  # from the file
-    assert settings.device == "auto"  # the launch argument's default overrides the file's device
+    assert (settings.model, settings.device, settings.runtime, settings.use_depth, settings.map_frame,
+            settings.mc_samples) == ("/runs/kitchen", "cpu", "onnx", True, "odom", 8)
+    launched = launch(description, install_prefix, params_file=str(params), device="cuda:1", mc_samples="4")
+    settings = NodeSettings.from_values(launched.parameters)
+    assert (settings.device, settings.mc_samples, settings.runtime) == ("cuda:1", 4, "onnx")
     # In a namespace, ROS applies the section of the node's full name (or /**), not `relocalize_node:`.
     spaced = launch(description, install_prefix, model="/runs/office", params_file=str(params),
                     namespace="robot1")
@@ -327,6 +359,43 @@ def test_the_parameters_file_comes_first_and_the_launch_arguments_override_it(de
     spaced = launch(description, install_prefix, model="/runs/office", params_file=str(params),
                     namespace="robot1")
     assert NodeSettings.from_values(spaced.parameters).map_frame == "odom"
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"use_depth": "maybe"}, "parameter 'use_depth' must be bool, got 'maybe'"),
+    ({"mc_samples": "5000"}, "parameter 'mc_samples' must lie in [-1, 1024], got 5000"),
+    ({"mc_samples": "2.5"}, "parameter 'mc_samples' must be int, got 2.5"),
+    ({"runtime": "tensorrt"}, "parameter 'runtime' must be one of torch, onnx, torchscript"),
+    ({"reset_gap": "soon"}, "parameter 'reset_gap' must be float, got 'soon'"),
+])
+def test_a_bad_launch_argument_value_is_refused_with_the_parameters_message(description, install_prefix,
+                                                                            arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        launch(description, install_prefix, model="m", **arguments)
+
+
+def test_a_compressed_image_topic_subscribes_to_compressed_images(description, install_prefix):
+    """The Humble finding: image_topic was a remapping, so a /compressed topic was subscribed as
+    sensor_msgs/Image. It is the parameter now, from which the node chooses the type."""
+    launched = launch(description, install_prefix, model="m", image_topic="/cam/image_raw/compressed",
+                      camera_info_topic="/cam/info", depth_topic="/cam/depth", use_depth="true")
+    topics = input_topics(NodeSettings.from_values(launched.parameters))
+    assert (topics["image"].name, topics["image"].type_name) == (
+        "/cam/image_raw/compressed", "sensor_msgs/msg/CompressedImage")
+    assert (topics["camera_info"].name, topics["camera_info"].type_name) == (
+        "/cam/info", "sensor_msgs/msg/CameraInfo")
+    assert (topics["depth"].name, topics["depth"].type_name) == ("/cam/depth", "sensor_msgs/msg/Image")
+    assert launched.remappings == {}
+    # camera_info_topic left to params_file (auto): the camera_info topic beside the image topic
+    auto = launch(description, install_prefix, model="m", image_topic="/cam/image_raw/compressed")
+    assert input_topics(NodeSettings.from_values(auto.parameters))["camera_info"].name == "/cam/camera_info"
+
+
+def test_an_argument_that_is_no_parameter_is_named_in_a_warning(description, install_prefix):
+    launched = launch(description, install_prefix, model="m", publish_ft="true", use_sim_time="true")
+    assert launched.warnings == ["ignoring publish_ft, use_sim_time: not an argument of "
+                                 "relocalize.launch.py (see --show-args)"]
+    assert "publish_ft" not in launched.parameters and launched.parameters["publish_tf"] is False
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -17,6 +17,7 @@ from posenet_ros.node.parameters import (
     NODE_NAME,
     NODE_PARAMETERS,
     NodeSettings,
+    parameter_from_text,
     parse_override,
     read_parameters_file,
 )
@@ -264,3 +265,33 @@ def test_parse_override(text, expected):
 def test_parse_override_refuses_a_missing_name_or_separator(text):
     with pytest.raises(ValueError, match="expected NAME:=VALUE"):
         parse_override(text)
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [
+    ("model", "2024", "2024"),  # a string parameter takes the text as it is
+    ("device", "true", "true"),
+    ("publish_tf", "true", True),
+    ("use_depth", "False", False),
+    ("mc_samples", "16", 16),
+    ("reset_gap", "2", 2.0),  # an integer for a double
+    ("reset_gap", "2.5e-1", 0.25),
+    ("loop_closure_enter_score", ".nan", math.nan),
+    ("loop_closure_enter_score", "nan", math.nan),
+    ("loop_closure_leave_score", "-inf", -math.inf),
+])
+def test_parameter_from_text_types_the_text_as_the_parameter(name, text, expected):
+    value = parameter_from_text(name, text)
+    assert _same(value, expected) and type(value) is type(SPECS[name].default)
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("publish_tf", "maybe", "parameter 'publish_tf' must be bool, got 'maybe'"),
+    ("mc_samples", "2.0", "parameter 'mc_samples' must be int, got 2.0"),
+    ("mc_samples", "[1", "parameter 'mc_samples' must be int, got '[1'"),
+    ("reset_gap", "7200", "parameter 'reset_gap' must lie in [0.0, 3600.0], got 7200.0"),
+    ("precision", "fp64", "parameter 'precision' must be one of fp32, fp16, bf16, got 'fp64'"),
+    ("publish_ft", "true", "unknown parameter 'publish_ft'; the node's parameters are: model, device"),
+])
+def test_parameter_from_text_refuses_what_the_node_would_refuse(name, text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parameter_from_text(name, text)

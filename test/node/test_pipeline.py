@@ -164,23 +164,28 @@ def test_scene_points_go_into_the_replay_output_bag_unchanged(model_path, tmp_pa
             np.testing.assert_array_equal(points_from_point_cloud2(back), points.astype(np.float32))
 
 
-def test_bad_messages_are_dropped_counted_and_warned_at_a_throttled_rate(model_path):
+def test_bad_messages_are_dropped_counted_and_warned_once_per_kind_of_problem(model_path):
     pipeline, sent, log = make_pipeline(model_path)
     unknown = [dataclasses.replace(image(i), encoding="xyz8") for i in (0, 4)]
     truncated = image(1)
     truncated = dataclasses.replace(truncated, data=truncated.data[: truncated.step * truncated.height - 1])
     zero_size = dataclasses.replace(image(2), width=0, height=0, step=0, data=np.zeros(0, np.uint8))
-    for bad in (*unknown, truncated, zero_size):
+    one_pixel = image(5, width=1, height=1)  # decodes, but the network reads no less than 2x2 px
+    for bad in (*unknown, truncated, zero_size, one_pixel, truncated):
         pipeline.on_image(bad)
         assert pipeline.process_next(timeout=0) is None
-    assert pipeline.diagnostics.counts["rejected"] == 4
+    assert pipeline.diagnostics.counts["rejected"] == 6 and pipeline.diagnostics.counts["failed"] == 0
     warnings = [text for level, text in log.lines if level == "warning"]
-    assert len(warnings) == 1  # one kind of problem (ImageConversionError) within the period
-    assert "xyz8" in warnings[0]
+    # One warning per kind of problem within the period: the truncated frame right after the second
+    # unknown encoding is logged, the second truncated frame only counted.
+    assert len(warnings) == 4
+    assert ["xyz8" in warnings[0], "fewer than step x height" in warnings[1], "zero size" in warnings[2],
+            "too small" in warnings[3]] == [True] * 4
+    assert all(text.startswith("dropped frame") and ": image: " in text for text in warnings)
     pipeline.clock.now += 10.0  # after the period the next problem is logged with the suppressed count
-    pipeline.on_image(truncated)
+    pipeline.on_image(dataclasses.replace(truncated, header=image(6).header))
     pipeline.process_next(timeout=0)
-    assert "3 more since the last warning" in log.lines[-1][1]
+    assert log.lines[-1][1].endswith("(1 more since the last warning)")
     pipeline.on_image(image(3))  # the next good frame is answered
     estimate = pipeline.process_next(timeout=0)
     assert estimate is not None and estimate.stamp_ns == stamp(3)
@@ -197,7 +202,8 @@ def test_a_message_with_the_stamp_of_the_one_before_is_ignored_and_counted(model
     assert pipeline.process_next(timeout=0) is None
     counts = pipeline.diagnostics.counts
     assert (counts["received"], counts["duplicate"], counts["processed"], counts["unpaired"]) == (2, 2, 1, 0)
-    assert any("stamp of the one before" in line for _, line in log.lines)
+    assert any(line.startswith("ignored an image message with the stamp of the one before")
+               for _, line in log.lines)
     pipeline.on_image(image(1))  # duplicates are per stream: an image and its depth share a stamp
     pipeline.on_depth(dataclasses.replace(depth, header=image(1).header))
     assert pipeline.process_next(timeout=0).stamp_ns == stamp(1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
+import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -105,13 +107,24 @@ class QoSProfile:
 
 
 class Logger:
-    def __init__(self) -> None:
+    """A node's logger; once the context is shut down it fails as rclpy's does (the line does not
+    reach /rosout), recorded as ("rosout", error)."""
+
+    def __init__(self, state: RosState) -> None:
+        self.state = state
         self.lines: list[tuple[str, str]] = []
 
     def __getattr__(self, level: str) -> Any:
         if level not in ("debug", "info", "warning", "error", "fatal"):
             raise AttributeError(level)
-        return lambda message: self.lines.append((level, str(message)))
+
+        def log(message: str) -> None:
+            if self.state.shut_down:
+                self.lines.append(("rosout", "Failed to publish log message to rosout: publisher's "
+                                             "context is invalid"))
+            self.lines.append((level, str(message)))
+
+        return log
 
 
 class Publisher:
@@ -180,16 +193,24 @@ class Timer:
 
 @dataclass
 class RosState:
-    """What the stand-ins recorded, and `-p NAME:=VALUE` overrides given to `rclpy.init`."""
+    """What the stand-ins recorded, `-p NAME:=VALUE` overrides given to `rclpy.init`, and what the
+    test makes happen at a call (`hooks`: a stand-in's name -> a function of the call's number)."""
 
     overrides: dict[str, Any] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     nodes: list[Any] = field(default_factory=list)
-    spin_raises: type[BaseException] | None = None
+    signal_handler_options: Any = None
+    shut_down: bool = False
+    hooks: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, name: str) -> None:
+        self.calls.append(name)
+        if name in self.hooks:
+            self.hooks[name](self.calls.count(name))
 
 
 def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
-    """rclpy (init, spin, try_shutdown, Node, qos, exceptions, executors), rcl_interfaces.msg, tf2_ros,
+    """rclpy (init, ok, try_shutdown, Node, qos, exceptions, executors, signals), rcl_interfaces.msg, tf2_ros,
     and the message packages (their classes: rosbags' ROS 2 Humble ones)."""
 
     class Node:
@@ -204,7 +225,7 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             self.services: list[Service] = []
             self.broadcasters: list[TransformBroadcaster] = []
             self.listeners: list[TransformListener] = []
-            self.logger = Logger()
+            self.logger = Logger(state)
             self.destroyed = False
             state.nodes.append(self)
 
@@ -243,6 +264,7 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             return self.logger
 
         def destroy_node(self) -> None:
+            state.call("destroy_node")
             self.destroyed = True
 
     class TransformBroadcaster:
@@ -265,21 +287,28 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
             self.integer_range: list[Any] = []
             self.additional_constraints = ""
 
-    def init(args: list[str] | None = None) -> None:
-        state.calls.append("init")
+    def init(*, args: list[str] | None = None, signal_handler_options: Any = None) -> None:
+        state.call("init")
+        state.signal_handler_options = signal_handler_options
         words = list(args or [])
         for flag, value in itertools.pairwise(words):
             if flag == "-p":
                 name, _, text = value.partition(":=")
                 state.overrides[name] = yaml.safe_load(text)
 
-    def spin(node: Node) -> None:
-        state.calls.append("spin")
-        if state.spin_raises is not None:
-            raise state.spin_raises()
+    class SingleThreadedExecutor:
+        def add_node(self, node: Node) -> None:
+            self.node = node
+
+        def spin_once(self, timeout_sec: float | None = None) -> None:
+            state.call("spin_once")
+
+    def ok() -> bool:
+        return not state.shut_down
 
     def try_shutdown() -> None:
-        state.calls.append("try_shutdown")
+        state.shut_down = True
+        state.call("try_shutdown")
 
     def module(name: str, **attributes: Any) -> types.ModuleType:
         made = types.ModuleType(name)
@@ -287,7 +316,7 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
         return made
 
     modules = {
-        "rclpy": module("rclpy", init=init, spin=spin, try_shutdown=try_shutdown),
+        "rclpy": module("rclpy", init=init, ok=ok, try_shutdown=try_shutdown),
         "rclpy.node": module("rclpy.node", Node=Node),
         "rclpy.qos": module("rclpy.qos", QoSProfile=QoSProfile,
                             qos_profile_sensor_data=QoSProfile(name="sensor_data"),
@@ -298,7 +327,10 @@ def ros_stand_ins(state: RosState) -> dict[str, types.ModuleType]:
         "rclpy.exceptions": module("rclpy.exceptions", ParameterException=ParameterException),
         "rclpy.time": module("rclpy.time", Time=Time),
         "rclpy.duration": module("rclpy.duration", Duration=Duration),
-        "rclpy.executors": module("rclpy.executors", ExternalShutdownException=ExternalShutdownException),
+        "rclpy.executors": module("rclpy.executors", ExternalShutdownException=ExternalShutdownException,
+                                  SingleThreadedExecutor=SingleThreadedExecutor),
+        "rclpy.signals": module("rclpy.signals",
+                                SignalHandlerOptions=types.SimpleNamespace(ALL="all", NO="no")),
         "rcl_interfaces": module("rcl_interfaces"),
         "rcl_interfaces.msg": module(
             "rcl_interfaces.msg", ParameterDescriptor=ParameterDescriptor,
@@ -325,7 +357,10 @@ def ros(monkeypatch) -> types.SimpleNamespace:
         monkeypatch.setitem(sys.modules, name, stand_in)
     monkeypatch.delitem(sys.modules, "posenet_ros.node.rclpy_node", raising=False)
     node_module = importlib.import_module("posenet_ros.node.rclpy_node")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield types.SimpleNamespace(node=node_module, state=state)
+    for signum, handler in handlers.items():  # main() leaves its handlers installed, as for the process
+        signal.signal(signum, handler)
     sys.modules.pop("posenet_ros.node.rclpy_node", None)
     if hasattr(posenet_ros.node, "rclpy_node"):
         delattr(posenet_ros.node, "rclpy_node")
@@ -518,15 +553,40 @@ def test_an_rgbd_model_needs_use_depth(ros, tmp_path):
         node.destroy_node()
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, ExternalShutdownException, None])
-def test_main_spins_then_destroys_the_node_and_shuts_down(ros, model_path, stop):
-    ros.state.spin_raises = stop
+def send(*signums: int) -> Any:
+    """A hook that sends these signals to this process (as a terminal and `ros2 launch` do)."""
+    return lambda number: [os.kill(os.getpid(), signum) for signum in signums]
+
+
+def test_main_stops_once_in_order_however_many_signals_arrive(ros, model_path):
+    """Ctrl-C under ros2 launch: SIGINT twice (terminal and launch) while spinning, SIGINT and
+    SIGTERM during the cleanup, SIGINT after it: main returns 0, logs "shutting down" while the context
+    is valid, stops the worker and the node once, then shuts down; no KeyboardInterrupt anywhere."""
+    ros.state.hooks = {"spin_once": lambda n: n == 3 and send(signal.SIGINT, signal.SIGINT)(n),
+                       "destroy_node": send(signal.SIGINT, signal.SIGTERM),
+                       "try_shutdown": send(signal.SIGINT)}
     args = ["--ros-args", "-p", f"model:={model_path}", "-p", "device:=cpu"]
     assert ros.node.main(args) == 0
-    assert ros.state.calls == ["init", "spin", "try_shutdown"]
+    assert ros.state.signal_handler_options == "no"  # rclpy's handlers would shut the context down
+    assert ros.state.calls == ["init", "spin_once", "spin_once", "spin_once", "destroy_node", "try_shutdown"]
     (node,) = ros.state.nodes
     assert node.destroyed and node.pipeline is None
-    assert (("info", "shutting down") in node.logger.lines) == (stop is not None)
+    assert node.logger.lines[-1] == ("info", "shutting down (SIGINT)")
+    assert "rosout" not in {level for level, _ in node.logger.lines}
+
+
+def test_main_after_an_external_shutdown_logs_nothing_through_the_dead_context(ros, model_path):
+    def shut_down_elsewhere(number: int) -> None:
+        ros.state.shut_down = True
+        raise ExternalShutdownException()
+
+    ros.state.hooks = {"spin_once": shut_down_elsewhere}
+    assert ros.node.main(["--ros-args", "-p", f"model:={model_path}", "-p", "device:=cpu"]) == 0
+    assert ros.state.calls == ["init", "spin_once", "destroy_node", "try_shutdown"]
+    (node,) = ros.state.nodes
+    assert node.destroyed and node.pipeline is None
+    assert "rosout" not in {level for level, _ in node.logger.lines}
+    assert not any("shutting down" in line for _, line in node.logger.lines)
 
 
 def test_main_exits_1_when_the_node_cannot_start(ros):

@@ -85,7 +85,8 @@ def main(model: str | None, params_file: str | None, overrides: list[str], names
 
     def ready(pipeline: RelocalizationPipeline) -> None:
         topics = ", ".join(topic.name for topic in input_topics(settings).values())
-        print(f"node: ready on {pipeline.relocalizer.device}; listening to {topics}", file=sys.stderr,
+        print(f"node: ready on {pipeline.relocalizer.device} (runtime {pipeline.relocalizer.runtime}); "
+              f"listening to {topics}", file=sys.stderr,
               flush=True)
 
     pipeline = run_node(settings, namespace=namespace, domain_id=domain_id, on_ready=ready)

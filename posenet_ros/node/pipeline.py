@@ -729,7 +729,7 @@ class RelocalizationPipeline:
                         f"{figures['rejected_in_period']:.0f} rejected in the last period")
         values = {key: f"{value:.3f}" if isinstance(value, float) else str(value)
                   for key, value in figures.items()}
-        values.update(device=device, model=str(self.relocalizer.model_path),
+        values.update(device=device, runtime=self.relocalizer.runtime, model=str(self.relocalizer.model_path),
                       mc_samples=str(self.relocalizer.uncertainty.mc_samples),
                       camera=self.query_camera.source)
         self.publish("diagnostics", diagnostic_array(

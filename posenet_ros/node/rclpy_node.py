@@ -159,7 +159,8 @@ class RelocalizeNode(Node):
                                                    self.pipeline.publish_diagnostics)
         self.pipeline.start()
         self.get_logger().info(f"relocalizing {', '.join(topic.name for topic in inputs.values())} "
-                               f"with {relocalizer.model_path} on {relocalizer.device}")
+                               f"with {relocalizer.model_path} on {relocalizer.device} "
+                               f"(runtime {relocalizer.runtime})")
 
     def _publish(self, output: str, msg: Any) -> None:
         if output == "tf":

@@ -248,6 +248,7 @@ def test_the_worker_takes_the_newest_frame_and_counts_the_dropped(model_path):
     assert status.level == status.WARN and "3 frames dropped" in status.message
     values = {kv.key: kv.value for kv in status.values}
     assert values["dropped"] == "3" and values["device"] == "cpu" and figures["rate_hz"] == 0.5
+    assert values["runtime"] == "torch"
     assert not math.isnan(figures["latency_p50_ms"])
     pipeline.publish_diagnostics()  # nothing new in this period: OK again
     assert outputs(sent, "diagnostics")[-1].status[0].level == status.OK

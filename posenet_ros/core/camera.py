@@ -94,6 +94,10 @@ class FrameTransform:
     window_stride: step in frames between the members of a window.
     depth_holes: largest share of depth pixels turned into holes (training augmentation for RGB-D
         models: blobs like a sensor's missing returns, a share uniform in [0, depth_holes] per item).
+    rotation_deg, zoom: training augmentation of the camera itself (ACE's): the camera rolled about its
+        optical axis by an angle uniform in [-rotation_deg, rotation_deg] degrees and its focal lengths
+        scaled by a factor log-uniform in [1 / (1 + zoom), 1 + zoom], the image (and depth) warped
+        about the principal point to match, K and the pose changed with it (0 = off; needs K).
     """
 
     resize: int | None = 256
@@ -106,6 +110,8 @@ class FrameTransform:
     window: int = 1
     window_stride: int = 1
     depth_holes: float = 0.0
+    rotation_deg: float = 0.0
+    zoom: float = 0.0
 
     def __post_init__(self) -> None:
         if self.resize is not None and self.resize < 1:
@@ -122,6 +128,9 @@ class FrameTransform:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
         if not 0.0 <= self.depth_holes < 1.0:
             raise ValueError(f"depth_holes must be in [0, 1), got {self.depth_holes}")
+        if not (0.0 <= self.rotation_deg <= 180.0 and 0.0 <= self.zoom <= 1.0):
+            raise ValueError(f"rotation_deg must be in [0, 180] and zoom in [0, 1], got {self.rotation_deg} "
+                             f"and {self.zoom}")
         if self.window < 1 or self.window_stride < 1:
             raise ValueError(f"window and window_stride must be >= 1, got {self.window}, "
                              f"{self.window_stride}")

@@ -1,4 +1,5 @@
-"""Torch dataset over FrameRecords: read, resize, crop and colour-jitter frames, keep K consistent.
+"""Torch dataset over FrameRecords: read, resize, crop, colour-jitter, roll and zoom frames, keep K and
+the pose consistent.
 
 Each item is a dict of tensors (T = `FrameTransform.window`; with T = 1 the T axis is dropped):
 
@@ -18,10 +19,11 @@ Each item is a dict of tensors (T = `FrameTransform.window`; with T = 1 the T ax
 Geometry of the image operations (pixel centres at integer coordinates): the resize maps pixel
 centre x to (x + 0.5) * s - 0.5 (cv2.resize and `Intrinsics.resized` agree on this), the crop
 subtracts its top-left corner; depth is resized with exact nearest neighbour so invalid zeros never
-blend with valid depth. Randomness (crop position, jitter) comes from
-`np.random.default_rng([seed, epoch, index])`, so an item depends only on (seed, epoch, index),
-never on DataLoader workers; call `set_epoch` at the start of each epoch. All frames of a window
-share one crop and one jitter.
+blend with valid depth; the roll and zoom (`roll_and_zoom`) warp the image about the principal point
+and change K and world_from_cam to the camera that would have seen it. Randomness (crop position,
+jitter, roll, zoom) comes from `np.random.default_rng([seed, epoch, index])`, so an item depends only
+on (seed, epoch, index), never on DataLoader workers; call `set_epoch` at the start of each epoch. All
+frames of a window share one crop, one jitter, one roll and one zoom.
 """
 
 from __future__ import annotations
@@ -74,6 +76,33 @@ def hole_mask(height: int, width: int, share: float, rng: np.random.Generator,
     coarse = rng.random((max(2, -(-height // blob_px)), max(2, -(-width // blob_px)))).astype(np.float32)
     field = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     return field < np.quantile(field, share)
+
+
+def roll_and_zoom(rgb_HW3: np.ndarray, depth_HW: np.ndarray | None, K_33: np.ndarray,
+                  world_from_cam_44: np.ndarray, roll_rad: float,
+                  zoom: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The frame of the same camera rolled by `roll_rad` about its optical axis and with its focal
+    lengths times `zoom`: (float32 RGB, depth in metres or None, K, world_from_cam) of that camera.
+    Each pixel offset v from the principal point c moves to zoom · D R D⁻¹ v (D = diag(fx, fy), R the
+    2D rotation by roll_rad), so a point seen along normalised direction x is seen along R x: the new
+    camera is the old one rotated by R_z(roll_rad), world_from_cam · R_zᵀ. Depth is unchanged by both
+    (nearest neighbour; pixels from outside the image are 0, black in the image)."""
+    height, width = rgb_HW3.shape[:2]
+    focal = np.diag([K_33[0, 0], K_33[1, 1]])
+    cos, sin = math.cos(roll_rad), math.sin(roll_rad)
+    linear = zoom * focal @ np.array([[cos, -sin], [sin, cos]]) @ np.linalg.inv(focal)
+    centre = K_33[:2, 2]
+    affine = np.hstack([linear, (centre - linear @ centre)[:, None]])
+    rgb = cv2.warpAffine(rgb_HW3, affine, (width, height), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if depth_HW is not None:
+        depth_HW = cv2.warpAffine(depth_HW, affine, (width, height), flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    K = np.array(K_33, np.float64)
+    K[0, 0], K[1, 1] = K[0, 0] * zoom, K[1, 1] * zoom
+    roll = np.eye(4)
+    roll[:2, :2] = [[cos, -sin], [sin, cos]]
+    return rgb, depth_HW, K, world_from_cam_44 @ roll.T
 
 
 def network_input(item: dict[str, Any], channels: int) -> torch.Tensor:
@@ -214,21 +243,35 @@ class PoseDataset(Dataset):
         pixels_box = box if self.cache is None else dataclasses.replace(box, width=box.new_width,
                                                                         height=box.new_height)
         jitter = self._jitter(rng)
+        roll_rad = math.radians(rng.uniform(-t.rotation_deg, t.rotation_deg)) if t.rotation_deg > 0 else 0.0
+        zoom = math.exp(rng.uniform(-math.log1p(t.zoom), math.log1p(t.zoom))) if t.zoom > 0 else 1.0
         images, depths, matrices, poses, ks = [], [], [], [], []
         for record, (rgb, depth, _) in zip(records, frames, strict=True):
-            images.append(jitter.apply(pixels_box.apply_rgb(rgb)).transpose(2, 0, 1))
+            image = jitter.apply(pixels_box.apply_rgb(rgb))
             if self.has_depth:
                 depth = np.array(pixels_box.apply_depth(depth))  # a copy, never a view of the cache
                 if t.depth_holes > 0:
                     holes = hole_mask(*depth.shape, rng.uniform(0.0, t.depth_holes), rng)
                     depth = np.where(holes, 0.0, depth)
-                depths.append(depth[None])
-            matrices.append(record.world_from_cam)
-            poses.append(pose_vector(record.world_from_cam))
+            world_from_cam = record.world_from_cam
+            K = None
             if record.intrinsics is not None:  # the pinhole K of the image as read (images.record_rgb)
                 camera = scaled_intrinsics(record.intrinsics, width, height, record.image_path).pinhole()
                 intrinsics: Intrinsics = camera.resized(box.new_width, box.new_height)
-                ks.append(intrinsics.cropped(box.x0, box.y0, box.crop_width, box.crop_height).matrix())
+                K = intrinsics.cropped(box.x0, box.y0, box.crop_width, box.crop_height).matrix()
+            if roll_rad or zoom != 1.0:
+                if K is None:
+                    raise DatasetError(f"{record.image_path}: data.rotation_deg and data.zoom need the "
+                                       "frames' intrinsics")
+                image, depth, K, world_from_cam = roll_and_zoom(image, depth, K, world_from_cam,
+                                                                roll_rad, zoom)
+            images.append(image.transpose(2, 0, 1))
+            if self.has_depth:
+                depths.append(depth[None])
+            matrices.append(world_from_cam)
+            poses.append(pose_vector(world_from_cam))
+            if K is not None:
+                ks.append(K)
 
         def stack(arrays: list[np.ndarray]) -> torch.Tensor:
             array = arrays[0] if t.window == 1 else np.stack(arrays)

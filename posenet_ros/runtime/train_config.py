@@ -136,6 +136,10 @@ class DataConfig:
     saturation: float = 0.0
     hue: float = 0.0
     depth_holes: float = 0.3  # RGB-D models: largest share of depth pixels made holes per training frame
+    # the camera rolled by up to rotation_deg degrees and zoomed by up to 1 + zoom (or 1 / (1 + zoom)),
+    # the image, depth, K and pose changed with it (core/camera.py FrameTransform; 0 = off)
+    rotation_deg: float = 0.0
+    zoom: float = 0.0
     skip_bad: bool = False  # skip (and count) bad frames instead of stopping
     # DataLoader worker processes (decoding and augmentation beside the training step); 0: in the training
     # process, as fast on 2 CPU cores with the decode cache (docs/results.md); more help where cores are free

@@ -80,7 +80,8 @@ def train_transform(config: TrainConfig) -> FrameTransform:
     data = config.data
     return FrameTransform(resize=data.resize, crop=data.crop, random_crop=True, brightness=data.brightness,
                           contrast=data.contrast, saturation=data.saturation, hue=data.hue,
-                          depth_holes=data.depth_holes if config.model.needs_depth else 0.0)
+                          depth_holes=data.depth_holes if config.model.needs_depth else 0.0,
+                          rotation_deg=data.rotation_deg, zoom=data.zoom)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

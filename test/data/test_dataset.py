@@ -15,6 +15,7 @@ import pytest
 import torch
 import transforms3d.quaternions as tq
 from dataset_support import HEIGHT, INTRINSICS, WIDTH, make_frame, random_pose
+from geometry_check import reprojected_depth_error
 from node_support import depth_frame, rgb_frame
 
 from posenet_ros.core.camera import FrameTransform, Intrinsics
@@ -50,6 +51,38 @@ def test_dataset_item_contents(seven):
     assert pose[3] >= 0 and abs(np.linalg.norm(pose[3:]) - 1) < 1e-6
     np.testing.assert_allclose(tq.quat2mat(pose[3:]), frame.world_from_cam[:3, :3], atol=1e-6)
     assert (item["sequence"], item["frame_index"]) == ("seq-02", 1)
+
+
+def test_roll_and_zoom_give_the_frame_of_the_rolled_and_zoomed_camera(seven):
+    """The augmented item's depth, back-projected with its K and pose, lands where the plain item's depth
+    agrees (geometry_check); the same warp with the pose left unchanged (or rolled the other way) does
+    not. Depth is random per pixel here, so a pixel off is metres off."""
+    root, _ = seven
+    records = load_seven_scenes(root)
+    plain = PoseDataset(records, FrameTransform(resize=None))
+    rolled = PoseDataset(records, FrameTransform(resize=None, rotation_deg=40.0, zoom=0.5))
+    angles, zooms = [], []
+    for index in range(len(records)):
+        a, b = rolled[index], plain[index]
+        depth_a, K_a, world_from_a = (a["depth"][0].numpy(), a["K"].numpy().astype(np.float64),
+                                      a["world_from_cam"].numpy().astype(np.float64))
+        depth_b, K_b, world_from_b = (b["depth"][0].numpy(), b["K"].numpy().astype(np.float64),
+                                      b["world_from_cam"].numpy().astype(np.float64))
+        errors = reprojected_depth_error(depth_a, depth_b, K_a, world_from_a, world_from_b, K_b)
+        assert len(errors) > 0.3 * (depth_b > 0).sum() and np.median(errors) < 1e-3
+        assert np.quantile(errors, 0.9) < 1e-3  # all but the pixels rounded to a neighbour
+        cam_b_from_a = np.linalg.inv(world_from_b) @ world_from_a
+        angles.append(np.degrees(np.arctan2(cam_b_from_a[1, 0], cam_b_from_a[0, 0])))
+        zooms.append(K_a[0, 0] / K_b[0, 0])
+        np.testing.assert_allclose(cam_b_from_a[:3, 3], 0.0, atol=1e-5)  # the camera only rotates
+        np.testing.assert_allclose(cam_b_from_a[2, :3], [0.0, 0.0, 1.0], atol=1e-5)  # about its z axis
+        wrong = world_from_b @ np.linalg.inv(cam_b_from_a)  # rolled the other way
+        assert np.median(reprojected_depth_error(depth_a, depth_b, K_a, wrong, world_from_b, K_b)) > 0.2
+        pose = a["pose"].numpy().astype(np.float64)
+        np.testing.assert_allclose(tq.quat2mat(pose[3:]), world_from_a[:3, :3], atol=1e-5)
+    assert max(np.abs(angles)) <= 40.0 and np.std(angles) > 5.0
+    assert 1 / 1.5 - 1e-6 <= min(zooms) and max(zooms) <= 1.5 + 1e-6 and np.std(np.log(zooms)) > 0.05
+    np.testing.assert_array_equal(rolled[3]["image"], rolled[3]["image"])  # (seed, epoch, index) decide
 
 
 def test_dataset_without_depth_or_intrinsics(cambridge):

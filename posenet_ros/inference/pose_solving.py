@@ -106,14 +106,24 @@ def _published_jacobian(rvec: np.ndarray, tvec: np.ndarray, step: float = 1e-6) 
     return jacobian
 
 
+Projection = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _projection(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.ndarray,
+                tvec: np.ndarray) -> Projection:
+    """(reprojection residuals N x 2 px, their Jacobian 2N x 6 over (rvec, tvec), reprojection errors N
+    px, inf behind the camera) of N points under OpenCV's camera-from-world pose."""
+    projected, jacobian = cv2.projectPoints(coords, rvec, tvec, K, None)
+    residuals = projected.reshape(-1, 2) - pixels
+    rotation, _ = cv2.Rodrigues(rvec)
+    depth = coords @ rotation[2] + tvec.reshape(3)[2]
+    return residuals, jacobian[:, :6], np.where(depth > 0, np.linalg.norm(residuals, axis=1), np.inf)
+
+
 def _residuals(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.ndarray,
                tvec: np.ndarray) -> np.ndarray:
     """Reprojection errors N (px; inf behind the camera)."""
-    projected, _ = cv2.projectPoints(coords, rvec, tvec, K, None)
-    rotation, _ = cv2.Rodrigues(rvec)
-    depth = coords @ rotation[2] + tvec.reshape(3)[2]
-    errors = np.linalg.norm(projected.reshape(-1, 2) - pixels, axis=1)
-    return np.where(depth > 0, errors, np.inf)
+    return _projection(coords, pixels, K, rvec, tvec)[2]
 
 
 def _m_estimator_covariance(residuals_Nd: np.ndarray, jacobian_Nd6: np.ndarray,
@@ -223,25 +233,25 @@ def _result(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, index: np.nda
 
 
 def _refine_pnp(coords: np.ndarray, pixels: np.ndarray, K: np.ndarray, rvec: np.ndarray, tvec: np.ndarray,
-                config: RansacConfig) -> tuple[np.ndarray, np.ndarray]:
+                config: RansacConfig) -> tuple[np.ndarray, np.ndarray, Projection]:
     """OpenCV's (rvec, tvec) refined by Gauss-Newton on the Cauchy-weighted reprojection errors (module
-    docstring); a step that would leave fewer than `min_inliers` cells within the threshold ends it."""
+    docstring); a step that would leave fewer than `min_inliers` cells within the threshold ends it.
+    Returns the refined pose and its `_projection`."""
+    projection = _projection(coords, pixels, K, rvec, tvec)
     for _ in range(REFINE_ITERATIONS):
-        projected, jacobian = cv2.projectPoints(coords, rvec, tvec, K, None)
-        residuals = projected.reshape(-1, 2) - pixels
-        errors = _residuals(coords, pixels, K, rvec, tvec)
+        residuals, jacobian, errors = projection
         weights_2n = np.repeat(_refine_weights(errors, config.threshold_px), 2)
-        jacobian = jacobian[:, :6]
         try:
             step = np.linalg.solve(jacobian.T @ (jacobian * weights_2n[:, None]),
                                    jacobian.T @ (weights_2n * residuals.reshape(-1)))
         except np.linalg.LinAlgError:
             break
         candidate = rvec - step[:3], tvec - step[3:]
-        if (_residuals(coords, pixels, K, *candidate) <= config.threshold_px).sum() < config.min_inliers:
+        candidate_projection = _projection(coords, pixels, K, *candidate)
+        if (candidate_projection[2] <= config.threshold_px).sum() < config.min_inliers:
             break
-        rvec, tvec = candidate
-    return rvec, tvec
+        (rvec, tvec), projection = candidate, candidate_projection
+    return rvec, tvec, projection
 
 
 def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, config: RansacConfig,
@@ -272,15 +282,15 @@ def solve_pose(coords_N3: np.ndarray, pixels_N2: np.ndarray, K_33: np.ndarray, c
     if not found or inliers is None or len(inliers) < config.min_inliers:
         raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
                              f"{config.threshold_px} px ({0 if inliers is None else len(inliers)} found)")
-    rvec, tvec = _refine_pnp(coords[index], pixels[index], K, rvec.reshape(3), tvec.reshape(3), config)
-    inlier = _residuals(coords[index], pixels[index], K, rvec, tvec) <= config.threshold_px
+    rvec, tvec, (residuals, jacobian, errors) = _refine_pnp(coords[index], pixels[index], K, rvec.reshape(3),
+                                                            tvec.reshape(3), config)
+    inlier = errors <= config.threshold_px
     if inlier.sum() < config.min_inliers:  # OpenCV's pose itself (refinement keeps min_inliers)
         raise PoseSolveError(f"no pose hypothesis has {config.min_inliers} inliers within "
                              f"{config.threshold_px} px ({int(inlier.sum())} found)")
-    projected, jacobian = cv2.projectPoints(coords[index[inlier]], rvec, tvec, K, None)
-    residuals = projected.reshape(-1, 2) - pixels[index[inlier]]
     published = _published_jacobian(rvec.reshape(3), tvec.reshape(3))
-    covariance_p = _m_estimator_covariance(residuals, jacobian[:, :6], config.threshold_px)
+    covariance_p = _m_estimator_covariance(residuals[inlier], jacobian.reshape(-1, 2, 6)[inlier],
+                                           config.threshold_px)
     with np.errstate(all="ignore"):
         covariance = published @ covariance_p @ published.T
     return _result(coords, pixels, K, index, inlier, rvec, tvec, covariance)

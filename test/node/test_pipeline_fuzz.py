@@ -47,7 +47,7 @@ from fuzz_strategies import (
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from node_support import STAMP0_NS, TYPES, make_checkpoint
+from node_support import STAMP0_NS, TYPES, ListLog, make_checkpoint
 
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer
@@ -70,25 +70,13 @@ TF_MESSAGES = 1_000
 TF_CASES_PER_EXAMPLE = 5  # (generated TF, two good transforms, good frame): 20 messages an example
 PAIRS_PER_EXAMPLE = 4  # (generated message, good frame) pairs: 8 messages an example
 DEPTH_CASES_PER_EXAMPLE = 2  # (image, generated depth, good image, good depth): 8 messages an example
+LAST_NS = INT32[1] * NS_PER_S + NS_PER_S - 1  # the latest stamp builtin_interfaces/Time can hold
 
 
 def fuzz_settings(examples: int) -> settings:
     return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow], phases=[Phase.generate])
-LAST_NS = INT32[1] * NS_PER_S + NS_PER_S - 1  # the latest stamp builtin_interfaces/Time can hold
 
-
-class Log:
-    """A NodeLog that counts its lines (the pipeline logs rejections and stream resets)."""
-
-    def __init__(self) -> None:
-        self.lines = 0
-
-    def info(self, message: str) -> None:
-        self.lines += 1
-
-    def warning(self, message: str) -> None:
-        self.lines += 1
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +180,7 @@ def test_every_bad_message_is_rejected_and_every_good_frame_answered(relocalizer
         relocalizer.reset()
         sent: list[tuple[str, Any]] = []
         pipeline = RelocalizationPipeline(node_settings(relocalizer.model_path, False), relocalizer, TYPES,
-                                          lambda name, msg: sent.append((name, msg)), Log())
+                                          lambda name, msg: sent.append((name, msg)), ListLog())
         counts = pipeline.diagnostics.counts
         previous_ns: int | None = None  # the stamp of the previous image with a valid stamp
         for message, good, offset_ns in pairs:
@@ -251,7 +239,7 @@ def test_every_bad_depth_image_is_rejected_and_every_good_pair_answered(rgbd_rel
     def run(cases: list[tuple[tuple[Fuzzed, Fuzzed], Fuzzed, int]]) -> None:
         rgbd_relocalizer.reset()
         pipeline = RelocalizationPipeline(node_settings(rgbd_relocalizer.model_path, True), rgbd_relocalizer,
-                                          TYPES, lambda name, msg: None, Log())
+                                          TYPES, lambda name, msg: None, ListLog())
         counts = pipeline.diagnostics.counts
         stamp_ns = STAMP0_NS
         for (image, depth), good, offset_ns in cases:
@@ -301,7 +289,7 @@ def test_after_any_camera_info_the_next_good_frame_is_answered(relocalizer):
     def run(cases: list[tuple[tuple[Any, Fuzzed], int]]) -> None:
         relocalizer.reset()
         pipeline = RelocalizationPipeline(node_settings(relocalizer.model_path, False), relocalizer, TYPES,
-                                          lambda name, msg: None, Log())
+                                          lambda name, msg: None, ListLog())
         counts = pipeline.diagnostics.counts
         stamp_ns = STAMP0_NS
         for (info, good), offset_ns in cases:
@@ -355,7 +343,7 @@ def test_after_any_tf_message_the_robot_is_relocalized_or_the_frame_counted_with
     @given(tf_cases)
     def run(cases: list[tuple[Any, bool, Fuzzed, int]]) -> None:
         relocalizer.reset()
-        pipeline = RelocalizationPipeline(settings, relocalizer, TYPES, lambda name, msg: None, Log())
+        pipeline = RelocalizationPipeline(settings, relocalizer, TYPES, lambda name, msg: None, ListLog())
         counts = pipeline.diagnostics.counts
         stamp_ns = STAMP0_NS
         for tf, static, good, offset_ns in cases:

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from node_support import TYPES, image, make_checkpoint, rgb_frame, stamp
+from node_support import TYPES, ListLog, image, make_checkpoint, rgb_frame, stamp
 
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.node.parameters import NodeSettings
@@ -20,17 +20,6 @@ from posenet_ros.runtime.relocalizer import Relocalizer
 
 TRAINING_CAMERA = Intrinsics(40, 30, 20.0, 20.0, 19.5, 14.5)
 QUERY_CAMERA = Intrinsics(40, 30, 16.0, 16.5, 20.0, 14.0, (-0.2, 0.03, 0.0, 0.0))
-
-
-class ListLog:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", message))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", message))
 
 
 @pytest.fixture(scope="module")

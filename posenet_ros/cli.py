@@ -9,7 +9,8 @@
     posenet-ros train-temporal --model M --data D [key=value ...] [BAG OPTIONS]
     posenet-ros saliency --model M --data D --out O [--frames 0 10]
     posenet-ros make-bag DATA OUT [--split test ...] [--storage mcap] [--compressed] [--no-depth] [--rate 30]
-                         [--no-camera-info]
+                         [--no-camera-info] [--odometry-noise POS_M ROT_DEG] [--odometry-seed N]
+                         [--odometry-outage START END ...]
     posenet-ros replay BAG --model M --out O [--live] [--gt-topic T | --gt-tf PARENT CHILD]
     posenet-ros play BAG [--rate R] [--topics T ...] [--loop] [--step-topic OUT]
     posenet-ros echo TOPIC [--type T] [--qos sensor_data] [--count N] [--format json]
@@ -249,12 +250,17 @@ def _saliency(args: argparse.Namespace) -> int:
 
 
 def _make_bag(args: argparse.Namespace) -> int:
+    from posenet_ros.inference.odometry_fusion import OdometryNoise
     from posenet_ros.tools.make_bag import make_bag
 
+    noise = None if args.odometry_noise is None else OdometryNoise(*args.odometry_noise)
     summary = make_bag(args.data, args.out, splits=args.split or ["test"], storage=args.storage,
                        compressed=args.compressed, compressed_format=args.compressed_format,
                        with_depth=False if args.no_depth else None, rate_hz=args.rate,
-                       with_camera_info=not args.no_camera_info, progress=not args.quiet)
+                       with_camera_info=not args.no_camera_info, odometry_noise=noise,
+                       odometry_seed=args.odometry_seed,
+                       odometry_outages=[tuple(outage) for outage in args.odometry_outage],
+                       progress=not args.quiet)
     topics = ", ".join(f"{topic} {count}" for topic, count in summary.topics.items())
     print(f"wrote {summary.path} ({summary.storage}): {summary.frames} frames, {summary.duration_s:.1f} s; "
           f"topics: {topics}")
@@ -283,6 +289,14 @@ def _add_make_bag_parser(commands: argparse._SubParsersAction) -> None:
                           help="leave out /camera/camera_info (the images' K and lens distortion)")
     make_bag.add_argument("--rate", type=float, default=30.0, metavar="HZ",
                           help="frames per second of the stamps (default 30)")
+    make_bag.add_argument("--odometry-noise", type=float, nargs=2, metavar=("POS_M", "ROT_DEG"),
+                          help="simulate an odometry drifting as a random walk: position and rotation "
+                          "error standard deviations per axis after 1 m travelled (e.g. 0.02 1.0); "
+                          "default: a fixed drift")
+    make_bag.add_argument("--odometry-seed", type=int, default=0, help="seed of --odometry-noise")
+    make_bag.add_argument("--odometry-outage", type=float, nargs=2, action="append", default=[],
+                          metavar=("START", "END"), help="no odometry between these seconds since the "
+                          "first frame (repeatable)")
     make_bag.add_argument("--quiet", action="store_true", help="no progress bar")
     make_bag.set_defaults(func=_make_bag)
 

@@ -5,6 +5,9 @@ temporal consistency.
 - `smooth_sequence`: a whole sequence at once, causal or offline (bidirectional).
 - `CausalSmoother`: frame by frame with carried state, for the live node; reset on request (the
   pipeline resets it on a stamp gap) and after `reset_after_unknown` consecutive unknown-place frames.
+- `OdometryAidedSmoother`: the causal mode when the robot's odometry is known: the Kalman filter of
+  inference/odometry_fusion.py, predicting with the odometry, or with the temporal model's learned
+  motion for a frame without odometry.
 - `temporal_jitter`: the median frame-to-frame jitter, | predicted relative motion - true relative
   motion | between consecutive frames of a sequence (metres and degrees).
 
@@ -25,6 +28,13 @@ import numpy as np
 import torch
 
 from posenet_ros.core.geometry import angular_error_deg, quat_conjugate, quat_multiply
+from posenet_ros.inference.odometry_fusion import (
+    FusedPose,
+    FusionParameters,
+    LearnedMotion,
+    OdometryFusion,
+    OdometryIncrement,
+)
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.models.temporal import SmoothMode, State, TemporalModel, TemporalOutput
 
@@ -160,6 +170,55 @@ class CausalSmoother:
             output, self._state = self.temporal.step(features, position_norm, quat, self._state)
         return _to_poses(output, self._position_mean, self._position_scale, self.calibration, "causal",
                          position_norm, quat)
+
+
+class OdometryAidedSmoother:
+    """The causal mode with odometry over one live stream of frames (`update` per frame, in order).
+
+    Per frame the per-frame pose and its calibrated covariance are fused with the motion since the
+    previous frame: the odometry's (`OdometryIncrement`) when given, else the temporal model's learned
+    motion from the two frames' features, with the error the training measured for it on held-out
+    sequences (`FusionParameters.learned_motion_std`). Reset like `CausalSmoother`."""
+
+    def __init__(self, temporal: TemporalModel, model: PoseNet, parameters: FusionParameters,
+                 reset_after_unknown: int = 10) -> None:
+        self.temporal, self.filter = temporal, OdometryFusion(parameters)
+        self._device = _device(temporal)
+        self._position_scale = float(model.position_scale)
+        self._motion_variance = np.square(np.asarray(parameters.learned_motion_std, dtype=np.float64))
+        self.reset_after_unknown = reset_after_unknown
+        self._previous_features: torch.Tensor | None = None
+        self._unknown_streak = 0
+
+    def reset(self) -> None:
+        """Forget the stream (a stamp gap, a new sequence, or on request)."""
+        self.filter.reset()
+        self._previous_features = None
+        self._unknown_streak = 0
+
+    def learned_motion(self, previous_1F: torch.Tensor, features_1F: torch.Tensor) -> LearnedMotion:
+        """The temporal model's estimate of the motion between two frames, in metres and radians."""
+        with torch.inference_mode(), _float32(features_1F):
+            motion = self.temporal.estimate_motion(features_1F[:, None], previous_1F)[0, 0]
+        motion = motion.double().cpu().numpy()
+        return LearnedMotion(self._position_scale * motion[:3], motion[3:], self._motion_variance)
+
+    def update(self, features_1F: torch.Tensor, position_3: np.ndarray, quat_4: np.ndarray,
+               covariance_66: np.ndarray, odometry: OdometryIncrement | None,
+               known_place: bool = True) -> tuple[FusedPose, bool]:
+        """Fuse the next frame (its head input features_1F, per-frame pose in metres and covariance);
+        `odometry`: the camera's motion since the previous frame, None when there is none. Returns the
+        fused pose and whether the learned motion stood in for missing odometry."""
+        self._unknown_streak = 0 if known_place else self._unknown_streak + 1
+        if self.reset_after_unknown and self._unknown_streak >= self.reset_after_unknown:
+            self.filter.reset()
+        features = features_1F.to(self._device, torch.float32)
+        motion: OdometryIncrement | LearnedMotion | None = odometry
+        fell_back = False
+        if self.filter.started and odometry is None and self._previous_features is not None:
+            motion, fell_back = self.learned_motion(self._previous_features, features), True
+        self._previous_features = features
+        return self.filter.update(position_3, quat_4, covariance_66, motion), fell_back
 
 
 def temporal_jitter(position_pred_N3: np.ndarray, quat_pred_N4: np.ndarray, position_true_N3: np.ndarray,

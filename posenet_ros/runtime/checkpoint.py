@@ -29,6 +29,7 @@ from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json
 from posenet_ros.core.camera import Intrinsics
 from posenet_ros.core.config import ConfigError, config_from_dict, config_to_dict
 from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.odometry_fusion import FusionParameters
 from posenet_ros.inference.pose_solving import RansacConfig
 from posenet_ros.inference.temporal import TemporalCalibration
 from posenet_ros.inference.uncertainty import SamplingNetwork, UncertaintyConfig
@@ -64,6 +65,9 @@ class LoadedModel:
     # (1.2 against 2.9 ms per frame on an H200 machine).
     temporal: TemporalModel | None = None
     temporal_calibration: TemporalCalibration = field(default_factory=TemporalCalibration)
+    # The odometry-aided filter's error model (inference/odometry_fusion.py), fitted by train-temporal
+    # on held-out sequences; None before, or for a temporal model trained by an older version.
+    temporal_fusion: FusionParameters | None = None
     camera: Intrinsics | None = None  # the training frames' intrinsics, when they had them
 
     @property
@@ -178,30 +182,34 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}")
     model.load_state_dict(tensors)
     model.to(device).eval()
-    temporal, temporal_calibration = None, TemporalCalibration()
+    temporal, temporal_calibration, temporal_fusion = None, TemporalCalibration(), None
     if method.regresses_pose:  # the temporal model refines the network's pose
         model.set_dropout_mode("off")
-        temporal, temporal_calibration = _load_temporal(path, metadata, temporal_tensors, model.head_dim)
+        temporal, temporal_calibration, temporal_fusion = _load_temporal(path, metadata, temporal_tensors,
+                                                                         model.head_dim)
     return LoadedModel(model=model, config=config, map_poses_N7=map_poses, metadata=metadata, path=path,
                        uncertainty=uncertainty, loop_closure=loop_closure,
                        temporal=None if temporal is None else temporal.eval(),
-                       temporal_calibration=temporal_calibration, camera=camera)
+                       temporal_calibration=temporal_calibration, temporal_fusion=temporal_fusion,
+                       camera=camera)
 
 
 def _load_temporal(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor],
-                   cnn_feature_dim: int) -> tuple[TemporalModel | None, TemporalCalibration]:
+                   cnn_feature_dim: int
+                   ) -> tuple[TemporalModel | None, TemporalCalibration, FusionParameters | None]:
     if "temporal" not in metadata:
-        return None, TemporalCalibration()
+        return None, TemporalCalibration(), None
     try:
         stored = json.loads(metadata["temporal"])
         temporal = TemporalModel(config_from_dict(TemporalConfig, stored["config"], prefix="temporal."),
                                  cnn_feature_dim)
         calibration = TemporalCalibration(**stored["calibration"])
+        fusion = None if stored.get("fusion") is None else FusionParameters(**stored["fusion"])
         temporal.load_state_dict(tensors)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: the stored temporal model is invalid or from an older version of "
                               f"posenet_ros; run `posenet-ros train-temporal` on it again ({exc})") from exc
-    return temporal, calibration
+    return temporal, calibration, fusion
 
 
 def store_temporal(path: str | Path, temporal: TemporalModel, description: dict[str, Any]) -> Path:

@@ -24,8 +24,14 @@ message per topic, all with the same ``header.stamp``, which is also the bag's l
 The robot: the camera is mounted on a base, world_from_base = world_from_cam · BASE_FROM_CAMERA⁻¹; its
 odometry follows the base but drifts (`map_from_odom`: an initial offset, then 2 cm/s and 0.5°/s about
 the map's z axis), so odom_from_base = map_from_odom(t)⁻¹ · world_from_base and a localizer's
-map -> odom is not the identity. With the map -> odom a relocalizer publishes, the TF tree is
-map -> odom -> base -> camera (REP-105).
+map -> odom is not the identity. With ``odometry_noise`` (an `OdometryNoise`) the odometry is instead
+a simulated one that drifts as a random walk in distance travelled: from the same initial offset, each
+base increment Δ (between consecutive frames) is recorded as Δ · (ρ, exp(φ)) with (ρ, φ) drawn from
+`OdometryNoise.base_covariance(Δ)` (``odometry_seed``), so its drift is what the odometry-aided
+filter's model (inference/odometry_fusion.py) assumes. ``odometry_outages``: (start, end) seconds since
+the first frame during which no odometry transform is written (an odometry that stopped).
+
+With the map -> odom a relocalizer publishes, the TF tree is map -> odom -> base -> camera (REP-105).
 
 ``header.frame_id`` is ``camera_frame`` for the images and camera info and ``map_frame`` for the
 pose. Poses are metres, quaternions normalised with w >= 0 (the sign is a choice; q and -q are the
@@ -45,6 +51,7 @@ ROS 2 Humble typestore. Writing is atomic: the bag is written into a temporary f
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +66,7 @@ from posenet_ros.data.dataset import pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.images import read_frame_depth, read_frame_rgb
 from posenet_ros.data.loading import load_frames
+from posenet_ros.inference.odometry_fusion import OdometryNoise
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,
     COMPRESSED_FORMATS,
@@ -190,21 +198,40 @@ def _topics_to_write(records: list[FrameRecord], compressed: bool, with_depth: b
     return [topic for topic in TOPIC_TYPES if wanted[topic]]
 
 
-def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int, elapsed_s: float,
-                    topics: list[str], compressed_format: str, frames: dict[str, str]) -> dict[str, object]:
+def simulated_odometry(records: Sequence[FrameRecord], elapsed_s: Sequence[float],
+                       noise: OdometryNoise | None, seed: int = 0) -> list[np.ndarray]:
+    """odom_from_base (4x4) at each record (in order; `elapsed_s` since the first frame): the fixed
+    drift `map_from_odom` without `noise`, else a random walk (see the module docstring)."""
+    world_from_base = [record.world_from_cam @ np.linalg.inv(BASE_FROM_CAMERA) for record in records]
+    if noise is None:
+        return [np.linalg.inv(map_from_odom(t)) @ pose
+                for t, pose in zip(elapsed_s, world_from_base, strict=True)]
+    rng = np.random.default_rng(seed)
+    odometry = [np.linalg.inv(map_from_odom(0.0)) @ world_from_base[0]]
+    for previous, current in itertools.pairwise(world_from_base):
+        increment = np.linalg.inv(previous) @ current
+        rho_phi = rng.multivariate_normal(np.zeros(6), noise.base_covariance(increment))
+        perturbation = pose_from_position_quat(rho_phi[:3], quat_exp(rho_phi[3:]))
+        odometry.append(odometry[-1] @ increment @ perturbation)
+    return odometry
+
+
+def _frame_messages(types: RosbagsTypes, record: FrameRecord, stamp_ns: int,
+                    odom_from_base: np.ndarray | None, topics: list[str], compressed_format: str,
+                    frames: dict[str, str]) -> dict[str, object]:
     """topic -> message (rosbags class) of one frame, for the topics in `topics` (not /tf_static);
-    `elapsed_s` since the first frame (the odometry's drift)."""
+    `odom_from_base`: the odometry at this frame (None: none written)."""
     map_frame, camera_frame = frames["map_frame"], frames["camera_frame"]
     rgb = read_frame_rgb(record.image_path)
     height, width = rgb.shape[:2]
     pose = pose_vector(record.world_from_cam)
-    world_from_base = record.world_from_cam @ np.linalg.inv(BASE_FROM_CAMERA)
-    odom_from_base = np.linalg.inv(map_from_odom(elapsed_s)) @ world_from_base
-    odometry = transform_stamped(types, stamp_ns, frames["odom_frame"], frames["base_frame"],
-                                 *position_quat_from_pose(odom_from_base))
     ground_truth = transform_stamped(types, stamp_ns, map_frame, f"{camera_frame}_ground_truth",
                                      pose[:3], pose[3:])
-    messages: dict[str, object] = {TF_TOPIC: tf_message(types, [odometry, ground_truth])}
+    transforms = [ground_truth]
+    if odom_from_base is not None:
+        transforms.insert(0, transform_stamped(types, stamp_ns, frames["odom_frame"], frames["base_frame"],
+                                               *position_quat_from_pose(odom_from_base)))
+    messages: dict[str, object] = {TF_TOPIC: tf_message(types, transforms)}
     if CAMERA_INFO_TOPIC in topics:
         intrinsics = record.intrinsics
         assert intrinsics is not None  # _topics_to_write checked it
@@ -243,6 +270,9 @@ def make_bag(
     camera_frame: str = "camera",
     base_frame: str = "base_link",
     odom_frame: str = "odom",
+    odometry_noise: OdometryNoise | None = None,
+    odometry_seed: int = 0,
+    odometry_outages: Sequence[tuple[float, float]] = (),
     progress: bool = True,
 ) -> BagSummary:
     """Write the frames of `splits` of the dataset in `data_root` as a rosbag2 folder `out`.
@@ -253,7 +283,8 @@ def make_bag(
     it. `with_camera_info`: False leaves out the camera info. `rate_hz` (frames per second),
     `start_ns` (first stamp, ns since the epoch) and `sequence_gap_s` (seconds between sequences) set
     the stamps; `map_frame`, `camera_frame`, `base_frame` and `odom_frame` the frame ids (all
-    different). See the module docstring for the topics, the robot and the timing.
+    different). `odometry_noise`, `odometry_seed` and `odometry_outages`: the simulated odometry. See
+    the module docstring for the topics, the robot and the timing.
 
     Raises FileExistsError if `out` exists; ValueError for a bad argument (before anything is read
     or written); DatasetError (a ValueError) for a split without frames or an unreadable frame.
@@ -283,6 +314,8 @@ def make_bag(
                          "builtin_interfaces/Time (int32 seconds); lower start_ns")
 
     types = RosbagsTypes()
+    elapsed_s = [(stamp_ns - frame_stamps[0][0]) / 1e9 for stamp_ns, *_ in frame_stamps]
+    odometry = simulated_odometry(all_records, elapsed_s, odometry_noise, odometry_seed)
 
     def messages() -> Iterator[tuple[str, str, int, Any]]:
         first_ns = frame_stamps[0][0]
@@ -290,9 +323,12 @@ def make_bag(
                                       *position_quat_from_pose(BASE_FROM_CAMERA))
         yield TF_STATIC_TOPIC, TOPIC_TYPES[TF_STATIC_TOPIC], first_ns, tf_message(types, [extrinsic])
         with progress_bar(total=len(all_records), desc="make-bag", unit="frame", disable=not progress) as bar:
-            for record, (stamp_ns, _, _, _) in zip(all_records, frame_stamps, strict=True):
-                frame = _frame_messages(types, record, stamp_ns, (stamp_ns - first_ns) / 1e9, topics,
-                                        compressed_format, frames)
+            for record, (stamp_ns, _, _, _), odom_from_base, elapsed in zip(
+                    all_records, frame_stamps, odometry, elapsed_s, strict=True):
+                if any(start <= elapsed < end for start, end in odometry_outages):
+                    odom_from_base = None
+                frame = _frame_messages(types, record, stamp_ns, odom_from_base, topics, compressed_format,
+                                        frames)
                 for topic, message in frame.items():
                     yield topic, TOPIC_TYPES[topic], stamp_ns, message
                 bar.update(1)

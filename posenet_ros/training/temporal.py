@@ -55,7 +55,9 @@ from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
 from posenet_ros.data.dataset import PoseDataset, network_input, pose_vector
 from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.loading import load_frames
+from posenet_ros.evaluation.predict import predict
 from posenet_ros.inference.calibration import BLOCKS, nees, pose_error_vectors
+from posenet_ros.inference.odometry_fusion import FusionParameters, fit_correlation_lengths
 from posenet_ros.inference.temporal import TemporalCalibration, per_frame_inputs, smooth_sequence
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.models.temporal import (
@@ -66,7 +68,7 @@ from posenet_ros.models.temporal import (
     pair_motion_inputs,
     relative_motion,
 )
-from posenet_ros.runtime.checkpoint import load_model, store_temporal
+from posenet_ros.runtime.checkpoint import LoadedModel, load_model, store_temporal
 from posenet_ros.runtime.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,9 @@ class TemporalTrainConfig:
     # Measure the three motion noise values above per axis on `val_split` instead (the motion MLP's
     # errors on new views), when the data has it.
     motion_noise_from_val: bool = True
+    # The odometry-aided filter (inference/odometry_fusion.py): the share of the per-frame variance
+    # that is a slowly varying bias; its correlation lengths are fitted on `val_split`.
+    fusion_bias_share: float = 0.8
     train_split: str = "train"
     val_split: str = "val"  # calibration of the smoothed covariance; "" or missing: uncalibrated
     model: TemporalConfig = field(default_factory=TemporalConfig)
@@ -111,6 +116,8 @@ class TemporalTrainConfig:
         if not all(0 <= value < 1 for value in (*correlations, self.outlier_rate)) or min(levels) < 0:
             raise ValueError("noise_correlation, motion_noise_correlation and outlier_rate must be in [0, 1) "
                              "and the noise levels >= 0")
+        if not 0 <= self.fusion_bias_share < 1:
+            raise ValueError(f"fusion_bias_share must be in [0, 1), got {self.fusion_bias_share}")
         if self.motion_epochs < 0 or not self.motion_lr > 0:
             raise ValueError("train-temporal needs motion_epochs >= 0 and motion_lr > 0")
 
@@ -323,6 +330,37 @@ def _calibrate(temporal: TemporalModel, model: PoseNet, inputs: FrameInputs,
     return TemporalCalibration(**values), report
 
 
+def fit_fusion(loaded: LoadedModel, records: list[FrameRecord], motion_std_6: torch.Tensor | None,
+               config: TemporalTrainConfig) -> FusionParameters | None:
+    """The odometry-aided filter's parameters from held-out `records`: the bias correlation lengths
+    of the per-frame errors (normalised by the checkpoint's per-frame covariance, so calibrate first)
+    and the learned motion's error per frame (`motion_std_6`, scene-normalised position; None: the
+    defaults). None when the checkpoint gives no per-frame covariance."""
+    method = loaded.inference()
+    if not method.estimates_uncertainty:
+        logger.warning("%s gives no per-frame covariance: the odometry-aided filter is not fitted (calibrate "
+                       "the model, or train it with an aleatoric loss)", loaded.path)
+        return None
+    predictions = predict(method, records, loaded.config.eval_transform())
+    assert predictions.covariance_N66 is not None
+    errors, covariances, steps = [], [], []
+    for sequence in dict.fromkeys(predictions.sequence):
+        members = sorted((i for i, name in enumerate(predictions.sequence) if name == sequence),
+                         key=lambda i: int(predictions.frame_index[i]))
+        p = predictions
+        errors.append(pose_error_vectors(p.position_pred_N3[members], p.quat_pred_N4[members],
+                                         p.position_true_N3[members], p.quat_true_N4[members]))
+        covariances.append(predictions.covariance_N66[members])
+        steps.append(np.linalg.norm(np.diff(predictions.position_true_N3[members], axis=0), axis=1))
+    parameters = FusionParameters(bias_share=config.fusion_bias_share,
+                                  correlation_length_m=fit_correlation_lengths(errors, covariances, steps))
+    if motion_std_6 is not None:
+        scale = float(loaded.model.position_scale)
+        std = motion_std_6.double().cpu().numpy()
+        parameters.learned_motion_std = [float(x) for x in (*(scale * std[:3]), *std[3:])]
+    return parameters
+
+
 def train_temporal(model_path: str | Path, data_root: str | Path, config: TemporalTrainConfig, *,
                    progress: bool = True) -> dict[str, Any]:
     """Train the temporal model of the checkpoint at `model_path` on `data_root` and store it in the
@@ -395,12 +433,16 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
         history.append(total / batches)
     temporal.eval()
     calibration, calibration_report = TemporalCalibration(), {}
+    fusion = None
     if val_inputs is not None:
         calibration, calibration_report = _calibrate(temporal, model, val_inputs, val_records)
+        fusion = fit_fusion(loaded, val_records, None if measured is None else measured[0], config)
     report = {"windows": len(windows), "frames": len(records), "final_loss": history[-1], "loss": history,
               "noise": {key: value.tolist() for key, value in dataclasses.asdict(noise).items()},
-              "calibration": dataclasses.asdict(calibration), **calibration_report}
+              "calibration": dataclasses.asdict(calibration),
+              "fusion": None if fusion is None else dataclasses.asdict(fusion), **calibration_report}
     store_temporal(loaded.path, temporal, {"config": dataclasses.asdict(config.model),
                                            "calibration": dataclasses.asdict(calibration),
+                                           "fusion": None if fusion is None else dataclasses.asdict(fusion),
                                            "train": dataclasses.asdict(config), "report": report})
     return report

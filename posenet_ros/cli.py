@@ -170,15 +170,20 @@ def _set_threads(threads: int | None) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from posenet_ros.evaluation.evaluate import evaluate, format_table, format_uncertainty
     from posenet_ros.inference.metrics import DEFAULT_THRESHOLDS
+    from posenet_ros.inference.odometry_fusion import OdometryNoise
 
     _set_threads(args.threads)
     thresholds = list(dict.fromkeys([*DEFAULT_THRESHOLDS, *args.threshold]))
     metrics = evaluate(args.model, args.data, split=args.split, out=args.out, thresholds=thresholds,
                        batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
                        unknown_splits=args.unknown_splits, bag_options=_bag_options(args),
-                       smooth=args.smooth, solver=args.solver, progress=not args.quiet)
+                       smooth=args.smooth, solver=args.solver, odometry=args.odometry,
+                       odometry_noise=OdometryNoise(*args.odometry_noise), progress=not args.quiet)
     print(format_table(metrics))
     overall = metrics["overall"]
+    if "odometry" in overall:
+        print(f"odometry-aided: {overall['odometry']['missing']} of {overall['odometry']['frames']} frames "
+              "without odometry (learned motion)")
     print(f"smoothing {args.smooth}: median frame-to-frame jitter "
           f"{overall['median_jitter_position_m']:.4f} m, {overall['median_jitter_rotation_deg']:.3f}°")
     if "uncertainty" in metrics["overall"]:
@@ -558,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="torch CPU threads (default 0: half the available cores, at least 1)")
     evaluate.add_argument("--smooth", choices=["off", "causal", "offline"], default="off",
                           help="temporal smoothing of each sequence (needs `train-temporal`; default off)")
+    evaluate.add_argument("--odometry", choices=["auto", "none"], default="auto",
+                          help="--smooth causal on a rosbag2: fuse the robot's odometry (/tf odom -> "
+                          "base_link) when the bag has it (auto, the default) or not (none)")
+    evaluate.add_argument("--odometry-noise", type=float, nargs=2, default=[0.02, 1.0],
+                          metavar=("POS_M", "ROT_DEG"), help="the odometry's error: position and rotation "
+                          "standard deviations per axis after 1 m travelled (default 0.02 1.0)")
     evaluate.add_argument("--solver", choices=["kabsch", "pnp"],
                           help="scene coordinate models: poses by Kabsch with each frame's depth, or by PnP "
                           "from RGB only (default: the checkpoint's ransac.use_depth)")

@@ -48,9 +48,9 @@ import torch
 
 from posenet_ros.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from posenet_ros.core.device import resolve_device
-from posenet_ros.data.bag_dataset import bag_config_for_checkpoint
+from posenet_ros.data.bag_dataset import bag_config_for_checkpoint, read_bag_message
 from posenet_ros.data.dataset import pose_vector
-from posenet_ros.data.frames import DatasetError, FrameRecord
+from posenet_ros.data.frames import BagMessage, DatasetError, FrameRecord
 from posenet_ros.data.images import read_frame_rgb
 from posenet_ros.data.loading import is_bag, load_frames
 from posenet_ros.evaluation.plots import plot_error_cdf, plot_top_view, plot_uncertainty
@@ -69,8 +69,16 @@ from posenet_ros.inference.metrics import (
     threshold_key,
     threshold_label,
 )
-from posenet_ros.inference.temporal import head_inputs, smooth_sequence, temporal_jitter
+from posenet_ros.inference.odometry_fusion import OdometryIncrement, OdometryNoise
+from posenet_ros.inference.temporal import (
+    OdometryAidedSmoother,
+    head_inputs,
+    smooth_sequence,
+    temporal_jitter,
+)
 from posenet_ros.models.temporal import SmoothMode
+from posenet_ros.ros.bag_reading import open_bag, read_transforms
+from posenet_ros.ros.tf_buffer import TransformUnavailable
 from posenet_ros.runtime.checkpoint import LoadedModel, load_model
 from posenet_ros.runtime.train_config import BagDataConfig
 
@@ -279,7 +287,8 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
              out: str | Path, thresholds: Sequence[Sequence[float]] = DEFAULT_THRESHOLDS,
              batch_size: int = 32, device: str | torch.device = "auto", mc_samples: int | None = None,
              unknown_splits: Sequence[str] | None = None, bag_options: Mapping[str, Any] | None = None,
-             smooth: str = "off", solver: str | None = None, progress: bool = True) -> dict[str, Any]:
+             smooth: str = "off", solver: str | None = None, odometry: str = "auto",
+             odometry_noise: OdometryNoise | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint at `model_path` on `split` of each dataset folder or rosbag2 in
     `data_roots`.
 
@@ -296,12 +305,18 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     left out). `smooth`: "off" (per-frame estimates), "causal" or "offline" (the checkpoint's temporal
     model over each sequence; see inference/temporal.py). Every evaluation reports the median frame-to-frame
     jitter (`temporal_jitter`). `solver` (scene coordinate models): "kabsch" (3D-3D with each frame's
-    depth) or "pnp" (RGB only) instead of the checkpoint's `ransac.use_depth`.
+    depth) or "pnp" (RGB only) instead of the checkpoint's `ransac.use_depth`. `odometry` (causal
+    smoothing of a rosbag2): "auto" fuses the robot's odometry in the bag's /tf (`bag_odometry`) when it
+    has it (the odometry-aided filter, inference/odometry_fusion.py; metrics.json's "odometry" counts
+    the frames whose odometry was missing); "none" never (the learned filter). `odometry_noise`: the
+    odometry's error model (default `OdometryNoise()`: 2% and 1° per metre).
     """
     if solver not in (None, "kabsch", "pnp"):
         raise ValueError(f"solver must be 'kabsch' or 'pnp', got {solver!r}")
     if smooth not in ("off", "causal", "offline"):
         raise ValueError(f"smooth must be 'off', 'causal' or 'offline', got {smooth!r}")
+    if odometry not in ("auto", "none"):
+        raise ValueError(f"odometry must be 'auto' or 'none', got {odometry!r}")
     roots = [Path(root) for root in data_roots]
     if not roots:
         raise ValueError("evaluate needs at least one data root")
@@ -342,13 +357,21 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
             raise ValueError(f"{root}: {without_depth} of the {len(records)} {split!r} frames have no depth "
                              f"image, and {loaded.path} solves poses with depth; {remedy}")
         predictions = run(records, f"evaluate {name}")
-        if smooth != "off":
+        odometry_used = None
+        if smooth == "causal" and odometry == "auto" and is_bag(root):
+            odometry_used = bag_odometry(root, records)
+        if odometry_used is not None:
+            predictions, fallbacks = odometry_smoothed_predictions(loaded, predictions, *odometry_used,
+                                                                   noise=odometry_noise)
+        elif smooth != "off":
             predictions = smoothed_predictions(loaded, predictions, smooth)  # type: ignore[arg-type]
         scenes[name] = predictions
         metrics = {"data_root": str(root), **pose_metrics(predictions.position_error_N,
                                                           predictions.orientation_error_N,
                                                           checked_thresholds),
                    **jitter_of(predictions)}
+        if odometry_used is not None:
+            metrics["odometry"] = {"frames": len(records), "missing": fallbacks}
         unknown_records = (unknown_place_records(root, unknown_splits, bag=bag)
                            if method.estimates_uncertainty else {})
         unknown = {split: run(records, f"{split} {name}") for split, records in unknown_records.items()}
@@ -364,6 +387,10 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
     overall = _with_baseline(pose_metrics(everything.position_error_N, everything.orientation_error_N,
                                           checked_thresholds), everything, map_poses, checked_thresholds)
     overall.update(jitter_of(everything))
+    odometry_counts = [m["odometry"] for m in scene_metrics.values() if "odometry" in m]
+    if odometry_counts:
+        overall["odometry"] = {key: sum(count[key] for count in odometry_counts)
+                               for key in ("frames", "missing")}
     overall.update(_uncertainty_sections(everything, all_unknown, loaded.loop_closure))
     result: dict[str, Any] = {
         "model": str(loaded.path),
@@ -425,6 +452,75 @@ def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: Sm
     return dataclasses.replace(predictions, position_pred_N3=position, quat_pred_N4=quat,
                                covariance_N66=covariance, position_error_N=position_error,
                                orientation_error_N=orientation_error)
+
+
+def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "odom",
+                 base_frame: str = "base_link") -> tuple[list[np.ndarray | None], np.ndarray] | None:
+    """The robot's odometry at each record of `bag` (records read from it): odom_from_base (4x4) at the
+    image's stamp (None where /tf cannot give it), and base_from_cam (4x4) of the images' frame; None
+    when the bag has no odom_frame -> base_frame -> camera chain at any frame."""
+    with open_bag(bag) as reader:
+        transforms = read_transforms(reader, bag)
+    camera_frame = read_bag_message(records[0].image_path).header.frame_id  # type: ignore[arg-type]
+    odometry: list[np.ndarray | None] = []
+    for record in records:
+        assert isinstance(record.image_path, BagMessage)
+        try:
+            odometry.append(transforms.lookup(odom_frame, base_frame, record.image_path.stamp_ns))
+        except TransformUnavailable:
+            odometry.append(None)
+    try:
+        first = records[0].image_path
+        assert isinstance(first, BagMessage)
+        base_from_cam = transforms.lookup(base_frame, camera_frame, first.stamp_ns)
+    except TransformUnavailable:
+        return None
+    if all(pose is None for pose in odometry):
+        return None
+    return odometry, base_from_cam
+
+
+def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
+                                  odom_from_base: Sequence[np.ndarray | None], base_from_cam: np.ndarray,
+                                  noise: OdometryNoise | None = None) -> tuple[Predictions, int]:
+    """`predictions` (made with keep_features and covariances) of the frames of a bag, fused with the
+    robot's odometry at each frame (`bag_odometry`) by the odometry-aided filter, frames of a sequence in
+    frame-index order (`OdometryAidedSmoother`; `noise`: the odometry's, default `OdometryNoise()`).
+    Returns them and the number of frames whose motion came from the learned model (odometry missing
+    at the frame or the one before)."""
+    if loaded.temporal is None or loaded.temporal_fusion is None:
+        raise ValueError(f"{loaded.path}: the temporal model has no odometry-aided filter: run "
+                         "`posenet-ros train-temporal` again (with a val split, after calibrate)")
+    if predictions.covariance_N66 is None or predictions.features_NF is None:
+        raise ValueError("odometry-aided smoothing needs per-frame covariances (calibrate the model or train "
+                         "it with an aleatoric loss) and features")
+    noise = OdometryNoise() if noise is None else noise
+    smoother = OdometryAidedSmoother(loaded.temporal, loaded.model, loaded.temporal_fusion,
+                                     reset_after_unknown=0)
+    position, quat = predictions.position_pred_N3.copy(), predictions.quat_pred_N4.copy()
+    covariance = predictions.covariance_N66.copy()
+    features = torch.from_numpy(predictions.features_NF)
+    fallbacks = 0
+    by_sequence: dict[str, list[int]] = {}
+    for i, sequence in enumerate(predictions.sequence):
+        by_sequence.setdefault(sequence, []).append(i)
+    for members in by_sequence.values():
+        members.sort(key=lambda i: int(predictions.frame_index[i]))
+        smoother.reset()
+        for k, i in enumerate(members):
+            previous, current = (odom_from_base[members[k - 1]] if k else None), odom_from_base[i]
+            increment = (OdometryIncrement.from_base(previous, current, base_from_cam, noise)
+                         if previous is not None and current is not None else None)
+            fused, fell_back = smoother.update(features[i:i + 1], predictions.position_pred_N3[i],
+                                               predictions.quat_pred_N4[i], predictions.covariance_N66[i],
+                                               increment)
+            position[i], quat[i], covariance[i] = fused.position_3, fused.quat_4, fused.covariance_66
+            fallbacks += fell_back
+    position_error, orientation_error = pose_errors(position, quat, predictions.position_true_N3,
+                                                    predictions.quat_true_N4)
+    return dataclasses.replace(predictions, position_pred_N3=position, quat_pred_N4=quat,
+                               covariance_N66=covariance, position_error_N=position_error,
+                               orientation_error_N=orientation_error), fallbacks
 
 
 def _uncertainty_sections(predictions: Predictions, unknown: dict[str, Predictions],

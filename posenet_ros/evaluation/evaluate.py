@@ -34,6 +34,7 @@ and every file is written atomically.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import io
@@ -69,7 +70,7 @@ from posenet_ros.inference.metrics import (
     threshold_key,
     threshold_label,
 )
-from posenet_ros.inference.odometry_fusion import OdometryIncrement, OdometryNoise
+from posenet_ros.inference.odometry_fusion import ODOMETRY_MAX_GAP_S, OdometryIncrement, OdometryNoise
 from posenet_ros.inference.temporal import (
     OdometryAidedSmoother,
     head_inputs,
@@ -77,7 +78,8 @@ from posenet_ros.inference.temporal import (
     temporal_jitter,
 )
 from posenet_ros.models.temporal import SmoothMode
-from posenet_ros.ros.bag_reading import open_bag, read_transforms
+from posenet_ros.ros.bag_reading import bag_topics, open_bag, read_messages, read_transforms
+from posenet_ros.ros.conversions import stamp_to_ns
 from posenet_ros.ros.tf_buffer import TransformUnavailable
 from posenet_ros.runtime.checkpoint import LoadedModel, load_model
 from posenet_ros.runtime.train_config import BagDataConfig
@@ -455,26 +457,35 @@ def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: Sm
 
 
 def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "odom",
-                 base_frame: str = "base_link") -> tuple[list[np.ndarray | None], np.ndarray] | None:
+                 base_frame: str = "base_link", max_gap_s: float = ODOMETRY_MAX_GAP_S
+                 ) -> tuple[list[np.ndarray | None], np.ndarray] | None:
     """The robot's odometry at each record of `bag` (records read from it): odom_from_base (4x4) at the
-    image's stamp (None where /tf cannot give it), and base_from_cam (4x4) of the images' frame; None
-    when the bag has no odom_frame -> base_frame -> camera chain at any frame."""
+    image's stamp, interpolated between /tf samples at most `max_gap_s` apart (None where there is no
+    such pair: the odometry stopped), and base_from_cam (4x4) of the images' frame; None when the bag
+    has no odom_frame -> base_frame -> camera chain."""
     with open_bag(bag) as reader:
         transforms = read_transforms(reader, bag)
-    camera_frame = read_bag_message(records[0].image_path).header.frame_id  # type: ignore[arg-type]
-    odometry: list[np.ndarray | None] = []
-    for record in records:
-        assert isinstance(record.image_path, BagMessage)
-        try:
-            odometry.append(transforms.lookup(odom_frame, base_frame, record.image_path.stamp_ns))
-        except TransformUnavailable:
-            odometry.append(None)
+        messages = read_messages(reader, bag, ["/tf"]) if "/tf" in bag_topics(reader) else iter(())
+        odometry_stamps = sorted(stamp_to_ns(t.header.stamp) for _, _, msg in messages for t in msg.transforms
+                                 if (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"))
+                                 == (odom_frame, base_frame))
+    first = records[0].image_path
+    assert isinstance(first, BagMessage)
+    camera_frame = read_bag_message(first).header.frame_id
     try:
-        first = records[0].image_path
-        assert isinstance(first, BagMessage)
         base_from_cam = transforms.lookup(base_frame, camera_frame, first.stamp_ns)
     except TransformUnavailable:
         return None
+    max_gap_ns = round(max_gap_s * 1e9)
+    odometry: list[np.ndarray | None] = []
+    for record in records:
+        assert isinstance(record.image_path, BagMessage)
+        stamp = record.image_path.stamp_ns
+        after = bisect.bisect_left(odometry_stamps, stamp)
+        exact = after < len(odometry_stamps) and odometry_stamps[after] == stamp
+        bracketed = (0 < after < len(odometry_stamps)
+                     and odometry_stamps[after] - odometry_stamps[after - 1] <= max_gap_ns)
+        odometry.append(transforms.lookup(odom_frame, base_frame, stamp) if exact or bracketed else None)
     if all(pose is None for pose in odometry):
         return None
     return odometry, base_from_cam

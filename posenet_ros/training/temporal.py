@@ -330,12 +330,15 @@ def _calibrate(temporal: TemporalModel, model: PoseNet, inputs: FrameInputs,
     return TemporalCalibration(**values), report
 
 
-def fit_fusion(loaded: LoadedModel, records: list[FrameRecord], motion_std_6: torch.Tensor | None,
+def fit_fusion(loaded: LoadedModel, records: list[FrameRecord],
+               motion_noise: tuple[torch.Tensor, torch.Tensor] | None,
                config: TemporalTrainConfig) -> FusionParameters | None:
     """The odometry-aided filter's parameters from held-out `records`: the bias correlation lengths
     of the per-frame errors (normalised by the checkpoint's per-frame covariance, so calibrate first)
-    and the learned motion's error per frame (`motion_std_6`, scene-normalised position; None: the
-    defaults). None when the checkpoint gives no per-frame covariance."""
+    and the learned motion's error per frame from `motion_noise` (`measured_motion_noise`: standard
+    deviation σ, scene-normalised position, and lag-1 correlation ρ per axis; None: the defaults). The
+    filter takes the motion errors as white, so σ is widened to σ √((1 + ρ) / (1 - ρ)): the growth of
+    a sum of many AR(1) errors. None when the checkpoint gives no per-frame covariance."""
     method = loaded.inference()
     if not method.estimates_uncertainty:
         logger.warning("%s gives no per-frame covariance: the odometry-aided filter is not fitted (calibrate "
@@ -354,10 +357,11 @@ def fit_fusion(loaded: LoadedModel, records: list[FrameRecord], motion_std_6: to
         steps.append(np.linalg.norm(np.diff(predictions.position_true_N3[members], axis=0), axis=1))
     parameters = FusionParameters(bias_share=config.fusion_bias_share,
                                   correlation_length_m=fit_correlation_lengths(errors, covariances, steps))
-    if motion_std_6 is not None:
-        scale = float(loaded.model.position_scale)
-        std = motion_std_6.double().cpu().numpy()
-        parameters.learned_motion_std = [float(x) for x in (*(scale * std[:3]), *std[3:])]
+    if motion_noise is not None:
+        std, correlation = (values.double().cpu().numpy() for values in motion_noise)
+        std = std * np.sqrt((1 + correlation) / (1 - correlation))
+        std[:3] *= float(loaded.model.position_scale)
+        parameters.learned_motion_std = [float(x) for x in std]
     return parameters
 
 
@@ -436,7 +440,7 @@ def train_temporal(model_path: str | Path, data_root: str | Path, config: Tempor
     fusion = None
     if val_inputs is not None:
         calibration, calibration_report = _calibrate(temporal, model, val_inputs, val_records)
-        fusion = fit_fusion(loaded, val_records, None if measured is None else measured[0], config)
+        fusion = fit_fusion(loaded, val_records, measured, config)
     report = {"windows": len(windows), "frames": len(records), "final_loss": history[-1], "loss": history,
               "noise": {key: value.tolist() for key, value in dataclasses.asdict(noise).items()},
               "calibration": dataclasses.asdict(calibration),

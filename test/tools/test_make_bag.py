@@ -5,6 +5,7 @@ poses, intrinsics and lens distortion, stamps, and the atomic write (nothing lef
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from posenet_ros.data.frames import DatasetError, FrameRecord
 from posenet_ros.data.images import read_depth_mm, read_rgb
 from posenet_ros.data.loading import load_frames
 from posenet_ros.data.synthetic import SceneConfig, write_synthetic_scene
+from posenet_ros.inference.odometry_fusion import OdometryNoise
 from posenet_ros.ros.bag_reading import open_bag
 from posenet_ros.ros.bag_writing import (
     CAMERA_INFO_TOPIC,
@@ -33,7 +35,7 @@ from posenet_ros.ros.bag_writing import (
 from posenet_ros.ros.camera_info import camera_from_camera_info
 from posenet_ros.ros.conversions import depth_to_metres, message_to_rgb, pose_from_msg, stamp_to_ns
 from posenet_ros.tools import make_bag as make_bag_module
-from posenet_ros.tools.make_bag import BASE_FROM_CAMERA, make_bag, map_from_odom
+from posenet_ros.tools.make_bag import BASE_FROM_CAMERA, make_bag, map_from_odom, simulated_odometry
 
 WIDTH, HEIGHT, FRAMES_PER_SEQUENCE = 32, 24, 3
 SPLITS = ("train", "test")  # two train sequences and one test sequence: 9 frames
@@ -308,3 +310,23 @@ def test_cli_writes_a_bag_and_prints_a_summary(scene: Path, tmp_path: Path, caps
     assert main(["make-bag", str(scene), str(tmp_path / "other"), "--rate", "0", "--quiet"]) == 2
     assert "rate_hz must be a positive" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_simulated_odometry_drifts_as_its_noise_model_says():
+    poses = []
+    for k in range(400):  # a straight drive, 0.1 m per frame
+        pose = np.eye(4)
+        pose[:3, 3] = [0.1 * k, 0.0, 0.0]
+        poses.append(pose @ BASE_FROM_CAMERA)
+    records = [FrameRecord(Path("x.png"), None, pose, None, "seq", k) for k, pose in enumerate(poses)]
+    elapsed = [0.1 * k for k in range(len(records))]
+    fixed = simulated_odometry(records, elapsed, None)
+    np.testing.assert_allclose(fixed[5] @ BASE_FROM_CAMERA, np.linalg.inv(map_from_odom(0.5)) @ poses[5],
+                               atol=1e-12)
+    noise = OdometryNoise(0.02, 1.0)
+    steps = []
+    for seed in range(20):
+        odometry = simulated_odometry(records, elapsed, noise, seed=seed)
+        steps += [(np.linalg.inv(a) @ b)[:3, 3] - [0.1, 0.0, 0.0] for a, b in itertools.pairwise(odometry)]
+    # per step of 0.1 m the position error has standard deviation 0.02 x √0.1 per axis
+    np.testing.assert_allclose(np.std(steps, axis=0), 0.02 * np.sqrt(0.1), rtol=0.1)

@@ -70,7 +70,7 @@ from posenet_ros.inference.metrics import (
     threshold_key,
     threshold_label,
 )
-from posenet_ros.inference.odometry_fusion import ODOMETRY_MAX_GAP_S, OdometryIncrement, OdometryNoise
+from posenet_ros.inference.odometry_fusion import ODOMETRY_MAX_GAP_S, OdometryNoise
 from posenet_ros.inference.temporal import (
     OdometryAidedSmoother,
     head_inputs,
@@ -506,7 +506,7 @@ def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
         raise ValueError("odometry-aided smoothing needs per-frame covariances (calibrate the model or train "
                          "it with an aleatoric loss) and features")
     noise = OdometryNoise() if noise is None else noise
-    smoother = OdometryAidedSmoother(loaded.temporal, loaded.model, loaded.temporal_fusion,
+    smoother = OdometryAidedSmoother(loaded.temporal, loaded.model, loaded.temporal_fusion, noise,
                                      reset_after_unknown=0)
     position, quat = predictions.position_pred_N3.copy(), predictions.quat_pred_N4.copy()
     covariance = predictions.covariance_N66.copy()
@@ -518,13 +518,10 @@ def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
     for members in by_sequence.values():
         members.sort(key=lambda i: int(predictions.frame_index[i]))
         smoother.reset()
-        for k, i in enumerate(members):
-            previous, current = (odom_from_base[members[k - 1]] if k else None), odom_from_base[i]
-            increment = (OdometryIncrement.from_base(previous, current, base_from_cam, noise)
-                         if previous is not None and current is not None else None)
+        for i in members:
             fused, fell_back = smoother.update(features[i:i + 1], predictions.position_pred_N3[i],
                                                predictions.quat_pred_N4[i], predictions.covariance_N66[i],
-                                               increment)
+                                               odom_from_base[i], base_from_cam)
             position[i], quat[i], covariance[i] = fused.position_3, fused.quat_4, fused.covariance_66
             fallbacks += fell_back
     position_error, orientation_error = pose_errors(position, quat, predictions.position_true_N3,

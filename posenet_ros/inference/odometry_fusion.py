@@ -140,6 +140,20 @@ class FusedPose:
     measurement_used: bool
 
 
+@dataclass(frozen=True)
+class FilterState:
+    """The filter's state (`OdometryFusion.snapshot`): the pose estimate (position_3 metres, None
+    before the first frame; rotation_33), the bias estimate (6) and its standard deviations at the
+    last frame (6), the 12x12 covariance of (pose error, bias), and the gate's rejection count."""
+
+    position_3: np.ndarray | None
+    rotation_33: np.ndarray
+    bias_6: np.ndarray
+    covariance_1212: np.ndarray
+    bias_std_6: np.ndarray
+    rejections: int
+
+
 def _canonical(quat_4: np.ndarray) -> np.ndarray:
     return -quat_4 if quat_4[0] < 0 else quat_4
 
@@ -165,6 +179,19 @@ class OdometryFusion:
     @property
     def started(self) -> bool:
         return self._position is not None
+
+    def snapshot(self) -> FilterState:
+        """A copy of the filter's state, to `restore` later."""
+        position = None if self._position is None else self._position.copy()
+        return FilterState(position, self._rotation.copy(), self._bias.copy(), self._covariance.copy(),
+                           self._bias_std.copy(), self._rejections)
+
+    def restore(self, state: FilterState) -> None:
+        """Go back to a `snapshot` (copied again, so a snapshot can be restored more than once)."""
+        self._position = None if state.position_3 is None else state.position_3.copy()
+        self._rotation, self._bias = state.rotation_33.copy(), state.bias_6.copy()
+        self._covariance, self._bias_std = state.covariance_1212.copy(), state.bias_std_6.copy()
+        self._rejections = state.rejections
 
     def _bias_model(self, covariance_66: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bias standard deviations (6,), white noise covariance (6, 6)) of a per-frame covariance."""

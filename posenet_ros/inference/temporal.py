@@ -29,11 +29,13 @@ import torch
 
 from posenet_ros.core.geometry import angular_error_deg, quat_conjugate, quat_multiply
 from posenet_ros.inference.odometry_fusion import (
+    FilterState,
     FusedPose,
     FusionParameters,
     LearnedMotion,
     OdometryFusion,
     OdometryIncrement,
+    OdometryNoise,
 )
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.models.temporal import SmoothMode, State, TemporalModel, TemporalOutput
@@ -176,24 +178,31 @@ class OdometryAidedSmoother:
     """The causal mode with odometry over one live stream of frames (`update` per frame, in order).
 
     Per frame the per-frame pose and its calibrated covariance are fused with the motion since the
-    previous frame: the odometry's (`OdometryIncrement`) when given, else the temporal model's learned
-    motion from the two frames' features, with the error the training measured for it on held-out
-    sequences (`FusionParameters.learned_motion_std`). Reset like `CausalSmoother`."""
+    previous frame: the odometry's when this frame and the previous one have it (odom_from_base at
+    their stamps, `noise` its error model), else the temporal model's learned motion from the two
+    frames' features, with the error the training measured for it on held-out sequences
+    (`FusionParameters.learned_motion_std`). When the odometry comes back after frames without it, the
+    filter goes back to its state at the last frame that had odometry and moves it by the odometry's
+    increment across the gap (the robot's odometry kept integrating while its messages were missing;
+    an odometry that restarted from elsewhere is caught by the filter's innovation gate): the poses
+    published on the learned motion in between are not kept in its history. Reset like
+    `CausalSmoother`."""
 
     def __init__(self, temporal: TemporalModel, model: PoseNet, parameters: FusionParameters,
-                 reset_after_unknown: int = 10) -> None:
-        self.temporal, self.filter = temporal, OdometryFusion(parameters)
+                 noise: OdometryNoise, reset_after_unknown: int = 10) -> None:
+        self.temporal, self.filter, self.noise = temporal, OdometryFusion(parameters), noise
         self._device = _device(temporal)
         self._position_scale = float(model.position_scale)
         self._motion_variance = np.square(np.asarray(parameters.learned_motion_std, dtype=np.float64))
         self.reset_after_unknown = reset_after_unknown
-        self._previous_features: torch.Tensor | None = None
-        self._unknown_streak = 0
+        self.reset()
 
     def reset(self) -> None:
         """Forget the stream (a stamp gap, a new sequence, or on request)."""
         self.filter.reset()
-        self._previous_features = None
+        self._previous_features: torch.Tensor | None = None
+        self._previous_had_odometry = False
+        self._anchor: tuple[FilterState, np.ndarray] | None = None  # at the last frame with odometry
         self._unknown_streak = 0
 
     def learned_motion(self, previous_1F: torch.Tensor, features_1F: torch.Tensor) -> LearnedMotion:
@@ -204,21 +213,34 @@ class OdometryAidedSmoother:
         return LearnedMotion(self._position_scale * motion[:3], motion[3:], self._motion_variance)
 
     def update(self, features_1F: torch.Tensor, position_3: np.ndarray, quat_4: np.ndarray,
-               covariance_66: np.ndarray, odometry: OdometryIncrement | None,
+               covariance_66: np.ndarray, odom_from_base: np.ndarray | None, base_from_cam: np.ndarray | None,
                known_place: bool = True) -> tuple[FusedPose, bool]:
-        """Fuse the next frame (its head input features_1F, per-frame pose in metres and covariance);
-        `odometry`: the camera's motion since the previous frame, None when there is none. Returns the
-        fused pose and whether the learned motion stood in for missing odometry."""
+        """Fuse the next frame: its head input features_1F, per-frame pose (metres, wxyz) and covariance
+        (6, 6), and the odometry at its stamp (odom_from_base, 4x4; None when there is none) with the
+        camera's mount base_from_cam (4x4). Returns the fused pose and whether the learned motion stood
+        in for missing odometry."""
         self._unknown_streak = 0 if known_place else self._unknown_streak + 1
         if self.reset_after_unknown and self._unknown_streak >= self.reset_after_unknown:
             self.filter.reset()
+            self._anchor, self._previous_had_odometry = None, False
         features = features_1F.to(self._device, torch.float32)
-        motion: OdometryIncrement | LearnedMotion | None = odometry
+        has_odometry = odom_from_base is not None and base_from_cam is not None
+        motion: OdometryIncrement | LearnedMotion | None = None
         fell_back = False
-        if self.filter.started and odometry is None and self._previous_features is not None:
+        if has_odometry and self._anchor is not None and self.filter.started:
+            anchor_state, anchor_odometry = self._anchor
+            if not self._previous_had_odometry:
+                self.filter.restore(anchor_state)
+            motion = OdometryIncrement.from_base(anchor_odometry, odom_from_base, base_from_cam, self.noise)
+        elif self.filter.started and self._previous_features is not None:
             motion, fell_back = self.learned_motion(self._previous_features, features), True
+        fused = self.filter.update(position_3, quat_4, covariance_66, motion)
         self._previous_features = features
-        return self.filter.update(position_3, quat_4, covariance_66, motion), fell_back
+        self._previous_had_odometry = has_odometry
+        if has_odometry:
+            assert odom_from_base is not None
+            self._anchor = (self.filter.snapshot(), np.array(odom_from_base, dtype=np.float64))
+        return fused, fell_back
 
 
 def temporal_jitter(position_pred_N3: np.ndarray, quat_pred_N4: np.ndarray, position_true_N3: np.ndarray,

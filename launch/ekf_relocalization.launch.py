@@ -12,6 +12,10 @@ Arguments:
                      publishes map -> odom, and two publishers of it would fight. publish_tf:=true is
                      refused.
 
+ekf_node's set_pose topic is remapped to the node's initialpose: with initial_pose_at_start:=true and
+initial_pose_lost_frames:=N the node resets the EKF to its first confident pose and to the first
+confident pose after N unconfident frames (a robot back in the map after odometry alone carried it).
+
 relocalize.launch.py sees only the arguments given here (not ekf_params_file), so it warns only about
 its own unknown ones. ekf_node runs as ekf_filter_node in the same namespace as relocalize_node (the
 default parameters file's section /**/ekf_filter_node and its relative topic names serve any
@@ -59,6 +63,9 @@ def launch_nodes(context: LaunchContext) -> list:
         name="ekf_filter_node",
         namespace=arguments.get("namespace", ""),
         parameters=[ekf_params_file],
+        # The node's initialpose (a confident pose once, at start with initial_pose_at_start:=true and
+        # after being lost with initial_pose_lost_frames:=N) resets the EKF to that pose.
+        remappings=[("set_pose", "initialpose")],
         output="screen",
     )
     # forwarding=False: the include starts from no launch configurations but its own arguments.

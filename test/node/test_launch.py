@@ -89,7 +89,8 @@ def test_every_package_is_installed_and_no_test_code(setup_arguments):
 
 def test_the_launch_file_the_parameters_file_and_the_ament_index_entry_are_installed(setup_arguments):
     installed = {destination: set(files) for destination, files in setup_arguments["data_files"]}
-    assert installed[f"share/{PACKAGE}/launch"] == {"launch/relocalize.launch.py"}
+    assert installed[f"share/{PACKAGE}/launch"] == {"launch/relocalize.launch.py",
+                                                    "launch/ekf_relocalization.launch.py"}
     assert "config/relocalize.yaml" in installed[f"share/{PACKAGE}/config"]
     assert installed[f"share/{PACKAGE}/config"] == {
         path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "config").glob("*.yaml")}

@@ -6,8 +6,6 @@ rclpy node's tf2)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from node_support import (
@@ -17,47 +15,24 @@ from node_support import (
     image,
     make_checkpoint,
     odom_from_base,
-    random_temporal,
+    odometry_msg,
     stamp,
+    store_fused_temporal,
     transform,
 )
 
-from posenet_ros.inference.odometry_fusion import FusionParameters, OdometryIncrement, OdometryNoise
-from posenet_ros.inference.temporal import TemporalCalibration
+from posenet_ros.inference.odometry_fusion import OdometryIncrement, OdometryNoise
 from posenet_ros.node.odometry import OdometryTracker, add_odometry_message
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer, input_topics
 from posenet_ros.ros.conversions import tf_message
 from posenet_ros.ros.tf_buffer import TransformBuffer
-from posenet_ros.runtime.checkpoint import load_model, store_temporal
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    path = make_checkpoint(tmp_path_factory.mktemp("odometry") / "model.safetensors", mc_samples=0)
-    store_temporal(path, random_temporal(0, load_model(path).model.head_dim), {
-        "config": {"hidden": 16, "feature_dim": 0}, "calibration": vars(TemporalCalibration()),
-        "fusion": dataclasses.asdict(FusionParameters())})
-    return path
-
-
-def odometry_msg(stamp_ns: int, odom_from_base_44: np.ndarray, frame_id: str = "odom",
-                 child_frame_id: str = "base_link") -> object:
-    """nav_msgs/Odometry (rosbags class) of a 4x4 odom_from_base; zero twist and covariances."""
-    t = transform(frame_id or "odom", "base_link", stamp_ns, odom_from_base_44)
-    vector = TYPES.get("geometry_msgs/msg/Vector3")
-    pose = TYPES.get("geometry_msgs/msg/Pose")(
-        position=TYPES.get("geometry_msgs/msg/Point")(
-            x=t.transform.translation.x, y=t.transform.translation.y, z=t.transform.translation.z),
-        orientation=t.transform.rotation)
-    t.header.frame_id = frame_id
-    return TYPES.get("nav_msgs/msg/Odometry")(
-        header=t.header, child_frame_id=child_frame_id,
-        pose=TYPES.get("geometry_msgs/msg/PoseWithCovariance")(pose=pose, covariance=np.zeros(36)),
-        twist=TYPES.get("geometry_msgs/msg/TwistWithCovariance")(
-            twist=TYPES.get("geometry_msgs/msg/Twist")(linear=vector(x=0.0, y=0.0, z=0.0),
-                                                       angular=vector(x=0.0, y=0.0, z=0.0)),
-            covariance=np.zeros(36)))
+    return store_fused_temporal(make_checkpoint(tmp_path_factory.mktemp("odometry") / "model.safetensors",
+                                                mc_samples=0))
 
 
 def make_pipeline(model_path, transforms=None, **values):

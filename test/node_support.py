@@ -3,6 +3,7 @@ checkpoint, a random temporal model, and synthetic camera frames and messages.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,13 +11,21 @@ import numpy as np
 import torch
 
 from posenet_ros.core.camera import Intrinsics
-from posenet_ros.core.geometry import matrix_to_quat, pose_from_position_quat, quat_exp, quat_multiply
+from posenet_ros.core.geometry import (
+    matrix_to_quat,
+    pose_from_position_quat,
+    position_quat_from_pose,
+    quat_exp,
+    quat_multiply,
+)
 from posenet_ros.inference.loop_closure import LoopClosureConfig
+from posenet_ros.inference.odometry_fusion import FusionParameters
+from posenet_ros.inference.temporal import TemporalCalibration
 from posenet_ros.inference.uncertainty import UncertaintyConfig
 from posenet_ros.models.posenet import ModelConfig, PoseNet
 from posenet_ros.models.temporal import TemporalConfig, TemporalModel
 from posenet_ros.ros.conversions import RosbagsTypes, image_msg, transform_stamped
-from posenet_ros.runtime.checkpoint import save_checkpoint, store_calibration
+from posenet_ros.runtime.checkpoint import load_model, save_checkpoint, store_calibration, store_temporal
 
 TYPES = RosbagsTypes()
 STAMP0_NS = 1_700_000_000_000_000_000  # 2023-11-14, a realistic ROS time
@@ -103,3 +112,32 @@ def transform(parent: str, child: str, stamp_ns: int, parent_from_child: np.ndar
     """geometry_msgs/TransformStamped (rosbags class) of a 4x4 parent_from_child."""
     return transform_stamped(TYPES, stamp_ns, parent, child, parent_from_child[:3, 3],
                              matrix_to_quat(parent_from_child[:3, :3]))
+
+
+def odometry_msg(stamp_ns: int, odom_from_base_44: np.ndarray, frame_id: str = "odom",
+                 child_frame_id: str = "base_link") -> object:
+    """nav_msgs/Odometry (rosbags class) whose pose is a 4x4 odom_from_base; zero twist and covariances."""
+    position, quat = position_quat_from_pose(odom_from_base_44)
+    vector = TYPES.get("geometry_msgs/msg/Vector3")
+    pose = TYPES.get("geometry_msgs/msg/Pose")(
+        position=TYPES.get("geometry_msgs/msg/Point")(x=position[0], y=position[1], z=position[2]),
+        orientation=TYPES.get("geometry_msgs/msg/Quaternion")(w=quat[0], x=quat[1], y=quat[2], z=quat[3]))
+    header = transform(frame_id or "odom", "base_link", stamp_ns, odom_from_base_44).header
+    header.frame_id = frame_id
+    return TYPES.get("nav_msgs/msg/Odometry")(
+        header=header, child_frame_id=child_frame_id,
+        pose=TYPES.get("geometry_msgs/msg/PoseWithCovariance")(pose=pose, covariance=np.zeros(36)),
+        twist=TYPES.get("geometry_msgs/msg/TwistWithCovariance")(
+            twist=TYPES.get("geometry_msgs/msg/Twist")(linear=vector(x=0.0, y=0.0, z=0.0),
+                                                       angular=vector(x=0.0, y=0.0, z=0.0)),
+            covariance=np.zeros(36)))
+
+
+def store_fused_temporal(path: Path, fusion: bool = True) -> Path:
+    """Store a random temporal model (`random_temporal`) in the checkpoint at `path`, with the odometry
+    filter's default fusion parameters unless `fusion` is False (a model trained before they existed)."""
+    temporal = random_temporal(0, load_model(path).model.head_dim)
+    description = {"config": {"hidden": 16, "feature_dim": 0}, "calibration": vars(TemporalCalibration())}
+    if fusion:
+        description["fusion"] = dataclasses.asdict(FusionParameters())
+    return store_temporal(path, temporal, description)

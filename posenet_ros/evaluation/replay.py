@@ -26,6 +26,12 @@ is replayed with base_frame '' (the camera's pose), with a warning. Live, the ba
 are played to the node along with the images when `settings` (the running node's parameters) need
 transforms.
 
+Odometry (`settings.odometry`, node/odometry.py): in-process, "tf" looks the odometry up in the bag's
+transforms, and a topic name reads that topic's nav_msgs/Odometry messages first (`read_odometry`), so
+the smoothing sees the odometry the node would; a bag without it (no odom_frame in its TF, or no such
+topic) is replayed with odometry none, with a warning. Live, the odometry topic is played to the node
+too.
+
 The pose policy: in-process, every frame has a pose and the figures cover them all, withheld or not;
 live, a withheld frame's pose never leaves the node, so only the published frames have errors (the
 withheld ones are counted from relocalization/status, which the live replay also steps on).
@@ -65,6 +71,7 @@ from posenet_ros.inference.metrics import (
     threshold_label,
 )
 from posenet_ros.inference.temporal import smooth_sequence, temporal_jitter
+from posenet_ros.node.odometry import ODOMETRY_TYPE, add_odometry_message, odometry_topic
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import OUTPUTS, NodeDiagnostics, RelocalizationPipeline, build_relocalizer
 from posenet_ros.node.query_camera import subscribed_camera_info_topic
@@ -77,6 +84,7 @@ from posenet_ros.ros.bag_reading import (
     bag_topics,
     check_overlap,
     open_bag,
+    read_messages,
     read_trajectory,
     read_transforms,
     select_streams,
@@ -149,13 +157,16 @@ def _topic_name(name: str) -> str:
 
 def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams, *,
                    offline_smoothing: bool = False, progress: bool = True, batch_size: int = 1,
-                   transforms: TransformBuffer | None = None) -> ReplayRun:
+                   transforms: TransformBuffer | None = None,
+                   odometry: TransformBuffer | None = None) -> ReplayRun:
     """Step the node's pipeline through every frame of `bag` (no frame dropped); Ctrl-C ends early.
     `offline_smoothing`: run per frame, then replace the poses of each stretch of the stream (split
     where the node would reset) by the checkpoint's bidirectional temporal model. `batch_size` > 1:
     the network takes that many frames at once (`RelocalizationPipeline.process_batch`: the same poses,
     more frames/s on a GPU); each frame's latency is then its share of its batch's time. `transforms`:
-    the bag's TF (`read_transforms`), where the pipeline looks the robot's links up."""
+    the bag's TF (`read_transforms`), where the pipeline looks the robot's links up. `odometry`: where
+    the odometry is looked up (settings.odometry "tf": None, the same `transforms`; a topic: the bag's
+    messages, `read_odometry`)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if offline_smoothing:
@@ -177,8 +188,10 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
                 last_stamp[0] = stamp_to_ns(msg.header.stamp)
             run.messages.append((_topic_name(topic.name), topic.type_name, last_stamp[0], msg))
 
+    if odometry is None and settings.odometry == "tf":
+        odometry = transforms
     pipeline = RelocalizationPipeline(settings, relocalizer, RosbagsTypes(), publish, logger, queue_size=None,
-                                      transforms=transforms)
+                                      transforms=transforms, odometry=odometry)
     run.policy = dataclasses.asdict(pipeline.policy)
     bar = progress_bar(total=streams.image_count, unit="frame", desc="replay", disable=not progress)
     start = time.perf_counter()
@@ -222,6 +235,26 @@ def run_in_process(bag: str | Path, settings: NodeSettings, streams: BagStreams,
     run.elapsed_s = time.perf_counter() - start
     run.counts = {key: float(value) for key, value in pipeline.diagnostics.counts.items()}
     return run
+
+
+def read_odometry(reader: Any, path: str | Path, topic: str, odom_frame: str,
+                  base_frame: str) -> TransformBuffer:
+    """The nav_msgs/Odometry messages of `topic` in the bag, as `odom_frame` <- `base_frame`, in a
+    TransformBuffer that keeps them all (node/odometry.py's `add_odometry_message`). A message the node
+    would reject (a pose that is not finite, other frame ids) is left out, as the node leaves it out, and
+    logged."""
+    buffer = TransformBuffer(cache_time_s=None)
+    rejected = 0
+    for _, _, msg in read_messages(reader, path, [topic]):
+        try:
+            add_odometry_message(buffer, msg, odom_frame, base_frame)
+        except ValueError as error:
+            rejected += 1
+            if rejected == 1:
+                logger.warning("bag %s, %s: left out an odometry message: %s", path, topic, error)
+    if rejected > 1:
+        logger.warning("bag %s, %s: left out %d odometry messages in all", path, topic, rejected)
+    return buffer
 
 
 def _smooth_offline(run: ReplayRun, relocalizer: Any, inputs: list[tuple[torch.Tensor, torch.Tensor,
@@ -559,6 +592,11 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
         trajectory = read_trajectory(reader, bag, gt_topic, gt_tf)
         transforms = read_transforms(reader, bag)
         transform_topics = [t for t in ("/tf", "/tf_static") if t in bag_topics(reader)]
+        topic = odometry_topic(settings)
+        odometry = None
+        if topic is not None and bag_topics(reader).get(topic) == ODOMETRY_TYPE:
+            odometry = read_odometry(reader, bag, topic, settings.odom_frame, settings.base_frame)
+            transform_topics.append(topic)
         image_stamps = np.array([stamp_to_ns(msg.header.stamp) for kind, msg in
                                  stream_messages(reader, bag, dataclasses.replace(streams, depth_topic=None))
                                  if kind == "image"], np.int64)
@@ -567,15 +605,21 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
     if settings.base_frame and settings.base_frame not in transforms.frames():
         logger.warning("bag %s has no transform of base_frame %r: replaying with base_frame '' (the camera's "
                        "pose on /relocalized_pose)", bag, settings.base_frame)
-        settings = dataclasses.replace(settings, base_frame="",
+        settings = dataclasses.replace(settings, base_frame="", odometry="none",
                                        publish_tf=settings.publish_tf and settings.tf_mode == "map_camera")
+    if ((settings.odometry == "tf" and settings.odom_frame not in transforms.frames())
+            or (odometry_topic(settings) is not None and odometry is None)):
+        logger.warning("bag %s has no odometry %s: replaying with odometry none", bag,
+                       f"transform of odom_frame {settings.odom_frame!r}" if settings.odometry == "tf"
+                       else f"topic {settings.odometry} ({ODOMETRY_TYPE})")
+        settings = dataclasses.replace(settings, odometry="none")
     if live:
         played_transforms = transform_topics if needs_transforms(settings) else []
         run = run_live(bag, streams, namespace=namespace, domain_id=domain_id, config=dds_config,
                        progress=progress, transform_topics=played_transforms)
     else:
         run = run_in_process(bag, settings, streams, offline_smoothing=smooth == "offline", progress=progress,
-                             batch_size=batch_size, transforms=transforms)
+                             batch_size=batch_size, transforms=transforms, odometry=odometry)
     if not run.answers:
         raise ValueError(f"no frame of {streams.image_topic} in {bag} was answered"
                          + (" (interrupted)" if run.interrupted else ""))
@@ -587,6 +631,8 @@ def replay(bag: str | Path, out: str | Path, settings: NodeSettings, *, image_to
                                              in_map_angle_deg=in_map_angle_deg)
     if smooth == "node":
         smooth = "causal" if settings.smoothing and loaded.temporal is not None else "off"
+        if smooth == "causal" and settings.odometry != "none":
+            smooth = "causal with odometry"
     metrics.update(bag=str(bag), model=str(settings.model), smoothing=smooth, image_topic=streams.image_topic,
                    depth_topic=streams.depth_topic, camera_info_topic=streams.camera_info_topic,
                    image_messages=len(image_stamps))

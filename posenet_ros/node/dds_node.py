@@ -9,7 +9,9 @@ messages are those of `ros2 run posenet_ros relocalize_node`; ROS 2 nodes on the
 subscribe to them as usual. The TF output goes to /tf as a tf2_msgs/TFMessage, as a
 TransformBroadcaster sends it. When the node needs transforms (base_frame set, or map -> odom) it
 subscribes to /tf and /tf_static (transient local, as tf2's listener) into the pipeline's
-`TransformBuffer` (ros/tf_buffer.py), which interpolates them at each image's stamp. Without ROS there
+`TransformBuffer` (ros/tf_buffer.py), which interpolates them at each image's stamp; the odometry
+(parameter `odometry`: "tf", or a nav_msgs/Odometry topic subscribed here) is looked up in the same way
+(node/odometry.py). Without ROS there
 are no services: the rclpy node's `relocalize` service is the `relocalization/relocalize` topic here
 (std_msgs/Empty; both runtimes have it).
 """
@@ -58,7 +60,7 @@ def run_node(settings: NodeSettings, *, namespace: str = "/", domain_id: int | N
         callbacks = {"image": pipeline.on_image, "camera_info": pipeline.on_camera_info,
                      "depth": pipeline.on_depth, "reset": pipeline.on_reset,
                      "tf": pipeline.on_tf, "tf_static": pipeline.on_tf_static,
-                     "relocalize": pipeline.on_relocalize}
+                     "relocalize": pipeline.on_relocalize, "odometry": pipeline.on_odometry}
         for key, topic in input_topics(settings).items():
             node.subscription(topic.name, topic.type_name, topic.qos, callbacks[key])
         pipeline.start()

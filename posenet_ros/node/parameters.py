@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,21 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("smoothing_reset_unknown", 10,
                   "Consecutive unknown-place frames after which the temporal state is dropped; 0: never",
                   minimum=0, maximum=100000),
+    ParameterSpec("odometry", "none",
+                  "The robot's motion between frames for the temporal smoothing (a checkpoint with fusion "
+                  "parameters, smoothing on): none (the temporal model alone); tf: odom_frame -> base_frame "
+                  "from TF at each image stamp; a topic name (e.g. /odom): nav_msgs/Odometry, its pose as "
+                  "odom_frame -> base_frame. Needs base_frame (the camera extrinsic)"),
+    ParameterSpec("odometry_position_noise", 0.02,
+                  "Odometry position error (m, standard deviation per axis) after 1 m travelled; it grows "
+                  "with the square root of the distance", minimum=0.0, maximum=10.0),
+    ParameterSpec("odometry_rotation_noise_deg", 1.0,
+                  "Odometry rotation error (degrees, standard deviation per axis) after 1 m travelled",
+                  minimum=0.0, maximum=90.0),
+    ParameterSpec("odometry_max_gap", 0.5,
+                  "Longest time (s) between two odometry poses the node interpolates across; a frame in a "
+                  "longer gap has no odometry (the temporal model's learned motion stands in)",
+                  minimum=0.0, maximum=60.0),
     ParameterSpec("map_frame", "map", "frame_id of the published poses, the map poses and the TF parent"),
     ParameterSpec("base_frame", "base_link",
                   "Robot base frame: relocalized_pose is its pose in map_frame (base -> camera from TF at "
@@ -121,6 +137,7 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
 )
 
 _SPECS = {spec.name: spec for spec in NODE_PARAMETERS}
+_TOPIC_NAME = re.compile(r"~?/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")  # a ROS 2 topic name
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,10 @@ class NodeSettings:
     mc_samples: int = -1
     smoothing: bool = True
     smoothing_reset_unknown: int = 10
+    odometry: str = "none"
+    odometry_position_noise: float = 0.02
+    odometry_rotation_noise_deg: float = 1.0
+    odometry_max_gap: float = 0.5
     map_frame: str = "map"
     base_frame: str = "base_link"
     odom_frame: str = "odom"
@@ -186,6 +207,12 @@ class NodeSettings:
             raise ValueError(f"publish_tf with tf_mode 'map_camera' would give the camera frame a second "
                              f"parent ({settings.map_frame}, besides {settings.base_frame}): set base_frame "
                              "to '' (a camera without a robot) or tf_mode to 'map_odom'")
+        if settings.odometry not in ("none", "tf") and not _TOPIC_NAME.fullmatch(settings.odometry):
+            raise ValueError(f"parameter 'odometry' must be none, tf or a topic name (e.g. /odom), got "
+                             f"{settings.odometry!r}")
+        if settings.odometry != "none" and not (settings.base_frame and settings.odom_frame):
+            raise ValueError("parameter 'odometry' needs base_frame and odom_frame: the odometry moves the "
+                             "base, and base_frame -> camera (TF) carries that motion to the camera")
         return settings
 
     def values(self) -> dict[str, Any]:

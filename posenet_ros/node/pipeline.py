@@ -17,8 +17,15 @@ right after one of an unknown encoding is logged too); the next good frame is an
 
 Frames (REP-105, `robot_frames.py`): the transforms a frame needs (base <- camera, odom <- base) are
 looked up at its stamp before the network runs, in a `TransformLookup` (by default a `TransformBuffer`
-fed by `on_tf` / `on_tf_static`; the rclpy node hands in tf2_ros's); a frame whose transforms are
-missing or stale is dropped, counted ("no_transform") and warned about, naming the link.
+fed by `on_tf` / `on_tf_static`; the rclpy node hands in tf2_ros's); a frame whose base <- camera is
+missing or stale is dropped, counted ("no_transform") and warned about, naming the link; a frame
+whose odom <- base is missing is answered without its map -> odom transform ("no_map_odom").
+
+Odometry (`odometry.py`, parameter `odometry`): with a checkpoint whose temporal model has fusion
+parameters and smoothing on, each frame is smoothed with the camera's motion since the previous frame
+from the odometry (TF, or a nav_msgs/Odometry topic through `on_odometry`), looked up at the two
+stamps; where that motion is missing the temporal model's learned motion stands in
+("odometry_missing", warned about at most once per WARNING_PERIOD_S).
 
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
 image's stamp: the pose with covariance of base_frame (or, without one, of the camera) in the map
@@ -50,6 +57,14 @@ import numpy as np
 
 from posenet_ros.core.geometry import position_quat_from_pose
 from posenet_ros.node.initial_pose import InitialPoseTrigger
+from posenet_ros.node.odometry import (
+    ODOMETRY_TYPE,
+    OdometryStep,
+    OdometryTracker,
+    add_odometry_message,
+    odometry_source,
+    odometry_topic,
+)
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pose_policy import CONFIDENT, REASONS, PolicyDecision, PosePolicy, policy_limits
 from posenet_ros.node.query_camera import QueryCamera, subscribed_camera_info_topic
@@ -59,6 +74,7 @@ from posenet_ros.node.robot_frames import (
     camera_frame_of,
     look_up_links,
     needs_transforms,
+    publishes_map_odom,
     robot_pose,
 )
 from posenet_ros.ros.conversions import (
@@ -122,7 +138,8 @@ def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     the next frame, e.g. after the robot was carried elsewhere); "relocalize" (std_msgs/Empty: send the
     next confident pose to initialpose, as the rclpy node's `relocalize` service does); and when TF is
     needed (`robot_frames.needs_transforms`) "tf" and "tf_static" (the latter transient local, as tf2
-    does)."""
+    does); with `odometry` naming a topic, "odometry" (nav_msgs/Odometry, sensor-data QoS, which
+    matches reliable and best-effort publishers alike)."""
     image_type = ("sensor_msgs/msg/CompressedImage" if settings.image_topic.endswith("/compressed")
                   else "sensor_msgs/msg/Image")
     topics = {"image": Topic(settings.image_topic, image_type, "sensor_data")}
@@ -136,6 +153,9 @@ def input_topics(settings: NodeSettings) -> dict[str, Topic]:
     if needs_transforms(settings):
         topics["tf"] = Topic("/tf", "tf2_msgs/msg/TFMessage", "default")
         topics["tf_static"] = Topic("/tf_static", "tf2_msgs/msg/TFMessage", "transient_local")
+    topic = odometry_topic(settings)
+    if topic is not None:
+        topics["odometry"] = Topic(topic, ODOMETRY_TYPE, "sensor_data")
     return topics
 
 
@@ -158,14 +178,17 @@ def build_policy(settings: NodeSettings, relocalizer: Relocalizer, log: NodeLog)
 
 
 def build_relocalizer(settings: NodeSettings) -> Relocalizer:
-    """The Relocalizer the parameters describe (checkpoint, device, precision, runtime, MC samples and
-    loop-closure overrides). Raises ValueError when the model needs depth and use_depth is off."""
+    """The Relocalizer the parameters describe (checkpoint, device, precision, runtime, MC samples,
+    smoothing with or without odometry, and loop-closure overrides). Raises ValueError when the model
+    needs depth and use_depth is off, and when odometry is configured for a temporal model without fusion
+    parameters (`Relocalizer`'s odometry_aided)."""
     relocalizer = Relocalizer(settings.model, device=settings.device, precision=settings.precision,  # type: ignore[arg-type]
                               mc_samples=None if settings.mc_samples < 0 else settings.mc_samples,
                               smoothing=settings.smoothing,
                               smoothing_reset_unknown=settings.smoothing_reset_unknown,
                               runtime=settings.runtime,  # type: ignore[arg-type]
-                              exported_model=settings.exported_model or None, fast_path=settings.fast_path)
+                              exported_model=settings.exported_model or None, fast_path=settings.fast_path,
+                              odometry_aided=odometry_source(settings) is not None)
     overrides = {name: value for name, value in (("enter_score", settings.loop_closure_enter_score),
                                                  ("leave_score", settings.loop_closure_leave_score),
                                                  ("min_frames", settings.loop_closure_min_frames or math.nan))
@@ -318,14 +341,18 @@ class NodeDiagnostics:
     unpaired: images without a depth within the slop; failed: frames whose processing raised an
     unexpected error; duplicate: images (or depth images) with the stamp of the one before, ignored
     (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it);
-    no_transform: frames dropped because a transform at their stamp was missing or stale;
+    no_transform: frames dropped because base <- camera at their stamp was missing or stale;
+    no_map_odom: frames answered without their map -> odom transform (odom <- base missing at their stamp);
+    odometry_missing: frames smoothed with the learned motion because the odometry at their stamp or at
+    the previous frame's was missing; odometry_rejected: nav_msgs/Odometry messages that could not be used;
     withheld_<reason>: frames answered without a pose by the no-fix policy; initial_poses: poses sent
     to initialpose; camera_info_rejected (not a frame count): CameraInfo messages dropped
     (query_camera.py). latency: callback receipt -> the frame's outputs published (ms).
     """
 
     COUNTERS = ("received", "processed", "dropped", "rejected", "unpaired", "failed", "duplicate",
-                "no_transform", *(f"withheld_{reason}" for reason in REASONS if reason != CONFIDENT),
+                "no_transform", "no_map_odom", "odometry_missing", "odometry_rejected",
+                *(f"withheld_{reason}" for reason in REASONS if reason != CONFIDENT),
                 "initial_poses", "camera_info_rejected")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -378,13 +405,15 @@ class RelocalizationPipeline:
     `queue_size`: frames waiting for the worker (1 in the node: a newer frame displaces a waiting
     one; None in bag replay, which steps the pipeline itself and drops nothing).
     `transforms`: where TF lookups go; None: the pipeline's own `tf_buffer`, fed by `on_tf` and
-    `on_tf_static`.
+    `on_tf_static`. `odometry`: where the odometry is looked up (odometry.py; bag replay hands in the
+    bag's); None: for "tf" the pipeline's `tf_buffer` (or, when `transforms` is tf2's, an own buffer
+    also fed by `on_tf` / `on_tf_static`: `takes_tf`), for a topic an own buffer fed by `on_odometry`.
     """
 
     def __init__(self, settings: NodeSettings, relocalizer: Relocalizer, types: MessageTypes,
                  publish: Callable[[str, Any], None], log: NodeLog | None = None,
                  clock: Callable[[], float] = time.monotonic, queue_size: int | None = 1,
-                 transforms: TransformLookup | None = None) -> None:
+                 transforms: TransformLookup | None = None, odometry: TransformBuffer | None = None) -> None:
         self.settings = settings
         self.relocalizer = relocalizer
         self.types = types
@@ -395,6 +424,23 @@ class RelocalizationPipeline:
         self.warnings = ThrottledWarnings(self.log, clock=clock)
         self.tf_buffer = TransformBuffer() if transforms is None else None
         self.transforms: TransformLookup = transforms or self.tf_buffer  # type: ignore[assignment]
+        source = odometry_source(settings)
+        self._tf_feeds = [buffer for buffer in (self.tf_buffer,) if buffer is not None]
+        if odometry is None and source == "tf":
+            odometry = self.tf_buffer or TransformBuffer()
+            if odometry is not self.tf_buffer:
+                self._tf_feeds.append(odometry)
+        elif odometry is None and source is not None:
+            odometry = TransformBuffer()
+        self.odometry_buffer = odometry
+        self.odometry: OdometryTracker | None = None
+        if relocalizer.odometry_aided and odometry is not None:
+            self.odometry = OdometryTracker.for_settings(settings, odometry)
+            self.log.info(f"smoothing with odometry from {source}")
+        elif source is not None:
+            self.log.warning(f"odometry {source} is not used: "
+                             + ("smoothing is off" if not settings.smoothing else
+                                f"{relocalizer.model_path} has no temporal model"))
         self.query_camera = QueryCamera(subscribed_camera_info_topic(settings), self.diagnostics.count,
                                         self.warnings.warn, self.log)
         self._slot: LatestSlot[Frame] = LatestSlot(queue_size)
@@ -452,15 +498,36 @@ class RelocalizationPipeline:
         """/tf_static callback (tf2_msgs/TFMessage): static links, valid at every stamp."""
         self._add_transforms(msg, static=True)
 
+    @property
+    def takes_tf(self) -> bool:
+        """Whether `on_tf` / `on_tf_static` feed a buffer of this pipeline (its own TF buffer, or the
+        odometry's when the TF lookups go to tf2)."""
+        return bool(self._tf_feeds)
+
     def _add_transforms(self, msg: Any, static: bool) -> None:
-        assert self.tf_buffer is not None, "TF goes to the transforms handed to the pipeline"
+        assert self._tf_feeds, "TF goes to the transforms handed to the pipeline"
         topic = "/tf_static" if static else "/tf"
         for transform in getattr(msg, "transforms", ()):
             try:
-                self.tf_buffer.add(transform, static)
+                for buffer in self._tf_feeds:
+                    buffer.add(transform, static)
             except (AttributeError, TypeError, ValueError) as error:
                 self.diagnostics.count("rejected")
                 self.warnings.warn(f"{topic}-rejected", f"ignored a transform on {topic}: {error}")
+
+    def on_odometry(self, msg: Any) -> None:
+        """Odometry callback (nav_msgs/Odometry on the `odometry` topic): its pose into the odometry
+        buffer; a message that cannot be used (a pose that is not finite, other frame ids, no stamp) is
+        counted as odometry_rejected, so its stamp has no odometry."""
+        if self.odometry_buffer is None:
+            return
+        try:
+            add_odometry_message(self.odometry_buffer, msg, self.settings.odom_frame,
+                                 self.settings.base_frame)
+        except (AttributeError, TypeError, ValueError) as error:
+            self.diagnostics.count("odometry_rejected")
+            self.warnings.warn("odometry-rejected", f"ignored a message on {self.settings.odometry}: {error}")
+
     def on_relocalize(self, msg: Any) -> None:
         """Trigger callback (std_msgs/Empty): send the next confident pose to initialpose."""
         self.request_relocalization()
@@ -545,8 +612,8 @@ class RelocalizationPipeline:
             return None
         frame, rgb, depth = decoded[0]
         camera = self.query_camera.for_image(rgb.shape[1], rgb.shape[0])
-        return self._finish(frame, lambda: self.relocalizer.process(rgb, depth, stamp_ns=frame.stamp_ns,
-                                                                    camera=camera))
+        return self._finish(frame, functools.partial(self.relocalizer.process, rgb, depth,
+                                                     stamp_ns=frame.stamp_ns, camera=camera))
 
     def process_batch(self, max_frames: int) -> list[PoseEstimate]:
         """Bag replay's batched step: up to `max_frames` queued frames through the network as one
@@ -595,9 +662,11 @@ class RelocalizationPipeline:
                                    f"dropped frame {_seconds(frame.stamp_ns)}: {rejection}")
         return decoded
 
-    def _finish(self, frame: Frame, estimate_pose: Callable[[], PoseEstimate]) -> PoseEstimate | None:
-        """The stream checks, `estimate_pose()` and publishing for one frame, in stream order; a failure
-        is counted and logged and the node keeps running."""
+    def _finish(self, frame: Frame,
+                estimate_pose: Callable[..., PoseEstimate]) -> PoseEstimate | None:
+        """The stream checks, `estimate_pose(odometry=increment)` (the frame's odometry increment, None
+        without) and publishing for one frame, in stream order; a failure is counted and logged and the
+        node keeps running."""
         try:
             links = look_up_links(self.settings, self.transforms,
                                   camera_frame_of(self.settings, frame.image_msg), frame.stamp_ns)
@@ -609,7 +678,15 @@ class RelocalizationPipeline:
             return None
         try:
             self._check_stream(frame.stamp_ns)
-            estimate = estimate_pose()
+            step = self._odometry_step(frame.stamp_ns, links)
+            estimate = estimate_pose(odometry=None if step is None else step.increment)
+            if step is not None and self.odometry is not None:
+                self.odometry.advance(step)
+                if estimate.odometry_fallback:
+                    self.diagnostics.count("odometry_missing")
+                    self.warnings.warn("odometry_missing", f"no odometry for frame "
+                                       f"{_seconds(frame.stamp_ns)} ({step.problem}): smoothed with the "
+                                       "learned motion")
             self._publish_estimate(estimate, frame, links)
         except Exception as error:  # the node keeps running; the problem is counted and logged
             self.diagnostics.count("failed")
@@ -619,6 +696,13 @@ class RelocalizationPipeline:
             return None
         self.diagnostics.processed(1e3 * (self.clock() - frame.received_s))
         return estimate
+
+    def _odometry_step(self, stamp_ns: int, links: FrameLinks) -> OdometryStep | None:
+        """The frame's odometry and camera increment; None without odometry-aided smoothing."""
+        if self.odometry is None:
+            return None
+        assert links.base_from_camera is not None  # parameters.py: odometry needs base_frame
+        return self.odometry.motion(stamp_ns, links.base_from_camera)
 
     def _decode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
         """The frame's RGB (H, W, 3) uint8 and depth (H, W) float32 metres (None without depth), as
@@ -648,13 +732,18 @@ class RelocalizationPipeline:
         backwards."""
         if self._reset_requested.is_set():
             self._reset_requested.clear()
-            self.relocalizer.reset()
+            self._reset_stream()
             self.log.info(f"stream reset on request before {_seconds(stamp_ns)}")
             self._last_stamp_ns = None
         last, self._last_stamp_ns = self._last_stamp_ns, stamp_ns
         if last is not None and not 0 <= stamp_ns - last <= self.settings.reset_gap * 1e9:
-            self.relocalizer.reset()
+            self._reset_stream()
             self.log.info(f"stream reset: stamp {_seconds(stamp_ns)} after {_seconds(last)}")
+
+    def _reset_stream(self) -> None:
+        self.relocalizer.reset()
+        if self.odometry is not None:
+            self.odometry.reset()
 
     # -- outputs -------------------------------------------------------------------------------
 
@@ -665,6 +754,10 @@ class RelocalizationPipeline:
         self.publish("status", self._status(decision, estimate.known_place, stamp, initial_pose is not None))
         published = robot_pose(settings, links, stamp, estimate.position_3, estimate.quat_wxyz_4,
                                estimate.covariance_66)
+        if publishes_map_odom(settings) and links.odom_from_base is None:
+            self.diagnostics.count("no_map_odom")
+            self.warnings.warn("no_map_odom", f"no {settings.map_frame} -> {settings.odom_frame} for frame "
+                               f"{_seconds(stamp)}: {links.odom_problem}")
         pose = pose_with_covariance_stamped(types, stamp, settings.map_frame, published.position_3,
                                             published.quat_wxyz_4, published.covariance_66)
         if decision.published:

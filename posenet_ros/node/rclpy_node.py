@@ -16,7 +16,9 @@ Topics (`pipeline.OUTPUTS`, `pipeline.input_topics`; relative names resolve in t
                 depth_topic (sensor_msgs/Image, only with use_depth)            all sensor-data QoS
                 relocalization/reset           std_msgs/Bool
                 relocalization/relocalize      std_msgs/Empty (as the relocalize service)
-                /tf, /tf_static                through tf2_ros's TransformListener (when frames need them)
+                /tf, /tf_static                through tf2_ros's TransformListener (when frames need them);
+                                               with odometry tf also into the pipeline's odometry buffer
+                odometry (a topic name)        nav_msgs/Odometry (sensor-data QoS), with odometry naming it
     publishes   relocalized_pose               geometry_msgs/PoseWithCovarianceStamped (base; if confident)
                 relocalization/camera_pose     geometry_msgs/PoseWithCovarianceStamped (camera; if confident)
                 relocalization/status          diagnostic_msgs/DiagnosticArray (every frame: why)
@@ -38,7 +40,9 @@ when) are made by `parameters.py` and `pipeline.py`, which the Cyclone DDS runti
 `conversions.py` with `RclpyTypes` (rclpy's message classes; point clouds by sensor_msgs_py's
 `create_cloud_xyz32`). Transforms (base <- camera, odom <- base at each image's stamp) come from a
 tf2_ros Buffer filled by a TransformListener, through `Tf2Lookup`, the interface the DDS runtime's
-`TransformBuffer` also offers.
+`TransformBuffer` also offers. The odometry for the smoothing (parameter `odometry` tf) is looked up in
+the pipeline's own `TransformBuffer`, which this node feeds from its own /tf and /tf_static
+subscriptions: it refuses stamps in gaps of the odometry (node/odometry.py), which tf2 cannot say.
 """
 
 from __future__ import annotations
@@ -147,9 +151,12 @@ class RelocalizeNode(Node):
             transforms=Tf2Lookup(self.tf_buffer) if self.tf_buffer is not None else None)
         handlers = {"image": self.pipeline.on_image, "camera_info": self.pipeline.on_camera_info,
                     "depth": self.pipeline.on_depth, "reset": self.pipeline.on_reset,
-                    "relocalize": self.pipeline.on_relocalize}
+                    "relocalize": self.pipeline.on_relocalize, "odometry": self.pipeline.on_odometry,
+                    "tf": self.pipeline.on_tf, "tf_static": self.pipeline.on_tf_static}
+        # the TransformListener subscribes to /tf and /tf_static for the lookups; the pipeline too when
+        # it keeps the odometry's own buffer
         inputs = {name: topic for name, topic in input_topics(settings).items()
-                  if name not in ("tf", "tf_static")}  # the TransformListener subscribes to those
+                  if name not in ("tf", "tf_static") or self.pipeline.takes_tf}
         self.subscriptions_by_input = {
             name: self.create_subscription(self.types.get(topic.type_name), topic.name, handlers[name],
                                            QOS[topic.qos])

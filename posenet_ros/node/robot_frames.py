@@ -17,9 +17,11 @@ and from the Relocalizer's world_from_cam (map_from_camera):
 
 so that map_from_odom · odom_from_base(t) · base_from_camera(t) = map_from_camera exactly. tf_mode
 map_camera publishes map -> camera frame at t instead (a camera without a robot: base_frame empty, so
-that nothing else parents the camera frame; parameters.py refuses it with a base_frame). A transform
-that is missing, or not yet known at t, raises `TransformUnavailable` naming the link; the pipeline
-drops the frame and counts it.
+that nothing else parents the camera frame; parameters.py refuses it with a base_frame). A missing
+base_from_camera, or one not yet known at t, raises `TransformUnavailable` naming the link; the pipeline
+drops the frame and counts it. A missing odom_from_base costs only the map -> odom transform of that
+frame (`FrameLinks.odom_problem` says why; the pipeline counts it): the pose itself needs only the
+camera extrinsic.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from posenet_ros.core.covariance_transport import transport_covariance
 from posenet_ros.core.geometry import pose_from_position_quat, position_quat_from_pose
 from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.ros.tf_buffer import TransformUnavailable
 
 DEFAULT_CAMERA_FRAME = "camera"  # when neither camera_frame nor the image's header names one
 
@@ -48,11 +51,13 @@ class TransformLookup(Protocol):
 @dataclass(frozen=True)
 class FrameLinks:
     """The TF links of one image at its stamp: camera_frame, base_from_camera (4x4; None without
-    base_frame) and odom_from_base (4x4; None unless map -> odom is published)."""
+    base_frame) and odom_from_base (4x4; None unless map -> odom is published, or when it is missing at
+    this stamp: then `odom_problem` says why)."""
 
     camera_frame: str
     base_from_camera: np.ndarray | None
     odom_from_base: np.ndarray | None
+    odom_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,20 +91,29 @@ def camera_frame_of(settings: NodeSettings, image_msg: Any) -> str:
 
 def needs_transforms(settings: NodeSettings) -> bool:
     """Whether the node looks anything up in TF (and so subscribes to /tf and /tf_static)."""
-    return bool(settings.base_frame) or (settings.publish_tf and settings.tf_mode == "map_odom")
+    return bool(settings.base_frame) or publishes_map_odom(settings)
 
 
 def look_up_links(settings: NodeSettings, transforms: TransformLookup, camera_frame: str,
                   stamp_ns: int) -> FrameLinks:
     """The links an image stamped `stamp_ns` needs (see the module docstring); TransformUnavailable
-    when one is missing or stale."""
+    when base_from_camera is missing or stale (a missing odom_from_base is `FrameLinks.odom_problem`)."""
     timeout = settings.transform_timeout
     base_from_camera = odom_from_base = None
+    odom_problem = ""
     if settings.base_frame:
         base_from_camera = transforms.lookup(settings.base_frame, camera_frame, stamp_ns, timeout)
-    if settings.publish_tf and settings.tf_mode == "map_odom":
-        odom_from_base = transforms.lookup(settings.odom_frame, settings.base_frame, stamp_ns, timeout)
-    return FrameLinks(camera_frame, base_from_camera, odom_from_base)
+    if publishes_map_odom(settings):
+        try:
+            odom_from_base = transforms.lookup(settings.odom_frame, settings.base_frame, stamp_ns, timeout)
+        except TransformUnavailable as error:
+            odom_problem = str(error)
+    return FrameLinks(camera_frame, base_from_camera, odom_from_base, odom_problem)
+
+
+def publishes_map_odom(settings: NodeSettings) -> bool:
+    """Whether the node publishes map -> odom (publish_tf, tf_mode map_odom)."""
+    return settings.publish_tf and settings.tf_mode == "map_odom"
 
 
 def robot_pose(settings: NodeSettings, links: FrameLinks, stamp_ns: int, position_3: np.ndarray,
@@ -113,8 +127,10 @@ def robot_pose(settings: NodeSettings, links: FrameLinks, stamp_ns: int, positio
         frame, map_from_frame = settings.base_frame, map_from_camera @ camera_from_base
         covariance = transport_covariance(covariance_66, map_from_camera, camera_from_base)
     transforms: tuple[PublishedTransform, ...] = ()
-    if settings.publish_tf and settings.tf_mode == "map_odom":
-        assert links.odom_from_base is not None  # look_up_links looks it up in this mode
+    if publishes_map_odom(settings):
+        if links.odom_from_base is None:  # missing at this stamp: no map -> odom for this frame
+            position, quat = position_quat_from_pose(map_from_frame)
+            return RobotPose(frame, position, quat, covariance, ())
         post_dated = stamp_ns + round(settings.transform_tolerance * 1e9)
         transforms = (PublishedTransform(settings.map_frame, settings.odom_frame, post_dated,
                                          map_from_frame @ np.linalg.inv(links.odom_from_base)),)

@@ -7,6 +7,9 @@ is interpolated between the two stamps around the query (linear in translation, 
 as tf2 does); a query before the first or after the last transform of a link fails (tf2's
 extrapolation error), naming that link. `lookup(target, source, stamp)` walks both frames up to their
 common ancestor and returns target_from_source as a 4x4 (maps points in `source` to `target`).
+`max_gap_s` (not a tf2 rule; the node's odometry uses it, node/odometry.py) also refuses a stamp
+between two transforms of a dynamic link that are more than that many seconds apart: a gap in the
+stream, across which interpolating would invent the motion.
 
 (pytransform3d's TemporalTransformManager, the PyPI library nearest to this, interpolates by screw
 motion rather than tf2's lerp + slerp, has no rolling cache and does not say which link is missing, so
@@ -50,8 +53,9 @@ class _Link:
     positions: list[np.ndarray] = field(default_factory=list)
     quats: list[np.ndarray] = field(default_factory=list)
 
-    def at(self, child: str, stamp_ns: int) -> np.ndarray:
-        """parent_from_child (4x4) at `stamp_ns`; TransformUnavailable outside the samples' span."""
+    def at(self, child: str, stamp_ns: int, max_gap_ns: int | None = None) -> np.ndarray:
+        """parent_from_child (4x4) at `stamp_ns`; TransformUnavailable outside the samples' span, or
+        between two samples more than `max_gap_ns` apart (None: any gap is interpolated)."""
         if self.static:
             return pose_from_position_quat(self.positions[0], self.quats[0])
         right = bisect.bisect_left(self.stamps_ns, stamp_ns)
@@ -63,6 +67,11 @@ class _Link:
                 f"from {_seconds(self.stamps_ns[0])} to {_seconds(self.stamps_ns[-1])}"
                 + (" (stale: no newer transform yet)" if right else ""))
         left = right - 1
+        if max_gap_ns is not None and self.stamps_ns[right] - self.stamps_ns[left] > max_gap_ns:
+            raise TransformUnavailable(
+                f"transform {self.parent} -> {child} is not available at {_seconds(stamp_ns)}: it falls in "
+                f"a gap from {_seconds(self.stamps_ns[left])} to {_seconds(self.stamps_ns[right])} (longer "
+                f"than {max_gap_ns / 1e9:g} s)")
         t = (stamp_ns - self.stamps_ns[left]) / (self.stamps_ns[right] - self.stamps_ns[left])
         position = (1.0 - t) * self.positions[left] + t * self.positions[right]
         q0 = self.quats[left]
@@ -89,16 +98,26 @@ class TransformBuffer:
 
     def add(self, transform: Any, static: bool = False) -> None:
         """One geometry_msgs/TransformStamped, header.frame_id -> child_frame_id at header.stamp. A
-        link whose parent changes is started anew (the tree is the latest one)."""
-        parent, child = _name(transform.header.frame_id), _name(transform.child_frame_id)
+        link whose parent changes is started anew (the tree is the latest one). ValueError for empty or
+        equal frame names, a pose that is not finite or a zero quaternion."""
+        position, quat = pose_from_msg(transform)
+        self.add_pose(transform.header.frame_id, transform.child_frame_id,
+                      stamp_to_ns(transform.header.stamp), position, quat, static)
+
+    def add_pose(self, parent_frame: str, child_frame: str, stamp_ns: int, position_3: np.ndarray,
+                 quat_wxyz_4: np.ndarray, static: bool = False) -> None:
+        """parent_from_child at `stamp_ns` (position metres, quaternion w, x, y, z, normalised here), as
+        `add` takes it from a message (nav_msgs/Odometry's pose goes in this way too)."""
+        parent, child = _name(parent_frame), _name(child_frame)
         if not parent or not child or parent == child:
             raise ValueError(f"invalid transform {parent!r} -> {child!r}")
-        position, quat = pose_from_msg(transform)
+        position = np.asarray(position_3, dtype=np.float64)
+        quat = np.asarray(quat_wxyz_4, dtype=np.float64)
         norm = np.linalg.norm(quat)
         if not (np.all(np.isfinite(position)) and np.isfinite(norm) and norm > 0):
             raise ValueError(f"transform {parent} -> {child} is not finite or has a zero quaternion")
         quat = quat / norm
-        stamp_ns = stamp_to_ns(transform.header.stamp)
+        stamp_ns = int(stamp_ns)
         with self._changed:
             link = self._links.get(child)
             if link is None or link.parent != parent or link.static != static or static:
@@ -121,21 +140,23 @@ class TransformBuffer:
             return set(self._links) | {link.parent for link in self._links.values()}
 
     def lookup(self, target_frame: str, source_frame: str, stamp_ns: int,
-               timeout_s: float = 0.0) -> np.ndarray:
+               timeout_s: float = 0.0, max_gap_s: float | None = None) -> np.ndarray:
         """target_from_source (4x4 float64, metres) at `stamp_ns`, waiting up to `timeout_s` seconds for
-        the transforms to arrive. Raises TransformUnavailable naming the missing or stale link."""
+        the transforms to arrive. `max_gap_s`: refuse a stamp in a longer gap of a dynamic link (module
+        docstring; None: tf2's rules). Raises TransformUnavailable naming the missing or stale link."""
         deadline = time.monotonic() + timeout_s
+        max_gap_ns = None if max_gap_s is None else round(max_gap_s * 1e9)
         with self._changed:
             while True:
                 try:
-                    return self._lookup(_name(target_frame), _name(source_frame), stamp_ns)
+                    return self._lookup(_name(target_frame), _name(source_frame), stamp_ns, max_gap_ns)
                 except TransformUnavailable:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise
                     self._changed.wait(remaining)
 
-    def _lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
+    def _lookup(self, target: str, source: str, stamp_ns: int, max_gap_ns: int | None) -> np.ndarray:
         if target == source:
             return np.eye(4)
         source_chain, target_chain = self._chain(source), self._chain(target)
@@ -146,8 +167,8 @@ class TransformBuffer:
                     f"{frame}'s tree ends at {chain[-1]}" if len(chain) > 1 else f"{frame} has no parent"
                     for frame, chain in ((source, source_chain), (target, target_chain)))
                 + " (is the link between them published?)")
-        common_from_source = self._up(source_chain, common, stamp_ns)
-        common_from_target = self._up(target_chain, common, stamp_ns)
+        common_from_source = self._up(source_chain, common, stamp_ns, max_gap_ns)
+        common_from_target = self._up(target_chain, common, stamp_ns, max_gap_ns)
         return np.linalg.inv(common_from_target) @ common_from_source
 
     def _chain(self, frame: str) -> list[str]:
@@ -157,11 +178,11 @@ class TransformBuffer:
             chain.append(self._links[chain[-1]].parent)
         return chain
 
-    def _up(self, chain: list[str], ancestor: str, stamp_ns: int) -> np.ndarray:
+    def _up(self, chain: list[str], ancestor: str, stamp_ns: int, max_gap_ns: int | None) -> np.ndarray:
         """ancestor_from_chain[0] at `stamp_ns`."""
         ancestor_from_frame = np.eye(4)
         for frame in chain[:chain.index(ancestor)][::-1]:
-            ancestor_from_frame = ancestor_from_frame @ self._links[frame].at(frame, stamp_ns)
+            ancestor_from_frame = ancestor_from_frame @ self._links[frame].at(frame, stamp_ns, max_gap_ns)
         return ancestor_from_frame
 
 

@@ -49,7 +49,8 @@ from posenet_ros.core.camera import CropBox, Intrinsics, crop_box, input_intrins
 from posenet_ros.core.device import resolve_device
 from posenet_ros.core.undistortion import resample_depth, resample_rgb
 from posenet_ros.inference.loop_closure import LoopClosureConfig, LoopClosureDetector
-from posenet_ros.inference.temporal import CausalSmoother, head_inputs
+from posenet_ros.inference.odometry_fusion import OdometryIncrement
+from posenet_ros.inference.temporal import CausalSmoother, OdometryAidedSmoother, head_inputs
 from posenet_ros.inference.uncertainty import (
     SamplingNetwork,
     torch_network,
@@ -100,6 +101,8 @@ class PoseEstimate:
     # Scene coordinate regression (method scr): the inlier scene coordinates (N, 3) in the map frame,
     # metres, published as a PointCloud2 for RViz; None for pose regression.
     scene_points_N3: np.ndarray | None = None
+    # Odometry-aided smoothing: the temporal model's learned motion stood in for missing odometry.
+    odometry_fallback: bool = False
 
 
 @dataclass
@@ -126,13 +129,18 @@ class Relocalizer:
     loop_closure: overrides the checkpoint's thresholds. smoothing: run the checkpoint's causal temporal
     model when it has one (the pose and covariance become the smoothed ones; the state resets with
     `reset()` and after `smoothing_reset_unknown` consecutive unknown-place frames, 0 = never).
+    odometry_aided: with smoothing, the odometry-aided filter (`OdometryAidedSmoother`) instead of the
+    causal temporal model: `process` / `finish` then take each frame's odometry increment (None: the
+    learned motion stands in). ValueError when the checkpoint's temporal model has no fusion parameters
+    (trained before they existed); no effect without a temporal model or with smoothing off.
     """
 
     def __init__(self, model_path: str | Path, *, device: str = "auto", precision: Precision = "fp32",
                  mc_samples: int | None = None, loop_closure: LoopClosureConfig | None = None,
                  smoothing: bool = True, smoothing_reset_unknown: int = 10,
                  keep_temporal_inputs: bool = False, runtime: Runtime = "torch",
-                 exported_model: str | Path | None = None, fast_path: bool = True) -> None:
+                 exported_model: str | Path | None = None, fast_path: bool = True,
+                 odometry_aided: bool = False) -> None:
         self.device = resolve_device(device)
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -155,10 +163,19 @@ class Relocalizer:
         self.loop_closure = loop_closure or loaded.loop_closure
         self.transform = loaded.config.eval_transform()
         self._detector = LoopClosureDetector(self.loop_closure)
-        # The causal temporal model (inference/temporal.py) when the checkpoint has one and smoothing is on.
-        self.smoother = (CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
-                                        smoothing_reset_unknown)
-                         if smoothing and loaded.temporal is not None else None)
+        # The causal temporal model (inference/temporal.py) when the checkpoint has one and smoothing is
+        # on; with odometry_aided, the odometry-aided filter over it.
+        self.smoother: CausalSmoother | OdometryAidedSmoother | None = None
+        if smoothing and loaded.temporal is not None and odometry_aided:
+            if loaded.temporal_fusion is None:
+                raise ValueError(f"{loaded.path}: its temporal model has no fusion parameters for odometry "
+                                 "(trained before they existed): run `posenet-ros train-temporal` again, or "
+                                 "set odometry to none")
+            self.smoother = OdometryAidedSmoother(loaded.temporal, self.model, loaded.temporal_fusion,
+                                                  smoothing_reset_unknown)
+        elif smoothing and loaded.temporal is not None:
+            self.smoother = CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
+                                           smoothing_reset_unknown)
         self.camera = loaded.camera
         self.fast_path = fast_path and self.device.type == "cuda"
         self._preprocessors: dict[CropBox, DevicePreprocessor] = {}
@@ -329,14 +346,22 @@ class Relocalizer:
         Monte-Carlo sampling)."""
         return self.method.can_batch
 
+    @property
+    def odometry_aided(self) -> bool:
+        """Whether frames are smoothed with their odometry (`OdometryAidedSmoother`)."""
+        return isinstance(self.smoother, OdometryAidedSmoother)
+
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
-                stamp_ns: int = 0, camera: Intrinsics | None = None) -> PoseEstimate:
+                stamp_ns: int = 0, camera: Intrinsics | None = None,
+                odometry: OdometryIncrement | None = None) -> PoseEstimate:
         """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
         models that need depth (`needs_depth`) and ignored by the others; `camera`: the frame's
-        intrinsics, undistorted or resampled to the checkpoint's camera (module docstring). Raises
-        ValueError as `prepare` does, and when the method finds no pose (scene coordinates: RANSAC)."""
+        intrinsics, undistorted or resampled to the checkpoint's camera (module docstring); `odometry`:
+        as `finish`. Raises ValueError as `prepare` does, and when the method finds no pose (scene
+        coordinates: RANSAC)."""
         start = time.perf_counter()
-        return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns, camera), start), 0)
+        return self.finish(self.infer_batch(self.prepare(rgb_HW3, depth_HW, stamp_ns, camera), start), 0,
+                           odometry)
 
     def infer_batch(self, frames: FrameBatch, started: float | None = None) -> InferredBatch:
         """The stateless part of `process` for B prepared frames (`prepare_batch`): the method's
@@ -357,9 +382,12 @@ class Relocalizer:
                              {"preprocess": share * (prepared - (started or prepared)),
                               "forward": share * (done - prepared)})
 
-    def finish(self, batch: InferredBatch, index: int) -> PoseEstimate:
+    def finish(self, batch: InferredBatch, index: int,
+               odometry: OdometryIncrement | None = None) -> PoseEstimate:
         """The stateful part of `process` for frame `index` of `batch`, called in stream order: the
-        loop-closure hysteresis and the temporal smoothing. Raises ValueError for a frame without a pose
+        loop-closure hysteresis and the temporal smoothing. `odometry` (odometry-aided smoothing only):
+        the camera's motion since the previous frame, None when the odometry is missing (the learned
+        motion stands in; `PoseEstimate.odometry_fallback`). Raises ValueError for a frame without a pose
         (its state is left as it was)."""
         start = time.perf_counter()
         if not batch.results.found_B[index]:
@@ -369,10 +397,14 @@ class Relocalizer:
         covariance = result.covariance_B66[index].numpy()
         score = float(result.score_B[index])
         known = self._detector.update(score)
-        inputs = None
+        inputs, fell_back = None, False
         if batch.temporal_inputs is not None:
             inputs = tuple(x[index:index + 1] for x in batch.temporal_inputs)
-            if self.smoother is not None:
+            if isinstance(self.smoother, OdometryAidedSmoother):  # per-frame pose, calibrated covariance
+                fused, fell_back = self.smoother.update(inputs[0], position, quat, covariance, odometry,
+                                                        known)
+                position, quat, covariance = fused.position_3, fused.quat_4, fused.covariance_66
+            elif self.smoother is not None:
                 smoothed = self.smoother.update(*inputs, known)
                 position, quat = smoothed.position_T3[0], smoothed.quat_T4[0]
                 covariance = smoothed.covariance_T66[0]
@@ -383,7 +415,7 @@ class Relocalizer:
             aleatoric_66=result.aleatoric_B66[index].numpy(),
             uncertainty_m=float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0))),
             known_place=known, score=score, temporal_inputs=inputs if self.keep_temporal_inputs else None,
-            scene_points_N3=None if points is None else points[index])
+            scene_points_N3=None if points is None else points[index], odometry_fallback=fell_back)
         # "summary": loop closure, the temporal step when smoothing is on, and the copies.
         estimate_.timings_ms = {**batch.timings_ms, "summary": 1e3 * (time.perf_counter() - start)}
         return estimate_

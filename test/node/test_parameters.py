@@ -143,7 +143,8 @@ def test_the_ranged_parameters_are_the_numeric_ones_with_limits():
     assert {spec.name for spec in RANGED} == {"max_depth_stamp_diff", "mc_samples", "loop_closure_min_frames",
                                               "reset_gap", "diagnostics_period", "smoothing_reset_unknown",
                                               "transform_tolerance", "transform_timeout",
-                                              "initial_pose_lost_frames"}
+                                              "initial_pose_lost_frames", "odometry_position_noise",
+                                              "odometry_rotation_noise_deg", "odometry_max_gap"}
     for spec in RANGED:
         assert spec.maximum is not None and spec.minimum <= spec.default <= spec.maximum
 
@@ -167,6 +168,18 @@ def test_a_sigma_limit_is_nan_positive_or_inf(name):
     for value in (0.0, -1.0):
         with pytest.raises(ValueError, match=f"parameter '{name}' must be > 0"):
             NodeSettings.from_values({"model": "m", name: value})
+
+
+def test_odometry_is_none_tf_or_a_topic_and_needs_the_robot_frames():
+    assert NodeSettings.from_values({"model": "m"}).odometry == "none"
+    for value in ("tf", "/odom", "odom", "/robot1/wheel/odometry", "~/odom"):
+        assert NodeSettings.from_values({"model": "m", "odometry": value}).odometry == value
+    for value in ("", "/odom topic", "/1odom", "odom/", "//odom"):
+        with pytest.raises(ValueError, match="parameter 'odometry' must be none, tf or a topic name"):
+            NodeSettings.from_values({"model": "m", "odometry": value})
+    for frames in ({"base_frame": ""}, {"odom_frame": ""}):
+        with pytest.raises(ValueError, match="parameter 'odometry' needs base_frame and odom_frame"):
+            NodeSettings.from_values({"model": "m", "odometry": "tf", **frames})
 
 
 def test_a_value_outside_the_choices_is_refused():

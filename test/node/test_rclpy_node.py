@@ -25,7 +25,18 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from node_support import BASE_FROM_CAMERA, image, make_checkpoint, odom_from_base, rgb_frame, stamp, transform
+from node_support import (
+    BASE_FROM_CAMERA,
+    TYPES,
+    image,
+    make_checkpoint,
+    odom_from_base,
+    odometry_msg,
+    rgb_frame,
+    stamp,
+    store_fused_temporal,
+    transform,
+)
 from rosbags.typesys import Stores, get_typestore
 
 import posenet_ros.node
@@ -33,13 +44,13 @@ from posenet_ros.core.covariance_transport import transport_covariance
 from posenet_ros.core.geometry import pose_from_position_quat
 from posenet_ros.node.parameters import NODE_NAME, NODE_PARAMETERS, NodeSettings
 from posenet_ros.node.pipeline import OUTPUTS, input_topics
-from posenet_ros.ros.conversions import covariance_from_msg, pose_from_msg, stamp_to_ns
+from posenet_ros.ros.conversions import covariance_from_msg, pose_from_msg, stamp_to_ns, tf_message
 from posenet_ros.ros.tf_buffer import TransformBuffer, TransformUnavailable
 from posenet_ros.runtime.relocalizer import Relocalizer
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 MESSAGE_PACKAGES = ("builtin_interfaces", "std_msgs", "geometry_msgs", "sensor_msgs", "diagnostic_msgs",
-                    "tf2_msgs")
+                    "tf2_msgs", "nav_msgs")
 TIMEOUT_S = 60.0
 
 
@@ -614,8 +625,10 @@ def test_the_base_pose_comes_from_tf2s_buffer_and_map_to_odom_goes_to_its_broadc
         on_image(image(0))
         (pose,) = by_topic["relocalized_pose"].wait_for(1)
         (camera_pose,) = by_topic["relocalization/camera_pose"].wait_for(1)
-        on_image(image(1))  # no odometry at stamp(1): dropped
-        assert wait_until(lambda: node.pipeline.diagnostics.counts["no_transform"] == 1)
+        on_image(image(1))  # no odometry at stamp(1): answered without its map -> odom
+        assert wait_until(lambda: node.pipeline.diagnostics.counts["no_map_odom"] == 1)
+        assert len(by_topic["relocalized_pose"].wait_for(2)) == 2
+        assert node.pipeline.diagnostics.counts["no_transform"] == 0
     finally:
         node.destroy_node()
     # The pipeline asked tf2 at the image stamps, with transform_timeout.
@@ -634,4 +647,27 @@ def test_the_base_pose_comes_from_tf2s_buffer_and_map_to_odom_goes_to_its_broadc
     np.testing.assert_allclose(map_from_odom @ odom_from_base(0) @ BASE_FROM_CAMERA, map_from_camera,
                                atol=1e-9)
     (warning,) = [line for level, line in node.logger.lines if level == "warning" and "no transform" in line]
-    assert "no transform odom -> base_link" in warning and "stale" in warning
+    assert "no map -> odom for frame" in warning and "no transform odom -> base_link" in warning
+    assert "stale" in warning
+
+
+@pytest.mark.parametrize("odometry", ["tf", "/odom"])
+def test_the_odometry_is_subscribed_into_the_pipelines_own_buffer(ros, tmp_path, odometry):
+    """odometry tf: /tf and /tf_static also go to the pipeline (its odometry buffer refuses gaps, which
+    tf2's cannot); a topic: nav_msgs/Odometry into the pipeline."""
+    model = store_fused_temporal(make_checkpoint(tmp_path / "model.safetensors", mc_samples=0))
+    node = start(ros, model=str(model), device="cpu", base_frame="base_link", odometry=odometry)
+    try:
+        topics = {s.topic: s for s in node.subscriptions}
+        assert node.pipeline.odometry is not None and node.pipeline.odometry_buffer is not None
+        if odometry == "tf":
+            assert {"/tf", "/tf_static"} <= set(topics) and node.pipeline.takes_tf
+            topics["/tf"].callback(tf_message(TYPES, [transform("odom", "base_link", stamp(0),
+                                                                odom_from_base(0))]))
+        else:
+            assert "/tf" not in topics and topics["/odom"].msg_type.__msgtype__ == "nav_msgs/msg/Odometry"
+            topics["/odom"].callback(odometry_msg(stamp(0), odom_from_base(0)))
+        np.testing.assert_allclose(node.pipeline.odometry_buffer.lookup("odom", "base_link", stamp(0)),
+                                   odom_from_base(0), atol=1e-12)
+    finally:
+        node.destroy_node()

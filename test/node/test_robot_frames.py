@@ -1,7 +1,8 @@
 """REP-105 frames in the node's pipeline (node/robot_frames.py through pipeline.py), in one process
 with a real Relocalizer and real TF messages: the base pose and its transported covariance, map -> odom
-post-dated and consistent with odometry and the camera extrinsic, the map -> camera mode, and frames
-dropped, counted and warned about when a transform is missing or stale."""
+post-dated and consistent with odometry and the camera extrinsic, the map -> camera mode, frames
+dropped, counted and warned about when the camera extrinsic is missing or stale, and answered without
+map -> odom when only the odometry is."""
 
 from __future__ import annotations
 
@@ -94,18 +95,24 @@ def test_a_missing_or_stale_transform_drops_the_frame_counts_and_names_the_link(
                   if level == "warning" and "no transform" in line]  # throttled: one warning
     assert "dropped frame" in warning and "camera_optical" in warning and "base_link" in warning
     assert "a camera without a robot: base_frame '' publishes its pose, no TF" in warning
-    # The extrinsic arrives and odometry up to frame 2; frame 2 is answered, frame 3 is newer than
-    # the odometry (stale) and dropped; the relocalizer never saw the dropped frames.
+    # The extrinsic arrives and odometry up to frame 2; frame 2 is answered with map -> odom. Frame 3 is
+    # newer than the odometry (stale): its pose needs only the extrinsic, so it is answered too, without
+    # a map -> odom transform (counted and warned about, naming the link).
     pipeline.on_tf_static(tf_message(TYPES, [tf("base_link", "camera_optical", 0, BASE_FROM_CAMERA)]))
     pipeline.on_tf(tf_message(TYPES, [tf("odom", "base_link", stamp(i), odom_from_base(i)) for i in (1, 2)]))
     pipeline.on_image(image(2))
     assert pipeline.process_next(timeout=0) is not None
     pipeline.on_image(image(3))
-    assert pipeline.process_next(timeout=0) is None
-    assert pipeline.diagnostics.counts["no_transform"] == 3
-    assert [stamp_to_ns(p.header.stamp) for p in outputs(sent, "pose")] == [stamp(2)]
+    assert pipeline.process_next(timeout=0) is not None
+    assert pipeline.diagnostics.counts["no_transform"] == 2
+    assert pipeline.diagnostics.counts["no_map_odom"] == 1
+    assert [stamp_to_ns(p.header.stamp) for p in outputs(sent, "pose")] == [stamp(2), stamp(3)]
+    assert [stamp_to_ns(t.header.stamp) - 1_000_000_000 for msg in outputs(sent, "tf")
+            for t in msg.transforms] == [stamp(2)]
+    (map_odom_warning,) = [line for level, line in log.lines if level == "warning" and "map -> odom" in line]
+    assert "odom -> base_link" in map_odom_warning and "stale" in map_odom_warning
     figures = pipeline.diagnostics.snapshot()
-    assert figures["dropped_in_period"] == 3
+    assert figures["dropped_in_period"] == 2
     # A bad transform is rejected and counted; the buffer keeps working.
     bad = tf("odom", "base_link", stamp(4), odom_from_base(4))
     bad.transform.rotation.w = 0.0

@@ -96,3 +96,30 @@ def test_lookup_waits_for_a_transform_that_arrives_within_the_timeout():
     position, _ = position_quat_from_pose(buffer.lookup("odom", "base_link", T0 + 2 * SECOND, timeout_s=60.0))
     thread.join()
     np.testing.assert_allclose(position, [2.0, 0, 0], atol=1e-12)
+
+
+def test_max_gap_refuses_stamps_between_samples_further_apart_and_keeps_static_links():
+    buffer = _robot_buffer()
+    middle = T0 + SECOND // 2
+    # tf2's rules interpolate across any gap; with max_gap_s a gap longer than that is refused, naming it.
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", middle)[:3, 3], [0.5, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", middle, max_gap_s=1.0)[:3, 3], [0.5, 0, 0],
+                               atol=1e-12)
+    with pytest.raises(TransformUnavailable, match=r"odom -> base_link .* gap from .* \(longer than 0.5 s\)"):
+        buffer.lookup("odom", "camera", middle, max_gap_s=0.5)
+    # At a sample's own stamp there is nothing to interpolate; static links have no gaps.
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", T0 + SECOND, max_gap_s=0.5)[:3, 3],
+                               [1.0, 0, 0], atol=1e-12)
+    assert buffer.lookup("base_link", "camera", middle, max_gap_s=0.0).shape == (4, 4)
+
+
+def test_add_pose_takes_a_pose_and_refuses_bad_ones():
+    buffer = TransformBuffer()
+    buffer.add_pose("/odom", "base_link", T0, np.array([1.0, 2.0, 3.0]), np.array([2.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", T0), _pose([1, 2, 3], [0, 0, 0]),
+                               atol=1e-15)
+    for position, quat in (([np.nan, 0, 0], [1, 0, 0, 0]), ([0, 0, 0], [0, 0, 0, 0])):
+        with pytest.raises(ValueError, match="not finite or has a zero quaternion"):
+            buffer.add_pose("odom", "base_link", T0 + 1, np.array(position, float), np.array(quat, float))
+    with pytest.raises(ValueError, match="invalid transform"):
+        buffer.add_pose("odom", "", T0, np.zeros(3), np.array([1.0, 0, 0, 0]))

@@ -1,0 +1,125 @@
+"""The robot's odometry for the odometry-aided smoothing (inference/odometry_fusion.py): the camera's
+motion between two consecutive frames, from the base's pose in the odometry frame at their stamps.
+
+Where the odometry comes from (parameter `odometry`, `odometry_source`):
+
+    "none"       no odometry: the node smooths as without this module (CausalSmoother)
+    "tf"         odom_frame <- base_frame from TF at each image stamp (REP-105)
+    a topic      nav_msgs/Odometry on that topic: its pose, as odom_frame <- base_frame at header.stamp
+
+Either way the poses go into a `TransformBuffer` (ros/tf_buffer.py; for "tf" the /tf and /tf_static
+tree, for a topic one link odom_frame -> base_frame), which interpolates them at an image's stamp as tf2
+does (lerp + slerp, a bounded cache) and, unlike tf2, refuses a stamp inside a gap longer than
+`odometry_max_gap` seconds (an odometry that stopped for a while has no motion to interpolate). This is
+why even the rclpy node, whose other lookups go to tf2_ros, keeps its own buffer for the odometry: tf2's
+Buffer does not expose the stamps around a query.
+
+`OdometryTracker.motion(stamp_ns, base_from_camera)` gives the camera increment since the previous
+answered frame, `OdometryIncrement.from_base(odom_from_base_prev, odom_from_base, base_from_camera,
+noise)` with the noise of `odometry_position_noise` / `odometry_rotation_noise_deg`, or None (with the
+reason) when the odometry at either stamp is missing: the smoother then falls back on the temporal
+model's learned motion, and the pipeline counts it (`odometry_missing`). The pipeline calls `advance`
+only for a frame the smoother took, so the "previous frame" is always the smoother's previous frame.
+
+A nav_msgs/Odometry message's covariance is not used: it is the covariance of the absolute pose in the
+odometry frame, and the covariance of the motion between two stamps is not a function of the two (the
+errors of the two poses are correlated by the whole path before them); drivers also publish constant or
+placeholder values. The noise per metre travelled comes from the parameters (docs/design.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from posenet_ros.inference.odometry_fusion import OdometryIncrement, OdometryNoise
+from posenet_ros.node.parameters import NodeSettings
+from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
+from posenet_ros.ros.tf_buffer import TransformBuffer, TransformUnavailable
+
+ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
+
+
+def odometry_source(settings: NodeSettings) -> str | None:
+    """None (no odometry), "tf", or the nav_msgs/Odometry topic name."""
+    return None if settings.odometry == "none" else settings.odometry
+
+
+def odometry_topic(settings: NodeSettings) -> str | None:
+    """The nav_msgs/Odometry topic the node subscribes to; None for "none" and "tf"."""
+    return settings.odometry if settings.odometry not in ("none", "tf") else None
+
+
+def odometry_noise(settings: NodeSettings) -> OdometryNoise:
+    """The odometry's error per metre travelled, from the parameters."""
+    return OdometryNoise(settings.odometry_position_noise, settings.odometry_rotation_noise_deg)
+
+
+def add_odometry_message(buffer: TransformBuffer, msg: Any, odom_frame: str, base_frame: str) -> None:
+    """A nav_msgs/Odometry message's pose into `buffer` as `odom_frame` <- `base_frame` at its
+    header.stamp. Its frame ids may be empty (drivers often leave child_frame_id empty); a non-empty one
+    other than the node's frame is a ValueError, as is a pose that is not finite or a zero quaternion."""
+    named = (str(msg.header.frame_id).lstrip("/"), str(msg.child_frame_id).lstrip("/"))
+    for name, expected, field in zip(named, (odom_frame, base_frame), ("header.frame_id", "child_frame_id"),
+                                     strict=True):
+        if name and name != expected.lstrip("/"):
+            raise ValueError(f"odometry {field} is {name!r}, not {expected!r} (parameters odom_frame, "
+                             "base_frame)")
+    position, quat = pose_from_msg(msg)
+    buffer.add_pose(odom_frame, base_frame, stamp_to_ns(msg.header.stamp), position, quat)
+
+
+@dataclass(frozen=True)
+class OdometryStep:
+    """One frame's odometry: odom_from_base at its stamp (4x4, metres; None: missing), the camera
+    increment since the previous frame (None: missing at this stamp or the previous one, or no previous
+    frame) and, when the increment is missing, why."""
+
+    odom_from_base: np.ndarray | None
+    increment: OdometryIncrement | None
+    problem: str
+
+
+class OdometryTracker:
+    """The odometry at each frame's stamp and the camera increment since the previous frame.
+
+    `buffer`: where odom_frame <- base_frame is looked up (waiting up to `timeout_s`, refusing gaps
+    longer than `max_gap_s`); `noise`: the odometry's error per metre travelled."""
+
+    def __init__(self, buffer: TransformBuffer, odom_frame: str, base_frame: str, noise: OdometryNoise,
+                 max_gap_s: float, timeout_s: float = 0.0) -> None:
+        self.buffer, self.odom_frame, self.base_frame = buffer, odom_frame, base_frame
+        self.noise, self.max_gap_s, self.timeout_s = noise, max_gap_s, timeout_s
+        self._previous: np.ndarray | None = None
+        self._has_previous_frame = False
+
+    @classmethod
+    def for_settings(cls, settings: NodeSettings, buffer: TransformBuffer) -> OdometryTracker:
+        return cls(buffer, settings.odom_frame, settings.base_frame, odometry_noise(settings),
+                   settings.odometry_max_gap, settings.transform_timeout)
+
+    def reset(self) -> None:
+        """Forget the previous frame (the stream was reset)."""
+        self._previous = None
+        self._has_previous_frame = False
+
+    def motion(self, stamp_ns: int, base_from_camera: np.ndarray) -> OdometryStep:
+        """The odometry of a frame stamped `stamp_ns` whose camera is mounted at base_from_camera (4x4)."""
+        try:
+            odom_from_base = self.buffer.lookup(self.odom_frame, self.base_frame, stamp_ns, self.timeout_s,
+                                                max_gap_s=self.max_gap_s)
+        except TransformUnavailable as error:
+            return OdometryStep(None, None, str(error))
+        if not self._has_previous_frame:
+            return OdometryStep(odom_from_base, None, "no previous frame")
+        if self._previous is None:
+            return OdometryStep(odom_from_base, None, "the previous frame had no odometry")
+        increment = OdometryIncrement.from_base(self._previous, odom_from_base, base_from_camera, self.noise)
+        return OdometryStep(odom_from_base, increment, "")
+
+    def advance(self, step: OdometryStep) -> None:
+        """`step`'s frame was taken by the smoother: it is the previous frame of the next one."""
+        self._previous = step.odom_from_base
+        self._has_previous_frame = True

@@ -34,7 +34,6 @@ and every file is written atomically.
 
 from __future__ import annotations
 
-import bisect
 import csv
 import dataclasses
 import io
@@ -70,7 +69,7 @@ from posenet_ros.inference.metrics import (
     threshold_key,
     threshold_label,
 )
-from posenet_ros.inference.odometry_fusion import ODOMETRY_MAX_GAP_S, OdometryNoise
+from posenet_ros.inference.odometry_fusion import ODOMETRY_MAX_GAP_S, OdometryNoise, RobotOdometry
 from posenet_ros.inference.temporal import (
     OdometryAidedSmoother,
     head_inputs,
@@ -78,8 +77,7 @@ from posenet_ros.inference.temporal import (
     temporal_jitter,
 )
 from posenet_ros.models.temporal import SmoothMode
-from posenet_ros.ros.bag_reading import bag_topics, open_bag, read_messages, read_transforms
-from posenet_ros.ros.conversions import stamp_to_ns
+from posenet_ros.ros.bag_reading import open_bag, read_transforms
 from posenet_ros.ros.tf_buffer import TransformUnavailable
 from posenet_ros.runtime.checkpoint import LoadedModel, load_model
 from posenet_ros.runtime.train_config import BagDataConfig
@@ -465,10 +463,6 @@ def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "o
     has no odom_frame -> base_frame -> camera chain."""
     with open_bag(bag) as reader:
         transforms = read_transforms(reader, bag)
-        messages = read_messages(reader, bag, ["/tf"]) if "/tf" in bag_topics(reader) else iter(())
-        odometry_stamps = sorted(stamp_to_ns(t.header.stamp) for _, _, msg in messages for t in msg.transforms
-                                 if (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"))
-                                 == (odom_frame, base_frame))
     first = records[0].image_path
     assert isinstance(first, BagMessage)
     camera_frame = read_bag_message(first).header.frame_id
@@ -476,16 +470,14 @@ def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "o
         base_from_cam = transforms.lookup(base_frame, camera_frame, first.stamp_ns)
     except TransformUnavailable:
         return None
-    max_gap_ns = round(max_gap_s * 1e9)
     odometry: list[np.ndarray | None] = []
     for record in records:
         assert isinstance(record.image_path, BagMessage)
-        stamp = record.image_path.stamp_ns
-        after = bisect.bisect_left(odometry_stamps, stamp)
-        exact = after < len(odometry_stamps) and odometry_stamps[after] == stamp
-        bracketed = (0 < after < len(odometry_stamps)
-                     and odometry_stamps[after] - odometry_stamps[after - 1] <= max_gap_ns)
-        odometry.append(transforms.lookup(odom_frame, base_frame, stamp) if exact or bracketed else None)
+        try:
+            odometry.append(transforms.lookup(odom_frame, base_frame, record.image_path.stamp_ns,
+                                              max_gap_s=max_gap_s))
+        except TransformUnavailable:
+            odometry.append(None)
     if all(pose is None for pose in odometry):
         return None
     return odometry, base_from_cam
@@ -521,7 +513,8 @@ def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
         for i in members:
             fused, fell_back = smoother.update(features[i:i + 1], predictions.position_pred_N3[i],
                                                predictions.quat_pred_N4[i], predictions.covariance_N66[i],
-                                               odom_from_base[i], base_from_cam)
+                                               None if odom_from_base[i] is None
+                                               else RobotOdometry(odom_from_base[i], base_from_cam))
             position[i], quat[i], covariance[i] = fused.position_3, fused.quat_4, fused.covariance_66
             fallbacks += fell_back
     position_error, orientation_error = pose_errors(position, quat, predictions.position_true_N3,

@@ -98,6 +98,15 @@ class OdometryIncrement:
 
 
 @dataclass(frozen=True)
+class RobotOdometry:
+    """The robot's odometry at one frame: odom_from_base (4x4, metres, the odometry frame) at the
+    frame's stamp, and the camera's mount base_from_cam (4x4)."""
+
+    odom_from_base: np.ndarray
+    base_from_cam: np.ndarray
+
+
+@dataclass(frozen=True)
 class LearnedMotion:
     """The temporal model's estimate of the motion into this frame: the world-frame translation (3,
     metres) and rotation vector (3, radians, world axes; R = exp(r) R_prev), and its variances (6,)."""

@@ -36,6 +36,7 @@ from posenet_ros.inference.odometry_fusion import (
     OdometryFusion,
     OdometryIncrement,
     OdometryNoise,
+    RobotOdometry,
 )
 from posenet_ros.models.posenet import PoseNet
 from posenet_ros.models.temporal import SmoothMode, State, TemporalModel, TemporalOutput
@@ -213,33 +214,31 @@ class OdometryAidedSmoother:
         return LearnedMotion(self._position_scale * motion[:3], motion[3:], self._motion_variance)
 
     def update(self, features_1F: torch.Tensor, position_3: np.ndarray, quat_4: np.ndarray,
-               covariance_66: np.ndarray, odom_from_base: np.ndarray | None, base_from_cam: np.ndarray | None,
+               covariance_66: np.ndarray, odometry: RobotOdometry | None,
                known_place: bool = True) -> tuple[FusedPose, bool]:
         """Fuse the next frame: its head input features_1F, per-frame pose (metres, wxyz) and covariance
-        (6, 6), and the odometry at its stamp (odom_from_base, 4x4; None when there is none) with the
-        camera's mount base_from_cam (4x4). Returns the fused pose and whether the learned motion stood
-        in for missing odometry."""
+        (6, 6), and the robot's odometry at its stamp (None when there is none). Returns the fused pose
+        and whether the learned motion stood in for missing odometry."""
         self._unknown_streak = 0 if known_place else self._unknown_streak + 1
         if self.reset_after_unknown and self._unknown_streak >= self.reset_after_unknown:
             self.filter.reset()
             self._anchor, self._previous_had_odometry = None, False
         features = features_1F.to(self._device, torch.float32)
-        has_odometry = odom_from_base is not None and base_from_cam is not None
         motion: OdometryIncrement | LearnedMotion | None = None
         fell_back = False
-        if has_odometry and self._anchor is not None and self.filter.started:
+        if odometry is not None and self._anchor is not None and self.filter.started:
             anchor_state, anchor_odometry = self._anchor
             if not self._previous_had_odometry:
                 self.filter.restore(anchor_state)
-            motion = OdometryIncrement.from_base(anchor_odometry, odom_from_base, base_from_cam, self.noise)
+            motion = OdometryIncrement.from_base(anchor_odometry, odometry.odom_from_base,
+                                                 odometry.base_from_cam, self.noise)
         elif self.filter.started and self._previous_features is not None:
             motion, fell_back = self.learned_motion(self._previous_features, features), True
         fused = self.filter.update(position_3, quat_4, covariance_66, motion)
         self._previous_features = features
-        self._previous_had_odometry = has_odometry
-        if has_odometry:
-            assert odom_from_base is not None
-            self._anchor = (self.filter.snapshot(), np.array(odom_from_base, dtype=np.float64))
+        self._previous_had_odometry = odometry is not None
+        if odometry is not None:
+            self._anchor = (self.filter.snapshot(), np.array(odometry.odom_from_base, dtype=np.float64))
         return fused, fell_back
 
 

@@ -14,12 +14,11 @@ does (lerp + slerp, a bounded cache) and, unlike tf2, refuses a stamp inside a g
 why even the rclpy node, whose other lookups go to tf2_ros, keeps its own buffer for the odometry: tf2's
 Buffer does not expose the stamps around a query.
 
-`OdometryTracker.motion(stamp_ns, base_from_camera)` gives the camera increment since the previous
-answered frame, `OdometryIncrement.from_base(odom_from_base_prev, odom_from_base, base_from_camera,
-noise)` with the noise of `odometry_position_noise` / `odometry_rotation_noise_deg`, or None (with the
-reason) when the odometry at either stamp is missing: the smoother then falls back on the temporal
-model's learned motion, and the pipeline counts it (`odometry_missing`). The pipeline calls `advance`
-only for a frame the smoother took, so the "previous frame" is always the smoother's previous frame.
+`OdometryTracker.lookup(stamp_ns, base_from_camera)` gives the frame's odometry (`RobotOdometry`:
+odom_from_base at its stamp and the camera's mount), or None (with the reason) when it is missing. The
+smoother (`OdometryAidedSmoother`) makes the camera's motion from consecutive frames' odometry, with the
+noise of `odometry_position_noise` / `odometry_rotation_noise_deg`; where the odometry is missing it
+falls back on the temporal model's learned motion, and the pipeline counts it (`odometry_missing`).
 
 A nav_msgs/Odometry message's covariance is not used: it is the covariance of the absolute pose in the
 odometry frame, and the covariance of the motion between two stamps is not a function of the two (the
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from posenet_ros.inference.odometry_fusion import OdometryIncrement, OdometryNoise
+from posenet_ros.inference.odometry_fusion import OdometryNoise, RobotOdometry
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.ros.conversions import pose_from_msg, stamp_to_ns
 from posenet_ros.ros.tf_buffer import TransformBuffer, TransformUnavailable
@@ -73,53 +72,31 @@ def add_odometry_message(buffer: TransformBuffer, msg: Any, odom_frame: str, bas
 
 @dataclass(frozen=True)
 class OdometryStep:
-    """One frame's odometry: odom_from_base at its stamp (4x4, metres; None: missing), the camera
-    increment since the previous frame (None: missing at this stamp or the previous one, or no previous
-    frame) and, when the increment is missing, why."""
+    """One frame's odometry (None: missing) and, when it is missing, why."""
 
-    odom_from_base: np.ndarray | None
-    increment: OdometryIncrement | None
+    odometry: RobotOdometry | None
     problem: str
 
 
 class OdometryTracker:
-    """The odometry at each frame's stamp and the camera increment since the previous frame.
+    """The odometry at each frame's stamp. `buffer`: where odom_frame <- base_frame is looked up
+    (waiting up to `timeout_s`, refusing gaps longer than `max_gap_s`)."""
 
-    `buffer`: where odom_frame <- base_frame is looked up (waiting up to `timeout_s`, refusing gaps
-    longer than `max_gap_s`); `noise`: the odometry's error per metre travelled."""
-
-    def __init__(self, buffer: TransformBuffer, odom_frame: str, base_frame: str, noise: OdometryNoise,
-                 max_gap_s: float, timeout_s: float = 0.0) -> None:
+    def __init__(self, buffer: TransformBuffer, odom_frame: str, base_frame: str, max_gap_s: float,
+                 timeout_s: float = 0.0) -> None:
         self.buffer, self.odom_frame, self.base_frame = buffer, odom_frame, base_frame
-        self.noise, self.max_gap_s, self.timeout_s = noise, max_gap_s, timeout_s
-        self._previous: np.ndarray | None = None
-        self._has_previous_frame = False
+        self.max_gap_s, self.timeout_s = max_gap_s, timeout_s
 
     @classmethod
     def for_settings(cls, settings: NodeSettings, buffer: TransformBuffer) -> OdometryTracker:
-        return cls(buffer, settings.odom_frame, settings.base_frame, odometry_noise(settings),
-                   settings.odometry_max_gap, settings.transform_timeout)
+        return cls(buffer, settings.odom_frame, settings.base_frame, settings.odometry_max_gap,
+                   settings.transform_timeout)
 
-    def reset(self) -> None:
-        """Forget the previous frame (the stream was reset)."""
-        self._previous = None
-        self._has_previous_frame = False
-
-    def motion(self, stamp_ns: int, base_from_camera: np.ndarray) -> OdometryStep:
+    def lookup(self, stamp_ns: int, base_from_camera: np.ndarray) -> OdometryStep:
         """The odometry of a frame stamped `stamp_ns` whose camera is mounted at base_from_camera (4x4)."""
         try:
             odom_from_base = self.buffer.lookup(self.odom_frame, self.base_frame, stamp_ns, self.timeout_s,
                                                 max_gap_s=self.max_gap_s)
         except TransformUnavailable as error:
-            return OdometryStep(None, None, str(error))
-        if not self._has_previous_frame:
-            return OdometryStep(odom_from_base, None, "no previous frame")
-        if self._previous is None:
-            return OdometryStep(odom_from_base, None, "the previous frame had no odometry")
-        increment = OdometryIncrement.from_base(self._previous, odom_from_base, base_from_camera, self.noise)
-        return OdometryStep(odom_from_base, increment, "")
-
-    def advance(self, step: OdometryStep) -> None:
-        """`step`'s frame was taken by the smoother: it is the previous frame of the next one."""
-        self._previous = step.odom_from_base
-        self._has_previous_frame = True
+            return OdometryStep(None, str(error))
+        return OdometryStep(RobotOdometry(odom_from_base, base_from_camera), "")

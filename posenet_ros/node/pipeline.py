@@ -22,10 +22,9 @@ missing or stale is dropped, counted ("no_transform") and warned about, naming t
 whose odom <- base is missing is answered without its map -> odom transform ("no_map_odom").
 
 Odometry (`odometry.py`, parameter `odometry`): with a checkpoint whose temporal model has fusion
-parameters and smoothing on, each frame is smoothed with the camera's motion since the previous frame
-from the odometry (TF, or a nav_msgs/Odometry topic through `on_odometry`), looked up at the two
-stamps; where that motion is missing the temporal model's learned motion stands in
-("odometry_missing", warned about at most once per WARNING_PERIOD_S).
+parameters and smoothing on, each frame is smoothed with the odometry (TF, or a nav_msgs/Odometry topic
+through `on_odometry`) looked up at its stamp; where it is missing the temporal model's learned motion
+stands in ("odometry_missing", warned about at most once per WARNING_PERIOD_S).
 
 Outputs (`OUTPUTS`: name -> topic, type, QoS profile of `dds.QOS_PROFILES`), all stamped with the
 image's stamp: the pose with covariance of base_frame (or, without one, of the camera) in the map
@@ -62,6 +61,7 @@ from posenet_ros.node.odometry import (
     OdometryStep,
     OdometryTracker,
     add_odometry_message,
+    odometry_noise,
     odometry_source,
     odometry_topic,
 )
@@ -181,14 +181,14 @@ def build_relocalizer(settings: NodeSettings) -> Relocalizer:
     """The Relocalizer the parameters describe (checkpoint, device, precision, runtime, MC samples,
     smoothing with or without odometry, and loop-closure overrides). Raises ValueError when the model
     needs depth and use_depth is off, and when odometry is configured for a temporal model without fusion
-    parameters (`Relocalizer`'s odometry_aided)."""
+    parameters (`Relocalizer`'s odometry_noise)."""
     relocalizer = Relocalizer(settings.model, device=settings.device, precision=settings.precision,  # type: ignore[arg-type]
                               mc_samples=None if settings.mc_samples < 0 else settings.mc_samples,
                               smoothing=settings.smoothing,
                               smoothing_reset_unknown=settings.smoothing_reset_unknown,
                               runtime=settings.runtime,  # type: ignore[arg-type]
                               exported_model=settings.exported_model or None, fast_path=settings.fast_path,
-                              odometry_aided=odometry_source(settings) is not None)
+                              odometry_noise=odometry_noise(settings) if odometry_source(settings) else None)
     overrides = {name: value for name, value in (("enter_score", settings.loop_closure_enter_score),
                                                  ("leave_score", settings.loop_closure_leave_score),
                                                  ("min_frames", settings.loop_closure_min_frames or math.nan))
@@ -343,8 +343,8 @@ class NodeDiagnostics:
     (a sender re-sending a frame, e.g. `play` in lock-step mode until the node has discovered it);
     no_transform: frames dropped because base <- camera at their stamp was missing or stale;
     no_map_odom: frames answered without their map -> odom transform (odom <- base missing at their stamp);
-    odometry_missing: frames smoothed with the learned motion because the odometry at their stamp or at
-    the previous frame's was missing; odometry_rejected: nav_msgs/Odometry messages that could not be used;
+    odometry_missing: frames smoothed with the learned motion because the odometry at their stamp was
+    missing; odometry_rejected: nav_msgs/Odometry messages that could not be used;
     withheld_<reason>: frames answered without a pose by the no-fix policy; initial_poses: poses sent
     to initialpose; camera_info_rejected (not a frame count): CameraInfo messages dropped
     (query_camera.py). latency: callback receipt -> the frame's outputs published (ms).
@@ -664,9 +664,9 @@ class RelocalizationPipeline:
 
     def _finish(self, frame: Frame,
                 estimate_pose: Callable[..., PoseEstimate]) -> PoseEstimate | None:
-        """The stream checks, `estimate_pose(odometry=increment)` (the frame's odometry increment, None
-        without) and publishing for one frame, in stream order; a failure is counted and logged and the
-        node keeps running."""
+        """The stream checks, `estimate_pose(odometry=...)` (the frame's odometry, None without) and
+        publishing for one frame, in stream order; a failure is counted and logged and the node keeps
+        running."""
         try:
             links = look_up_links(self.settings, self.transforms,
                                   camera_frame_of(self.settings, frame.image_msg), frame.stamp_ns)
@@ -679,9 +679,8 @@ class RelocalizationPipeline:
         try:
             self._check_stream(frame.stamp_ns)
             step = self._odometry_step(frame.stamp_ns, links)
-            estimate = estimate_pose(odometry=None if step is None else step.increment)
-            if step is not None and self.odometry is not None:
-                self.odometry.advance(step)
+            estimate = estimate_pose(odometry=None if step is None else step.odometry)
+            if step is not None:
                 if estimate.odometry_fallback:
                     self.diagnostics.count("odometry_missing")
                     self.warnings.warn("odometry_missing", f"no odometry for frame "
@@ -698,11 +697,11 @@ class RelocalizationPipeline:
         return estimate
 
     def _odometry_step(self, stamp_ns: int, links: FrameLinks) -> OdometryStep | None:
-        """The frame's odometry and camera increment; None without odometry-aided smoothing."""
+        """The frame's odometry; None without odometry-aided smoothing."""
         if self.odometry is None:
             return None
         assert links.base_from_camera is not None  # parameters.py: odometry needs base_frame
-        return self.odometry.motion(stamp_ns, links.base_from_camera)
+        return self.odometry.lookup(stamp_ns, links.base_from_camera)
 
     def _decode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
         """The frame's RGB (H, W, 3) uint8 and depth (H, W) float32 metres (None without depth), as
@@ -742,8 +741,6 @@ class RelocalizationPipeline:
 
     def _reset_stream(self) -> None:
         self.relocalizer.reset()
-        if self.odometry is not None:
-            self.odometry.reset()
 
     # -- outputs -------------------------------------------------------------------------------
 

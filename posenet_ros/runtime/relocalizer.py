@@ -49,7 +49,7 @@ from posenet_ros.core.camera import CropBox, Intrinsics, crop_box, input_intrins
 from posenet_ros.core.device import resolve_device
 from posenet_ros.core.undistortion import resample_depth, resample_rgb
 from posenet_ros.inference.loop_closure import LoopClosureConfig, LoopClosureDetector
-from posenet_ros.inference.odometry_fusion import OdometryIncrement
+from posenet_ros.inference.odometry_fusion import OdometryNoise, RobotOdometry
 from posenet_ros.inference.temporal import CausalSmoother, OdometryAidedSmoother, head_inputs
 from posenet_ros.inference.uncertainty import (
     SamplingNetwork,
@@ -129,10 +129,11 @@ class Relocalizer:
     loop_closure: overrides the checkpoint's thresholds. smoothing: run the checkpoint's causal temporal
     model when it has one (the pose and covariance become the smoothed ones; the state resets with
     `reset()` and after `smoothing_reset_unknown` consecutive unknown-place frames, 0 = never).
-    odometry_aided: with smoothing, the odometry-aided filter (`OdometryAidedSmoother`) instead of the
-    causal temporal model: `process` / `finish` then take each frame's odometry increment (None: the
-    learned motion stands in). ValueError when the checkpoint's temporal model has no fusion parameters
-    (trained before they existed); no effect without a temporal model or with smoothing off.
+    odometry_noise: with smoothing, the odometry-aided filter (`OdometryAidedSmoother`, the odometry's
+    error model `odometry_noise`) instead of the causal temporal model: `process` / `finish` then take
+    each frame's odometry (None: the learned motion stands in); None: no odometry. ValueError when the
+    checkpoint's temporal model has no fusion parameters (trained before they existed); no effect
+    without a temporal model or with smoothing off.
     """
 
     def __init__(self, model_path: str | Path, *, device: str = "auto", precision: Precision = "fp32",
@@ -140,7 +141,7 @@ class Relocalizer:
                  smoothing: bool = True, smoothing_reset_unknown: int = 10,
                  keep_temporal_inputs: bool = False, runtime: Runtime = "torch",
                  exported_model: str | Path | None = None, fast_path: bool = True,
-                 odometry_aided: bool = False) -> None:
+                 odometry_noise: OdometryNoise | None = None) -> None:
         self.device = resolve_device(device)
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -164,15 +165,15 @@ class Relocalizer:
         self.transform = loaded.config.eval_transform()
         self._detector = LoopClosureDetector(self.loop_closure)
         # The causal temporal model (inference/temporal.py) when the checkpoint has one and smoothing is
-        # on; with odometry_aided, the odometry-aided filter over it.
+        # on; with odometry_noise, the odometry-aided filter over it.
         self.smoother: CausalSmoother | OdometryAidedSmoother | None = None
-        if smoothing and loaded.temporal is not None and odometry_aided:
+        if smoothing and loaded.temporal is not None and odometry_noise is not None:
             if loaded.temporal_fusion is None:
                 raise ValueError(f"{loaded.path}: its temporal model has no fusion parameters for odometry "
                                  "(trained before they existed): run `posenet-ros train-temporal` again, or "
                                  "set odometry to none")
             self.smoother = OdometryAidedSmoother(loaded.temporal, self.model, loaded.temporal_fusion,
-                                                  smoothing_reset_unknown)
+                                                  odometry_noise, smoothing_reset_unknown)
         elif smoothing and loaded.temporal is not None:
             self.smoother = CausalSmoother(loaded.temporal, self.model, loaded.temporal_calibration,
                                            smoothing_reset_unknown)
@@ -353,7 +354,7 @@ class Relocalizer:
 
     def process(self, rgb_HW3: np.ndarray, depth_HW: np.ndarray | None = None,
                 stamp_ns: int = 0, camera: Intrinsics | None = None,
-                odometry: OdometryIncrement | None = None) -> PoseEstimate:
+                odometry: RobotOdometry | None = None) -> PoseEstimate:
         """Estimate the pose of one frame. `depth_HW` (metres, holes 0 / NaN / inf) is required by
         models that need depth (`needs_depth`) and ignored by the others; `camera`: the frame's
         intrinsics, undistorted or resampled to the checkpoint's camera (module docstring); `odometry`:
@@ -383,11 +384,11 @@ class Relocalizer:
                               "forward": share * (done - prepared)})
 
     def finish(self, batch: InferredBatch, index: int,
-               odometry: OdometryIncrement | None = None) -> PoseEstimate:
+               odometry: RobotOdometry | None = None) -> PoseEstimate:
         """The stateful part of `process` for frame `index` of `batch`, called in stream order: the
         loop-closure hysteresis and the temporal smoothing. `odometry` (odometry-aided smoothing only):
-        the camera's motion since the previous frame, None when the odometry is missing (the learned
-        motion stands in; `PoseEstimate.odometry_fallback`). Raises ValueError for a frame without a pose
+        the robot's odometry at the frame's stamp, None when it is missing (the learned motion stands in;
+        `PoseEstimate.odometry_fallback`). Raises ValueError for a frame without a pose
         (its state is left as it was)."""
         start = time.perf_counter()
         if not batch.results.found_B[index]:

@@ -1,8 +1,8 @@
 """node/odometry.py through the pipeline, in one process with a real Relocalizer whose temporal model has
-fusion parameters: camera increments from odom -> base at consecutive stamps, the nav_msgs/Odometry
-subscription, bad odometry messages rejected and counted, frames without odometry answered with the
-learned motion and counted, and the odometry buffer fed from /tf when the TF lookups go elsewhere (the
-rclpy node's tf2)."""
+fusion parameters: the odometry odom -> base at each frame's stamp (stale stamps and gaps refused), the
+nav_msgs/Odometry subscription, bad odometry messages rejected and counted, frames without odometry
+answered with the learned motion and counted, and the odometry buffer fed from /tf when the TF lookups
+go elsewhere (the rclpy node's tf2)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from node_support import (
     transform,
 )
 
-from posenet_ros.inference.odometry_fusion import OdometryIncrement, OdometryNoise
 from posenet_ros.node.odometry import OdometryTracker, add_odometry_message
 from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.node.pipeline import RelocalizationPipeline, build_relocalizer, input_topics
@@ -47,35 +46,21 @@ def make_pipeline(model_path, transforms=None, **values):
     return pipeline, sent, log
 
 
-def test_the_tracker_gives_the_camera_increment_between_answered_frames():
+def test_the_tracker_gives_the_odometry_at_a_frame_and_refuses_stale_stamps_and_gaps():
     buffer = TransformBuffer()
     for i in range(3):
         buffer.add(transform("odom", "base_link", stamp(i), odom_from_base(i)))
-    noise = OdometryNoise(0.05, 2.0)
-    tracker = OdometryTracker(buffer, "odom", "base_link", noise, max_gap_s=0.5)
-    first = tracker.motion(stamp(0), BASE_FROM_CAMERA)
-    assert first.increment is None and first.problem == "no previous frame"
-    tracker.advance(first)
-    second = tracker.motion(stamp(1), BASE_FROM_CAMERA)
-    expected = OdometryIncrement.from_base(odom_from_base(0), odom_from_base(1), BASE_FROM_CAMERA, noise)
-    np.testing.assert_allclose(second.increment.cam_prev_from_cam, expected.cam_prev_from_cam, atol=1e-12)
-    np.testing.assert_allclose(second.increment.covariance_66, expected.covariance_66, atol=1e-15)
-    # Not advanced (the frame was not answered): the next increment still starts at frame 0.
-    third = tracker.motion(stamp(2), BASE_FROM_CAMERA)
-    expected = OdometryIncrement.from_base(odom_from_base(0), odom_from_base(2), BASE_FROM_CAMERA, noise)
-    np.testing.assert_allclose(third.increment.cam_prev_from_cam, expected.cam_prev_from_cam, atol=1e-12)
-    # Newer than the odometry, or in a gap: no odometry, then none for the frame after either.
-    tracker.advance(third)
-    stale = tracker.motion(stamp(3), BASE_FROM_CAMERA)
-    assert stale.odom_from_base is None and stale.increment is None and "stale" in stale.problem
-    tracker.advance(stale)
+    tracker = OdometryTracker(buffer, "odom", "base_link", max_gap_s=0.5)
+    step = tracker.lookup(stamp(1), BASE_FROM_CAMERA)
+    assert step.problem == ""
+    np.testing.assert_allclose(step.odometry.odom_from_base, odom_from_base(1), atol=1e-12)
+    np.testing.assert_allclose(step.odometry.base_from_cam, BASE_FROM_CAMERA)
+    stale = tracker.lookup(stamp(3), BASE_FROM_CAMERA)  # newer than the odometry
+    assert stale.odometry is None and "stale" in stale.problem
     buffer.add(transform("odom", "base_link", stamp(20), odom_from_base(20)))
-    in_gap = tracker.motion(stamp(10), BASE_FROM_CAMERA)
-    assert in_gap.increment is None and "gap" in in_gap.problem
-    after = tracker.motion(stamp(20), BASE_FROM_CAMERA)
-    assert after.increment is None and after.problem == "the previous frame had no odometry"
-    tracker.reset()
-    assert tracker.motion(stamp(20), BASE_FROM_CAMERA).problem == "no previous frame"
+    in_gap = tracker.lookup(stamp(10), BASE_FROM_CAMERA)
+    assert in_gap.odometry is None and "gap" in in_gap.problem
+    assert tracker.lookup(stamp(20), BASE_FROM_CAMERA).odometry is not None
 
 
 def test_odometry_messages_are_checked_before_they_are_used():
@@ -105,9 +90,10 @@ def test_the_odometry_topic_is_subscribed_and_a_bad_message_costs_only_the_odome
         pipeline.on_odometry(msg)
         pipeline.on_image(image(i))
         estimate = pipeline.process_next(timeout=0)
-        assert estimate is not None and estimate.odometry_fallback == (i in (2, 3))
+        # frame 3's odometry moves the filter on from frame 1, the last frame that had odometry
+        assert estimate is not None and estimate.odometry_fallback == (i == 2)
     counts = pipeline.diagnostics.counts
-    assert counts["odometry_rejected"] == 1 and counts["odometry_missing"] == 2 and counts["processed"] == 4
+    assert counts["odometry_rejected"] == 1 and counts["odometry_missing"] == 1 and counts["processed"] == 4
     assert len([msg for name, msg in sent if name == "pose"]) == 4
     warnings = [line for level, line in log.lines if level == "warning"]
     assert any("ignored a message on /odom" in line and "not finite" in line for line in warnings)

@@ -26,7 +26,7 @@ import torch
 
 from posenet_ros.core.device import resolve_device
 from posenet_ros.core.geometry import matrix_to_quat, pose_from_position_quat, quat_exp
-from posenet_ros.inference.odometry_fusion import FusionParameters, OdometryNoise
+from posenet_ros.inference.odometry_fusion import FusionParameters, OdometryNoise, RobotOdometry
 from posenet_ros.inference.temporal import (
     CausalSmoother,
     OdometryAidedSmoother,
@@ -92,8 +92,9 @@ def main() -> None:
             odom_from_base = pose_from_position_quat([0.1 * frame[0], 0.0, 0.0],
                                                      quat_exp([0.0, 0.0, 0.01 * frame[0]]))
             world_from_cam = odom_from_base @ base_from_cam
+            odometry = RobotOdometry(odom_from_base, base_from_cam) if with_odometry else None
             aided.update(features, world_from_cam[:3, 3], matrix_to_quat(world_from_cam[:3, :3]), covariance,
-                         odom_from_base if with_odometry else None, base_from_cam)
+                         odometry)
 
         cnn = timed_ms(forward, args.frames)
         temporal_ms = timed_ms(step, args.frames)

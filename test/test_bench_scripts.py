@@ -87,3 +87,12 @@ def test_train_throughput_times_the_network_and_real_frames_from_disk(tmp_path):
         for key in ("network_images_per_s", "warm_images_per_s", "uncached_images_per_s",
                     "cache_build_frames_per_s"):
             assert row[key] > 0
+
+
+def test_temporal_step_times_the_learned_and_the_odometry_aided_steps(tmp_path):
+    out = tmp_path / "temporal_step.json"
+    run_script("temporal_step.py", "--backbone", "resnet_tiny", "--size", "32", "--frames", "5",
+               "--device", "cpu", "--out", str(out))
+    results = json.loads(out.read_text())
+    for step in ("cnn_forward_ms", "temporal_step_ms", "odometry_step_ms", "learned_motion_step_ms"):
+        assert 0 < results[step]["p50"] <= results[step]["p99"]

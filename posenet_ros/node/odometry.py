@@ -92,10 +92,13 @@ class OdometryTracker:
         return cls(buffer, settings.odom_frame, settings.base_frame, settings.odometry_max_gap,
                    settings.transform_timeout)
 
-    def lookup(self, stamp_ns: int, base_from_camera: np.ndarray) -> OdometryStep:
-        """The odometry of a frame stamped `stamp_ns` whose camera is mounted at base_from_camera (4x4)."""
+    def lookup(self, stamp_ns: int, base_from_camera: np.ndarray,
+               timeout_s: float | None = None) -> OdometryStep:
+        """The odometry of a frame stamped `stamp_ns` whose camera is mounted at base_from_camera (4x4),
+        waiting up to `timeout_s` (None: the tracker's) for it to arrive."""
         try:
-            odom_from_base = self.buffer.lookup(self.odom_frame, self.base_frame, stamp_ns, self.timeout_s,
+            odom_from_base = self.buffer.lookup(self.odom_frame, self.base_frame, stamp_ns,
+                                                self.timeout_s if timeout_s is None else timeout_s,
                                                 max_gap_s=self.max_gap_s)
         except TransformUnavailable as error:
             return OdometryStep(None, str(error))

@@ -125,3 +125,44 @@ def test_odometry_without_a_temporal_model_is_unused_with_a_warning(tmp_path):
     assert pipeline.odometry is None
     assert any(level == "warning" and "odometry tf is not used" in line and "has no temporal model" in line
                for level, line in log.lines)
+
+
+class RecordingBuffer:
+    """A TransformBuffer that records the timeout of every lookup."""
+
+    def __init__(self, buffer):
+        self.buffer, self.timeouts = buffer, []
+
+    def lookup(self, target, source, stamp_ns, timeout_s=0.0, **kwargs):
+        self.timeouts.append(timeout_s)
+        return self.buffer.lookup(target, source, stamp_ns, timeout_s, **kwargs)
+
+
+def test_a_frame_in_an_odometry_outage_waits_for_odom_to_base_once(model_path):
+    """With publish_tf (map -> odom), a frame's odom -> base is looked up in TF for map -> odom and, with
+    odometry tf, in the odometry's buffer: after the first lookup waited transform_timeout in vain the
+    second does not wait again (live, two waits per frame in an outage halved the frames answered)."""
+    lookups = RecordingBuffer(TransformBuffer())  # stands for tf2's Buffer
+    pipeline, _, _ = make_pipeline(model_path, transforms=lookups, odometry="tf", publish_tf=True,
+                                   transform_timeout=0.05)
+    odometry = pipeline.odometry.buffer = RecordingBuffer(pipeline.odometry.buffer)
+    extrinsic = tf_message(TYPES, [transform("base_link", "camera_optical", 0, BASE_FROM_CAMERA)])
+    lookups.buffer.add_message(extrinsic, static=True)
+    for i in range(4):
+        if i < 2:  # the odometry stops after frame 1
+            odom = tf_message(TYPES, [transform("odom", "base_link", stamp(i), odom_from_base(i))])
+            lookups.buffer.add_message(odom)
+            pipeline.on_tf(odom)
+        pipeline.on_image(image(i))
+        assert pipeline.process_next(timeout=0) is not None
+    counts = pipeline.diagnostics.counts
+    assert counts["processed"] == 4 and counts["no_map_odom"] == 2 and counts["odometry_missing"] == 2
+    assert lookups.timeouts == [0.05] * 8  # base <- camera and odom <- base per frame
+    assert odometry.timeouts == [0.05, 0.05, 0.0, 0.0]  # frames 2, 3: TF already waited for the link
+    # with odometry from a topic the odometry is another stream: its buffer is waited on
+    pipeline, _, _ = make_pipeline(model_path, transforms=lookups, odometry="/odom", publish_tf=True,
+                                   transform_timeout=0.05)
+    odometry = pipeline.odometry.buffer = RecordingBuffer(pipeline.odometry.buffer)
+    pipeline.on_image(image(5))
+    assert pipeline.process_next(timeout=0) is not None
+    assert odometry.timeouts == [0.05] and pipeline.diagnostics.counts["odometry_missing"] == 0

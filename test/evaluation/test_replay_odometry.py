@@ -63,6 +63,7 @@ def _in_process(robot, bag, *overrides):
     return run_in_process(bag, settings, streams, progress=False, transforms=transforms, odometry=odometry)
 
 
+@pytest.mark.slow  # a node process over DDS (the fast tier keeps test_dds_frames for that)
 def test_the_node_over_dds_publishes_the_poses_of_the_in_process_replay(robot):
     """`replay --live`: the bag's images, /tf (odom -> base_link, moving) and /tf_static (base_link ->
     camera) played in lock-step to `posenet-ros node` in another process."""

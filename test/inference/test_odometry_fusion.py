@@ -165,3 +165,40 @@ def test_the_correlation_length_of_an_ar1_bias_is_recovered():
     lengths = fit_correlation_lengths(errors, covariances, steps)
     # 20 sequences of 200 frames estimate a lag-1 correlation of 0.88 to about ±0.01, so L to about ±15%
     np.testing.assert_allclose(lengths, 0.8, rtol=0.25)
+
+
+def test_after_an_odometry_gap_the_smoother_continues_from_its_last_frame_with_odometry():
+    """The poses made on the learned motion during a gap are published but not kept: from the first
+    frame with odometry again, the outputs are those of a stream that never had the gap's frames."""
+    import torch
+
+    from posenet_ros.inference.odometry_fusion import RobotOdometry
+    from posenet_ros.inference.temporal import OdometryAidedSmoother
+    from posenet_ros.models.posenet import ModelConfig, PoseNet
+    from posenet_ros.models.temporal import TemporalConfig, TemporalModel
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=16)).eval()
+    temporal = TemporalModel(TemporalConfig(hidden=4), model.head_dim).eval()
+    bases = _trajectory(30, rng)
+    cams = [base @ BASE_FROM_CAM for base in bases]
+    odometry = _odometry(bases, OdometryNoise(), rng)
+    covariance = np.diag([0.2**2] * 3 + [math.radians(5.0)**2] * 3)
+    measured = _per_frame(cams, covariance, 0.8, 1.0, rng)
+    features = torch.randn(30, 1, model.head_dim)
+
+    def run(frames, gap):
+        smoother = OdometryAidedSmoother(temporal, model, FusionParameters(), OdometryNoise())
+        outputs = {}
+        for k in frames:
+            robot = None if k in gap else RobotOdometry(odometry[k], BASE_FROM_CAM)
+            outputs[k] = smoother.update(features[k], *measured[k], covariance, robot)
+        return outputs
+
+    with_gap = run(range(30), gap=range(10, 20))
+    skipped = run([*range(10), *range(20, 30)], gap=range(0))
+    assert all(with_gap[k][1] for k in range(10, 20)) and not any(with_gap[k][1] for k in range(20, 30))
+    for k in range(20, 30):
+        np.testing.assert_allclose(with_gap[k][0].position_3, skipped[k][0].position_3, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(with_gap[k][0].covariance_66, skipped[k][0].covariance_66, atol=1e-15)

@@ -361,7 +361,7 @@ def evaluate(model_path: str | Path, data_roots: Sequence[str | Path], *, split:
         if smooth == "causal" and odometry == "auto" and is_bag(root):
             odometry_used = bag_odometry(root, records)
         if odometry_used is not None:
-            predictions, fallbacks = odometry_smoothed_predictions(loaded, predictions, *odometry_used,
+            predictions, fallbacks = odometry_smoothed_predictions(loaded, predictions, odometry_used,
                                                                    noise=odometry_noise)
         elif smooth != "off":
             predictions = smoothed_predictions(loaded, predictions, smooth)  # type: ignore[arg-type]
@@ -456,10 +456,10 @@ def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: Sm
 
 def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "odom",
                  base_frame: str = "base_link", max_gap_s: float = ODOMETRY_MAX_GAP_S
-                 ) -> tuple[list[np.ndarray | None], np.ndarray] | None:
+                 ) -> list[RobotOdometry | None] | None:
     """The robot's odometry at each record of `bag` (records read from it): odom_from_base (4x4) at the
     image's stamp, interpolated between /tf samples at most `max_gap_s` apart (None where there is no
-    such pair: the odometry stopped), and base_from_cam (4x4) of the images' frame; None when the bag
+    such pair: the odometry stopped), with base_from_cam (4x4) of the images' frame; None when the bag
     has no odom_frame -> base_frame -> camera chain."""
     with open_bag(bag) as reader:
         transforms = read_transforms(reader, bag)
@@ -470,27 +470,26 @@ def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "o
         base_from_cam = transforms.lookup(base_frame, camera_frame, first.stamp_ns)
     except TransformUnavailable:
         return None
-    odometry: list[np.ndarray | None] = []
+    odometry: list[RobotOdometry | None] = []
     for record in records:
         assert isinstance(record.image_path, BagMessage)
         try:
-            odometry.append(transforms.lookup(odom_frame, base_frame, record.image_path.stamp_ns,
-                                              max_gap_s=max_gap_s))
+            odom_from_base = transforms.lookup(odom_frame, base_frame, record.image_path.stamp_ns,
+                                               max_gap_s=max_gap_s)
+            odometry.append(RobotOdometry(odom_from_base, base_from_cam))
         except TransformUnavailable:
             odometry.append(None)
-    if all(pose is None for pose in odometry):
-        return None
-    return odometry, base_from_cam
+    return None if all(robot is None for robot in odometry) else odometry
 
 
 def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
-                                  odom_from_base: Sequence[np.ndarray | None], base_from_cam: np.ndarray,
+                                  odometry: Sequence[RobotOdometry | None],
                                   noise: OdometryNoise | None = None) -> tuple[Predictions, int]:
     """`predictions` (made with keep_features and covariances) of the frames of a bag, fused with the
     robot's odometry at each frame (`bag_odometry`) by the odometry-aided filter, frames of a sequence in
     frame-index order (`OdometryAidedSmoother`; `noise`: the odometry's, default `OdometryNoise()`).
-    Returns them and the number of frames whose motion came from the learned model (odometry missing
-    at the frame or the one before)."""
+    Returns them and the number of frames whose motion came from the learned model (no odometry at
+    the frame)."""
     if loaded.temporal is None or loaded.temporal_fusion is None:
         raise ValueError(f"{loaded.path}: the temporal model has no odometry-aided filter: run "
                          "`posenet-ros train-temporal` again (with a val split, after calibrate)")
@@ -513,8 +512,7 @@ def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
         for i in members:
             fused, fell_back = smoother.update(features[i:i + 1], predictions.position_pred_N3[i],
                                                predictions.quat_pred_N4[i], predictions.covariance_N66[i],
-                                               None if odom_from_base[i] is None
-                                               else RobotOdometry(odom_from_base[i], base_from_cam))
+                                               odometry[i])
             position[i], quat[i], covariance[i] = fused.position_3, fused.quat_4, fused.covariance_66
             fallbacks += fell_back
     position_error, orientation_error = pose_errors(position, quat, predictions.position_true_N3,

@@ -30,6 +30,9 @@ OUTAGE_S = (1.0, 3.0)  # seconds after the first frame without odometry
 NODE = ["device:=cpu", "base_frame:=base_link", "odometry:=tf", "mc_samples:=0", "publish_unknown:=true",
         "smoothing_reset_unknown:=0", "transform_timeout:=2.0"]
 
+# Bags, a node process and replays (about 15 s): the fast tier keeps test/node/test_odometry.py.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def robot(small_capture, tmp_path_factory):
@@ -63,7 +66,6 @@ def _in_process(robot, bag, *overrides):
     return run_in_process(bag, settings, streams, progress=False, transforms=transforms, odometry=odometry)
 
 
-@pytest.mark.slow  # a node process over DDS (the fast tier keeps test_dds_frames for that)
 def test_the_node_over_dds_publishes_the_poses_of_the_in_process_replay(robot):
     """`replay --live`: the bag's images, /tf (odom -> base_link, moving) and /tf_static (base_link ->
     camera) played in lock-step to `posenet-ros node` in another process."""

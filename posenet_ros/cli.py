@@ -178,7 +178,8 @@ def _eval(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, device=args.device, mc_samples=args.mc_samples,
                        unknown_splits=args.unknown_splits, bag_options=_bag_options(args),
                        smooth=args.smooth, solver=args.solver, odometry=args.odometry,
-                       odometry_noise=OdometryNoise(*args.odometry_noise), progress=not args.quiet)
+                       odometry_noise=OdometryNoise(*args.odometry_noise) if args.odometry_noise else None,
+                       progress=not args.quiet)
     print(format_table(metrics))
     overall = metrics["overall"]
     if "odometry" in overall:
@@ -566,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--odometry", choices=["auto", "none"], default="auto",
                           help="--smooth causal on a rosbag2: fuse the robot's odometry (/tf odom -> "
                           "base_link) when the bag has it (auto, the default) or not (none)")
-    evaluate.add_argument("--odometry-noise", type=float, nargs=2, default=[0.02, 1.0],
+    evaluate.add_argument("--odometry-noise", type=float, nargs=2,
                           metavar=("POS_M", "ROT_DEG"), help="the odometry's error: position and rotation "
                           "standard deviations per axis after 1 m travelled (default 0.02 1.0)")
     evaluate.add_argument("--solver", choices=["kabsch", "pnp"],

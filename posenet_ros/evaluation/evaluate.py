@@ -69,7 +69,7 @@ from posenet_ros.inference.metrics import (
     threshold_key,
     threshold_label,
 )
-from posenet_ros.inference.odometry_fusion import ODOMETRY_MAX_GAP_S, OdometryNoise, RobotOdometry
+from posenet_ros.inference.odometry_fusion import OdometryNoise, RobotOdometry
 from posenet_ros.inference.temporal import (
     OdometryAidedSmoother,
     head_inputs,
@@ -77,6 +77,7 @@ from posenet_ros.inference.temporal import (
     temporal_jitter,
 )
 from posenet_ros.models.temporal import SmoothMode
+from posenet_ros.node.parameters import NodeSettings
 from posenet_ros.ros.bag_reading import open_bag, read_transforms
 from posenet_ros.ros.tf_buffer import TransformUnavailable
 from posenet_ros.runtime.checkpoint import LoadedModel, load_model
@@ -436,11 +437,7 @@ def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: Sm
         position_norm, quat_in = head_inputs(loaded.model, features)
     position, quat = predictions.position_pred_N3.copy(), predictions.quat_pred_N4.copy()
     covariance = None if predictions.covariance_N66 is None else predictions.covariance_N66.copy()
-    by_sequence: dict[str, list[int]] = {}
-    for i, sequence in enumerate(predictions.sequence):
-        by_sequence.setdefault(sequence, []).append(i)
-    for members in by_sequence.values():
-        members.sort(key=lambda i: int(predictions.frame_index[i]))
+    for members in predictions.sequences():
         index = torch.tensor(members, device=device)
         smoothed = smooth_sequence(loaded.temporal, loaded.model, loaded.temporal_calibration,
                                    features[index], position_norm[index], quat_in[index], mode)
@@ -455,12 +452,12 @@ def smoothed_predictions(loaded: LoadedModel, predictions: Predictions, mode: Sm
 
 
 def bag_odometry(bag: Path, records: Sequence[FrameRecord], odom_frame: str = "odom",
-                 base_frame: str = "base_link", max_gap_s: float = ODOMETRY_MAX_GAP_S
+                 base_frame: str = "base_link", max_gap_s: float = NodeSettings.odometry_max_gap
                  ) -> list[RobotOdometry | None] | None:
     """The robot's odometry at each record of `bag` (records read from it): odom_from_base (4x4) at the
     image's stamp, interpolated between /tf samples at most `max_gap_s` apart (None where there is no
-    such pair: the odometry stopped), with base_from_cam (4x4) of the images' frame; None when the bag
-    has no odom_frame -> base_frame -> camera chain."""
+    such pair: the odometry stopped; by default the node's `odometry_max_gap`), with base_from_cam
+    (4x4) of the images' frame; None when the bag has no odom_frame -> base_frame -> camera chain."""
     with open_bag(bag) as reader:
         transforms = read_transforms(reader, bag)
     first = records[0].image_path
@@ -503,11 +500,7 @@ def odometry_smoothed_predictions(loaded: LoadedModel, predictions: Predictions,
     covariance = predictions.covariance_N66.copy()
     features = torch.from_numpy(predictions.features_NF)
     fallbacks = 0
-    by_sequence: dict[str, list[int]] = {}
-    for i, sequence in enumerate(predictions.sequence):
-        by_sequence.setdefault(sequence, []).append(i)
-    for members in by_sequence.values():
-        members.sort(key=lambda i: int(predictions.frame_index[i]))
+    for members in predictions.sequences():
         smoother.reset()
         for i in members:
             fused, fell_back = smoother.update(features[i:i + 1], predictions.position_pred_N3[i],

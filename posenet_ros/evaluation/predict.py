@@ -59,6 +59,13 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.sequence)
 
+    def sequences(self) -> list[list[int]]:
+        """The frame indices of each sequence (in order of first appearance), in frame-index order."""
+        members: dict[str, list[int]] = {}
+        for i, sequence in enumerate(self.sequence):
+            members.setdefault(sequence, []).append(i)
+        return [sorted(frames, key=lambda i: int(self.frame_index[i])) for frames in members.values()]
+
 
 def frame_keys(records: Sequence[FrameRecord]) -> list[int]:
     """The key that seeds each frame's randomness (Monte-Carlo masks, RANSAC): its header stamp (ns)

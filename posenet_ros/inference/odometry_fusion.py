@@ -40,9 +40,6 @@ from posenet_ros.core.covariance_transport import skew
 from posenet_ros.core.geometry import matrix_to_quat, quat_exp, quat_log, quat_multiply, quat_to_matrix
 
 CHI2_6_999 = 22.458  # 99.9% quantile of the chi-squared distribution with 6 degrees of freedom
-# Odometry samples further apart than this do not interpolate: the odometry stopped in between, and a
-# frame there has no odometry (the filter predicts with the learned motion instead).
-ODOMETRY_MAX_GAP_S = 0.5
 MIN_VARIANCE = 1e-12  # added to variances the model makes exactly 0 (no motion: no odometry noise)
 
 
@@ -196,7 +193,7 @@ class OdometryFusion:
                            self._bias_std.copy(), self._rejections)
 
     def restore(self, state: FilterState) -> None:
-        """Go back to a `snapshot` (copied again, so a snapshot can be restored more than once)."""
+        """Go back to a `snapshot` (copied, so a snapshot can be restored more than once)."""
         self._position = None if state.position_3 is None else state.position_3.copy()
         self._rotation, self._bias = state.rotation_33.copy(), state.bias_6.copy()
         self._covariance, self._bias_std = state.covariance_1212.copy(), state.bias_std_6.copy()

@@ -202,8 +202,8 @@ class OdometryAidedSmoother:
         """Forget the stream (a stamp gap, a new sequence, or on request)."""
         self.filter.reset()
         self._previous_features: torch.Tensor | None = None
-        self._previous_had_odometry = False
-        self._anchor: tuple[FilterState, np.ndarray] | None = None  # at the last frame with odometry
+        self._last_odometry: np.ndarray | None = None  # odom_from_base at the last frame with odometry
+        self._before_gap: FilterState | None = None  # the filter then, while frames without odometry follow
         self._unknown_streak = 0
 
     def learned_motion(self, previous_1F: torch.Tensor, features_1F: torch.Tensor) -> LearnedMotion:
@@ -222,23 +222,24 @@ class OdometryAidedSmoother:
         self._unknown_streak = 0 if known_place else self._unknown_streak + 1
         if self.reset_after_unknown and self._unknown_streak >= self.reset_after_unknown:
             self.filter.reset()
-            self._anchor, self._previous_had_odometry = None, False
+            self._last_odometry = self._before_gap = None
         features = features_1F.to(self._device, torch.float32)
         motion: OdometryIncrement | LearnedMotion | None = None
         fell_back = False
-        if odometry is not None and self._anchor is not None and self.filter.started:
-            anchor_state, anchor_odometry = self._anchor
-            if not self._previous_had_odometry:
-                self.filter.restore(anchor_state)
-            motion = OdometryIncrement.from_base(anchor_odometry, odometry.odom_from_base,
+        if odometry is not None and self._last_odometry is not None and self.filter.started:
+            if self._before_gap is not None:
+                self.filter.restore(self._before_gap)
+            motion = OdometryIncrement.from_base(self._last_odometry, odometry.odom_from_base,
                                                  odometry.base_from_cam, self.noise)
         elif self.filter.started and self._previous_features is not None:
+            if self._last_odometry is not None and self._before_gap is None:  # a gap starts
+                self._before_gap = self.filter.snapshot()
             motion, fell_back = self.learned_motion(self._previous_features, features), True
         fused = self.filter.update(position_3, quat_4, covariance_66, motion)
         self._previous_features = features
-        self._previous_had_odometry = odometry is not None
         if odometry is not None:
-            self._anchor = (self.filter.snapshot(), np.array(odometry.odom_from_base, dtype=np.float64))
+            self._last_odometry = np.array(odometry.odom_from_base, dtype=np.float64)
+            self._before_gap = None
         return fused, fell_back
 
 

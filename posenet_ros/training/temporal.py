@@ -344,17 +344,14 @@ def fit_fusion(loaded: LoadedModel, records: list[FrameRecord],
         logger.warning("%s gives no per-frame covariance: the odometry-aided filter is not fitted (calibrate "
                        "the model, or train it with an aleatoric loss)", loaded.path)
         return None
-    predictions = predict(method, records, loaded.config.eval_transform())
-    assert predictions.covariance_N66 is not None
+    p = predict(method, records, loaded.config.eval_transform())
+    assert p.covariance_N66 is not None
     errors, covariances, steps = [], [], []
-    for sequence in dict.fromkeys(predictions.sequence):
-        members = sorted((i for i, name in enumerate(predictions.sequence) if name == sequence),
-                         key=lambda i: int(predictions.frame_index[i]))
-        p = predictions
+    for members in p.sequences():
         errors.append(pose_error_vectors(p.position_pred_N3[members], p.quat_pred_N4[members],
                                          p.position_true_N3[members], p.quat_true_N4[members]))
-        covariances.append(predictions.covariance_N66[members])
-        steps.append(np.linalg.norm(np.diff(predictions.position_true_N3[members], axis=0), axis=1))
+        covariances.append(p.covariance_N66[members])
+        steps.append(np.linalg.norm(np.diff(p.position_true_N3[members], axis=0), axis=1))
     parameters = FusionParameters(bias_share=config.fusion_bias_share,
                                   correlation_length_m=fit_correlation_lengths(errors, covariances, steps))
     if motion_noise is not None:

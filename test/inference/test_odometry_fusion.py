@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from posenet_ros.core.geometry import (
     matrix_to_quat,
@@ -25,8 +26,12 @@ from posenet_ros.inference.odometry_fusion import (
     OdometryFusion,
     OdometryIncrement,
     OdometryNoise,
+    RobotOdometry,
     fit_correlation_lengths,
 )
+from posenet_ros.inference.temporal import OdometryAidedSmoother
+from posenet_ros.models.posenet import ModelConfig, PoseNet
+from posenet_ros.models.temporal import TemporalConfig, TemporalModel
 
 BASE_FROM_CAM = pose_from_position_quat([0.2, 0.0, 0.5], quat_exp([-math.pi / 2, 0.0, 0.0]))
 STEP_M = 0.1
@@ -170,13 +175,6 @@ def test_the_correlation_length_of_an_ar1_bias_is_recovered():
 def test_after_an_odometry_gap_the_smoother_continues_from_its_last_frame_with_odometry():
     """The poses made on the learned motion during a gap are published but not kept: from the first
     frame with odometry again, the outputs are those of a stream that never had the gap's frames."""
-    import torch
-
-    from posenet_ros.inference.odometry_fusion import RobotOdometry
-    from posenet_ros.inference.temporal import OdometryAidedSmoother
-    from posenet_ros.models.posenet import ModelConfig, PoseNet
-    from posenet_ros.models.temporal import TemporalConfig, TemporalModel
-
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = PoseNet(ModelConfig(backbone="resnet_tiny", feature_dim=16)).eval()
